@@ -1,0 +1,35 @@
+"""Parameter-reduced Vision Transformers (arXiv 2512.01059) as a 🤗 Transformers model."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+from .configuration_vit_reduced import PRESETS, REDUCTION_STRATEGIES, ViTReducedConfig
+from .modeling_vit_reduced import (
+    ViTReducedForImageClassification,
+    ViTReducedModel,
+    ViTReducedPreTrainedModel,
+)
+
+AutoConfig.register(ViTReducedConfig.model_type, ViTReducedConfig, exist_ok=True)
+AutoModel.register(ViTReducedConfig, ViTReducedModel, exist_ok=True)
+AutoModelForImageClassification.register(
+    ViTReducedConfig, ViTReducedForImageClassification, exist_ok=True
+)
+
+__all__ = [
+    "PRESETS",
+    "REDUCTION_STRATEGIES",
+    "ViTReducedConfig",
+    "ViTReducedForImageClassification",
+    "ViTReducedModel",
+    "ViTReducedPreTrainedModel",
+    "summarize",
+]
+
+
+def __getattr__(name):
+    # Imported lazily so that `python -m hf_vit_reduction.summary` does not find its module already imported.
+    if name == "summarize":
+        from .summary import summarize
+
+        return summarize
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

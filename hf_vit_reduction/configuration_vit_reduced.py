@@ -1,0 +1,246 @@
+"""ViTReduced model configuration: a ViT whose MLPs are reduced by one of the paper's strategies."""
+
+import math
+import numbers
+
+from transformers import PreTrainedConfig
+
+REDUCTION_STRATEGIES = ("baseline", "grouped", "shallow", "thin")
+
+# `reduction_mlp_ratio=None` resolves to these (arXiv 2512.01059, section 3).
+DEFAULT_REDUCTION_MLP_RATIOS = {
+    "baseline": None,
+    "grouped": 1 / math.sqrt(2),
+    "shallow": 0.5,
+    "thin": 2.0,
+}
+
+PRESETS = {
+    "tiny": {
+        "hidden_size": 192,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 3,
+        "intermediate_size": 768,
+    },
+    "small": {
+        "hidden_size": 384,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 6,
+        "intermediate_size": 1536,
+    },
+    "base": {
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+    },
+    # Sized for the embedded 8x8 digits upscaled to 32 px: trains to >90% in minutes on two CPU cores.
+    "digits": {
+        "hidden_size": 64,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "intermediate_size": 256,
+        "image_size": 32,
+        "patch_size": 4,
+    },
+}
+
+# Fields that fix the shapes or the sharing of the weights: a checkpoint only loads into an identical set.
+ARCHITECTURE_FIELDS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "image_size",
+    "patch_size",
+    "num_channels",
+    "qkv_bias",
+    "reduction_strategy",
+    "reduction_mlp_ratio",
+    "mlp_share_group_size",
+)
+
+
+class ViTReducedConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`ViTReducedModel`]. Defaults are ViT-B/16 at 224 px with timm's LayerNorm eps.
+
+    Args:
+        intermediate_size (`int`, defaults to 3072):
+            Hidden width of the unreduced MLP. `shallow` prunes this width; `thin` ignores it.
+        reduction_strategy (`str`, *optional*):
+            `"baseline"` (or `None`), `"grouped"` (blocks `k*i ... k*i+k-1` share one MLP), `"shallow"` (the full MLP
+            is initialized, then only its first hidden units are kept) or `"thin"` (MLP width `hidden_size * ratio`).
+        reduction_mlp_ratio (`float`, *optional*):
+            grouped: scale of the shared MLP's initial weights (default 1/sqrt(2)); shallow: fraction of the hidden
+            units kept (default 0.5); thin: MLP ratio (default 2.0). `None` takes the strategy's default.
+        mlp_share_group_size (`int`, defaults to 2):
+            Number of adjacent blocks that share one MLP under `grouped`.
+        drop_path_rate (`float`, defaults to 0.0):
+            Stochastic depth of the last block; it rises linearly from 0 at the first block, as in timm.
+
+    Example:
+
+    ```python
+    >>> from hf_vit_reduction import ViTReducedConfig, ViTReducedForImageClassification
+    >>> config = ViTReducedConfig(reduction_strategy="shallow", num_labels=1000)
+    >>> model = ViTReducedForImageClassification(config)
+    >>> model.config.mlp_hidden_size
+    1536
+    ```"""
+
+    model_type = "vit_reduced"
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-6
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    qkv_bias: bool = True
+    reduction_strategy: str | None = None
+    reduction_mlp_ratio: float | None = None
+    mlp_share_group_size: int = 2
+    drop_path_rate: float = 0.0
+
+    def __post_init__(self, **kwargs):
+        self.reduction_strategy = self.reduction_strategy or "baseline"
+        self._validate()
+        if self.reduction_mlp_ratio is None:
+            self.reduction_mlp_ratio = DEFAULT_REDUCTION_MLP_RATIOS[
+                self.reduction_strategy
+            ]
+        self.reduction_mlp_ratio = (
+            None
+            if self.reduction_mlp_ratio is None
+            else float(self.reduction_mlp_ratio)
+        )
+        super().__post_init__(**kwargs)
+
+    @classmethod
+    def from_preset(cls, name: str, **kwargs) -> "ViTReducedConfig":
+        """A config of a named size (`tiny`, `small`, `base`, `digits`); keyword arguments override it."""
+        if name not in PRESETS:
+            raise ValueError(
+                f"preset={name!r} is not known; allowed: {', '.join(PRESETS)}"
+            )
+        return cls(**{**PRESETS[name], **kwargs})
+
+    @property
+    def mlp_hidden_size(self) -> int:
+        """Hidden width of every MLP after the reduction."""
+        if self.reduction_strategy == "shallow":
+            return int(self.intermediate_size * self.reduction_mlp_ratio)
+        if self.reduction_strategy == "thin":
+            return int(self.hidden_size * self.reduction_mlp_ratio)
+        return self.intermediate_size
+
+    @property
+    def num_unique_mlps(self) -> int:
+        if self.reduction_strategy == "grouped":
+            return self.num_hidden_layers // self.mlp_share_group_size
+        return self.num_hidden_layers
+
+    def mlp_index(self, layer_index: int) -> int:
+        """Index of the MLP that block `layer_index` uses."""
+        if self.reduction_strategy == "grouped":
+            return layer_index // self.mlp_share_group_size
+        return layer_index
+
+    def _validate(self):
+        def fail(field, allowed):
+            raise ValueError(
+                f"{field}={getattr(self, field)!r} is not valid; allowed: {allowed}"
+            )
+
+        def is_int(value):
+            return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+        def is_real(value):
+            return (
+                isinstance(value, numbers.Real)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            )
+
+        for field in (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+        ):
+            if not is_int(getattr(self, field)) or getattr(self, field) < 1:
+                fail(field, "an integer >= 1")
+        for field in ("image_size", "patch_size"):
+            if not is_int(getattr(self, field)) or getattr(self, field) < 1:
+                fail(field, "an integer >= 1 (square images and patches)")
+        if not is_int(self.num_channels) or self.num_channels < 1:
+            fail("num_channels", "an integer >= 1")
+        if self.image_size % self.patch_size:
+            fail("patch_size", f"a divisor of image_size={self.image_size}")
+        if self.hidden_size % self.num_attention_heads:
+            fail("num_attention_heads", f"a divisor of hidden_size={self.hidden_size}")
+        for field in (
+            "hidden_dropout_prob",
+            "attention_probs_dropout_prob",
+            "drop_path_rate",
+        ):
+            if not is_real(getattr(self, field)) or not 0 <= getattr(self, field) < 1:
+                fail(field, "a number in [0, 1)")
+        if not is_real(self.layer_norm_eps) or self.layer_norm_eps <= 0:
+            fail("layer_norm_eps", "a number > 0")
+        if not is_real(self.initializer_range) or self.initializer_range < 0:
+            fail("initializer_range", "a number >= 0")
+
+        strategy = self.reduction_strategy
+        if strategy not in REDUCTION_STRATEGIES:
+            fail(
+                "reduction_strategy",
+                f"None or one of {', '.join(map(repr, REDUCTION_STRATEGIES))}",
+            )
+        if not is_int(self.mlp_share_group_size) or self.mlp_share_group_size < 1:
+            fail("mlp_share_group_size", "an integer >= 1")
+        if strategy == "grouped" and self.num_hidden_layers % self.mlp_share_group_size:
+            fail(
+                "mlp_share_group_size",
+                f"a divisor of num_hidden_layers={self.num_hidden_layers}",
+            )
+
+        ratio = self.reduction_mlp_ratio
+        if ratio is None:
+            return
+        if strategy == "baseline":
+            fail(
+                "reduction_mlp_ratio",
+                "None with reduction_strategy='baseline' (it reduces nothing)",
+            )
+        if not is_real(ratio) or ratio <= 0:
+            fail(
+                "reduction_mlp_ratio",
+                f"a number > 0 for reduction_strategy={strategy!r}",
+            )
+        if strategy == "shallow":
+            if ratio > 1:
+                fail(
+                    "reduction_mlp_ratio",
+                    "a fraction in (0, 1] of intermediate_size for 'shallow' (it prunes)",
+                )
+            if int(self.intermediate_size * ratio) < 1:
+                fail(
+                    "reduction_mlp_ratio",
+                    f"a fraction that keeps >= 1 of intermediate_size={self.intermediate_size}",
+                )
+        if strategy == "thin" and int(self.hidden_size * ratio) < 1:
+            fail(
+                "reduction_mlp_ratio",
+                f"a ratio that gives >= 1 hidden unit with hidden_size={self.hidden_size}",
+            )
+
+
+__all__ = ["ViTReducedConfig"]

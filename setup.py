@@ -1,0 +1,34 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="hf-vit-reduction",
+    version="0.1.0",
+    description="Parameter-reduced Vision Transformers (arXiv 2512.01059) as a Hugging Face Transformers model",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["hf_vit_reduction", "hf_vit_reduction.*"]),
+    package_data={"hf_vit_reduction": ["metrics/*/*.py"]},
+    install_requires=[
+        # Exact versions for these machines are pinned in .ci/constraints.txt.
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "transformers>=5.0,<6",
+        "datasets>=4",
+        "accelerate>=1.0",
+        "evaluate>=0.4",
+        "timm>=1.0",
+        "huggingface_hub>=1.0",
+        "safetensors>=0.4",
+        "scikit-learn>=1.3",
+        "scipy>=1.10",
+        "matplotlib>=3.7",
+        "tensorboard>=2.14",
+        "tqdm>=4.66",
+        "pillow>=10",
+    ],
+    extras_require={"test": ["pytest>=8", "ruff==0.17.6"]},
+)

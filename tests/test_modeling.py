@@ -1,0 +1,453 @@
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessor,
+    pipeline,
+)
+from transformers import logging as transformers_logging
+
+from hf_vit_reduction import (
+    REDUCTION_STRATEGIES,
+    ViTReducedConfig,
+    ViTReducedForImageClassification,
+    ViTReducedModel,
+)
+
+PIXELS = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def mlp_calls_per_forward(model):
+    """How many blocks run each unique MLP in one forward pass."""
+    calls = [0] * len(model.vit.mlps)
+    hooks = [
+        mlp.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+        for i, mlp in enumerate(model.vit.mlps)
+    ]
+    with torch.no_grad():
+        model(PIXELS)
+    for hook in hooks:
+        hook.remove()
+    return calls
+
+
+@pytest.mark.parametrize(
+    "strategy, unique, width, calls",
+    [
+        ("baseline", 4, 256, [1] * 4),
+        ("grouped", 2, 256, [2, 2]),
+        ("shallow", 4, 128, [1] * 4),
+        ("thin", 4, 128, [1] * 4),
+    ],
+)
+def test_structure_per_strategy(make_model, strategy, unique, width, calls):
+    model = make_model(strategy)
+    assert len(model.vit.layers) == 4
+    assert len(model.vit.mlps) == unique
+    for mlp in model.vit.mlps:
+        assert tuple(mlp.fc1.weight.shape) == (width, 64)
+        assert tuple(mlp.fc2.weight.shape) == (64, width)
+    assert mlp_calls_per_forward(model) == calls
+    # Norms and attention stay per block under every strategy.
+    assert len({id(layer.attention.qkv.weight) for layer in model.vit.layers}) == 4
+
+
+def test_grouped_generalizes_to_larger_groups(make_model):
+    model = make_model("grouped", mlp_share_group_size=4)
+    assert mlp_calls_per_forward(model) == [4]
+
+
+def test_param_counts_at_tiny_scale(make_model):
+    counts = {s: make_model(s).num_parameters() for s in REDUCTION_STRATEGIES}
+    mlp = 64 * 256 + 256 + 256 * 64 + 64
+    half_mlp = 64 * 128 + 128 + 128 * 64 + 64
+    assert counts["baseline"] - counts["grouped"] == 2 * mlp
+    assert counts["baseline"] - counts["shallow"] == 4 * (mlp - half_mlp)
+    assert counts["shallow"] == counts["thin"]
+
+
+def test_init_follows_timm(make_model):
+    torch.manual_seed(0)
+    model = ViTReducedForImageClassification(
+        ViTReducedConfig.from_preset("tiny", num_hidden_layers=2, num_labels=10)
+    )
+    embeddings = model.vit.embeddings
+    assert embeddings.position_embeddings.std().item() == pytest.approx(0.02, rel=0.02)
+    assert embeddings.cls_token.std().item() == pytest.approx(1e-6, rel=0.2)
+    assert model.vit.layers[0].attention.qkv.weight.std().item() == pytest.approx(
+        0.02, rel=0.01
+    )
+    assert model.vit.mlps[1].fc2.weight.std().item() == pytest.approx(0.02, rel=0.01)
+    assert model.classifier.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    for layer in model.vit.layers:
+        assert torch.all(layer.layernorm_before.weight == 1) and torch.all(
+            layer.layernorm_after.bias == 0
+        )
+        assert layer.layernorm_before.eps == 1e-6
+        assert torch.all(layer.attention.qkv.bias == 0)
+    assert all(
+        torch.all(mlp.fc1.bias == 0) and torch.all(mlp.fc2.bias == 0)
+        for mlp in model.vit.mlps
+    )
+    # No truncation within 2 absolute: timm's trunc_normal_(std=.02) never truncates in practice.
+    assert model.vit.mlps[0].fc1.weight.abs().max().item() > 0.08
+
+
+def test_grouped_leader_init_is_scaled_by_inverse_sqrt2():
+    torch.manual_seed(0)
+    config = ViTReducedConfig.from_preset(
+        "tiny", num_hidden_layers=2, reduction_strategy="grouped"
+    )
+    mlp = ViTReducedForImageClassification(config).vit.mlps[0]
+    assert mlp.fc1.weight.std().item() == pytest.approx(0.02 / math.sqrt(2), rel=0.01)
+    assert mlp.fc2.weight.std().item() == pytest.approx(0.02 / math.sqrt(2), rel=0.01)
+
+
+def test_construction_is_deterministic_and_reductions_match_a_same_seed_baseline(
+    make_model,
+):
+    baseline, again = make_model("baseline", seed=3), make_model("baseline", seed=3)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(baseline.state_dict().values(), again.state_dict().values())
+    )
+    assert not torch.equal(
+        make_model("baseline", seed=4).classifier.weight, baseline.classifier.weight
+    )
+
+    shallow, grouped = make_model("shallow", seed=3), make_model("grouped", seed=3)
+    for full, pruned in zip(baseline.vit.mlps, shallow.vit.mlps):
+        assert torch.equal(pruned.fc1.weight, full.fc1.weight[:128])
+        assert torch.equal(pruned.fc2.weight, full.fc2.weight[:, :128])
+    ratio = 1 / math.sqrt(2)
+    for group, shared in enumerate(grouped.vit.mlps):
+        leader = baseline.vit.mlps[2 * group]
+        assert torch.allclose(shared.fc1.weight, leader.fc1.weight * ratio)
+        assert torch.allclose(shared.fc2.weight, leader.fc2.weight * ratio)
+    # Everything outside the MLPs is identical across strategies.
+    assert torch.equal(
+        shallow.vit.layers[2].attention.qkv.weight,
+        baseline.vit.layers[2].attention.qkv.weight,
+    )
+    assert torch.equal(grouped.classifier.weight, baseline.classifier.weight)
+
+
+def test_drop_path_rises_linearly(make_model):
+    model = make_model(drop_path_rate=0.3)
+    assert [layer.drop_path.drop_prob for layer in model.vit.layers] == pytest.approx(
+        [0.0, 0.1, 0.2, 0.3]
+    )
+    model.train()
+    torch.manual_seed(0)
+    first = model(PIXELS).logits
+    second = model(PIXELS).logits
+    assert not torch.allclose(first, second)
+    model.eval()
+    assert torch.equal(model(PIXELS).logits, model(PIXELS).logits)
+
+
+def test_labels_and_problem_types(make_model):
+    model = make_model()
+    labels = torch.tensor([1, 2, 3])
+    output = model(PIXELS, labels=labels)
+    assert output.loss.item() == pytest.approx(
+        torch.nn.functional.cross_entropy(output.logits, labels).item()
+    )
+
+    multi = make_model(problem_type="multi_label_classification")
+    targets = torch.zeros(3, 10).index_fill_(1, torch.tensor([0]), 1.0)
+    output = multi(PIXELS, labels=targets)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        output.logits, targets
+    )
+    assert output.loss.item() == pytest.approx(expected.item())
+
+    regression = make_model(num_labels=1)
+    values = torch.tensor([0.5, 1.0, -1.0])
+    output = regression(PIXELS, labels=values)
+    assert output.loss.item() == pytest.approx(
+        torch.nn.functional.mse_loss(output.logits.squeeze(), values).item()
+    )
+
+
+def test_hidden_states_attentions_and_return_dict(make_model):
+    model = make_model(attn_implementation="eager")
+    output = model(PIXELS, output_hidden_states=True, output_attentions=True)
+    assert len(output.hidden_states) == 5 and output.hidden_states[0].shape == (
+        3,
+        65,
+        64,
+    )
+    assert len(output.attentions) == 4 and output.attentions[0].shape == (3, 4, 65, 65)
+    assert torch.allclose(output.attentions[0].sum(-1), torch.ones(3, 4, 65))
+    logits = model(PIXELS, return_dict=False)[0]
+    assert torch.equal(logits, output.logits)
+
+
+def test_eager_and_sdpa_attention_agree(make_model):
+    eager = make_model(attn_implementation="eager")
+    sdpa = make_model(attn_implementation="sdpa")
+    assert sdpa.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        difference = (eager(PIXELS).logits - sdpa(PIXELS).logits).abs().max().item()
+    assert difference <= 1e-5
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(make_model):
+    def gradients(model):
+        model.train()
+        model(PIXELS, labels=torch.tensor([0, 1, 2])).loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    plain = gradients(make_model("grouped"))
+    model = make_model("grouped")
+    model.activation_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for layer in model.vit.layers)
+    checkpointed = gradients(model)
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        assert torch.allclose(plain[name], checkpointed[name], atol=1e-6), name
+
+
+def test_interpolated_position_encoding_and_size_error(make_model):
+    model = make_model()
+    larger = torch.randn(1, 3, 48, 48)
+    assert model(larger, interpolate_pos_encoding=True).logits.shape == (1, 10)
+    with pytest.raises(ValueError, match=r"48\*48.*32\*32"):
+        model(larger)
+
+
+def test_fullgraph_compile_has_no_graph_break(make_model):
+    model = make_model("grouped", drop_path_rate=0.1)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        assert torch.allclose(compiled(PIXELS).logits, model(PIXELS).logits, atol=1e-6)
+    model.train()
+    compiled(PIXELS, labels=torch.tensor([0, 1, 2])).loss.backward()
+    assert model.vit.mlps[0].fc1.weight.grad is not None
+
+
+@pytest.mark.parametrize("strategy", REDUCTION_STRATEGIES)
+def test_save_load_round_trip(make_model, tmp_path, strategy):
+    model = make_model(strategy)
+    model.save_pretrained(tmp_path)
+    loaded, info = AutoModelForImageClassification.from_pretrained(
+        tmp_path, output_loading_info=True
+    )
+    assert type(loaded) is ViTReducedForImageClassification
+    assert (
+        not info["missing_keys"]
+        and not info["unexpected_keys"]
+        and not info["mismatched_keys"]
+    )
+    assert loaded.config.reduction_strategy == strategy
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(PIXELS).logits, model(PIXELS).logits)
+    assert mlp_calls_per_forward(loaded) == mlp_calls_per_forward(model)
+
+
+def test_save_and_load_of_a_shared_layout_warn_nothing(make_model, tmp_path):
+    records = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = records.append
+    logger = transformers_logging.get_logger("transformers")
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            make_model("grouped").save_pretrained(tmp_path)
+            ViTReducedForImageClassification.from_pretrained(tmp_path)
+    finally:
+        logger.removeHandler(handler)
+    assert [record.getMessage() for record in records] == []
+
+
+def test_grouped_checkpoint_stores_each_shared_tensor_once(make_model, tmp_path):
+    make_model("baseline").save_pretrained(tmp_path / "baseline")
+    make_model("grouped").save_pretrained(tmp_path / "grouped")
+    with safe_open(tmp_path / "grouped" / "model.safetensors", "pt") as f:
+        mlp_keys = sorted(key for key in f if ".mlps." in key)
+    assert mlp_keys == sorted(
+        f"vit.mlps.{i}.{p}"
+        for i in range(2)
+        for p in ("fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight")
+    )
+    sizes = {
+        name: os.path.getsize(tmp_path / name / "model.safetensors")
+        for name in ("baseline", "grouped")
+    }
+    model = make_model("baseline")
+    expected = (
+        1
+        - 2
+        * sum(p.numel() for p in model.vit.mlps[0].parameters())
+        / model.num_parameters()
+    )
+    assert sizes["grouped"] / sizes["baseline"] == pytest.approx(expected, rel=0.01)
+
+
+def test_auto_classes_after_import(make_model):
+    config = AutoConfig.for_model("vit_reduced", reduction_strategy="thin")
+    assert type(config) is ViTReducedConfig
+    assert type(AutoModel.from_config(config)) is ViTReducedModel
+    assert (
+        type(AutoModelForImageClassification.from_config(config))
+        is ViTReducedForImageClassification
+    )
+
+
+def test_saved_folder_carries_code_and_auto_map(make_model, tmp_path):
+    make_model("grouped").save_pretrained(tmp_path)
+    assert {"configuration_vit_reduced.py", "modeling_vit_reduced.py"} <= set(
+        os.listdir(tmp_path)
+    )
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert auto_map == {
+        "AutoConfig": "configuration_vit_reduced.ViTReducedConfig",
+        "AutoModel": "modeling_vit_reduced.ViTReducedModel",
+        "AutoModelForImageClassification": "modeling_vit_reduced.ViTReducedForImageClassification",
+    }
+
+
+def test_remote_code_loads_without_the_package(make_model, tmp_path):
+    model = make_model("grouped")
+    model.save_pretrained(tmp_path / "model")
+    with torch.no_grad():
+        expected = model(PIXELS).logits
+    torch.save(PIXELS, tmp_path / "pixels.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["hf_vit_reduction"] = None  # as if the package were not installed
+        try:
+            import hf_vit_reduction
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("the package is importable")
+        import torch
+        from transformers import AutoModel, AutoModelForImageClassification
+        path = {str(tmp_path / "model")!r}
+        model = AutoModelForImageClassification.from_pretrained(path, trust_remote_code=True).eval()
+        encoder = AutoModel.from_pretrained(path, trust_remote_code=True)
+        assert type(encoder).__name__ == "ViTReducedModel" and len(encoder.mlps) == 2
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        with torch.no_grad():
+            torch.save(model(torch.load({str(tmp_path / "pixels.pt")!r})).logits, {str(tmp_path / "out.pt")!r})
+        """
+    )
+    env = {
+        **os.environ,
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+        "PYTHONPATH": "",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+
+
+def test_pipeline_classifies_an_image(make_model, tmp_path):
+    labels = [str(i) for i in range(10)]
+    model = make_model(
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    model.save_pretrained(tmp_path)
+    ViTImageProcessor(
+        size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    ).save_pretrained(tmp_path)
+    classifier = pipeline("image-classification", model=str(tmp_path))
+    image = Image.fromarray(
+        (PIXELS[0].permute(1, 2, 0).clamp(-1, 1).add(1).mul(127.5)).byte().numpy()
+    )
+    predictions = classifier(image, top_k=3)
+    assert len(predictions) == 3 and predictions[0]["label"] in labels
+    assert (
+        predictions[0]["score"]
+        >= predictions[1]["score"]
+        >= predictions[2]["score"]
+        > 0
+    )
+
+
+def test_loading_another_strategy_or_shape_fails_clearly(make_model, tmp_path):
+    make_model("baseline").save_pretrained(tmp_path / "baseline")
+    with pytest.raises(
+        ValueError,
+        match=r"reduction_strategy='grouped' but the checkpoint has 'baseline'",
+    ):
+        ViTReducedForImageClassification.from_pretrained(
+            tmp_path / "baseline", reduction_strategy="grouped"
+        )
+    other = ViTReducedConfig.from_preset(
+        "digits", reduction_strategy="shallow", num_labels=10
+    )
+    with pytest.raises(ValueError, match=r"reduction_strategy='shallow'"):
+        ViTReducedForImageClassification.from_pretrained(
+            tmp_path / "baseline", config=other
+        )
+    with pytest.raises(ValueError, match=r"hidden_size=32"):
+        ViTReducedForImageClassification.from_pretrained(
+            tmp_path / "baseline", hidden_size=32, num_attention_heads=4
+        )
+
+
+def test_grouped_checkpoint_under_a_baseline_name_fails(make_model, tmp_path):
+    # Weights whose keys do not fit (e.g. a config edited by hand) are an error, never a partial load.
+    make_model("grouped").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.update(reduction_strategy="baseline", reduction_mlp_ratio=None)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"missing keys: vit\.mlps\.2"):
+        ViTReducedForImageClassification.from_pretrained(tmp_path)
+
+
+def test_a_transformers_vit_checkpoint_points_to_the_converter(tmp_path):
+    ViTForImageClassification(
+        ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+        )
+    ).save_pretrained(tmp_path)
+    with pytest.raises(
+        ValueError, match=r"'vit' checkpoint.*hf_vit_reduction\.convert"
+    ):
+        ViTReducedForImageClassification.from_pretrained(tmp_path)
+
+
+def test_new_head_with_ignore_mismatched_sizes(make_model, tmp_path):
+    model = make_model("shallow")
+    model.save_pretrained(tmp_path)
+    loaded = ViTReducedForImageClassification.from_pretrained(
+        tmp_path, num_labels=3, ignore_mismatched_sizes=True
+    )
+    assert loaded.classifier.weight.shape == (3, 64)
+    assert torch.equal(loaded.vit.mlps[0].fc1.weight, model.vit.mlps[0].fc1.weight)
+    encoder = ViTReducedModel.from_pretrained(tmp_path)
+    assert torch.equal(encoder.mlps[3].fc2.weight, model.vit.mlps[3].fc2.weight)
