@@ -28,7 +28,8 @@ setup(
         "matplotlib>=3.7",
         "tensorboard>=2.14",
         "tqdm>=4.66",
-        "pillow>=10",
+        # Pillow 13 rejects posterize(bits=0), which timm's RandAugment asks for at full magnitude.
+        "pillow>=10,<13",
     ],
     extras_require={"test": ["pytest>=8", "ruff==0.17.6"]},
 )

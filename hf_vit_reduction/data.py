@@ -1,0 +1,328 @@
+"""Data: 🤗 Datasets loading (Hub, local, image folders, embedded digits), timm transforms, samplers, bad images."""
+
+import io
+import os
+from dataclasses import dataclass, field
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from timm.data import create_transform
+from timm.data.distributed_sampler import RepeatAugSampler
+from torch.utils.data import DataLoader, DistributedSampler
+from transformers import ViTImageProcessor
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+DIGITS_VALIDATION_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+
+
+@dataclass
+class ImageClassificationData:
+    """Train and validation splits with the columns and labels that the rest of a run needs."""
+
+    train: datasets.Dataset | datasets.IterableDataset
+    validation: datasets.Dataset
+    image_column: str
+    label_column: str
+    label_names: list[str]
+    source: str = field(default="")
+
+
+def load_digits() -> datasets.DatasetDict:
+    """scikit-learn's bundled handwritten digits (1,797 8x8 images, 10 classes) with a fixed stratified split."""
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = sklearn_digits()
+    pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)
+    indices = np.arange(len(pixels))
+    train_indices, validation_indices = train_test_split(
+        indices,
+        test_size=DIGITS_VALIDATION_FRACTION,
+        stratify=digits.target,
+        random_state=DIGITS_SPLIT_SEED,
+    )
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])}
+    )
+
+    def split(selected):
+        images = [Image.fromarray(pixels[i], mode="L") for i in selected]
+        return datasets.Dataset.from_dict(
+            {"image": images, "label": digits.target[selected].tolist()}, features=features
+        )
+
+    return datasets.DatasetDict(train=split(train_indices), validation=split(validation_indices))
+
+
+def _check_image_folder(path: str, flag: str) -> None:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{flag}={path!r} does not exist")
+    if not os.path.isdir(path):
+        raise NotADirectoryError(f"{flag}={path!r} is not a folder (expected class sub-folders of images)")
+    for _, _, files in os.walk(path):
+        if any(os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS for name in files):
+            return
+    raise ValueError(f"{flag}={path!r} holds no image files (expected <class>/<image> as in ImageNet's layout)")
+
+
+def _detect_column(dataset, wanted: str | None, feature_type, fallbacks: tuple[str, ...], what: str, flag: str):
+    features = dataset.features or {}
+    names = list(features) if features else list(dataset.column_names or [])
+    if wanted is not None:
+        if wanted not in names:
+            raise ValueError(f"{flag}={wanted!r} is not a column of the dataset; columns: {names}")
+        return wanted
+    for name, feature in features.items():
+        if isinstance(feature, feature_type):
+            return name
+    for name in fallbacks:
+        if name in names:
+            return name
+    raise ValueError(f"the dataset has no {what} column (columns: {names}); name it with {flag}")
+
+
+def load_image_classification_data(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_dir: str | None = None,
+    validation_dir: str | None = None,
+    train_split: str = "train",
+    validation_split: str = "validation",
+    image_column: str | None = None,
+    label_column: str | None = None,
+    streaming: bool = False,
+    cache_dir: str | None = None,
+    train_val_split: float = 0.15,
+    seed: int = 0,
+) -> ImageClassificationData:
+    """Load the splits of a Hub/local dataset, of image folders, or (with no source) the embedded digits.
+
+    Every problem a run could only discover later (missing path, empty folder, unknown split, no label column)
+    is raised here, before any model is built.
+    """
+    if dataset_name and (train_dir or validation_dir):
+        raise ValueError("give either dataset_name or train_dir/validation_dir, not both")
+    if validation_dir and not train_dir:
+        raise ValueError(f"validation_dir={validation_dir!r} needs train_dir as well")
+    if train_dir:
+        _check_image_folder(train_dir, "train_dir")
+        data_files = {train_split: os.path.join(train_dir, "**")}
+        if validation_dir:
+            _check_image_folder(validation_dir, "validation_dir")
+            data_files[validation_split] = os.path.join(validation_dir, "**")
+        splits = datasets.load_dataset("imagefolder", data_files=data_files, cache_dir=cache_dir)
+        source = f"imagefolder:{train_dir}"
+    elif dataset_name:
+        if os.path.isfile(os.path.join(dataset_name, "dataset_dict.json")):
+            splits = datasets.load_from_disk(dataset_name)
+        else:
+            splits = datasets.load_dataset(
+                dataset_name, dataset_config_name, cache_dir=cache_dir, streaming=streaming
+            )
+        source = dataset_name
+    else:
+        splits = load_digits()
+        source = "digits (scikit-learn, embedded)"
+
+    available = list(splits.keys())
+    if train_split not in splits:
+        raise ValueError(f"train_split={train_split!r} does not exist in {source}; splits: {available}")
+    train = splits[train_split]
+    if validation_split in splits:
+        validation = splits[validation_split]
+    elif validation_dir or (dataset_name and validation_split != "validation") or streaming:
+        raise ValueError(f"validation_split={validation_split!r} does not exist in {source}; splits: {available}")
+    else:
+        # Like Transformers' example script: hold out part of train when the source has no validation split.
+        held_out = train.train_test_split(test_size=train_val_split, seed=seed)
+        train, validation = held_out["train"], held_out["test"]
+
+    image_column = _detect_column(
+        validation, image_column, datasets.Image, ("image", "img", "pixel_values"), "image", "image_column"
+    )
+    label_column = _detect_column(
+        validation, label_column, datasets.ClassLabel, ("label", "labels", "target"), "label", "label_column"
+    )
+    label_feature = validation.features[label_column]
+    if isinstance(label_feature, datasets.ClassLabel):
+        label_names = list(label_feature.names)
+    else:
+        label_names = [str(i) for i in range(int(max(validation[label_column])) + 1)]
+    if len(label_names) < 2:
+        raise ValueError(f"label_column={label_column!r} has {len(label_names)} class(es); at least 2 are needed")
+    return ImageClassificationData(train, validation, image_column, label_column, label_names, source)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB: 16/32-bit grey is rescaled, transparency is composited on white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode != "F" and array.max() > 255 else 255.0
+        if image.mode == "F":
+            top = max(float(array.max()), 1.0)
+        image = Image.fromarray(np.clip(array * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def decode_image(value) -> Image.Image:
+    """An undecoded `datasets.Image` value (dict with bytes/path), a PIL image or a path, fully loaded as RGB."""
+    if isinstance(value, Image.Image):
+        image = value
+    elif isinstance(value, dict):
+        image = Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") else Image.open(value["path"])
+    else:
+        image = Image.open(value)
+    image.load()  # decode now, so a truncated file fails here and not inside a transform
+    return to_rgb(image)
+
+
+def image_description(value) -> str:
+    if isinstance(value, dict):
+        return value.get("path") or "<in-memory image>"
+    return str(getattr(value, "filename", "") or value)
+
+
+def build_transforms(
+    image_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1",
+    reprob: float = 0.25,
+    scale: tuple[float, float] = (0.08, 1.0),
+    hflip: float = 0.5,
+    crop_pct: float = 0.9,
+    interpolation: str = "bicubic",
+):
+    """timm's ImageNet train transform (RandomResizedCrop, flip, RandAugment, RandomErasing) and eval transform."""
+    train = create_transform(
+        input_size=image_size,
+        is_training=True,
+        scale=scale,
+        hflip=hflip,
+        auto_augment=auto_augment or None,
+        interpolation=interpolation,
+        mean=mean,
+        std=std,
+        re_prob=reprob,
+        re_mode="pixel",
+        re_count=1,
+    )
+    evaluation = create_transform(
+        input_size=image_size,
+        is_training=False,
+        interpolation=interpolation,
+        mean=mean,
+        std=std,
+        crop_pct=crop_pct,
+    )
+    return train, evaluation
+
+
+class ExampleTransform:
+    """Batched `with_transform` function: decodes, converts to RGB and transforms each image.
+
+    An unreadable image raises with `on_bad_image="error"`; otherwise it is marked bad and either dropped by
+    `collate` (training) or, given `placeholder_size`, kept as a blank image labelled -1 so that every process of
+    an evaluation still holds equal batches for the gather.
+    """
+
+    def __init__(self, transform, image_column, label_column, on_bad_image="skip", placeholder_size=None):
+        if on_bad_image not in ("skip", "error"):
+            raise ValueError(f"on_bad_image={on_bad_image!r} is not valid; allowed: 'skip', 'error'")
+        self.transform = transform
+        self.image_column = image_column
+        self.label_column = label_column
+        self.on_bad_image = on_bad_image
+        self.placeholder_size = placeholder_size
+
+    def __call__(self, batch: dict) -> dict:
+        pixel_values, bad = [], []
+        for value in batch[self.image_column]:
+            try:
+                image = decode_image(value)
+            except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+                if self.on_bad_image == "error":
+                    raise ValueError(f"cannot read image {image_description(value)}: {error}") from error
+                size = self.placeholder_size
+                pixel_values.append(None if size is None else torch.zeros(3, size, size))
+                bad.append(image_description(value))
+                continue
+            pixel_values.append(self.transform(image))
+            bad.append(None)
+        return {"pixel_values": pixel_values, "labels": list(batch[self.label_column]), "bad_image": bad}
+
+
+def prepare_dataset(dataset, transform: ExampleTransform):
+    """Attach the transform lazily; images stay encoded until a DataLoader worker reads them."""
+    dataset = dataset.cast_column(transform.image_column, datasets.Image(decode=False))
+    if isinstance(dataset, datasets.IterableDataset):
+        return dataset.map(transform, batched=True, remove_columns=list(dataset.column_names or []))
+    return dataset.with_transform(transform)
+
+
+def collate(examples: list[dict]) -> dict:
+    """Stack the examples, dropping bad ones without a placeholder (labelled -1 with one); list the bad ones."""
+    kept = [e for e in examples if e["pixel_values"] is not None]
+    pixel_values = torch.stack([e["pixel_values"] for e in kept]) if kept else torch.empty(0, 3, 1, 1)
+    labels = [-1 if e["bad_image"] is not None else int(e["labels"]) for e in kept]
+    return {
+        "pixel_values": pixel_values,
+        "labels": torch.tensor(labels, dtype=torch.long),
+        "bad_images": [e["bad_image"] for e in examples if e["bad_image"] is not None],
+    }
+
+
+def train_sampler(dataset, num_processes: int, process_index: int, aug_repeats: int, seed: int):
+    """timm's choice: RepeatAugSampler when distributed with repeats, else a shuffling DistributedSampler.
+
+    The sampler shards the data itself, so the train loader must not be sharded again by Accelerate.
+    """
+    if num_processes > 1 and aug_repeats > 0:
+        return RepeatAugSampler(dataset, num_replicas=num_processes, rank=process_index, num_repeats=aug_repeats)
+    if num_processes > 1:
+        return DistributedSampler(dataset, num_replicas=num_processes, rank=process_index, shuffle=True, seed=seed)
+    # A one-replica DistributedSampler shuffles as a function of (seed, epoch), so a resumed run sees the same order.
+    return DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
+
+
+def train_loader(dataset, batch_size: int, sampler, workers: int, pin_memory: bool, seed: int) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        drop_last=True,  # Mixup pairs the batch with its flip and needs an even, full batch
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def eval_loader(dataset, batch_size: int, workers: int, pin_memory: bool) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        collate_fn=collate,
+        persistent_workers=workers > 0,
+    )
+
+
+def image_processor_for(image_size: int, mean, std) -> ViTImageProcessor:
+    """The processor saved beside a trained model, so `pipeline("image-classification")` sees what evaluation saw."""
+    return ViTImageProcessor(
+        do_resize=True,
+        size={"height": image_size, "width": image_size},
+        resample=Image.Resampling.BICUBIC,
+        image_mean=list(mean),
+        image_std=list(std),
+    )
