@@ -13,7 +13,18 @@ from timm.data.distributed_sampler import RepeatAugSampler
 from torch.utils.data import DataLoader, DistributedSampler
 from transformers import ViTImageProcessor
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+IMAGE_EXTENSIONS = {
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+}
 DIGITS_VALIDATION_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 
@@ -45,35 +56,54 @@ def load_digits() -> datasets.DatasetDict:
         random_state=DIGITS_SPLIT_SEED,
     )
     features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])}
+        {
+            "image": datasets.Image(),
+            "label": datasets.ClassLabel(names=[str(d) for d in range(10)]),
+        }
     )
 
     def split(selected):
         images = [Image.fromarray(pixels[i], mode="L") for i in selected]
         return datasets.Dataset.from_dict(
-            {"image": images, "label": digits.target[selected].tolist()}, features=features
+            {"image": images, "label": digits.target[selected].tolist()},
+            features=features,
         )
 
-    return datasets.DatasetDict(train=split(train_indices), validation=split(validation_indices))
+    return datasets.DatasetDict(
+        train=split(train_indices), validation=split(validation_indices)
+    )
 
 
 def _check_image_folder(path: str, flag: str) -> None:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{flag}={path!r} does not exist")
     if not os.path.isdir(path):
-        raise NotADirectoryError(f"{flag}={path!r} is not a folder (expected class sub-folders of images)")
+        raise NotADirectoryError(
+            f"{flag}={path!r} is not a folder (expected class sub-folders of images)"
+        )
     for _, _, files in os.walk(path):
         if any(os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS for name in files):
             return
-    raise ValueError(f"{flag}={path!r} holds no image files (expected <class>/<image> as in ImageNet's layout)")
+    raise ValueError(
+        f"{flag}={path!r} holds no image files (expected <class>/<image> as in ImageNet's layout)"
+    )
 
 
-def _detect_column(dataset, wanted: str | None, feature_type, fallbacks: tuple[str, ...], what: str, flag: str):
+def _detect_column(
+    dataset,
+    wanted: str | None,
+    feature_type,
+    fallbacks: tuple[str, ...],
+    what: str,
+    flag: str,
+):
     features = dataset.features or {}
     names = list(features) if features else list(dataset.column_names or [])
     if wanted is not None:
         if wanted not in names:
-            raise ValueError(f"{flag}={wanted!r} is not a column of the dataset; columns: {names}")
+            raise ValueError(
+                f"{flag}={wanted!r} is not a column of the dataset; columns: {names}"
+            )
         return wanted
     for name, feature in features.items():
         if isinstance(feature, feature_type):
@@ -81,7 +111,9 @@ def _detect_column(dataset, wanted: str | None, feature_type, fallbacks: tuple[s
     for name in fallbacks:
         if name in names:
             return name
-    raise ValueError(f"the dataset has no {what} column (columns: {names}); name it with {flag}")
+    raise ValueError(
+        f"the dataset has no {what} column (columns: {names}); name it with {flag}"
+    )
 
 
 def load_image_classification_data(
@@ -104,7 +136,9 @@ def load_image_classification_data(
     is raised here, before any model is built.
     """
     if dataset_name and (train_dir or validation_dir):
-        raise ValueError("give either dataset_name or train_dir/validation_dir, not both")
+        raise ValueError(
+            "give either dataset_name or train_dir/validation_dir, not both"
+        )
     if validation_dir and not train_dir:
         raise ValueError(f"validation_dir={validation_dir!r} needs train_dir as well")
     if train_dir:
@@ -113,14 +147,19 @@ def load_image_classification_data(
         if validation_dir:
             _check_image_folder(validation_dir, "validation_dir")
             data_files[validation_split] = os.path.join(validation_dir, "**")
-        splits = datasets.load_dataset("imagefolder", data_files=data_files, cache_dir=cache_dir)
+        splits = datasets.load_dataset(
+            "imagefolder", data_files=data_files, cache_dir=cache_dir
+        )
         source = f"imagefolder:{train_dir}"
     elif dataset_name:
         if os.path.isfile(os.path.join(dataset_name, "dataset_dict.json")):
             splits = datasets.load_from_disk(dataset_name)
         else:
             splits = datasets.load_dataset(
-                dataset_name, dataset_config_name, cache_dir=cache_dir, streaming=streaming
+                dataset_name,
+                dataset_config_name,
+                cache_dir=cache_dir,
+                streaming=streaming,
             )
         source = dataset_name
     else:
@@ -129,22 +168,40 @@ def load_image_classification_data(
 
     available = list(splits.keys())
     if train_split not in splits:
-        raise ValueError(f"train_split={train_split!r} does not exist in {source}; splits: {available}")
+        raise ValueError(
+            f"train_split={train_split!r} does not exist in {source}; splits: {available}"
+        )
     train = splits[train_split]
     if validation_split in splits:
         validation = splits[validation_split]
-    elif validation_dir or (dataset_name and validation_split != "validation") or streaming:
-        raise ValueError(f"validation_split={validation_split!r} does not exist in {source}; splits: {available}")
+    elif (
+        validation_dir
+        or (dataset_name and validation_split != "validation")
+        or streaming
+    ):
+        raise ValueError(
+            f"validation_split={validation_split!r} does not exist in {source}; splits: {available}"
+        )
     else:
         # Like Transformers' example script: hold out part of train when the source has no validation split.
         held_out = train.train_test_split(test_size=train_val_split, seed=seed)
         train, validation = held_out["train"], held_out["test"]
 
     image_column = _detect_column(
-        validation, image_column, datasets.Image, ("image", "img", "pixel_values"), "image", "image_column"
+        validation,
+        image_column,
+        datasets.Image,
+        ("image", "img", "pixel_values"),
+        "image",
+        "image_column",
     )
     label_column = _detect_column(
-        validation, label_column, datasets.ClassLabel, ("label", "labels", "target"), "label", "label_column"
+        validation,
+        label_column,
+        datasets.ClassLabel,
+        ("label", "labels", "target"),
+        "label",
+        "label_column",
     )
     label_feature = validation.features[label_column]
     if isinstance(label_feature, datasets.ClassLabel):
@@ -152,8 +209,12 @@ def load_image_classification_data(
     else:
         label_names = [str(i) for i in range(int(max(validation[label_column])) + 1)]
     if len(label_names) < 2:
-        raise ValueError(f"label_column={label_column!r} has {len(label_names)} class(es); at least 2 are needed")
-    return ImageClassificationData(train, validation, image_column, label_column, label_names, source)
+        raise ValueError(
+            f"label_column={label_column!r} has {len(label_names)} class(es); at least 2 are needed"
+        )
+    return ImageClassificationData(
+        train, validation, image_column, label_column, label_names, source
+    )
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -163,8 +224,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
         top = 65535.0 if image.mode != "F" and array.max() > 255 else 255.0
         if image.mode == "F":
             top = max(float(array.max()), 1.0)
-        image = Image.fromarray(np.clip(array * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = Image.fromarray(
+            np.clip(array * (255.0 / top), 0, 255).astype(np.uint8), mode="L"
+        )
+    if image.mode in ("RGBA", "LA", "PA") or (
+        image.mode == "P" and "transparency" in image.info
+    ):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -176,7 +241,11 @@ def decode_image(value) -> Image.Image:
     if isinstance(value, Image.Image):
         image = value
     elif isinstance(value, dict):
-        image = Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") else Image.open(value["path"])
+        image = (
+            Image.open(io.BytesIO(value["bytes"]))
+            if value.get("bytes")
+            else Image.open(value["path"])
+        )
     else:
         image = Image.open(value)
     image.load()  # decode now, so a truncated file fails here and not inside a transform
@@ -233,9 +302,18 @@ class ExampleTransform:
     an evaluation still holds equal batches for the gather.
     """
 
-    def __init__(self, transform, image_column, label_column, on_bad_image="skip", placeholder_size=None):
+    def __init__(
+        self,
+        transform,
+        image_column,
+        label_column,
+        on_bad_image="skip",
+        placeholder_size=None,
+    ):
         if on_bad_image not in ("skip", "error"):
-            raise ValueError(f"on_bad_image={on_bad_image!r} is not valid; allowed: 'skip', 'error'")
+            raise ValueError(
+                f"on_bad_image={on_bad_image!r} is not valid; allowed: 'skip', 'error'"
+            )
         self.transform = transform
         self.image_column = image_column
         self.label_column = label_column
@@ -249,28 +327,42 @@ class ExampleTransform:
                 image = decode_image(value)
             except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
                 if self.on_bad_image == "error":
-                    raise ValueError(f"cannot read image {image_description(value)}: {error}") from error
+                    raise ValueError(
+                        f"cannot read image {image_description(value)}: {error}"
+                    ) from error
                 size = self.placeholder_size
-                pixel_values.append(None if size is None else torch.zeros(3, size, size))
+                pixel_values.append(
+                    None if size is None else torch.zeros(3, size, size)
+                )
                 bad.append(image_description(value))
                 continue
             pixel_values.append(self.transform(image))
             bad.append(None)
-        return {"pixel_values": pixel_values, "labels": list(batch[self.label_column]), "bad_image": bad}
+        return {
+            "pixel_values": pixel_values,
+            "labels": list(batch[self.label_column]),
+            "bad_image": bad,
+        }
 
 
 def prepare_dataset(dataset, transform: ExampleTransform):
     """Attach the transform lazily; images stay encoded until a DataLoader worker reads them."""
     dataset = dataset.cast_column(transform.image_column, datasets.Image(decode=False))
     if isinstance(dataset, datasets.IterableDataset):
-        return dataset.map(transform, batched=True, remove_columns=list(dataset.column_names or []))
+        return dataset.map(
+            transform, batched=True, remove_columns=list(dataset.column_names or [])
+        )
     return dataset.with_transform(transform)
 
 
 def collate(examples: list[dict]) -> dict:
     """Stack the examples, dropping bad ones without a placeholder (labelled -1 with one); list the bad ones."""
     kept = [e for e in examples if e["pixel_values"] is not None]
-    pixel_values = torch.stack([e["pixel_values"] for e in kept]) if kept else torch.empty(0, 3, 1, 1)
+    pixel_values = (
+        torch.stack([e["pixel_values"] for e in kept])
+        if kept
+        else torch.empty(0, 3, 1, 1)
+    )
     labels = [-1 if e["bad_image"] is not None else int(e["labels"]) for e in kept]
     return {
         "pixel_values": pixel_values,
@@ -279,20 +371,35 @@ def collate(examples: list[dict]) -> dict:
     }
 
 
-def train_sampler(dataset, num_processes: int, process_index: int, aug_repeats: int, seed: int):
+def train_sampler(
+    dataset, num_processes: int, process_index: int, aug_repeats: int, seed: int
+):
     """timm's choice: RepeatAugSampler when distributed with repeats, else a shuffling DistributedSampler.
 
     The sampler shards the data itself, so the train loader must not be sharded again by Accelerate.
     """
     if num_processes > 1 and aug_repeats > 0:
-        return RepeatAugSampler(dataset, num_replicas=num_processes, rank=process_index, num_repeats=aug_repeats)
+        return RepeatAugSampler(
+            dataset,
+            num_replicas=num_processes,
+            rank=process_index,
+            num_repeats=aug_repeats,
+        )
     if num_processes > 1:
-        return DistributedSampler(dataset, num_replicas=num_processes, rank=process_index, shuffle=True, seed=seed)
+        return DistributedSampler(
+            dataset,
+            num_replicas=num_processes,
+            rank=process_index,
+            shuffle=True,
+            seed=seed,
+        )
     # A one-replica DistributedSampler shuffles as a function of (seed, epoch), so a resumed run sees the same order.
     return DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
 
 
-def train_loader(dataset, batch_size: int, sampler, workers: int, pin_memory: bool, seed: int) -> DataLoader:
+def train_loader(
+    dataset, batch_size: int, sampler, workers: int, pin_memory: bool, seed: int
+) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -70,13 +70,26 @@ DIGITS_RECIPE = {
 }
 
 
-def optimizer_for(model: torch.nn.Module, lr: float, weight_decay: float, fused: bool = False):
+def optimizer_for(
+    model: torch.nn.Module, lr: float, weight_decay: float, fused: bool = False
+):
     """AdamW with timm's groups: no weight decay on biases, norms, the position embedding and the CLS token."""
-    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=NO_WEIGHT_DECAY)
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
+    groups = param_groups_weight_decay(
+        model, weight_decay, no_weight_decay_list=NO_WEIGHT_DECAY
+    )
+    return torch.optim.AdamW(
+        groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None
+    )
 
 
-def scheduler_for(optimizer, epochs: float, warmup_epochs: float, updates_per_epoch: int, min_lr: float, warmup_lr):
+def scheduler_for(
+    optimizer,
+    epochs: float,
+    warmup_epochs: float,
+    updates_per_epoch: int,
+    min_lr: float,
+    warmup_lr,
+):
     """timm's cosine schedule with linear warm-up, stepped on every optimizer update."""
     scheduler, _ = create_scheduler_v2(
         optimizer,
@@ -91,11 +104,18 @@ def scheduler_for(optimizer, epochs: float, warmup_epochs: float, updates_per_ep
     return scheduler
 
 
-def mixup_for(mixup: float, cutmix: float, smoothing: float, num_classes: int) -> Mixup | None:
+def mixup_for(
+    mixup: float, cutmix: float, smoothing: float, num_classes: int
+) -> Mixup | None:
     """timm's Mixup/CutMix, which folds label smoothing into its soft targets; None when both are off."""
     if mixup <= 0 and cutmix <= 0:
         return None
-    return Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing, num_classes=num_classes)
+    return Mixup(
+        mixup_alpha=mixup,
+        cutmix_alpha=cutmix,
+        label_smoothing=smoothing,
+        num_classes=num_classes,
+    )
 
 
 def train_criterion(mixup: Mixup | None, smoothing: float) -> torch.nn.Module:
@@ -132,16 +152,23 @@ def evaluate_model(model, loader, accelerator, k: int = 5) -> dict:
             logits = model(pixel_values=batch["pixel_values"]).logits.float()
         ranked = logits.topk(min(k, logits.shape[-1]), dim=-1).indices
         labels = batch["labels"]
-        losses = torch.nn.functional.cross_entropy(logits, labels.clamp(min=0), reduction="none")
-        ranked, labels, losses = accelerator.gather_for_metrics((ranked, labels, losses))
+        losses = torch.nn.functional.cross_entropy(
+            logits, labels.clamp(min=0), reduction="none"
+        )
+        ranked, labels, losses = accelerator.gather_for_metrics(
+            (ranked, labels, losses)
+        )
         valid = labels >= 0
         bad += int((~valid).sum())
         loss_sum += float(losses[valid].sum())
         if valid.any():
-            metric.add_batch(predictions=ranked[valid].cpu().tolist(), references=labels[valid].cpu().tolist())
+            metric.add_batch(
+                predictions=ranked[valid].cpu().tolist(),
+                references=labels[valid].cpu().tolist(),
+            )
     model.train(was_training)
     result = metric.compute(k=min(k, ranked.shape[-1]))
-    top_k = [key for key in result if key.startswith("top") and key != "top1"][0]
+    top_k = next(key for key in result if key.startswith("top") and key != "top1")
     return {
         "top1": 100 * result["top1"],
         "top5": 100 * result[top_k],
@@ -192,7 +219,14 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
     """Write a file completely or not at all: a crash leaves the previous version, never half of a new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+    )
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(
+        temporary, 0o666 & ~umask
+    )  # mkstemp creates 0600; results are meant to be shared
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
@@ -205,11 +239,16 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path, data) -> None:
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    write_atomic(
+        path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
+    )
 
 
 def write_history(path, history: RunHistory) -> None:
-    write_atomic(path, "".join(json.dumps(row, default=_json_default) + "\n" for row in history.rows))
+    write_atomic(
+        path,
+        "".join(json.dumps(row, default=_json_default) + "\n" for row in history.rows),
+    )
 
 
 def _json_default(value):
@@ -231,17 +270,27 @@ def plot_history(path, history: RunHistory, title: str) -> None:
 
     epochs = [row["epoch"] for row in history.rows]
     figure, (losses, accuracy) = plt.subplots(1, 2, figsize=(10, 4))
-    losses.plot(epochs, [row["train_loss"] for row in history.rows], label="train (mixup targets)")
+    losses.plot(
+        epochs,
+        [row["train_loss"] for row in history.rows],
+        label="train (mixup targets)",
+    )
     losses.plot(epochs, [row["loss"] for row in history.rows], label="validation")
     losses.set_xlabel("epoch")
     losses.set_ylabel("loss")
     losses.legend()
     accuracy.plot(epochs, [row["top1"] for row in history.rows], label="reported top-1")
     if any("model_top1" in row for row in history.rows):
-        accuracy.plot(epochs, [row.get("model_top1", math.nan) for row in history.rows], label="model top-1")
+        accuracy.plot(
+            epochs,
+            [row.get("model_top1", math.nan) for row in history.rows],
+            label="model top-1",
+        )
     if history.rows:
         peak = history.peak
-        accuracy.scatter([peak["epoch"]], [peak["top1"]], color="red", zorder=3, label="peak")
+        accuracy.scatter(
+            [peak["epoch"]], [peak["top1"]], color="red", zorder=3, label="peak"
+        )
     accuracy.set_xlabel("epoch")
     accuracy.set_ylabel("top-1 (%)")
     accuracy.legend()
@@ -255,7 +304,9 @@ def plot_history(path, history: RunHistory, title: str) -> None:
 
 def replica_checksums(model: torch.nn.Module, accelerator) -> list[float]:
     """One float64 checksum of all weights per process: equal values mean the replicas are in sync."""
-    total = sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(model.parameters()))
+    total = sum(
+        p.detach().double().sum() * (i + 1) for i, p in enumerate(model.parameters())
+    )
     gathered = accelerator.gather(total.reshape(1).to(accelerator.device))
     return [float(x) for x in gathered.cpu()]
 

@@ -31,7 +31,10 @@ class TopKAccuracy(evaluate.Metric):
             citation="",
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features(
-                {"predictions": datasets.Sequence(datasets.Value("int64")), "references": datasets.Value("int64")}
+                {
+                    "predictions": datasets.Sequence(datasets.Value("int64")),
+                    "references": datasets.Value("int64"),
+                }
             ),
         )
 
@@ -39,6 +42,12 @@ class TopKAccuracy(evaluate.Metric):
         ranked = np.asarray(predictions, dtype=np.int64).reshape(len(references), -1)
         references = np.asarray(references, dtype=np.int64)
         if ranked.shape[1] < k:
-            raise ValueError(f"k={k} needs at least {k} ranked predictions per example, got {ranked.shape[1]}")
+            raise ValueError(
+                f"k={k} needs at least {k} ranked predictions per example, got {ranked.shape[1]}"
+            )
         hits = ranked[:, :k] == references[:, None]
-        return {"top1": float(hits[:, 0].mean()), f"top{k}": float(hits.any(axis=1).mean()), "count": len(references)}
+        return {
+            "top1": float(hits[:, 0].mean()),
+            f"top{k}": float(hits.any(axis=1).mean()),
+            "count": len(references),
+        }

@@ -1,0 +1,259 @@
+"""End-to-end runs of run_image_classification.py in real processes (one, and two under accelerate launch)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from transformers import pipeline
+
+from hf_vit_reduction import REDUCTION_STRATEGIES, ViTReducedForImageClassification
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = str(ROOT / "run_image_classification.py")
+SMOKE = [
+    "--max_train_samples",
+    "256",
+    "--max_eval_samples",
+    "37",
+    "--workers",
+    "0",
+    "--batch_size",
+    "32",
+]
+
+
+def run(args, launcher=(sys.executable,), timeout=240):
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    return subprocess.run(
+        [*launcher, SCRIPT, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_single_process_run_writes_results_models_and_curves(tmp_path):
+    out = tmp_path / "run"
+    token = "hf_test_token_that_must_not_leak_123"
+    result = run(
+        [
+            "--strategy",
+            "grouped",
+            "--output_dir",
+            str(out),
+            "--max_train_steps",
+            "12",
+            "--eval_every",
+            "1",
+            "--hub_token",
+            token,
+            *SMOKE,
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    for key in (
+        "final_top1",
+        "final_top5",
+        "peak_top1",
+        "peak_epoch",
+        "delta_peak_final",
+    ):
+        assert isinstance(results[key], (int, float)), key
+    assert 0 <= results["final_top1"] <= 100 and results["delta_peak_final"] >= 0
+    assert results["strategy"] == "grouped" and results["reported"] == "ema"
+    assert (
+        results["steps"] == 12
+        and results["eval_samples"] == 37
+        and results["num_processes"] == 1
+    )
+    assert (
+        results["parameters"]
+        == ViTReducedForImageClassification.from_pretrained(out).num_parameters()
+    )
+    assert results["train_images_per_s"] > 0 and results["wall_time_s"] > 0
+    history = [
+        json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()
+    ]
+    assert [row["epoch"] for row in history] == list(range(results["epochs"]))
+    assert history[-1]["top1"] == results["final_top1"] == history[-1]["ema_top1"]
+    assert (out / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert list(out.glob("**/events.out.tfevents.*")), "TensorBoard logs"
+
+    best = ViTReducedForImageClassification.from_pretrained(out / "best_model")
+    assert (
+        best.config.reduction_strategy == "grouped" and best.config.id2label[3] == "3"
+    )
+    classifier = pipeline("image-classification", model=str(out))
+    prediction = classifier(Image.new("L", (8, 8), 128), top_k=2)
+    assert len(prediction) == 2 and prediction[0]["label"] in [
+        str(d) for d in range(10)
+    ]
+
+    leaked = [
+        p for p in out.rglob("*") if p.is_file() and token.encode() in p.read_bytes()
+    ]
+    assert leaked == []
+    assert token not in result.stdout + result.stderr
+
+
+def test_embedded_digits_learn_in_a_short_run(tmp_path):
+    # The CI-sized version of the README's figure: the default recipe, shortened to 12 epochs at 16 px.
+    out = tmp_path / "digits"
+    result = run(
+        [
+            "--strategy",
+            "shallow",
+            "--output_dir",
+            str(out),
+            "--epochs",
+            "12",
+            "--image_size",
+            "16",
+            "--lr",
+            "3e-3",
+            "--eval_every",
+            "4",
+            "--report_to",
+            "none",
+            "--workers",
+            "0",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["eval_samples"] == 360
+    assert results["peak_top1"] >= 50.0, results
+
+
+@pytest.mark.parametrize("strategy", REDUCTION_STRATEGIES)
+def test_two_process_cpu_run(tmp_path, strategy):
+    out = tmp_path / strategy
+    launcher = (
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"),
+        "--main_process_port",
+        "0",
+    )
+    result = run(
+        [
+            "--strategy",
+            strategy,
+            "--output_dir",
+            str(out),
+            "--max_train_steps",
+            "3",
+            "--report_to",
+            "none",
+            *SMOKE,
+        ],
+        launcher=launcher,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_processes"] == 2
+    checksums = results["replica_checksums"]
+    assert (
+        len(checksums) == 2 and checksums[0] == checksums[1]
+    )  # identical weights on both ranks
+    assert (
+        results["eval_samples"] == 37
+    )  # 37 over 2 ranks: the padded duplicate is not counted
+    model = ViTReducedForImageClassification.from_pretrained(out)
+    assert model.config.reduction_strategy == strategy
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--train_dir", "/nonexistent/train"],
+            "train_dir='/nonexistent/train' does not exist",
+        ),
+        (
+            ["--dataset_name", "{tmp}/ds", "--validation_split", "dev"],
+            "validation_split='dev' does not exist",
+        ),
+    ],
+)
+def test_bad_data_fails_before_training(tmp_path, args, message):
+    import datasets
+
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])}
+    )
+    rows = {"image": [Image.new("RGB", (4, 4))] * 2, "label": [0, 1]}
+    datasets.DatasetDict(
+        train=datasets.Dataset.from_dict(rows, features=features)
+    ).save_to_disk(str(tmp_path / "ds"))
+    out = tmp_path / "out"
+    result = run(
+        [
+            *(a.format(tmp=tmp_path) for a in args),
+            "--output_dir",
+            str(out),
+            "--report_to",
+            "none",
+        ]
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not out.exists() or not any(out.iterdir())
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_model_name_or_path_starts_from_a_saved_model(tmp_path, make_model):
+    start = make_model("thin")
+    start.save_pretrained(tmp_path / "start")
+    out = tmp_path / "out"
+    result = run(
+        [
+            "--model_name_or_path",
+            str(tmp_path / "start"),
+            "--output_dir",
+            str(out),
+            "--max_train_steps",
+            "2",
+            "--report_to",
+            "none",
+            *SMOKE,
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = ViTReducedForImageClassification.from_pretrained(out)
+    assert trained.config.reduction_strategy == "thin"
+    assert not torch.equal(trained.vit.mlps[0].fc1.weight, start.vit.mlps[0].fc1.weight)
+    wrong = run(
+        [
+            "--model_name_or_path",
+            str(tmp_path / "start"),
+            "--strategy",
+            "grouped",
+            "--output_dir",
+            str(tmp_path / "wrong"),
+            "--report_to",
+            "none",
+            *SMOKE,
+        ]
+    )
+    assert (
+        wrong.returncode != 0
+        and "reduction_strategy='grouped' but the checkpoint has 'thin'" in wrong.stderr
+    )
