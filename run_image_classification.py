@@ -1,12 +1,13 @@
 """Train a parameter-reduced ViT with the paper's (timm's) recipe on Accelerate.
 
-    accelerate launch run_image_classification.py --strategy shallow                 # embedded digits
-    accelerate launch --config_file accelerate_configs/ddp_2gpu.yaml run_image_classification.py \
-        --strategy grouped --dataset_name imagenet-1k --amp --channels_last
+    accelerate launch run_image_classification.py --strategy shallow     # embedded digits
+    accelerate launch --config_file accelerate_configs/ddp_2gpu.yaml \\
+        run_image_classification.py --strategy grouped --dataset_name imagenet-1k --amp
 """
 
 import logging
 import math
+import os
 import time
 
 import torch
@@ -19,70 +20,50 @@ from hf_vit_reduction import (
     ViTReducedForImageClassification,
     summarize,
 )
+from hf_vit_reduction import checkpointing as C
 from hf_vit_reduction import data as D
 from hf_vit_reduction import training as T
 from hf_vit_reduction.arguments import parse_args
 
 logger = logging.getLogger(__name__)
 MEAN = STD = (0.5, 0.5, 0.5)  # timm's ViT normalization
+NAN_AT_STEP = int(os.environ.get("HF_VIT_REDUCTION_TEST_NAN_AT_STEP", "0"))  # test hook
 
 
-def build_model(args, label_names: list[str]) -> ViTReducedForImageClassification:
+def load_data_and_model(args):
+    data = D.load_image_classification_data(
+        **{k: getattr(args, k) for k in D.LOADING_ARGUMENTS}
+    )
+    if args.max_train_samples:
+        data.train = D.take(data.train, args.max_train_samples)
+    if args.max_eval_samples:
+        data.validation = D.take(data.validation, args.max_eval_samples)
+    names = data.label_names
     labels = {
-        "id2label": dict(enumerate(label_names)),
-        "label2id": {n: i for i, n in enumerate(label_names)},
+        "id2label": dict(enumerate(names)),
+        "label2id": {n: i for i, n in enumerate(names)},
     }
     if args.model_name_or_path:
-        overrides = {"reduction_strategy": args.strategy} if args.strategy else {}
-        return ViTReducedForImageClassification.from_pretrained(
-            args.model_name_or_path,
-            **overrides,
-            **labels,
-            drop_path_rate=args.drop_path,
-            ignore_mismatched_sizes=True,
-        )
-    size = {"image_size": args.image_size} if args.image_size else {}
+        strategy = {"reduction_strategy": args.strategy} if args.strategy else {}
+        model = ViTReducedForImageClassification.from_pretrained(
+            args.model_name_or_path, **strategy, **labels,
+            drop_path_rate=args.drop_path, ignore_mismatched_sizes=True,
+        )  # fmt: skip
+        return data, model
     config = ViTReducedConfig.from_preset(
         args.model_size,
-        **size,
+        **({"image_size": args.image_size} if args.image_size else {}),
         reduction_strategy=args.strategy,
         reduction_mlp_ratio=args.reduction_mlp_ratio,
         mlp_share_group_size=args.mlp_share_group_size,
         drop_path_rate=args.drop_path,
         **labels,
     )
-    return ViTReducedForImageClassification(config)
-
-
-def load_data_and_model(args):
-    data = D.load_image_classification_data(
-        args.dataset_name,
-        args.dataset_config_name,
-        args.train_dir,
-        args.validation_dir,
-        args.train_split,
-        args.validation_split,
-        args.image_column,
-        args.label_column,
-        args.streaming,
-        args.cache_dir,
-        args.train_val_split,
-        args.seed,
-    )
-    if args.max_train_samples and not args.streaming:
-        data.train = data.train.select(
-            range(min(args.max_train_samples, len(data.train)))
-        )
-    if args.max_eval_samples:
-        data.validation = data.validation.select(
-            range(min(args.max_eval_samples, len(data.validation)))
-        )
-    return data, build_model(args, data.label_names)
+    return data, ViTReducedForImageClassification(config)
 
 
 def save_model(accelerator, model, processor, path) -> None:
-    unwrapped = accelerator.unwrap_model(model)
-    unwrapped.save_pretrained(
+    accelerator.unwrap_model(model).save_pretrained(
         path,
         state_dict=accelerator.get_state_dict(model),
         is_main_process=accelerator.is_main_process,
@@ -94,63 +75,47 @@ def save_model(accelerator, model, processor, path) -> None:
 
 def main():
     args = parse_args()
-    mixed_precision = args.mixed_precision or (
-        "no" if not args.amp or not torch.cuda.is_available() else None
-    )
-    if mixed_precision is None:
-        mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    trackers = None if args.report_to == "none" else args.report_to.split(",")
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
-        mixed_precision=mixed_precision,
+        cpu=not torch.cuda.is_available(),  # also lets a MULTI_GPU config run gloo processes
+        mixed_precision=T.mixed_precision(args.mixed_precision, args.amp),
         gradient_accumulation_steps=args.grad_accum_steps,
-        log_with=trackers,
+        log_with=None if args.report_to == "none" else args.report_to.split(","),
         project_dir=args.output_dir,
     )
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO
     )
     set_seed(args.seed)
-
-    # Data first: every bad path, split or column fails here, before a model exists.
-    try:
+    try:  # every bad path, split, column or folder fails here, before any long work
+        C.check_output_dir(
+            args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir
+        )
+        resume = args.resume_from_checkpoint and C.resolve(
+            args.output_dir, args.resume_from_checkpoint
+        )
         data, model = load_data_and_model(args)
     except (ValueError, FileNotFoundError, NotADirectoryError) as error:
         raise SystemExit(f"error: {error}") from None
-    image_size = model.config.image_size
-    train_transform, eval_transform = D.build_transforms(
-        image_size,
-        MEAN,
-        STD,
-        args.aa,
-        args.reprob,
-        args.scale,
-        args.hflip,
-        args.crop_pct,
+    run_config = T.public_arguments(vars(args)) | {
+        "num_processes": accelerator.num_processes
+    }
+    if accelerator.is_main_process:
+        C.remove_partial_checkpoints(args.output_dir)
+        T.write_json(f"{args.output_dir}/args.json", run_config)
+
+    size = model.config.image_size
+    train_tf, eval_tf = D.build_transforms(
+        size, MEAN, STD, args.aa, args.reprob, args.scale, args.hflip, args.crop_pct
     )
-    train_set = D.prepare_dataset(
-        data.train,
-        D.ExampleTransform(
-            train_transform, data.image_column, data.label_column, args.on_bad_image
-        ),
-    )
+    columns = (data.image_column, data.label_column, args.on_bad_image)
+    train_set = D.prepare_dataset(data.train, D.ExampleTransform(train_tf, *columns))
     eval_set = D.prepare_dataset(
-        data.validation,
-        D.ExampleTransform(
-            eval_transform,
-            data.image_column,
-            data.label_column,
-            args.on_bad_image,
-            image_size,
-        ),
+        data.validation, D.ExampleTransform(eval_tf, *columns, size)
     )
-    sampler = D.train_sampler(
-        train_set,
-        accelerator.num_processes,
-        accelerator.process_index,
-        args.aug_repeats,
-        args.seed,
-    )
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if args.streaming:
+        train_set = D.shard_stream(train_set, world, rank, args.seed)
+    sampler = D.train_sampler(train_set, world, rank, args.aug_repeats, args.seed)
     train_loader = D.train_loader(
         train_set, args.batch_size, sampler, args.workers, args.pin_mem, args.seed
     )
@@ -158,25 +123,24 @@ def main():
         eval_set, args.eval_batch_size, args.workers, args.pin_mem
     )
 
-    updates_per_epoch = max(len(train_loader) // args.grad_accum_steps, 1)
+    # A stream has no length: its one "epoch" is --max_train_steps updates.
+    accum = args.grad_accum_steps
+    batches = args.max_train_steps * accum if args.streaming else len(train_loader)
+    updates_per_epoch = max(batches // accum, 1)
     total_updates = args.max_train_steps or args.epochs * updates_per_epoch
     epochs = math.ceil(total_updates / updates_per_epoch)
     optimizer = T.optimizer_for(
-        model, args.lr, args.weight_decay, fused=torch.cuda.is_available()
+        model, args.lr, args.weight_decay, torch.cuda.is_available()
     )
     scheduler = T.scheduler_for(
-        optimizer,
-        total_updates / updates_per_epoch,
-        args.warmup_epochs,
-        updates_per_epoch,
-        args.min_lr,
-        args.warmup_lr,
-    )
+        optimizer, total_updates / updates_per_epoch, args.warmup_epochs,
+        updates_per_epoch, args.min_lr, args.warmup_lr,
+    )  # fmt: skip
     mixup = T.mixup_for(args.mixup, args.cutmix, args.smoothing, len(data.label_names))
     criterion = T.train_criterion(mixup, args.smoothing)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    # The train loader is left unprepared: its sampler already shards (and repeats) across processes.
+    # The train loader stays unprepared: its sampler already shards (and repeats) per process.
     model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
     unwrapped = accelerator.unwrap_model(model)
     ema = (
@@ -184,178 +148,162 @@ def main():
         if args.model_ema
         else None
     )
-    set_seed(
-        args.seed + accelerator.process_index
-    )  # distinct mixup and drop-path draws per process
-
+    reported_model = ema.module if ema is not None else model
+    processor = D.image_processor_for(size, MEAN, STD)
     summary = summarize(unwrapped)
-    run_config = T.public_arguments(vars(args)) | {
-        "num_processes": accelerator.num_processes
-    }
-    if trackers:
+    if accelerator.log_with:
         accelerator.init_trackers(
-            args.experiment, config={k: str(v) for k, v in run_config.items()}
+            args.experiment, {k: str(v) for k, v in run_config.items()}
         )
-    logger.info(
-        "%s: %s, %s params, %d train / %d validation images, %d processes, %d updates",
-        args.experiment,
-        data.source,
-        f"{summary['num_parameters']:,}",
-        len(data.train),
-        len(data.validation),
-        accelerator.num_processes,
-        total_updates,
-    )
 
-    history, step, bad_train, seen, start = T.RunHistory(), 0, [], 0, time.time()
-    processor = D.image_processor_for(image_size, MEAN, STD)
+    history, state = T.RunHistory(), T.new_train_state()
+    if resume:
+        state = C.load(accelerator, resume, ema)
+        history.load_state_dict(state["history"])
+        logger.info("resumed from %s at step %d", resume, state["step"])
+    else:
+        set_seed(args.seed + rank)  # distinct mixup and drop-path draws per process
+    step, started = state["step"], time.time()
+    every = int(args.checkpointing_steps) if args.checkpointing_steps.isdigit() else 0
+
+    def checkpoint():
+        if args.checkpointing_steps == "no":
+            return
+        state.update(step=step, history=history.state_dict(), elapsed=elapsed())
+        best = history.peak["step"] if history.rows else None
+        C.save(
+            accelerator,
+            args.output_dir,
+            step,
+            ema,
+            state,
+            args.checkpoints_total_limit,
+            best,
+        )
+
+    def elapsed():
+        return state["elapsed"] + time.time() - started
+
+    logger.info(
+        "%s: %s, %s parameters, %d processes, %d updates of %d images",
+        args.experiment, data.source, f"{summary['num_parameters']:,}", world,
+        total_updates, args.batch_size * accum * world,
+    )  # fmt: skip
     progress = tqdm(
         total=total_updates,
-        disable=None if accelerator.is_local_main_process else True,
+        initial=step,
         desc="train",
+        disable=None if rank == 0 else True,
     )
-    for epoch in range(epochs):
-        sampler.set_epoch(epoch)
+    for epoch in range(step // updates_per_epoch, epochs):
+        (sampler or train_set).set_epoch(epoch)
+        train_loader.generator.manual_seed(
+            args.seed + epoch
+        )  # worker seeds: a function of the epoch
+        epoch_end = min((epoch + 1) * updates_per_epoch, total_updates)
         model.train()
-        loss_sum, loss_count = 0.0, 0
-        for index, batch in enumerate(train_loader):
-            if (
-                index >= updates_per_epoch * args.grad_accum_steps
-                or step >= total_updates
-            ):
-                break  # whole accumulation windows per epoch, so updates never straddle epochs
-            bad_train += batch["bad_images"]
-            pixel_values = batch["pixel_values"].to(
-                accelerator.device, non_blocking=True
-            )
+        for batch in C.skip_batches(
+            train_loader, (step - epoch * updates_per_epoch) * accum
+        ):
+            if step >= epoch_end:
+                break  # whole accumulation windows per epoch: updates never straddle epochs
+            T.count_bad_images(state, batch["bad_images"])
+            images = batch["pixel_values"].to(accelerator.device, non_blocking=True)
             labels = batch["labels"].to(accelerator.device, non_blocking=True)
             if mixup is not None and len(labels) % 2:
-                pixel_values, labels = (
-                    pixel_values[:-1],
+                images, labels = (
+                    images[:-1],
                     labels[:-1],
                 )  # a skipped image left an odd batch
             if len(labels) == 0:
                 continue
             if mixup is not None:
-                pixel_values, labels = mixup(pixel_values, labels)
+                images, labels = mixup(images, labels)
             if args.channels_last:
-                pixel_values = pixel_values.contiguous(
-                    memory_format=torch.channels_last
-                )
+                images = images.contiguous(memory_format=torch.channels_last)
             with accelerator.accumulate(model), accelerator.autocast():
-                loss = criterion(model(pixel_values=pixel_values).logits, labels)
+                loss = criterion(model(pixel_values=images).logits, labels)
+                if NAN_AT_STEP == step + 1:
+                    loss = loss * math.nan
+                if not accelerator.gather(
+                    torch.isfinite(loss.detach()).reshape(1)
+                ).all():
+                    last = C.checkpoints(args.output_dir)
+                    raise SystemExit(
+                        f"error: non-finite loss ({loss.item()}) at step {step + 1}; last good "
+                        f"checkpoint: {last[-1] if last else 'none'}. Nothing was written after it."
+                    )
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            loss_sum, loss_count, seen = (
-                loss_sum + loss.item(),
-                loss_count + 1,
-                seen + len(labels),
-            )
-            if accelerator.sync_gradients:
-                step += 1
-                scheduler.step_update(step)
-                if ema is not None:
-                    ema.update(unwrapped, step=step)
-                progress.update(1)
-                progress.set_postfix(
-                    loss=f"{loss.item():.3f}",
-                    lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                )
-                if trackers:
-                    accelerator.log(
-                        {
-                            "train/loss": loss.item(),
-                            "train/lr": optimizer.param_groups[0]["lr"],
-                        },
-                        step,
-                    )
+            state["loss_sum"] += loss.item()
+            state["loss_count"] += 1
+            state["seen"] += (
+                len(labels) * world
+            )  # every process trains on an equal batch
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            scheduler.step_update(step)
+            if ema is not None:
+                ema.update(unwrapped, step=step)
+            progress.update(1)
+            lr = optimizer.param_groups[0]["lr"]
+            progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
+            if accelerator.log_with:
+                accelerator.log({"train/loss": loss.item(), "train/lr": lr}, step=step)
+            if every and step % every == 0 and step < epoch_end:
+                checkpoint()
 
-        is_last = epoch == epochs - 1
-        if (epoch + 1) % args.eval_every and not is_last:
-            continue
-        model_metrics = T.evaluate_model(model, eval_loader, accelerator)
-        row = {
-            "epoch": epoch,
-            "step": step,
-            "train_loss": loss_sum / max(loss_count, 1),
-        }
-        row |= {f"model_{k}": v for k, v in model_metrics.items()}
-        reported = model_metrics
-        if (
-            ema is not None
-        ):  # like timm, the EMA's metric is the one reported when EMA is on
-            reported = T.evaluate_model(ema.module, eval_loader, accelerator)
-            row |= {f"ema_{k}": v for k, v in reported.items()}
-        row |= {k: reported[k] for k in ("top1", "top5", "loss")}
-        is_peak = history.add(row)
-        if trackers:
-            accelerator.log(
-                {f"eval/{k}": v for k, v in row.items() if k not in ("epoch", "step")},
-                step,
+        if step < epoch_end:
+            logger.warning("the data ran out after %d of %d updates", step, epoch_end)
+        if (epoch + 1) % args.eval_every == 0 or epoch == epochs - 1:
+            row = {"epoch": epoch, "step": step}
+            row["train_loss"] = state["loss_sum"] / max(state["loss_count"], 1)
+            row |= T.evaluate_both(model, ema, eval_loader, accelerator)
+            if history.add(row):
+                save_model(
+                    accelerator,
+                    reported_model,
+                    processor,
+                    f"{args.output_dir}/best_model",
+                )
+            if accelerator.log_with:
+                metrics = {
+                    f"eval/{k}": v for k, v in row.items() if k not in ("epoch", "step")
+                }
+                accelerator.log(metrics, step=step)
+            logger.info(
+                "epoch %d: top-1 %.2f%%, top-5 %.2f%%", epoch, row["top1"], row["top5"]
             )
-        logger.info(
-            "epoch %d: top-1 %.2f%%, top-5 %.2f%% (%s)",
-            epoch,
-            row["top1"],
-            row["top5"],
-            "EMA" if ema else "model",
-        )
-        reported_model = ema.module if ema is not None else model
-        if is_peak:
-            save_model(
-                accelerator, reported_model, processor, f"{args.output_dir}/best_model"
-            )
-        if accelerator.is_main_process:
-            T.write_history(f"{args.output_dir}/history.jsonl", history)
-            T.plot_history(
-                f"{args.output_dir}/training_curves.png", history, args.experiment
-            )
+            if accelerator.is_main_process:
+                T.write_history(f"{args.output_dir}/history.jsonl", history)
+                T.plot_history(
+                    f"{args.output_dir}/training_curves.png", history, args.experiment
+                )
+        state.update(loss_sum=0.0, loss_count=0)
+        checkpoint()
     progress.close()
 
-    wall_time = time.time() - start
-    save_model(
-        accelerator,
-        ema.module if ema is not None else model,
-        processor,
-        args.output_dir,
+    save_model(accelerator, reported_model, processor, args.output_dir)
+    results = T.results(
+        history, summary, state, elapsed(), args, unwrapped, data.source
     )
-    checksums = T.replica_checksums(unwrapped, accelerator)
-    if bad_train:
+    results |= {
+        "reported": "ema" if ema is not None else "model",
+        "num_processes": world,
+    }
+    results["replica_checksums"] = T.replica_checksums(unwrapped, accelerator)
+    results["config"] = run_config
+    if state["bad_train_count"]:
         logger.warning(
             "skipped %d unreadable training images, e.g. %s",
-            len(bad_train),
-            bad_train[:5],
-        )
-    results = {
-        **history.summary(),
-        "strategy": unwrapped.config.reduction_strategy,
-        "seed": args.seed,
-        "reported": "ema" if ema is not None else "model",
-        "parameters": summary["num_parameters"],
-        "mlp_parameters": summary["mlp_parameters"],
-        "gmacs": summary["gmacs"],
-        "epochs": epochs,
-        "steps": step,
-        "wall_time_s": wall_time,
-        "train_images_per_s": seen * accelerator.num_processes / wall_time,
-        "eval_samples": history.rows[-1]["model_count"] if history.rows else 0,
-        "bad_train_images": len(bad_train),
-        "num_processes": accelerator.num_processes,
-        "replica_checksums": checksums,
-        "data": data.source,
-        "config": run_config,
-    }
+            state["bad_train_count"], state["bad_train_examples"],
+        )  # fmt: skip
     if accelerator.is_main_process:
         T.write_json(f"{args.output_dir}/results.json", results)
-        logger.info(
-            "results: %s",
-            {
-                k: results[k]
-                for k in ("final_top1", "peak_top1", "peak_epoch")
-                if k in results
-            },
-        )
+        logger.info("final top-1 %.2f%%, peak %.2f%% at epoch %d", results["final_top1"],
+                    results["peak_top1"], results["peak_epoch"])  # fmt: skip
     accelerator.end_training()
 
 

@@ -176,10 +176,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate every N epochs (and at the end)",
     )
     run.add_argument(
-        "--checkpointing_steps", default="epoch", help="an integer N, 'epoch' or 'no'"
+        "--checkpointing_steps",
+        default="epoch",
+        help="N: every N updates and at each epoch's end; 'epoch'; or 'no'",
+    )
+    run.add_argument(
+        "--checkpoints_total_limit",
+        type=int,
+        default=3,
+        help="the newest kept, plus the best",
     )
     run.add_argument(
         "--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'"
+    )
+    run.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="start over a folder that holds a previous run's checkpoints",
     )
     run.add_argument(
         "--report_to",
@@ -260,6 +273,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             "--batch_size",
             "an even number with mixup/cutmix (they pair each image with another)",
         )
+    if args.checkpoints_total_limit < 1:
+        fail("--checkpoints_total_limit", "an integer >= 1")
     if (
         args.checkpointing_steps not in ("epoch", "no")
         and not args.checkpointing_steps.isdigit()

@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass, field
 
 import datasets
+import datasets.distributed
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -39,6 +40,30 @@ class ImageClassificationData:
     label_column: str
     label_names: list[str]
     source: str = field(default="")
+
+
+# The parameters of `load_image_classification_data`, which the training script's flags carry by the same names.
+LOADING_ARGUMENTS = (
+    "dataset_name",
+    "dataset_config_name",
+    "train_dir",
+    "validation_dir",
+    "train_split",
+    "validation_split",
+    "image_column",
+    "label_column",
+    "streaming",
+    "cache_dir",
+    "train_val_split",
+    "seed",
+)
+
+
+def take(dataset, count: int):
+    """The first `count` examples of a split or a stream."""
+    if isinstance(dataset, datasets.IterableDataset):
+        return dataset.take(count)
+    return dataset.select(range(min(count, len(dataset))))
 
 
 def load_digits() -> datasets.DatasetDict:
@@ -147,34 +172,38 @@ def load_image_classification_data(
         if validation_dir:
             _check_image_folder(validation_dir, "validation_dir")
             data_files[validation_split] = os.path.join(validation_dir, "**")
-        splits = datasets.load_dataset(
-            "imagefolder", data_files=data_files, cache_dir=cache_dir
+        builder, builder_kwargs, available = (
+            "imagefolder",
+            {"data_files": data_files},
+            list(data_files),
         )
         source = f"imagefolder:{train_dir}"
+    elif dataset_name and os.path.isfile(
+        os.path.join(dataset_name, "dataset_dict.json")
+    ):
+        builder, source = None, dataset_name
+        splits = datasets.load_from_disk(dataset_name)
+        available = list(splits)
     elif dataset_name:
-        if os.path.isfile(os.path.join(dataset_name, "dataset_dict.json")):
-            splits = datasets.load_from_disk(dataset_name)
-        else:
-            splits = datasets.load_dataset(
-                dataset_name,
-                dataset_config_name,
-                cache_dir=cache_dir,
-                streaming=streaming,
-            )
-        source = dataset_name
+        builder, builder_kwargs, source = (
+            dataset_name,
+            {"name": dataset_config_name},
+            dataset_name,
+        )
+        available = datasets.get_dataset_split_names(
+            dataset_name, dataset_config_name, cache_dir=cache_dir
+        )
     else:
+        builder, source = None, "digits (scikit-learn, embedded)"
         splits = load_digits()
-        source = "digits (scikit-learn, embedded)"
+        available = list(splits)
 
-    available = list(splits.keys())
-    if train_split not in splits:
+    if train_split not in available:
         raise ValueError(
             f"train_split={train_split!r} does not exist in {source}; splits: {available}"
         )
-    train = splits[train_split]
-    if validation_split in splits:
-        validation = splits[validation_split]
-    elif (
+    has_validation = validation_split in available
+    if not has_validation and (
         validation_dir
         or (dataset_name and validation_split != "validation")
         or streaming
@@ -182,7 +211,29 @@ def load_image_classification_data(
         raise ValueError(
             f"validation_split={validation_split!r} does not exist in {source}; splits: {available}"
         )
+
+    if builder is not None:
+
+        def load(split, stream=False):
+            return datasets.load_dataset(
+                builder,
+                split=split,
+                cache_dir=cache_dir,
+                streaming=stream,
+                **builder_kwargs,
+            )
+
+        # Streaming applies to the (large) train split; evaluation needs a sized split to count every example once.
+        train = load(train_split, streaming)
+        validation = load(validation_split) if has_validation else None
     else:
+        if streaming:
+            raise ValueError(
+                f"streaming=True needs a Hub dataset or files, not {source}"
+            )
+        train = splits[train_split]
+        validation = splits[validation_split] if has_validation else None
+    if validation is None:
         # Like Transformers' example script: hold out part of train when the source has no validation split.
         held_out = train.train_test_split(test_size=train_val_split, seed=seed)
         train, validation = held_out["train"], held_out["test"]
@@ -371,13 +422,30 @@ def collate(examples: list[dict]) -> dict:
     }
 
 
+def shard_stream(
+    dataset,
+    num_processes: int,
+    process_index: int,
+    seed: int,
+    buffer_size: int = 10_000,
+):
+    """A streamed train split: each process reads its own part, shuffled through a buffer."""
+    part = datasets.distributed.split_dataset_by_node(
+        dataset, rank=process_index, world_size=num_processes
+    )
+    return part.shuffle(seed=seed, buffer_size=buffer_size)
+
+
 def train_sampler(
     dataset, num_processes: int, process_index: int, aug_repeats: int, seed: int
 ):
     """timm's choice: RepeatAugSampler when distributed with repeats, else a shuffling DistributedSampler.
 
-    The sampler shards the data itself, so the train loader must not be sharded again by Accelerate.
+    The sampler shards the data itself, so the train loader must not be sharded again by Accelerate. A stream
+    has no sampler (see `shard_stream`).
     """
+    if isinstance(dataset, datasets.IterableDataset):
+        return None
     if num_processes > 1 and aug_repeats > 0:
         return RepeatAugSampler(
             dataset,

@@ -178,6 +178,70 @@ def evaluate_model(model, loader, accelerator, k: int = 5) -> dict:
     }
 
 
+def evaluate_both(model, ema, loader, accelerator) -> dict:
+    """A history row's metrics: the model's, the EMA's, and the reported ones (the EMA's when on, as timm)."""
+    row = {
+        f"model_{k}": v for k, v in evaluate_model(model, loader, accelerator).items()
+    }
+    reported = {k.removeprefix("model_"): v for k, v in row.items()}
+    if ema is not None:
+        reported = evaluate_model(ema.module, loader, accelerator)
+        row |= {f"ema_{k}": v for k, v in reported.items()}
+    return row | {k: reported[k] for k in ("top1", "top5", "loss")}
+
+
+def mixed_precision(requested: str | None, amp: bool) -> str:
+    """Accelerate's mixed precision: as requested; with --amp bf16 where supported, else fp16 (loss scaling)."""
+    if requested:
+        return requested
+    if not amp or not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def new_train_state() -> dict:
+    """What a checkpoint records besides weights and RNG states (JSON-serializable)."""
+    return {
+        "step": 0,
+        "elapsed": 0.0,
+        "seen": 0,
+        "loss_sum": 0.0,
+        "loss_count": 0,
+        "bad_train_count": 0,
+        "bad_train_examples": [],
+        "history": {"rows": []},
+    }
+
+
+def count_bad_images(state: dict, descriptions: list[str], examples: int = 10) -> None:
+    state["bad_train_count"] += len(descriptions)
+    state["bad_train_examples"] += descriptions[
+        : examples - len(state["bad_train_examples"])
+    ]
+
+
+def results(
+    history, summary: dict, state: dict, elapsed: float, args, model, source: str
+) -> dict:
+    """results.json: the paper's figures (percent) first, then what identifies and sizes the run."""
+    last = history.rows[-1] if history.rows else {}
+    return {
+        **history.summary(),
+        "strategy": model.config.reduction_strategy,
+        "seed": args.seed,
+        "parameters": summary["num_parameters"],
+        "mlp_parameters": summary["mlp_parameters"],
+        "gmacs": summary["gmacs"],
+        "epochs": (last.get("epoch", -1) + 1),
+        "steps": state["step"],
+        "wall_time_s": elapsed,
+        "train_images_per_s": state["seen"] / elapsed if elapsed else 0.0,
+        "eval_samples": last.get("model_count", 0),
+        "bad_train_images": state["bad_train_count"],
+        "data": source,
+    }
+
+
 @dataclass
 class RunHistory:
     """Per-epoch metrics and the paper's stability figures: peak epoch, peak and final top-1, Δ(P→F)."""

@@ -276,3 +276,28 @@ def test_transforms_follow_timm_recipe():
     assert "RandAugment" in names and names[-1] == "RandomErasing"
     out = evaluation(Image.new("RGB", (50, 40), (255, 255, 255)))
     assert out.shape == (3, 32, 32) and torch.allclose(out, torch.ones_like(out))
+
+
+def test_streaming_reads_train_as_a_stream_sharded_across_processes(tmp_path):
+    write_folder(tmp_path / "ds" / "train", per_class=8)
+    write_folder(tmp_path / "ds" / "validation", per_class=2)
+    data = D.load_image_classification_data(
+        dataset_name=str(tmp_path / "ds"), streaming=True
+    )
+    assert isinstance(data.train, datasets.IterableDataset)
+    assert isinstance(data.validation, datasets.Dataset) and len(data.validation) == 4
+    train_transform, _ = D.build_transforms(16, (0.5,) * 3, (0.5,) * 3)
+    stream = D.prepare_dataset(
+        data.train, D.ExampleTransform(train_transform, "image", "label")
+    )
+    parts = [D.shard_stream(stream, 2, rank, seed=0) for rank in range(2)]
+    assert D.train_sampler(parts[0], 2, 0, aug_repeats=3, seed=0) is None
+    colors = [
+        [tuple(e["pixel_values"][:, 0, 0].tolist()) + (e["labels"],) for e in part]
+        for part in parts
+    ]
+    assert len(colors[0]) + len(colors[1]) == 16
+    with pytest.raises(ValueError, match=r"validation_split='dev' does not exist"):
+        D.load_image_classification_data(
+            dataset_name=str(tmp_path / "ds"), streaming=True, validation_split="dev"
+        )

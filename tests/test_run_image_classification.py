@@ -257,3 +257,45 @@ def test_model_name_or_path_starts_from_a_saved_model(tmp_path, make_model):
         wrong.returncode != 0
         and "reduction_strategy='grouped' but the checkpoint has 'thin'" in wrong.stderr
     )
+
+
+def test_streaming_run(tmp_path):
+    for split, per_class in (("train", 40), ("validation", 5)):
+        for label in ("a", "b"):
+            (tmp_path / "ds" / split / label).mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (12, 12), (200 * (label == "a"), i, 0)).save(
+                    tmp_path / "ds" / split / label / f"{i}.png"
+                )
+    out = tmp_path / "out"
+    result = run(
+        [
+            "--dataset_name",
+            str(tmp_path / "ds"),
+            "--streaming",
+            "--max_train_steps",
+            "3",
+            "--model_size",
+            "digits",
+            "--image_size",
+            "16",
+            "--output_dir",
+            str(out),
+            "--report_to",
+            "none",
+            "--workers",
+            "0",
+            "--batch_size",
+            "8",
+            "--grad_accum_steps",
+            "1",
+            "--no-model-ema",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert (
+        results["steps"] == 3
+        and results["eval_samples"] == 10
+        and results["reported"] == "model"
+    )

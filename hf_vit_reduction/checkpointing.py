@@ -1,0 +1,157 @@
+"""Checkpoints that survive a kill at any moment: written aside, renamed into place, resumed exactly.
+
+A checkpoint is a folder `OUTPUT_DIR/checkpoints/step_NNNNNNNN` holding Accelerate's `save_state` (model,
+optimizer, loss scaler, every process's RNG states), the EMA weights (safetensors) and `train_state.json` (step,
+history, counters). It is written under a hidden temporary name and renamed when every process has finished, so a
+folder with a final name is always complete; leftovers of an interrupted write are removed on the next start.
+"""
+
+import itertools
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate import skip_first_batches
+from safetensors.torch import load_file, save_file
+
+from .training import write_json
+
+CHECKPOINTS = "checkpoints"
+TRAIN_STATE = "train_state.json"
+EMA_WEIGHTS = "ema.safetensors"
+_NAME = re.compile(r"^step_(\d{8})$")
+
+# Test hook: stop the process in the middle of writing checkpoint N (between Accelerate's files and ours).
+_STOP_IN_CHECKPOINT = os.environ.get("HF_VIT_REDUCTION_TEST_STOP_IN_CHECKPOINT")
+
+
+def checkpoints(output_dir) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    folder = Path(output_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    return sorted(
+        (p for p in folder.iterdir() if p.is_dir() and _NAME.match(p.name)),
+        key=lambda p: p.name,
+    )
+
+
+def remove_partial_checkpoints(output_dir) -> list[Path]:
+    """Delete what an interrupted write left behind; complete checkpoints are never touched."""
+    folder = Path(output_dir) / CHECKPOINTS
+    partial = [p for p in folder.glob(".tmp-*")] if folder.is_dir() else []
+    for path in partial:
+        shutil.rmtree(path, ignore_errors=True)
+    return partial
+
+
+def check_output_dir(output_dir, resume_from_checkpoint, overwrite_output_dir) -> None:
+    """Refuse to start over a previous run's checkpoints unless told to resume or to overwrite."""
+    existing = checkpoints(output_dir)
+    if not existing or resume_from_checkpoint:
+        return
+    if overwrite_output_dir:
+        shutil.rmtree(Path(output_dir) / CHECKPOINTS)
+        return
+    raise ValueError(
+        f"output_dir={str(output_dir)!r} holds checkpoints of a previous run (latest: {existing[-1].name}). "
+        "Pass --resume_from_checkpoint latest to continue it, choose another --output_dir, or pass "
+        "--overwrite_output_dir to start over."
+    )
+
+
+def resolve(output_dir, resume_from_checkpoint: str) -> Path:
+    if resume_from_checkpoint == "latest":
+        existing = checkpoints(output_dir)
+        if not existing:
+            raise ValueError(
+                f"--resume_from_checkpoint latest: no checkpoint in {Path(output_dir) / CHECKPOINTS}"
+            )
+        return existing[-1]
+    path = Path(resume_from_checkpoint)
+    if not (path / TRAIN_STATE).is_file():
+        raise ValueError(
+            f"--resume_from_checkpoint={resume_from_checkpoint!r} is not a complete checkpoint folder"
+        )
+    return path
+
+
+def save(
+    accelerator,
+    output_dir,
+    step: int,
+    ema,
+    train_state: dict,
+    keep: int,
+    protect: int | None,
+) -> Path:
+    """Write checkpoint `step` atomically, then keep the newest `keep` plus the one at step `protect`."""
+    folder = Path(output_dir) / CHECKPOINTS
+    final = folder / f"step_{step:08d}"
+    temporary = folder / f".tmp-step_{step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary), safe_serialization=True)
+    if _STOP_IN_CHECKPOINT and int(_STOP_IN_CHECKPOINT) == step:
+        os._exit(137)
+    if accelerator.is_main_process:
+        if ema is not None:
+            save_file(
+                {
+                    k: v.detach().cpu().contiguous()
+                    for k, v in ema.module.state_dict().items()
+                },
+                temporary / EMA_WEIGHTS,
+            )
+        write_json(temporary / TRAIN_STATE, train_state)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(temporary, final)
+        _fsync_dir(folder)
+        complete = checkpoints(output_dir)
+        for old in complete[:-keep] if keep > 0 else []:
+            if protect is None or old.name != f"step_{protect:08d}":
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load(accelerator, path: Path, ema) -> dict:
+    """Restore model, optimizer, scaler, RNG states and EMA; return the saved train state."""
+    accelerator.load_state(str(path))
+    if ema is not None:
+        weights = load_file(path / EMA_WEIGHTS, device="cpu")
+        ema.module.load_state_dict(
+            {k: v.to(ema.module.state_dict()[k].device) for k, v in weights.items()}
+        )
+    return json.loads((path / TRAIN_STATE).read_text())
+
+
+def skip_batches(loader, count: int):
+    """The loader's batches after the first `count`, as if those had just been consumed.
+
+    Without workers the main process's RNG must not see the skipped transforms, so they are skipped by index;
+    with workers they are replayed, so that each worker's RNG advances exactly as in the uninterrupted run.
+    """
+    if count == 0:
+        return loader
+    if loader.num_workers == 0 and not isinstance(
+        loader.dataset, torch.utils.data.IterableDataset
+    ):
+        return skip_first_batches(loader, count)
+    return itertools.islice(loader, count, None)
+
+
+def _fsync_dir(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

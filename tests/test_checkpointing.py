@@ -1,0 +1,209 @@
+"""Fault tolerance: exact resume after SIGKILL, atomic checkpoints, the non-finite guard, no leaked secrets."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from hf_vit_reduction import checkpointing as C
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = str(ROOT / "run_image_classification.py")
+TWO_PROCESSES = (
+    "-m", "accelerate.commands.launch", "--config_file",
+    str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", "0",
+)  # fmt: skip
+# Mixup, EMA and (under two processes) repeated augmentation on; 8 updates per epoch, 3 epochs.
+RUN = (
+    "--max_train_samples", "256", "--max_eval_samples", "37", "--batch_size", "32",
+    "--max_train_steps", "20", "--checkpointing_steps", "3", "--report_to", "none",
+    "--mixup", "0.8", "--cutmix", "1.0", "--model_ema", "--model_ema_decay", "0.9",
+)  # fmt: skip
+
+
+def command(out, strategy, processes, workers, *extra):
+    launcher = (sys.executable, *TWO_PROCESSES) if processes == 2 else (sys.executable,)
+    args = ("--strategy", strategy, "--output_dir", str(out), "--workers", str(workers))
+    return [*launcher, SCRIPT, *args, *RUN, *extra]
+
+
+def environment(**extra):
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+        **extra,
+    }
+
+
+def run(cmd, **env):
+    result = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env=environment(**env),
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=300,
+    )
+    return result
+
+
+def final_state(out):
+    weights = load_file(out / "model.safetensors")
+    history = [
+        json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()
+    ]
+    return weights, history
+
+
+def assert_same_run(reference, resumed):
+    weights, history = final_state(reference)
+    again, again_history = final_state(resumed)
+    assert weights.keys() == again.keys()
+    for key in weights:
+        assert weights[key].equal(again[key]), key  # bit for bit
+    assert history == again_history
+
+
+def kill_after_checkpoint(cmd, out, step):
+    process = subprocess.Popen(cmd, cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=True)  # fmt: skip
+    deadline = time.time() + 240
+    while not (out / C.CHECKPOINTS / f"step_{step:08d}").is_dir():
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the whole launch: launcher and workers
+    process.wait()
+    assert not (out / "results.json").exists(), "killed too late: the run had finished"
+
+
+@pytest.mark.parametrize(
+    "strategy, processes, workers, kill_step",
+    [("grouped", 1, 0, 6), ("baseline", 1, 2, 3), ("grouped", 2, 0, 9)],
+)
+def test_resume_after_sigkill_is_exact(
+    tmp_path, strategy, processes, workers, kill_step
+):
+    reference = tmp_path / "reference"
+    result = run(command(reference, strategy, processes, workers))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    resumed = tmp_path / "resumed"
+    kill_after_checkpoint(
+        command(resumed, strategy, processes, workers), resumed, kill_step
+    )
+    result = run(
+        command(
+            resumed, strategy, processes, workers, "--resume_from_checkpoint", "latest"
+        )
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stderr
+    assert_same_run(reference, resumed)
+    results = json.loads((resumed / "results.json").read_text())
+    assert results["steps"] == 20 and results["num_processes"] == processes
+
+
+def test_kill_during_a_checkpoint_write_resumes_from_the_previous_one(tmp_path):
+    reference = tmp_path / "reference"
+    assert run(command(reference, "shallow", 1, 0)).returncode == 0
+
+    out = tmp_path / "interrupted"
+    result = run(
+        command(out, "shallow", 1, 0), HF_VIT_REDUCTION_TEST_STOP_IN_CHECKPOINT="9"
+    )
+    assert result.returncode == 137
+    assert [p.name for p in C.checkpoints(out)] == [
+        "step_00000003",
+        "step_00000006",
+        "step_00000008",
+    ]
+    assert (
+        out / C.CHECKPOINTS / ".tmp-step_00000009"
+    ).is_dir()  # the half-written one, ignored
+
+    result = run(command(out, "shallow", 1, 0, "--resume_from_checkpoint", "latest"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        "resumed from" in result.stderr and "step_00000008 at step 8" in result.stderr
+    )
+    assert not list(
+        (out / C.CHECKPOINTS).glob(".tmp-*")
+    )  # cleaned up on the next start
+    assert_same_run(reference, out)
+    # The newest three are kept, plus the best epoch's.
+    kept = [p.name for p in C.checkpoints(out)]
+    assert kept[-3:] == ["step_00000016", "step_00000018", "step_00000020"]
+    assert len(kept) <= 4
+
+
+def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path):
+    out = tmp_path / "nan"
+    result = run(command(out, "thin", 1, 0), HF_VIT_REDUCTION_TEST_NAN_AT_STEP="11")
+    assert result.returncode == 1
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith(
+        "error: non-finite loss (nan) at step 11; last good checkpoint:"
+    )
+    assert "step_00000009" in message
+    assert [p.name for p in C.checkpoints(out)] == [
+        "step_00000006",
+        "step_00000008",
+        "step_00000009",
+    ]
+    state = json.loads(
+        (out / C.CHECKPOINTS / "step_00000009" / C.TRAIN_STATE).read_text()
+    )
+    assert state["step"] == 9
+    assert (
+        not (out / "results.json").exists() and not (out / "model.safetensors").exists()
+    )
+
+
+def test_a_previous_run_is_never_overwritten_silently(tmp_path):
+    out = tmp_path / "run"
+    assert run(command(out, "baseline", 1, 0, "--max_train_steps", "3")).returncode == 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    result = run(command(out, "baseline", 1, 0))
+    assert result.returncode == 1
+    assert (
+        "holds checkpoints of a previous run" in result.stderr
+        and "--resume_from_checkpoint latest" in result.stderr
+    )
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    result = run(
+        command(
+            out, "baseline", 1, 0, "--max_train_steps", "4", "--overwrite_output_dir"
+        )
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "results.json").read_text())["steps"] == 4
+
+
+def test_the_hub_token_is_written_nowhere(tmp_path):
+    out = tmp_path / "run"
+    token = "hf_SECRETtokenVALUE0123456789"
+    result = run(command(out, "grouped", 1, 0, "--max_train_steps", "4", "--hub_token", token,
+                         "--report_to", "tensorboard"))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.name.startswith("events.out.tfevents") for p in written)
+    assert [p for p in written if token.encode() in p.read_bytes()] == []
+    assert token not in result.stdout + result.stderr
+    assert "hub_token" not in json.loads((out / "args.json").read_text())
+
+
+def test_resume_argument_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"no checkpoint in"):
+        C.resolve(tmp_path, "latest")
+    with pytest.raises(ValueError, match=r"is not a complete checkpoint folder"):
+        C.resolve(tmp_path, str(tmp_path / "nowhere"))
