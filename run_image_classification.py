@@ -109,6 +109,10 @@ def main():
     )
     columns = (data.image_column, data.label_column, args.on_bad_image)
     train_set = D.prepare_dataset(data.train, D.ExampleTransform(train_tf, *columns))
+    if args.benchmark_loop:  # decoded once, so the loop itself is what gets timed
+        train_set = D.in_memory(
+            D.prepare_dataset(data.train, D.ExampleTransform(eval_tf, *columns))
+        )
     eval_set = D.prepare_dataset(
         data.validation, D.ExampleTransform(eval_tf, *columns, size)
     )
@@ -244,6 +248,8 @@ def main():
             if not accelerator.sync_gradients:
                 continue
             step += 1
+            if step == args.benchmark_warmup:
+                timer = (time.perf_counter(), state["seen"])
             scheduler.step_update(step)
             if ema is not None:
                 ema.update(unwrapped, step=step)
@@ -284,6 +290,15 @@ def main():
         state.update(loss_sum=0.0, loss_count=0)
         checkpoint()
     progress.close()
+    if args.benchmark_loop:
+        loop = (state["seen"] - timer[1]) / (time.perf_counter() - timer[0])
+        report = T.loop_benchmark(
+            model, optimizer, criterion, mixup, train_loader, accelerator, loop, args
+        )
+        if accelerator.is_main_process:
+            T.write_json(f"{args.output_dir}/loop_benchmark.json", report)
+            logger.info("loop benchmark: %s", report)
+        return
 
     save_model(accelerator, reported_model, processor, args.output_dir)
     results = T.results(

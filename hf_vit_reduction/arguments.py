@@ -199,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="tensorboard",
         help="Accelerate trackers, comma separated, or 'none'",
     )
+    run.add_argument(
+        "--benchmark_loop",
+        action="store_true",
+        help="time the full loop on in-memory data against the bare step, then stop",
+    )
+    run.add_argument("--benchmark_warmup", type=int, default=5)
     run.add_argument("--push_to_hub", action="store_true")
     run.add_argument("--hub_model_id", default=None)
     run.add_argument("--hub_token", default=None, help="never written anywhere")
@@ -273,6 +279,15 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             "--batch_size",
             "an even number with mixup/cutmix (they pair each image with another)",
         )
+    if args.benchmark_loop:
+        if (
+            args.max_train_steps is None
+            or args.max_train_steps <= args.benchmark_warmup
+        ):
+            parser.error(
+                "--benchmark_loop needs --max_train_steps above --benchmark_warmup"
+            )
+        args.checkpointing_steps, args.eval_every = "no", 10**9
     if args.checkpoints_total_limit < 1:
         fail("--checkpoints_total_limit", "an integer >= 1")
     if (

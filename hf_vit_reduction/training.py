@@ -4,6 +4,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -364,6 +365,59 @@ def plot_history(path, history: RunHistory, title: str) -> None:
     figure.savefig(temporary, dpi=100)
     plt.close(figure)
     os.replace(temporary, path)
+
+
+def loop_benchmark(
+    model,
+    optimizer,
+    criterion,
+    mixup,
+    loader,
+    accelerator,
+    loop_images_per_s: float,
+    args,
+) -> dict:
+    """The bare step (forward, backward, AdamW on one fixed batch) at the loop's batch, beside the loop's speed."""
+    batch = next(iter(loader))
+    images = batch["pixel_values"].to(accelerator.device)
+    labels = batch["labels"].to(accelerator.device)
+    if mixup is not None:
+        images, labels = mixup(images, labels)
+    model.train()
+
+    def step():
+        with accelerator.autocast():
+            loss = criterion(model(pixel_values=images).logits, labels)
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(args.benchmark_warmup):
+        step()
+    steps = args.max_train_steps - args.benchmark_warmup
+    accelerator.wait_for_everyone()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps * args.grad_accum_steps):
+        step()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    bare = (
+        len(labels)
+        * steps
+        * args.grad_accum_steps
+        * accelerator.num_processes
+        / (time.perf_counter() - start)
+    )
+    return {
+        "batch_size": args.batch_size,
+        "timed_updates": steps,
+        "loop_images_per_s": loop_images_per_s,
+        "bare_step_images_per_s": bare,
+        "loop_vs_bare": loop_images_per_s / bare,
+        "device": str(accelerator.device),
+    }
 
 
 def replica_checksums(model: torch.nn.Module, accelerator) -> list[float]:

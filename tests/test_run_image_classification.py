@@ -299,3 +299,17 @@ def test_streaming_run(tmp_path):
         and results["eval_samples"] == 10
         and results["reported"] == "model"
     )
+
+
+def test_loop_benchmark_mode(tmp_path):
+    out = tmp_path / "bench"
+    result = run(["--strategy", "grouped", "--output_dir", str(out), "--benchmark_loop", "--max_train_steps", "8",
+                  "--benchmark_warmup", "3", "--report_to", "none", *SMOKE])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "loop_benchmark.json").read_text())
+    assert report["timed_updates"] == 5 and report["batch_size"] == 32
+    assert report["loop_images_per_s"] > 0 and report["bare_step_images_per_s"] > 0
+    assert report["loop_vs_bare"] == pytest.approx(
+        report["loop_images_per_s"] / report["bare_step_images_per_s"]
+    )
+    assert not (out / "results.json").exists()

@@ -1,0 +1,191 @@
+"""Input-pipeline throughput: our 🤗 Datasets loader against timm's own, on one ImageNet-layout JPEG folder.
+
+    python -m hf_vit_reduction.data_benchmark --folder /tmp/digits-jpeg --make --workers 1 2
+
+`--make` writes the embedded digits upscaled to 256 px as JPEGs (`<folder>/<label>/<n>.jpg`). Both loaders apply
+the same timm train transform (RandomResizedCrop 224, flip, RandAugment, RandomErasing) in DataLoader workers.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from timm.data import create_dataset, create_loader
+from torch.utils.data import DataLoader
+
+from . import data as D
+from .training import PAPER_RECIPE
+
+MEAN = STD = (0.5, 0.5, 0.5)
+
+
+def make_jpeg_folder(folder, size: int = 256, limit: int | None = None) -> int:
+    """Write the digits as `size`-px RGB JPEGs in ImageNet's layout; returns the number of images."""
+    digits = D.load_digits()["train"]
+    count = len(digits) if limit is None else min(limit, len(digits))
+    for index in range(count):
+        example = digits[index]
+        image = (
+            example["image"]
+            .convert("RGB")
+            .resize((size, size), Image.Resampling.BICUBIC)
+        )
+        target = Path(folder) / str(example["label"]) / f"{index:05d}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        image.save(target, quality=90)
+    return count
+
+
+def transform_options(image_size: int) -> dict:
+    recipe = PAPER_RECIPE
+    return {
+        "scale": recipe["scale"],
+        "hflip": recipe["hflip"],
+        "auto_augment": recipe["aa"],
+        "re_prob": recipe["reprob"],
+        "interpolation": "bicubic",
+        "mean": MEAN,
+        "std": STD,
+        "image_size": image_size,
+    }
+
+
+def our_loader(folder, workers: int, batch_size: int, image_size: int) -> DataLoader:
+    """What run_image_classification.py builds for `--train_dir`."""
+    options = transform_options(image_size)
+    data = D.load_image_classification_data(train_dir=str(folder), train_val_split=0.01)
+    train_tf, _ = D.build_transforms(
+        image_size,
+        MEAN,
+        STD,
+        options["auto_augment"],
+        options["re_prob"],
+        options["scale"],
+        options["hflip"],
+    )
+    dataset = D.prepare_dataset(
+        data.train, D.ExampleTransform(train_tf, data.image_column, data.label_column)
+    )
+    sampler = D.train_sampler(dataset, 1, 0, aug_repeats=0, seed=0)
+    return D.train_loader(
+        dataset, batch_size, sampler, workers, pin_memory=False, seed=0
+    )
+
+
+def timm_loader(folder, workers: int, batch_size: int, image_size: int):
+    """timm's `create_loader` on its folder dataset, with the same transform."""
+    options = transform_options(image_size)
+    dataset = create_dataset("", root=str(folder), is_training=True)
+    return create_loader(
+        dataset,
+        input_size=(3, image_size, image_size),
+        batch_size=batch_size,
+        is_training=True,
+        scale=options["scale"],
+        hflip=options["hflip"],
+        auto_augment=options["auto_augment"],
+        re_prob=options["re_prob"],
+        re_mode="pixel",
+        interpolation="bicubic",
+        mean=MEAN,
+        std=STD,
+        num_workers=workers,
+        use_prefetcher=False,
+        persistent_workers=False,
+        device="cpu",
+    )
+
+
+def images_per_second(loader, batches: int, warmup: int) -> float:
+    """Throughput after `warmup` batches (worker start-up excluded)."""
+    iterator = iter(loader)
+    for _ in range(warmup):
+        next(iterator)
+    images, start = 0, time.perf_counter()
+    for _ in range(batches):
+        batch = next(iterator)
+        images += len(batch["pixel_values"] if isinstance(batch, dict) else batch[0])
+    return images / (time.perf_counter() - start)
+
+
+def run(
+    folder,
+    workers: list[int],
+    batch_size: int,
+    batches: int,
+    warmup: int,
+    image_size: int,
+) -> list[dict]:
+    rows = []
+    for count in workers:
+        for name, build in (
+            ("ours (🤗 Datasets imagefolder)", our_loader),
+            ("timm create_loader", timm_loader),
+        ):
+            speed = images_per_second(
+                build(folder, count, batch_size, image_size), batches, warmup
+            )
+            rows.append(
+                {
+                    "loader": name,
+                    "workers": count,
+                    "images_per_s": speed,
+                    "images_per_s_per_worker": speed / max(count, 1),
+                }
+            )
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [
+        "| loader | workers | images/s | images/s per worker |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['loader']} | {row['workers']} | {row['images_per_s']:.1f} | "
+            f"{row['images_per_s_per_worker']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--folder", required=True, help="an ImageNet-layout folder of images"
+    )
+    parser.add_argument(
+        "--make",
+        action="store_true",
+        help="first write the digits there as 256 px JPEGs",
+    )
+    parser.add_argument("--workers", type=int, nargs="+", default=[1])
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--output_json", default=None)
+    args = parser.parse_args(argv)
+    if args.make:
+        make_jpeg_folder(args.folder)
+    np.random.seed(0)
+    rows = run(
+        args.folder,
+        args.workers,
+        args.batch_size,
+        args.batches,
+        args.warmup,
+        args.image_size,
+    )
+    print(format_table(rows))
+    if args.output_json:
+        Path(args.output_json).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+from pathlib import Path
+
+import pytest
+from accelerate.commands.config.config_args import load_config_from_file
+
+CONFIGS = Path(__file__).resolve().parents[1] / "accelerate_configs"
+
+EXPECTED = {
+    "single_gpu.yaml": ("NO", 1, 1),
+    "ddp_2gpu.yaml": ("MULTI_GPU", 2, 1),
+    "multi_node_2x8.yaml": ("MULTI_GPU", 16, 2),
+    "fsdp.yaml": ("FSDP", 2, 1),
+    "deepspeed_zero2.yaml": ("DEEPSPEED", 2, 1),
+    "cpu_2proc.yaml": ("MULTI_GPU", 2, 1),
+}
+
+
+def test_every_config_is_covered():
+    assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_config_parses(name):
+    config = load_config_from_file(str(CONFIGS / name))
+    distributed_type, processes, machines = EXPECTED[name]
+    assert config.distributed_type == distributed_type  # a str enum
+    assert (config.num_processes, config.num_machines) == (processes, machines)
+    assert config.mixed_precision in ("bf16", "no")
+
+
+def test_scale_out_specifics():
+    multi_node = load_config_from_file(str(CONFIGS / "multi_node_2x8.yaml"))
+    assert multi_node.main_process_ip and multi_node.main_process_port == 29500
+    assert "# EDIT" in (CONFIGS / "multi_node_2x8.yaml").read_text()
+    fsdp = load_config_from_file(str(CONFIGS / "fsdp.yaml")).fsdp_config
+    assert fsdp["fsdp_transformer_layer_cls_to_wrap"] == "ViTReducedLayer,ViTReducedMLP"
+    assert (
+        load_config_from_file(str(CONFIGS / "deepspeed_zero2.yaml")).deepspeed_config[
+            "zero_stage"
+        ]
+        == 2
+    )
+    assert (
+        load_config_from_file(str(CONFIGS / "cpu_2proc.yaml")).use_cpu is False
+    )  # True would start 1 process
