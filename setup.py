@@ -31,5 +31,5 @@ setup(
         # Pillow 13 rejects posterize(bits=0), which timm's RandAugment asks for at full magnitude.
         "pillow>=10,<13",
     ],
-    extras_require={"test": ["pytest>=8", "ruff==0.17.6"]},
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "ruff==0.17.6"]},
 )

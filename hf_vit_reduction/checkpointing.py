@@ -54,7 +54,9 @@ def check_output_dir(output_dir, resume_from_checkpoint, overwrite_output_dir) -
     if not existing or resume_from_checkpoint:
         return
     if overwrite_output_dir:
-        shutil.rmtree(Path(output_dir) / CHECKPOINTS)
+        shutil.rmtree(
+            Path(output_dir) / CHECKPOINTS, ignore_errors=True
+        )  # every process may get here
         return
     raise ValueError(
         f"output_dir={str(output_dir)!r} holds checkpoints of a previous run (latest: {existing[-1].name}). "
