@@ -167,7 +167,7 @@ def main():
         logger.info("resumed from %s at step %d", resume, state["step"])
     else:
         set_seed(args.seed + rank)  # distinct mixup and drop-path draws per process
-    step, started = state["step"], time.time()
+    step, started, elapsed_before = state["step"], time.time(), state["elapsed"]
     every = int(args.checkpointing_steps) if args.checkpointing_steps.isdigit() else 0
 
     def checkpoint():
@@ -185,8 +185,8 @@ def main():
             best,
         )
 
-    def elapsed():
-        return state["elapsed"] + time.time() - started
+    def elapsed():  # wall time of this run and of the runs it resumed
+        return elapsed_before + time.time() - started
 
     logger.info(
         "%s: %s, %s parameters, %d processes, %d updates of %d images",

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,7 @@ def run(args, launcher=(sys.executable,), timeout=240):
 def test_single_process_run_writes_results_models_and_curves(tmp_path):
     out = tmp_path / "run"
     token = "hf_test_token_that_must_not_leak_123"
+    started = time.time()
     result = run(
         [
             "--strategy",
@@ -84,7 +86,10 @@ def test_single_process_run_writes_results_models_and_curves(tmp_path):
         results["parameters"]
         == ViTReducedForImageClassification.from_pretrained(out).num_parameters()
     )
-    assert results["train_images_per_s"] > 0 and results["wall_time_s"] > 0
+    assert 0 < results["wall_time_s"] < time.time() - started
+    assert results["train_images_per_s"] == pytest.approx(
+        12 * 32 / results["wall_time_s"]
+    )
     history = [
         json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()
     ]
