@@ -199,7 +199,9 @@ def main():
         desc="train",
         disable=None if rank == 0 else True,
     )
-    for epoch in range(step // updates_per_epoch, epochs):
+    # A checkpoint taken at the last (possibly short) epoch's end leaves nothing to do.
+    first_epoch = step // updates_per_epoch if step < total_updates else epochs
+    for epoch in range(first_epoch, epochs):
         (sampler or train_set).set_epoch(epoch)
         train_loader.generator.manual_seed(
             args.seed + epoch

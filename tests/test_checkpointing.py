@@ -19,10 +19,10 @@ TWO_PROCESSES = (
     "-m", "accelerate.commands.launch", "--config_file",
     str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", "0",
 )  # fmt: skip
-# Mixup, EMA and (under two processes) repeated augmentation on; 8 updates per epoch, 3 epochs.
+# Mixup, EMA and (under two processes) repeated augmentation on; 8 updates per epoch, 2 epochs.
 RUN = (
     "--max_train_samples", "256", "--max_eval_samples", "37", "--batch_size", "32",
-    "--max_train_steps", "20", "--checkpointing_steps", "3", "--report_to", "none",
+    "--max_train_steps", "14", "--checkpointing_steps", "3", "--report_to", "none",
     "--mixup", "0.8", "--cutmix", "1.0", "--model_ema", "--model_ema_decay", "0.9",
 )  # fmt: skip
 
@@ -88,7 +88,7 @@ def kill_after_checkpoint(cmd, out, step):
 
 @pytest.mark.parametrize(
     "strategy, processes, workers, kill_step",
-    [("grouped", 1, 0, 6), ("baseline", 1, 2, 3), ("grouped", 2, 0, 9)],
+    [("baseline", 1, 2, 3), ("grouped", 2, 0, 9)],
 )
 def test_resume_after_sigkill_is_exact(
     tmp_path, strategy, processes, workers, kill_step
@@ -110,39 +110,48 @@ def test_resume_after_sigkill_is_exact(
     assert "resumed from" in result.stderr
     assert_same_run(reference, resumed)
     results = json.loads((resumed / "results.json").read_text())
-    assert results["steps"] == 20 and results["num_processes"] == processes
+    assert results["steps"] == 14 and results["num_processes"] == processes
 
 
-def test_kill_during_a_checkpoint_write_resumes_from_the_previous_one(tmp_path):
+def test_kills_between_and_during_checkpoint_writes_resume_exactly(tmp_path):
     reference = tmp_path / "reference"
-    assert run(command(reference, "shallow", 1, 0)).returncode == 0
+    assert run(command(reference, "grouped", 1, 0)).returncode == 0
+    # Killed after the last checkpoint, before the results: resuming only finishes the run.
+    weights, history = final_state(reference)
+    (reference / "results.json").unlink()
+    result = run(
+        command(reference, "grouped", 1, 0, "--resume_from_checkpoint", "latest")
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert final_state(reference)[1] == history
+    assert json.loads((reference / "results.json").read_text())["steps"] == 14
+
+    killed = tmp_path / "killed"
+    kill_after_checkpoint(command(killed, "grouped", 1, 0), killed, 6)
+    result = run(command(killed, "grouped", 1, 0, "--resume_from_checkpoint", "latest"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_run(reference, killed)
 
     out = tmp_path / "interrupted"
     result = run(
-        command(out, "shallow", 1, 0), HF_VIT_REDUCTION_TEST_STOP_IN_CHECKPOINT="9"
+        command(out, "grouped", 1, 0), HF_VIT_REDUCTION_TEST_STOP_IN_CHECKPOINT="9"
     )
     assert result.returncode == 137
-    assert [p.name for p in C.checkpoints(out)] == [
-        "step_00000003",
-        "step_00000006",
-        "step_00000008",
-    ]
+    complete = ["step_00000003", "step_00000006", "step_00000008"]
+    assert [p.name for p in C.checkpoints(out)] == complete
     assert (
         out / C.CHECKPOINTS / ".tmp-step_00000009"
-    ).is_dir()  # the half-written one, ignored
-
-    result = run(command(out, "shallow", 1, 0, "--resume_from_checkpoint", "latest"))
+    ).is_dir()  # half-written, ignored
+    result = run(command(out, "grouped", 1, 0, "--resume_from_checkpoint", "latest"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (
-        "resumed from" in result.stderr and "step_00000008 at step 8" in result.stderr
-    )
+    assert "step_00000008 at step 8" in result.stderr
     assert not list(
         (out / C.CHECKPOINTS).glob(".tmp-*")
     )  # cleaned up on the next start
     assert_same_run(reference, out)
     # The newest three are kept, plus the best epoch's.
     kept = [p.name for p in C.checkpoints(out)]
-    assert kept[-3:] == ["step_00000016", "step_00000018", "step_00000020"]
+    assert kept[-3:] == ["step_00000009", "step_00000012", "step_00000014"]
     assert len(kept) <= 4
 
 
@@ -187,19 +196,6 @@ def test_a_previous_run_is_never_overwritten_silently(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((out / "results.json").read_text())["steps"] == 4
-
-
-def test_the_hub_token_is_written_nowhere(tmp_path):
-    out = tmp_path / "run"
-    token = "hf_SECRETtokenVALUE0123456789"
-    result = run(command(out, "grouped", 1, 0, "--max_train_steps", "4", "--hub_token", token,
-                         "--report_to", "tensorboard"))  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    written = [p for p in out.rglob("*") if p.is_file()]
-    assert any(p.name.startswith("events.out.tfevents") for p in written)
-    assert [p for p in written if token.encode() in p.read_bytes()] == []
-    assert token not in result.stdout + result.stderr
-    assert "hub_token" not in json.loads((out / "args.json").read_text())
 
 
 def test_resume_argument_errors(tmp_path):

@@ -108,6 +108,7 @@ def test_single_process_run_writes_results_models_and_curves(tmp_path):
         str(d) for d in range(10)
     ]
 
+    assert "hub_token" not in json.loads((out / "args.json").read_text())
     leaked = [
         p for p in out.rglob("*") if p.is_file() and token.encode() in p.read_bytes()
     ]
