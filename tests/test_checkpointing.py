@@ -65,7 +65,7 @@ def final_state(out):
 
 
 def assert_same_run(reference, resumed):
-    history = final_state(reference)[1]
+    weights, history = final_state(reference)
     again, again_history = final_state(resumed)
     assert weights.keys() == again.keys()
     for key in weights:
