@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import ViTImageProcessor
+from transformers.image_utils import PILImageResampling
 
 from .configuration_vit_reduced import ViTReducedConfig
 from .modeling_vit_reduced import ViTReducedForImageClassification
@@ -199,7 +201,7 @@ def _load_transformers_folder(path):
 
     if not os.path.isdir(path):
         raise ValueError(
-            f"model_or_path={str(path)!r} is not a local folder (the Hub is not reachable from here)"
+            f"{str(path)!r} is not a local model folder (the Hub is not reachable from here)"
         )
     config = AutoConfig.from_pretrained(path)
     if config.model_type != "vit":
@@ -359,7 +361,7 @@ def _describe_timm_model(model) -> tuple[dict, tuple[str, ...]]:
         f"non-square img_size={patch_embed.img_size} or patch_size={patch_embed.patch_size}",
     )
 
-    norms = [model.norm]
+    norms = [model.norm] if isinstance(model.norm, nn.LayerNorm) else []
     heads, widths, acts, drop_paths = set(), set(), set(), []
     for index, block in enumerate(model.blocks):
         if type(block) is not Block:
@@ -473,8 +475,11 @@ def _timm_labels(model) -> dict:
     if info.num_classes() != model.num_classes:
         return {}
     names = [info.index_to_description(index) for index in range(model.num_classes)]
-    if len(set(names)) != len(names):  # label2id needs unique names
-        names = [info.index_to_label_name(index) for index in range(model.num_classes)]
+    # label2id needs unique names; ImageNet has two "crane"s and two "maillot"s.
+    names = [
+        f"{name} ({info.index_to_label_name(index)})" if names.count(name) > 1 else name
+        for index, name in enumerate(names)
+    ]
     return {
         "id2label": dict(enumerate(names)),
         "label2id": {name: index for index, name in enumerate(names)},
@@ -743,8 +748,7 @@ def _kept_units(mlp: nn.Module, width: int, prune_method: str):
 
 
 def _image_processor_for(config: ViTReducedConfig, mean, std, resample=None):
-    from transformers import ViTImageProcessor
-
+    """A ViTImageProcessor resizing to the model's size and normalizing by `mean` and `std`."""
     channels = config.num_channels
     kwargs = {} if resample is None else {"resample": resample}
     return ViTImageProcessor(
@@ -770,7 +774,8 @@ def _load_timm_source(path: str, timm_model: str | None):
             model.load_state_dict(state, strict=True)
         except RuntimeError as error:
             raise ValueError(
-                f"The weights in {path} do not fit the timm model {timm_model!r}: {str(error)[:600]}"
+                f"The weights in {path} do not fit the timm model {timm_model!r}: "
+                + " ".join(str(error).splitlines()[:3])
             ) from error
         return model.eval()
     if timm_model:
@@ -835,21 +840,68 @@ def _write_folder(output: Path, write):
 
 
 @torch.no_grad()
-def _max_logit_difference(source_logits, model, config) -> float:
+def _max_logit_difference(source_logits, model) -> float:
+    """Largest difference between the logits of the source and of the converted model on 2 random images."""
+    config, weight = model.config, next(model.parameters())
     pixels = torch.randn(
         2,
         config.num_channels,
         config.image_size,
         config.image_size,
         generator=torch.Generator().manual_seed(0),
-    )
+    ).to(weight)  # a bfloat16 checkpoint stays bfloat16
     expected = source_logits(pixels).float()
     return (model(pixels).logits.float() - expected).abs().max().item()
 
 
+def _convert_transformers_input(args):
+    """(converted model, source's logits function, image processor writer) of a Transformers folder."""
+    source = _load_transformers_folder(args.input)
+    model = from_transformers(source, drop_pooler=args.drop_pooler)
+
+    def source_logits(pixels):
+        output = source(pixels)
+        if hasattr(output, "logits"):
+            return output.logits
+        return output.last_hidden_state[:, 0]
+
+    processor_file = Path(args.input) / "preprocessor_config.json"
+    # The folder's own processor where it has one; else Transformers' ViT normalization at the model's size.
+    processor = _image_processor_for(model.config, [0.5], [0.5])
+
+    def write_processor(folder: Path):
+        if processor_file.is_file():
+            shutil.copy(processor_file, folder / processor_file.name)
+        else:
+            processor.save_pretrained(folder)
+
+    return model, source_logits, write_processor
+
+
+def _convert_timm_input(args):
+    """(converted model, source's logits function, image processor writer) of a timm name or weights file."""
+    source = _load_timm_source(args.input, args.timm_model)
+    model = from_timm(source)
+    pretrained_cfg = getattr(source, "pretrained_cfg", None) or {}
+    resample = {
+        "bicubic": PILImageResampling.BICUBIC,
+        "bilinear": PILImageResampling.BILINEAR,
+        "nearest": PILImageResampling.NEAREST,
+    }.get(pretrained_cfg.get("interpolation"))
+    processor = _image_processor_for(
+        model.config,
+        pretrained_cfg.get("mean", [0.5]),
+        pretrained_cfg.get("std", [0.5]),
+        resample,
+    )
+    return model, source, processor.save_pretrained
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m hf_vit_reduction.convert",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--from",
@@ -921,44 +973,18 @@ def main(argv: list[str] | None = None) -> None:
             for flag in ("reduction_mlp_ratio", "mlp_share_group_size"):
                 if getattr(args, flag) is not None:
                     raise ValueError(f"--{flag} needs --strategy shallow or grouped")
+        if args.source != "timm" and args.timm_model:
+            raise ValueError("--timm_model applies to --from timm only")
+        if args.source != "transformers" and args.drop_pooler:
+            raise ValueError("--drop_pooler applies to --from transformers only")
 
-        if args.source == "transformers":
-            source = _load_transformers_folder(args.input)
-            model = from_transformers(source, drop_pooler=args.drop_pooler)
-
-            def source_logits(pixels):
-                output = source(pixels)
-                return (
-                    output.logits
-                    if hasattr(output, "logits")
-                    else output.last_hidden_state[:, 0]
-                )
-
-            processor_file = Path(args.input) / "preprocessor_config.json"
-            processor = (
-                None
-                if processor_file.is_file()
-                else _image_processor_for(model.config, [0.5], [0.5])
-            )
-        else:
-            source = _load_timm_source(args.input, args.timm_model)
-            model = from_timm(source)
-            source_logits, processor_file = source, None
-            pretrained_cfg = getattr(source, "pretrained_cfg", None) or {}
-            from transformers.image_utils import PILImageResampling
-
-            resample = {
-                "bicubic": PILImageResampling.BICUBIC,
-                "bilinear": PILImageResampling.BILINEAR,
-                "nearest": PILImageResampling.NEAREST,
-            }.get(pretrained_cfg.get("interpolation"))
-            processor = _image_processor_for(
-                model.config,
-                pretrained_cfg.get("mean", [0.5]),
-                pretrained_cfg.get("std", [0.5]),
-                resample,
-            )
-        difference = _max_logit_difference(source_logits, model, model.config)
+        convert = (
+            _convert_transformers_input
+            if args.source == "transformers"
+            else _convert_timm_input
+        )
+        model, source_logits, write_processor = convert(args)
+        difference = _max_logit_difference(source_logits, model)
         if reduction:
             model = reduce(model, **reduction)
     except ValueError as error:
@@ -966,10 +992,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def write(folder: Path):
         model.save_pretrained(folder)
-        if processor is None:
-            shutil.copy(processor_file, folder / processor_file.name)
-        else:
-            processor.save_pretrained(folder)
+        write_processor(folder)
 
     _write_folder(args.output, write)
     print(
