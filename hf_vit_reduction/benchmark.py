@@ -105,8 +105,9 @@ def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed memory instead of returning it to the OS; False where it cannot.
 
     Memory returned to the OS costs page faults when it is allocated again, and how much is returned depends on the
-    heap's history: in one process, on which model was built first. On this project's 2-core CPU that moved one
-    model's inference by 3-5% against an identical one. Kept, every model runs on already-mapped pages.
+    heap's history: in one process, on which model was built first. On this project's 2-core CPU that cost the
+    first-built model 3-5% of its inference against models running the same kernels. Kept, every model runs on
+    already-mapped pages.
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"))

@@ -5,6 +5,7 @@ import os
 import pytest
 import timm
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import (
@@ -13,6 +14,7 @@ from transformers import (
     ViTForImageClassification,
     ViTImageProcessor,
     ViTModel,
+    pipeline,
 )
 
 from hf_vit_reduction import ViTReducedConfig, ViTReducedForImageClassification
@@ -441,6 +443,11 @@ def test_command_converts_a_transformers_folder(tmp_path, capsys):
     assert json.loads((output / "config.json").read_text())["auto_map"]
     processor = AutoImageProcessor.from_pretrained(output)
     assert list(processor.image_mean) == [0.485, 0.456, 0.406]
+    image = Image.fromarray(
+        torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8).numpy()
+    )
+    predictions = pipeline("image-classification", model=str(output))(image, top_k=2)
+    assert {p["label"] for p in predictions} <= set(LABELS)
     expected = from_transformers(source)
     expected = reduce(expected, "shallow", prune_method="magnitude")
     with torch.no_grad():
