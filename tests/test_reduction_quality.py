@@ -1,0 +1,20 @@
+import json
+
+from hf_vit_reduction import reduction_quality
+
+
+def test_one_epoch_measurement_runs_and_reports_every_reduction(tmp_path):
+    out = tmp_path / "quality.json"
+    reduction_quality.main(["--seeds", "0", "--epochs", "1", "--json", str(out)])
+    result = json.loads(out.read_text())["0"]
+    assert result["max_logit_difference_timm_vs_converted"] <= 1e-4
+    rows = result["rows"]
+    assert rows["converted baseline"]["top1_agreement"] == 1.0
+    assert set(rows) >= {
+        "shallow 0.5 first",
+        "shallow 0.5 magnitude",
+        "grouped leader",
+        "grouped mean",
+    }
+    for row in rows.values():
+        assert 0.0 <= row["accuracy"] <= 1.0 and -1.0 <= row["logit_cosine"] <= 1.0
