@@ -67,8 +67,7 @@ DIGITS_RECIPE = {
     "crop_pct": 1.0,
     "model_ema_decay": 0.99,
     "model_ema_warmup": True,
-    # Decoding 8x8 images is cheap; worker processes (restarted each epoch for exact resume) cost twice the time.
-    "workers": 0,
+    "workers": 2,
 }
 
 
