@@ -45,8 +45,8 @@ PRESETS = {
     },
 }
 
-# Fields that fix the shapes or the sharing of the weights: a checkpoint only loads into an identical set.
-ARCHITECTURE_FIELDS = (
+# Fields that fix the shapes of the unreduced weights.
+SHAPE_FIELDS = (
     "hidden_size",
     "num_hidden_layers",
     "num_attention_heads",
@@ -55,6 +55,10 @@ ARCHITECTURE_FIELDS = (
     "patch_size",
     "num_channels",
     "qkv_bias",
+)
+# Fields that fix the shapes or the sharing of the weights: a checkpoint only loads into an identical set.
+ARCHITECTURE_FIELDS = (
+    *SHAPE_FIELDS,
     "reduction_strategy",
     "reduction_mlp_ratio",
     "mlp_share_group_size",

@@ -25,8 +25,11 @@ from torch import nn
 from transformers import ViTImageProcessor
 from transformers.image_utils import PILImageResampling
 
-from .configuration_vit_reduced import ViTReducedConfig
-from .modeling_vit_reduced import ViTReducedForImageClassification
+from .configuration_vit_reduced import SHAPE_FIELDS, ViTReducedConfig
+from .modeling_vit_reduced import (
+    ViTReducedForImageClassification,
+    describe_key_problems,
+)
 
 POST_HOC_STRATEGIES = ("shallow", "grouped")
 PRUNE_METHODS = ("first", "magnitude")
@@ -231,12 +234,7 @@ def _load_transformers_folder(path):
     ]
     mismatched = sorted(key for key, *_ in info["mismatched_keys"])
     problems = {"missing": missing, "unexpected": unexpected, "mismatched": mismatched}
-    if any(problems.values()):
-        details = "; ".join(
-            f"{kind} keys: {', '.join(keys[:4])}"
-            for kind, keys in problems.items()
-            if keys
-        )
+    if details := describe_key_problems(problems):
         raise ValueError(
             f"The weights at {path} do not fit a {model_class.__name__} ({details})"
         )
@@ -451,17 +449,7 @@ def _describe_timm_model(model) -> tuple[dict, tuple[str, ...]]:
         "num_labels": model.num_classes,
         **_timm_labels(model),
     }
-    fixed = (
-        "hidden_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "intermediate_size",
-        "image_size",
-        "patch_size",
-        "num_channels",
-        "qkv_bias",
-    )
-    return derived, fixed
+    return derived, SHAPE_FIELDS
 
 
 def _timm_labels(model) -> dict:

@@ -393,6 +393,13 @@ def _check_requested_architecture(pretrained_model_name_or_path, kwargs):
         )
 
 
+def describe_key_problems(problems: dict[str, list[str]]) -> str:
+    """'missing keys: a, b; unexpected keys: c' for the non-empty lists (four keys each at most); '' if none."""
+    return "; ".join(
+        f"{kind} keys: {', '.join(keys[:4])}" for kind, keys in problems.items() if keys
+    )
+
+
 def _check_loaded_keys(pretrained_model_name_or_path, loading_info):
     def outside_head(keys):
         return sorted(key for key in keys if not key.startswith("classifier."))
@@ -402,12 +409,7 @@ def _check_loaded_keys(pretrained_model_name_or_path, loading_info):
         "missing": outside_head(loading_info["missing_keys"]),
         "mismatched": outside_head(key for key, *_ in loading_info["mismatched_keys"]),
     }
-    if any(problems.values()):
-        details = "; ".join(
-            f"{kind} keys: {', '.join(keys[:4])}"
-            for kind, keys in problems.items()
-            if keys
-        )
+    if details := describe_key_problems(problems):
         raise ValueError(
             f"The weights at {pretrained_model_name_or_path} do not fit this model ({details})."
         )
