@@ -8,12 +8,17 @@ the same timm train transform (RandomResizedCrop 224, flip, RandAugment, RandomE
 
 import argparse
 import json
+import random
+import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from timm.data import create_dataset, create_loader
+from timm.data.loader import _worker_init as timm_worker_init
 from torch.utils.data import DataLoader
 
 from . import data as D
@@ -99,8 +104,23 @@ def timm_loader(folder, workers: int, batch_size: int, image_size: int):
     )
 
 
-def images_per_second(loader, batches: int, warmup: int) -> float:
-    """Throughput after `warmup` batches (worker start-up excluded)."""
+def images_per_second(loader, batches: int, warmup: int, seed: int) -> float:
+    """Throughput after `warmup` batches (worker start-up excluded).
+
+    Every RNG a worker or the main process draws from starts from `seed` (timm's worker seeding for both
+    loaders), so both loaders apply the same random augmentations in the same order: RandAugment's operations
+    differ several-fold in cost, and unequal draws would otherwise dominate the comparison.
+    """
+    if warmup + batches > len(loader):
+        raise ValueError(
+            f"batches={batches} + warmup={warmup} exceeds the {len(loader)} batches of one pass over the "
+            "folder; ask for fewer or use a larger folder"
+        )
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    loader.generator = torch.Generator().manual_seed(seed)
+    loader.worker_init_fn = partial(seed_like_timm, loader.worker_init_fn)
     iterator = iter(loader)
     for _ in range(warmup):
         next(iterator)
@@ -111,6 +131,19 @@ def images_per_second(loader, batches: int, warmup: int) -> float:
     return images / (time.perf_counter() - start)
 
 
+def seed_like_timm(worker_init_fn, worker_id: int) -> None:
+    """The loader's own worker set-up, then timm's worker seeding (NumPy included), for equal augmentations."""
+    if worker_init_fn is not None:
+        worker_init_fn(worker_id)
+    timm_worker_init(worker_id)
+
+
+LOADERS = {
+    "ours (🤗 Datasets imagefolder)": our_loader,
+    "timm create_loader": timm_loader,
+}
+
+
 def run(
     folder,
     workers: list[int],
@@ -118,22 +151,26 @@ def run(
     batches: int,
     warmup: int,
     image_size: int,
+    rounds: int = 3,
+    seed: int = 0,
 ) -> list[dict]:
+    """Median images/s of each loader over `rounds`, the loaders alternating so that drifts hit both alike."""
     rows = []
     for count in workers:
-        for name, build in (
-            ("ours (🤗 Datasets imagefolder)", our_loader),
-            ("timm create_loader", timm_loader),
-        ):
-            speed = images_per_second(
-                build(folder, count, batch_size, image_size), batches, warmup
-            )
+        speeds = {name: [] for name in LOADERS}
+        for _ in range(rounds):
+            for name, build in LOADERS.items():
+                loader = build(folder, count, batch_size, image_size)
+                speeds[name].append(images_per_second(loader, batches, warmup, seed))
+        for name, values in speeds.items():
+            speed = statistics.median(values)
             rows.append(
                 {
                     "loader": name,
                     "workers": count,
                     "images_per_s": speed,
                     "images_per_s_per_worker": speed / max(count, 1),
+                    "images_per_s_each_round": values,
                 }
             )
     return rows
@@ -169,11 +206,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating runs per loader"
+    )
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args(argv)
     if args.make:
         make_jpeg_folder(args.folder)
-    np.random.seed(0)
     rows = run(
         args.folder,
         args.workers,
@@ -181,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         args.batches,
         args.warmup,
         args.image_size,
+        args.rounds,
     )
     print(format_table(rows))
     if args.output_json:

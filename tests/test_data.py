@@ -1,4 +1,6 @@
 import io
+import subprocess
+import sys
 
 import datasets
 import numpy as np
@@ -301,3 +303,69 @@ def test_streaming_reads_train_as_a_stream_sharded_across_processes(tmp_path):
         D.load_image_classification_data(
             dataset_name=str(tmp_path / "ds"), streaming=True, validation_split="dev"
         )
+
+
+def collate_and_report_sharing(examples):
+    batch = D.collate(examples)
+    return batch, batch["pixel_values"].is_shared()
+
+
+def test_workers_collate_straight_into_shared_memory(digits):
+    """A batch built in a worker is already shared: sending it costs no extra copy of the pixels."""
+    _, eval_transform = D.build_transforms(16, (0.5,) * 3, (0.5,) * 3)
+    dataset = D.prepare_dataset(
+        digits["train"], D.ExampleTransform(eval_transform, "image", "label")
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=4, num_workers=1, collate_fn=collate_and_report_sharing
+    )
+    batch, shared_in_worker = next(iter(loader))
+    assert shared_in_worker
+    assert batch["pixel_values"].shape == (4, 3, 16, 16)
+    assert not D.collate([dataset[0]])["pixel_values"].is_shared()  # main process
+
+
+def test_loaders_keep_their_workers_heap(digits):
+    dataset = D.in_memory(digits["validation"].select(range(4)))
+    sampler = D.train_sampler(dataset, 1, 0, aug_repeats=0, seed=0)
+    loaders = [
+        D.train_loader(dataset, 2, sampler, workers=1, pin_memory=False, seed=0),
+        D.eval_loader(dataset, 2, workers=1, pin_memory=False),
+    ]
+    assert all(loader.worker_init_fn is D.retain_worker_heap for loader in loaders)
+
+
+HEAP_PROBE = """
+import ctypes, sys
+from hf_vit_reduction.data import retain_worker_heap
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+def heap():
+    for line in open("/proc/self/maps"):
+        if line.rstrip().endswith("[heap]"):
+            return [int(x, 16) for x in line.split()[0].split("-")]
+if sys.argv[1] == "retain":
+    retain_worker_heap(0)
+block = libc.malloc(20 << 20)
+start, end = heap()
+libc.free(block)
+print(start <= block < end, heap()[1] < end)
+"""
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("default", "False False"),  # glibc mmaps a 20 MB block and unmaps it on free
+        ("retain", "True False"),  # from the heap, and the heap keeps it after free
+    ],
+)
+def test_retain_worker_heap_serves_big_blocks_from_a_kept_heap(mode, expected):
+    result = subprocess.run(
+        [sys.executable, "-c", HEAP_PROBE, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.split("\n")[0] == expected
