@@ -231,18 +231,20 @@ def main():
                 loss = criterion(model(pixel_values=images).logits, labels)
                 if NAN_AT_STEP == step + 1:
                     loss = loss * math.nan
-                if not accelerator.gather(
-                    torch.isfinite(loss.detach()).reshape(1)
-                ).all():
-                    last = C.checkpoints(args.output_dir)
-                    raise SystemExit(
-                        f"error: non-finite loss ({loss.item()}) at step {step + 1}; last good "
-                        f"checkpoint: {last[-1] if last else 'none'}. Nothing was written after it."
-                    )
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            state["loss_sum"] += loss.item()
+            # The step's one host sync: every process's loss, for the check and the logs. A non-finite loss
+            # stops the run before the EMA, a checkpoint or a log sees the step.
+            losses = accelerator.gather(loss.detach().float().reshape(1)).tolist()
+            loss_value = sum(losses) / len(losses)
+            if not math.isfinite(loss_value):
+                last = C.checkpoints(args.output_dir)
+                raise SystemExit(
+                    f"error: non-finite loss ({loss_value}) at step {step + 1}; last good "
+                    f"checkpoint: {last[-1] if last else 'none'}. Nothing was written after it."
+                )
+            state["loss_sum"] += loss_value
             state["loss_count"] += 1
             state["seen"] += (
                 len(labels) * world
@@ -257,9 +259,9 @@ def main():
                 ema.update(unwrapped, step=step)
             progress.update(1)
             lr = optimizer.param_groups[0]["lr"]
-            progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
+            progress.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}")
             if accelerator.log_with:
-                accelerator.log({"train/loss": loss.item(), "train/lr": lr}, step=step)
+                accelerator.log({"train/loss": loss_value, "train/lr": lr}, step=step)
             if every and step % every == 0 and step < epoch_end:
                 checkpoint()
 
