@@ -160,6 +160,17 @@ def main():
             args.experiment, {k: str(v) for k, v in run_config.items()}
         )
 
+    if args.benchmark_loop:
+        bare_step_parts = (
+            model,
+            optimizer,
+            criterion,
+            mixup,
+            train_loader,
+            accelerator,
+        )
+        bare_before = T.bare_step_speed(*bare_step_parts, args)
+
     history, state = T.RunHistory(), T.new_train_state()
     if resume:
         state = C.load(accelerator, resume, ema)
@@ -168,6 +179,7 @@ def main():
     else:
         set_seed(args.seed + rank)  # distinct mixup and drop-path draws per process
     step, started, elapsed_before = state["step"], time.time(), state["elapsed"]
+    marks = []
     every = int(args.checkpointing_steps) if args.checkpointing_steps.isdigit() else 0
 
     def checkpoint():
@@ -252,8 +264,11 @@ def main():
             if not accelerator.sync_gradients:
                 continue
             step += 1
-            if step == args.benchmark_warmup:
-                timer = (time.perf_counter(), state["seen"])
+            if step in (
+                args.benchmark_warmup,
+                total_updates,
+            ):  # the loop benchmark's span
+                marks.append((time.perf_counter(), state["seen"]))
             scheduler.step_update(step)
             if ema is not None:
                 ema.update(unwrapped, step=step)
@@ -295,10 +310,10 @@ def main():
         checkpoint()
     progress.close()
     if args.benchmark_loop:
-        loop = (state["seen"] - timer[1]) / (time.perf_counter() - timer[0])
-        report = T.loop_benchmark(
-            model, optimizer, criterion, mixup, train_loader, accelerator, loop, args
-        )
+        (start, seen_before), (end, seen_after) = marks
+        loop = (seen_after - seen_before) / (end - start)
+        bare_after = T.bare_step_speed(*bare_step_parts, args)
+        report = T.loop_benchmark(loop, bare_before, bare_after, args, accelerator)
         if accelerator.is_main_process:
             T.write_json(f"{args.output_dir}/loop_benchmark.json", report)
             logger.info("loop benchmark: %s", report)

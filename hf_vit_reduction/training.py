@@ -367,17 +367,10 @@ def plot_history(path, history: RunHistory, title: str) -> None:
     os.replace(temporary, path)
 
 
-def loop_benchmark(
-    model,
-    optimizer,
-    criterion,
-    mixup,
-    loader,
-    accelerator,
-    loop_images_per_s: float,
-    args,
-) -> dict:
-    """The bare step (forward, backward, AdamW on one fixed batch) at the loop's batch, beside the loop's speed."""
+def bare_step_speed(
+    model, optimizer, criterion, mixup, loader, accelerator, args
+) -> float:
+    """Images/s of the bare step: forward, backward and AdamW on one fixed batch, with nothing around it."""
     batch = next(iter(loader))
     images = batch["pixel_values"].to(accelerator.device)
     labels = batch["labels"].to(accelerator.device)
@@ -394,27 +387,30 @@ def loop_benchmark(
 
     for _ in range(args.benchmark_warmup):
         step()
-    steps = args.max_train_steps - args.benchmark_warmup
+    steps = (args.max_train_steps - args.benchmark_warmup) * args.grad_accum_steps
     accelerator.wait_for_everyone()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     start = time.perf_counter()
-    for _ in range(steps * args.grad_accum_steps):
+    for _ in range(steps):
         step()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    bare = (
-        len(labels)
-        * steps
-        * args.grad_accum_steps
-        * accelerator.num_processes
-        / (time.perf_counter() - start)
-    )
+    elapsed = time.perf_counter() - start
+    return len(labels) * steps * accelerator.num_processes / elapsed
+
+
+def loop_benchmark(
+    loop_images_per_s: float, bare_before: float, bare_after: float, args, accelerator
+) -> dict:
+    """The loop's speed against the bare step's, timed just before and just after the loop (drift cancels)."""
+    bare = (bare_before + bare_after) / 2
     return {
         "batch_size": args.batch_size,
-        "timed_updates": steps,
+        "timed_updates": args.max_train_steps - args.benchmark_warmup,
         "loop_images_per_s": loop_images_per_s,
         "bare_step_images_per_s": bare,
+        "bare_step_images_per_s_before_and_after": [bare_before, bare_after],
         "loop_vs_bare": loop_images_per_s / bare,
         "device": str(accelerator.device),
     }

@@ -318,4 +318,6 @@ def test_loop_benchmark_mode(tmp_path):
     assert report["loop_vs_bare"] == pytest.approx(
         report["loop_images_per_s"] / report["bare_step_images_per_s"]
     )
+    before, after = report["bare_step_images_per_s_before_and_after"]
+    assert report["bare_step_images_per_s"] == pytest.approx((before + after) / 2)
     assert not (out / "results.json").exists()
