@@ -10,6 +10,11 @@ def test_no_data_source_takes_the_digits_recipe():
     assert args.experiment == "shallow-digits-seed42" and args.output_dir.endswith(
         "shallow-digits-seed42"
     )
+    assert args.aa is None and args.hflip == 0.0  # no RandAugment, no flips on digits
+    explicit = parse_args(["--aa", "rand-m9-mstd0.5-inc1"])
+    assert (
+        explicit.aa == "rand-m9-mstd0.5-inc1"
+    )  # an explicit flag overrides the recipe
 
 
 def test_a_data_source_takes_the_paper_recipe():

@@ -4,21 +4,21 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+from script_runs import (
+    ONE_PROCESS,
+    ROOT,
+    TWO_PROCESSES,
+    environment,
+    run_script,
+    script_command,
+)
 
 from hf_vit_reduction import checkpointing as C
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = str(ROOT / "run_image_classification.py")
-TWO_PROCESSES = (
-    "-m", "accelerate.commands.launch", "--config_file",
-    str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", "0",
-)  # fmt: skip
 # Mixup, EMA and (under two processes) repeated augmentation on; 8 updates per epoch, 2 epochs.
 RUN = (
     "--max_train_samples", "256", "--max_eval_samples", "37", "--batch_size", "32",
@@ -28,32 +28,14 @@ RUN = (
 
 
 def command(out, strategy, processes, workers, *extra):
-    launcher = (sys.executable, *TWO_PROCESSES) if processes == 2 else (sys.executable,)
     args = ("--strategy", strategy, "--output_dir", str(out), "--workers", str(workers))
-    return [*launcher, SCRIPT, *args, *RUN, *extra]
+    launcher = TWO_PROCESSES if processes == 2 else ONE_PROCESS
+    return [*args, *RUN, *extra], launcher
 
 
-def environment(**extra):
-    return {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(ROOT),
-        **extra,
-    }
-
-
-def run(cmd, **env):
-    result = subprocess.run(
-        cmd,
-        cwd=ROOT,
-        env=environment(**env),
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=300,
-    )
-    return result
+def run(command_and_launcher, **env):
+    args, launcher = command_and_launcher
+    return run_script(args, launcher, **env)
 
 
 def final_state(out):
@@ -73,8 +55,8 @@ def assert_same_run(reference, resumed):
     assert history == again_history
 
 
-def kill_after_checkpoint(cmd, out, step):
-    process = subprocess.Popen(cmd, cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+def kill_after_checkpoint(command_and_launcher, out, step):
+    process = subprocess.Popen(script_command(*command_and_launcher), cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                start_new_session=True)  # fmt: skip
     deadline = time.time() + 240
     while not (out / C.CHECKPOINTS / f"step_{step:08d}").is_dir():

@@ -1,21 +1,16 @@
 """End-to-end runs of run_image_classification.py in real processes (one, and two under accelerate launch)."""
 
 import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from script_runs import TWO_PROCESSES, run_script
 from transformers import pipeline
 
 from hf_vit_reduction import REDUCTION_STRATEGIES, ViTReducedForImageClassification
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = str(ROOT / "run_image_classification.py")
 SMOKE = [
     "--max_train_samples",
     "256",
@@ -28,29 +23,11 @@ SMOKE = [
 ]
 
 
-def run(args, launcher=(sys.executable,), timeout=240):
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(ROOT),
-    }
-    return subprocess.run(
-        [*launcher, SCRIPT, *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 def test_single_process_run_writes_results_models_and_curves(tmp_path):
     out = tmp_path / "run"
     token = "hf_test_token_that_must_not_leak_123"
     started = time.time()
-    result = run(
+    result = run_script(
         [
             "--strategy",
             "grouped",
@@ -119,7 +96,7 @@ def test_single_process_run_writes_results_models_and_curves(tmp_path):
 def test_embedded_digits_learn_in_a_short_run(tmp_path):
     # The CI-sized version of the README's figure: the default recipe, shortened to 12 epochs at 16 px.
     out = tmp_path / "digits"
-    result = run(
+    result = run_script(
         [
             "--strategy",
             "shallow",
@@ -148,16 +125,7 @@ def test_embedded_digits_learn_in_a_short_run(tmp_path):
 @pytest.mark.parametrize("strategy", REDUCTION_STRATEGIES)
 def test_two_process_cpu_run(tmp_path, strategy):
     out = tmp_path / strategy
-    launcher = (
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"),
-        "--main_process_port",
-        "0",
-    )
-    result = run(
+    result = run_script(
         [
             "--strategy",
             strategy,
@@ -169,7 +137,7 @@ def test_two_process_cpu_run(tmp_path, strategy):
             "none",
             *SMOKE,
         ],
-        launcher=launcher,
+        launcher=TWO_PROCESSES,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -209,7 +177,7 @@ def test_bad_data_fails_before_training(tmp_path, args, message):
         train=datasets.Dataset.from_dict(rows, features=features)
     ).save_to_disk(str(tmp_path / "ds"))
     out = tmp_path / "out"
-    result = run(
+    result = run_script(
         [
             *(a.format(tmp=tmp_path) for a in args),
             "--output_dir",
@@ -229,7 +197,7 @@ def test_model_name_or_path_starts_from_a_saved_model(tmp_path, make_model):
     start = make_model("thin")
     start.save_pretrained(tmp_path / "start")
     out = tmp_path / "out"
-    result = run(
+    result = run_script(
         [
             "--model_name_or_path",
             str(tmp_path / "start"),
@@ -246,7 +214,7 @@ def test_model_name_or_path_starts_from_a_saved_model(tmp_path, make_model):
     trained = ViTReducedForImageClassification.from_pretrained(out)
     assert trained.config.reduction_strategy == "thin"
     assert not torch.equal(trained.vit.mlps[0].fc1.weight, start.vit.mlps[0].fc1.weight)
-    wrong = run(
+    wrong = run_script(
         [
             "--model_name_or_path",
             str(tmp_path / "start"),
@@ -274,7 +242,7 @@ def test_streaming_run(tmp_path):
                     tmp_path / "ds" / split / label / f"{i}.png"
                 )
     out = tmp_path / "out"
-    result = run(
+    result = run_script(
         [
             "--dataset_name",
             str(tmp_path / "ds"),
@@ -309,7 +277,7 @@ def test_streaming_run(tmp_path):
 
 def test_loop_benchmark_mode(tmp_path):
     out = tmp_path / "bench"
-    result = run(["--strategy", "grouped", "--output_dir", str(out), "--benchmark_loop", "--max_train_steps", "8",
+    result = run_script(["--strategy", "grouped", "--output_dir", str(out), "--benchmark_loop", "--max_train_steps", "8",
                   "--benchmark_warmup", "3", "--report_to", "none", *SMOKE])  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "loop_benchmark.json").read_text())

@@ -1,0 +1,41 @@
+"""Running run_image_classification.py in real processes, one or two (accelerate launch, gloo), as a user would."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = str(ROOT / "run_image_classification.py")
+ONE_PROCESS = (sys.executable,)
+TWO_PROCESSES = (
+    sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+    str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", "0",
+)  # fmt: skip
+
+
+def environment(**extra) -> dict:
+    """Offline, one thread per process (two processes share 2 cores), this checkout importable."""
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+        **extra,
+    }
+
+
+def script_command(args, launcher=ONE_PROCESS) -> list[str]:
+    return [*launcher, SCRIPT, *args]
+
+
+def run_script(args, launcher=ONE_PROCESS, timeout=300, **env):
+    return subprocess.run(
+        script_command(args, launcher),
+        cwd=ROOT,
+        env=environment(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
