@@ -264,10 +264,8 @@ def main():
             if not accelerator.sync_gradients:
                 continue
             step += 1
-            if step in (
-                args.benchmark_warmup,
-                total_updates,
-            ):  # the loop benchmark's span
+            # The loop benchmark's span: from the end of its warm-up to the last update.
+            if step in (args.benchmark_warmup, total_updates):
                 marks.append((time.perf_counter(), state["seen"]))
             scheduler.step_update(step)
             if ema is not None:

@@ -29,9 +29,9 @@ def script_command(args, launcher=ONE_PROCESS) -> list[str]:
     return [*launcher, SCRIPT, *args]
 
 
-def run_script(args, launcher=ONE_PROCESS, timeout=300, **env):
+def run_command(command, timeout=300, **env):
     return subprocess.run(
-        script_command(args, launcher),
+        command,
         cwd=ROOT,
         env=environment(**env),
         capture_output=True,
@@ -39,3 +39,7 @@ def run_script(args, launcher=ONE_PROCESS, timeout=300, **env):
         timeout=timeout,
         check=False,
     )
+
+
+def run_script(args, launcher=ONE_PROCESS, timeout=300, **env):
+    return run_command(script_command(args, launcher), timeout, **env)

@@ -12,9 +12,8 @@ def test_no_data_source_takes_the_digits_recipe():
     )
     assert args.aa is None and args.hflip == 0.0  # no RandAugment, no flips on digits
     explicit = parse_args(["--aa", "rand-m9-mstd0.5-inc1"])
-    assert (
-        explicit.aa == "rand-m9-mstd0.5-inc1"
-    )  # an explicit flag overrides the recipe
+    # An explicit flag overrides the recipe.
+    assert explicit.aa == "rand-m9-mstd0.5-inc1"
 
 
 def test_a_data_source_takes_the_paper_recipe():

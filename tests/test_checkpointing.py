@@ -13,7 +13,7 @@ from script_runs import (
     ROOT,
     TWO_PROCESSES,
     environment,
-    run_script,
+    run_command,
     script_command,
 )
 
@@ -30,12 +30,7 @@ RUN = (
 def command(out, strategy, processes, workers, *extra):
     args = ("--strategy", strategy, "--output_dir", str(out), "--workers", str(workers))
     launcher = TWO_PROCESSES if processes == 2 else ONE_PROCESS
-    return [*args, *RUN, *extra], launcher
-
-
-def run(command_and_launcher, **env):
-    args, launcher = command_and_launcher
-    return run_script(args, launcher, **env)
+    return script_command([*args, *RUN, *extra], launcher)
 
 
 def final_state(out):
@@ -55,8 +50,8 @@ def assert_same_run(reference, resumed):
     assert history == again_history
 
 
-def kill_after_checkpoint(command_and_launcher, out, step):
-    process = subprocess.Popen(script_command(*command_and_launcher), cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+def kill_after_checkpoint(cmd, out, step):
+    process = subprocess.Popen(cmd, cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                start_new_session=True)  # fmt: skip
     deadline = time.time() + 240
     while not (out / C.CHECKPOINTS / f"step_{step:08d}").is_dir():
@@ -76,14 +71,14 @@ def test_resume_after_sigkill_is_exact(
     tmp_path, strategy, processes, workers, kill_step
 ):
     reference = tmp_path / "reference"
-    result = run(command(reference, strategy, processes, workers))
+    result = run_command(command(reference, strategy, processes, workers))
     assert result.returncode == 0, result.stderr[-3000:]
 
     resumed = tmp_path / "resumed"
     kill_after_checkpoint(
         command(resumed, strategy, processes, workers), resumed, kill_step
     )
-    result = run(
+    result = run_command(
         command(
             resumed, strategy, processes, workers, "--resume_from_checkpoint", "latest"
         )
@@ -97,11 +92,11 @@ def test_resume_after_sigkill_is_exact(
 
 def test_kills_between_and_during_checkpoint_writes_resume_exactly(tmp_path):
     reference = tmp_path / "reference"
-    assert run(command(reference, "grouped", 1, 0)).returncode == 0
+    assert run_command(command(reference, "grouped", 1, 0)).returncode == 0
     # Killed after the last checkpoint, before the results: resuming only finishes the run.
     history = final_state(reference)[1]
     (reference / "results.json").unlink()
-    result = run(
+    result = run_command(
         command(reference, "grouped", 1, 0, "--resume_from_checkpoint", "latest")
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -110,12 +105,14 @@ def test_kills_between_and_during_checkpoint_writes_resume_exactly(tmp_path):
 
     killed = tmp_path / "killed"
     kill_after_checkpoint(command(killed, "grouped", 1, 0), killed, 6)
-    result = run(command(killed, "grouped", 1, 0, "--resume_from_checkpoint", "latest"))
+    result = run_command(
+        command(killed, "grouped", 1, 0, "--resume_from_checkpoint", "latest")
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_run(reference, killed)
 
     out = tmp_path / "interrupted"
-    result = run(
+    result = run_command(
         command(out, "grouped", 1, 0), HF_VIT_REDUCTION_TEST_STOP_IN_CHECKPOINT="9"
     )
     assert result.returncode == 137
@@ -124,7 +121,9 @@ def test_kills_between_and_during_checkpoint_writes_resume_exactly(tmp_path):
     assert (
         out / C.CHECKPOINTS / ".tmp-step_00000009"
     ).is_dir()  # half-written, ignored
-    result = run(command(out, "grouped", 1, 0, "--resume_from_checkpoint", "latest"))
+    result = run_command(
+        command(out, "grouped", 1, 0, "--resume_from_checkpoint", "latest")
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "step_00000008 at step 8" in result.stderr
     assert not list(
@@ -139,7 +138,9 @@ def test_kills_between_and_during_checkpoint_writes_resume_exactly(tmp_path):
 
 def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "nan"
-    result = run(command(out, "thin", 1, 0), HF_VIT_REDUCTION_TEST_NAN_AT_STEP="11")
+    result = run_command(
+        command(out, "thin", 1, 0), HF_VIT_REDUCTION_TEST_NAN_AT_STEP="11"
+    )
     assert result.returncode == 1
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith(
@@ -162,16 +163,19 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path):
 
 def test_a_previous_run_is_never_overwritten_silently(tmp_path):
     out = tmp_path / "run"
-    assert run(command(out, "baseline", 1, 0, "--max_train_steps", "3")).returncode == 0
+    assert (
+        run_command(command(out, "baseline", 1, 0, "--max_train_steps", "3")).returncode
+        == 0
+    )
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
-    result = run(command(out, "baseline", 1, 0))
+    result = run_command(command(out, "baseline", 1, 0))
     assert result.returncode == 1
     assert (
         "holds checkpoints of a previous run" in result.stderr
         and "--resume_from_checkpoint latest" in result.stderr
     )
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
-    result = run(
+    result = run_command(
         command(
             out, "baseline", 1, 0, "--max_train_steps", "4", "--overwrite_output_dir"
         )

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 from PIL import Image
-from script_runs import TWO_PROCESSES, run_script
+from script_runs import ONE_PROCESS, TWO_PROCESSES, run_script
 from transformers import pipeline
 
 from hf_vit_reduction import REDUCTION_STRATEGIES, ViTReducedForImageClassification
@@ -23,11 +23,15 @@ SMOKE = [
 ]
 
 
+def run(args, launcher=ONE_PROCESS):
+    return run_script(args, launcher, timeout=240)
+
+
 def test_single_process_run_writes_results_models_and_curves(tmp_path):
     out = tmp_path / "run"
     token = "hf_test_token_that_must_not_leak_123"
     started = time.time()
-    result = run_script(
+    result = run(
         [
             "--strategy",
             "grouped",
@@ -96,7 +100,7 @@ def test_single_process_run_writes_results_models_and_curves(tmp_path):
 def test_embedded_digits_learn_in_a_short_run(tmp_path):
     # The CI-sized version of the README's figure: the default recipe, shortened to 12 epochs at 16 px.
     out = tmp_path / "digits"
-    result = run_script(
+    result = run(
         [
             "--strategy",
             "shallow",
@@ -125,7 +129,7 @@ def test_embedded_digits_learn_in_a_short_run(tmp_path):
 @pytest.mark.parametrize("strategy", REDUCTION_STRATEGIES)
 def test_two_process_cpu_run(tmp_path, strategy):
     out = tmp_path / strategy
-    result = run_script(
+    result = run(
         [
             "--strategy",
             strategy,
@@ -177,7 +181,7 @@ def test_bad_data_fails_before_training(tmp_path, args, message):
         train=datasets.Dataset.from_dict(rows, features=features)
     ).save_to_disk(str(tmp_path / "ds"))
     out = tmp_path / "out"
-    result = run_script(
+    result = run(
         [
             *(a.format(tmp=tmp_path) for a in args),
             "--output_dir",
@@ -197,7 +201,7 @@ def test_model_name_or_path_starts_from_a_saved_model(tmp_path, make_model):
     start = make_model("thin")
     start.save_pretrained(tmp_path / "start")
     out = tmp_path / "out"
-    result = run_script(
+    result = run(
         [
             "--model_name_or_path",
             str(tmp_path / "start"),
@@ -214,7 +218,7 @@ def test_model_name_or_path_starts_from_a_saved_model(tmp_path, make_model):
     trained = ViTReducedForImageClassification.from_pretrained(out)
     assert trained.config.reduction_strategy == "thin"
     assert not torch.equal(trained.vit.mlps[0].fc1.weight, start.vit.mlps[0].fc1.weight)
-    wrong = run_script(
+    wrong = run(
         [
             "--model_name_or_path",
             str(tmp_path / "start"),
@@ -242,7 +246,7 @@ def test_streaming_run(tmp_path):
                     tmp_path / "ds" / split / label / f"{i}.png"
                 )
     out = tmp_path / "out"
-    result = run_script(
+    result = run(
         [
             "--dataset_name",
             str(tmp_path / "ds"),
@@ -277,7 +281,7 @@ def test_streaming_run(tmp_path):
 
 def test_loop_benchmark_mode(tmp_path):
     out = tmp_path / "bench"
-    result = run_script(["--strategy", "grouped", "--output_dir", str(out), "--benchmark_loop", "--max_train_steps", "8",
+    result = run(["--strategy", "grouped", "--output_dir", str(out), "--benchmark_loop", "--max_train_steps", "8",
                   "--benchmark_warmup", "3", "--report_to", "none", *SMOKE])  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "loop_benchmark.json").read_text())
