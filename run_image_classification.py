@@ -31,9 +31,7 @@ NAN_AT_STEP = int(os.environ.get("HF_VIT_REDUCTION_TEST_NAN_AT_STEP", "0"))  # t
 
 
 def load_data_and_model(args):
-    data = D.load_image_classification_data(
-        **{k: getattr(args, k) for k in D.LOADING_ARGUMENTS}
-    )
+    data = D.load_image_classification_data(**{k: getattr(args, k) for k in D.LOADING_ARGUMENTS})
     if args.max_train_samples:
         data.train = D.take(data.train, args.max_train_samples)
     if args.max_eval_samples:
@@ -46,9 +44,12 @@ def load_data_and_model(args):
     if args.model_name_or_path:
         strategy = {"reduction_strategy": args.strategy} if args.strategy else {}
         model = ViTReducedForImageClassification.from_pretrained(
-            args.model_name_or_path, **strategy, **labels,
-            drop_path_rate=args.drop_path, ignore_mismatched_sizes=True,
-        )  # fmt: skip
+            args.model_name_or_path,
+            **strategy,
+            **labels,
+            drop_path_rate=args.drop_path,
+            ignore_mismatched_sizes=True,
+        )
         return data, model
     config = ViTReducedConfig.from_preset(
         args.model_size,
@@ -82,23 +83,15 @@ def main():
         log_with=None if args.report_to == "none" else args.report_to.split(","),
         project_dir=args.output_dir,
     )
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO
-    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     set_seed(args.seed)
     try:  # every bad path, split, column or folder fails here, before any long work
-        C.check_output_dir(
-            args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir
-        )
-        resume = args.resume_from_checkpoint and C.resolve(
-            args.output_dir, args.resume_from_checkpoint
-        )
+        C.check_output_dir(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
+        resume = args.resume_from_checkpoint and C.resolve(args.output_dir, args.resume_from_checkpoint)
         data, model = load_data_and_model(args)
     except (ValueError, FileNotFoundError, NotADirectoryError) as error:
         raise SystemExit(f"error: {error}") from None
-    run_config = T.public_arguments(vars(args)) | {
-        "num_processes": accelerator.num_processes
-    }
+    run_config = T.public_arguments(vars(args)) | {"num_processes": accelerator.num_processes}
     if accelerator.is_main_process:
         C.remove_partial_checkpoints(args.output_dir)
         T.write_json(f"{args.output_dir}/args.json", run_config)
@@ -110,22 +103,14 @@ def main():
     columns = (data.image_column, data.label_column, args.on_bad_image)
     train_set = D.prepare_dataset(data.train, D.ExampleTransform(train_tf, *columns))
     if args.benchmark_loop:  # decoded once, so the loop itself is what gets timed
-        train_set = D.in_memory(
-            D.prepare_dataset(data.train, D.ExampleTransform(eval_tf, *columns))
-        )
-    eval_set = D.prepare_dataset(
-        data.validation, D.ExampleTransform(eval_tf, *columns, size)
-    )
+        train_set = D.in_memory(D.prepare_dataset(data.train, D.ExampleTransform(eval_tf, *columns)))
+    eval_set = D.prepare_dataset(data.validation, D.ExampleTransform(eval_tf, *columns, size))
     world, rank = accelerator.num_processes, accelerator.process_index
     if args.streaming:
         train_set = D.shard_stream(train_set, world, rank, args.seed)
     sampler = D.train_sampler(train_set, world, rank, args.aug_repeats, args.seed)
-    train_loader = D.train_loader(
-        train_set, args.batch_size, sampler, args.workers, args.pin_mem, args.seed
-    )
-    eval_loader = D.eval_loader(
-        eval_set, args.eval_batch_size, args.workers, args.pin_mem
-    )
+    train_loader = D.train_loader(train_set, args.batch_size, sampler, args.workers, args.pin_mem, args.seed)
+    eval_loader = D.eval_loader(eval_set, args.eval_batch_size, args.workers, args.pin_mem)
 
     # A stream has no length: its one "epoch" is --max_train_steps updates.
     accum = args.grad_accum_steps
@@ -133,13 +118,15 @@ def main():
     updates_per_epoch = max(batches // accum, 1)
     total_updates = args.max_train_steps or args.epochs * updates_per_epoch
     epochs = math.ceil(total_updates / updates_per_epoch)
-    optimizer = T.optimizer_for(
-        model, args.lr, args.weight_decay, torch.cuda.is_available()
-    )
+    optimizer = T.optimizer_for(model, args.lr, args.weight_decay, torch.cuda.is_available())
     scheduler = T.scheduler_for(
-        optimizer, total_updates / updates_per_epoch, args.warmup_epochs,
-        updates_per_epoch, args.min_lr, args.warmup_lr,
-    )  # fmt: skip
+        optimizer,
+        total_updates / updates_per_epoch,
+        args.warmup_epochs,
+        updates_per_epoch,
+        args.min_lr,
+        args.warmup_lr,
+    )
     mixup = T.mixup_for(args.mixup, args.cutmix, args.smoothing, len(data.label_names))
     criterion = T.train_criterion(mixup, args.smoothing)
     if args.channels_last:
@@ -147,18 +134,12 @@ def main():
     # The train loader stays unprepared: its sampler already shards (and repeats) per process.
     model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
     unwrapped = accelerator.unwrap_model(model)
-    ema = (
-        T.ema_for(unwrapped, args.model_ema_decay, args.model_ema_warmup)
-        if args.model_ema
-        else None
-    )
+    ema = T.ema_for(unwrapped, args.model_ema_decay, args.model_ema_warmup) if args.model_ema else None
     reported_model = ema.module if ema is not None else model
     processor = D.image_processor_for(size, MEAN, STD)
     summary = summarize(unwrapped)
     if accelerator.log_with:
-        accelerator.init_trackers(
-            args.experiment, {k: str(v) for k, v in run_config.items()}
-        )
+        accelerator.init_trackers(args.experiment, {k: str(v) for k, v in run_config.items()})
 
     if args.benchmark_loop:
         bare_step_parts = (
@@ -202,9 +183,13 @@ def main():
 
     logger.info(
         "%s: %s, %s parameters, %d processes, %d updates of %d images",
-        args.experiment, data.source, f"{summary['num_parameters']:,}", world,
-        total_updates, args.batch_size * accum * world,
-    )  # fmt: skip
+        args.experiment,
+        data.source,
+        f"{summary['num_parameters']:,}",
+        world,
+        total_updates,
+        args.batch_size * accum * world,
+    )
     progress = tqdm(
         total=total_updates,
         initial=step,
@@ -215,14 +200,10 @@ def main():
     first_epoch = step // updates_per_epoch if step < total_updates else epochs
     for epoch in range(first_epoch, epochs):
         (sampler or train_set).set_epoch(epoch)
-        train_loader.generator.manual_seed(
-            args.seed + epoch
-        )  # worker seeds: a function of the epoch
+        train_loader.generator.manual_seed(args.seed + epoch)  # worker seeds: a function of the epoch
         epoch_end = min((epoch + 1) * updates_per_epoch, total_updates)
         model.train()
-        for batch in C.skip_batches(
-            train_loader, (step - epoch * updates_per_epoch) * accum
-        ):
+        for batch in C.skip_batches(train_loader, (step - epoch * updates_per_epoch) * accum):
             if step >= epoch_end:
                 break  # whole accumulation windows per epoch: updates never straddle epochs
             T.count_bad_images(state, batch["bad_images"])
@@ -258,9 +239,7 @@ def main():
                 )
             state["loss_sum"] += loss_value
             state["loss_count"] += 1
-            state["seen"] += (
-                len(labels) * world
-            )  # every process trains on an equal batch
+            state["seen"] += len(labels) * world  # every process trains on an equal batch
             if not accelerator.sync_gradients:
                 continue
             step += 1
@@ -292,18 +271,12 @@ def main():
                     f"{args.output_dir}/best_model",
                 )
             if accelerator.log_with:
-                metrics = {
-                    f"eval/{k}": v for k, v in row.items() if k not in ("epoch", "step")
-                }
+                metrics = {f"eval/{k}": v for k, v in row.items() if k not in ("epoch", "step")}
                 accelerator.log(metrics, step=step)
-            logger.info(
-                "epoch %d: top-1 %.2f%%, top-5 %.2f%%", epoch, row["top1"], row["top5"]
-            )
+            logger.info("epoch %d: top-1 %.2f%%, top-5 %.2f%%", epoch, row["top1"], row["top5"])
             if accelerator.is_main_process:
                 T.write_history(f"{args.output_dir}/history.jsonl", history)
-                T.plot_history(
-                    f"{args.output_dir}/training_curves.png", history, args.experiment
-                )
+                T.plot_history(f"{args.output_dir}/training_curves.png", history, args.experiment)
         state.update(loss_sum=0.0, loss_count=0)
         checkpoint()
     progress.close()
@@ -318,9 +291,7 @@ def main():
         return
 
     save_model(accelerator, reported_model, processor, args.output_dir)
-    results = T.results(
-        history, summary, state, elapsed(), args, unwrapped, data.source
-    )
+    results = T.results(history, summary, state, elapsed(), args, unwrapped, data.source)
     results |= {
         "reported": "ema" if ema is not None else "model",
         "num_processes": world,
@@ -330,12 +301,17 @@ def main():
     if state["bad_train_count"]:
         logger.warning(
             "skipped %d unreadable training images, e.g. %s",
-            state["bad_train_count"], state["bad_train_examples"],
-        )  # fmt: skip
+            state["bad_train_count"],
+            state["bad_train_examples"],
+        )
     if accelerator.is_main_process:
         T.write_json(f"{args.output_dir}/results.json", results)
-        logger.info("final top-1 %.2f%%, peak %.2f%% at epoch %d", results["final_top1"],
-                    results["peak_top1"], results["peak_epoch"])  # fmt: skip
+        logger.info(
+            "final top-1 %.2f%%, peak %.2f%% at epoch %d",
+            results["final_top1"],
+            results["peak_top1"],
+            results["peak_epoch"],
+        )
     accelerator.end_training()
 
 

@@ -11,9 +11,7 @@ from .modeling_vit_reduced import (
 
 AutoConfig.register(ViTReducedConfig.model_type, ViTReducedConfig, exist_ok=True)
 AutoModel.register(ViTReducedConfig, ViTReducedModel, exist_ok=True)
-AutoModelForImageClassification.register(
-    ViTReducedConfig, ViTReducedForImageClassification, exist_ok=True
-)
+AutoModelForImageClassification.register(ViTReducedConfig, ViTReducedForImageClassification, exist_ok=True)
 
 __all__ = [
     "PRESETS",

@@ -26,22 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
         dest="strategy",
         choices=REDUCTION_STRATEGIES,
     )
-    model.add_argument(
-        "--reduction_mlp_ratio", "--reduction-mlp-ratio", type=float, default=None
-    )
+    model.add_argument("--reduction_mlp_ratio", "--reduction-mlp-ratio", type=float, default=None)
     model.add_argument("--mlp_share_group_size", type=int, default=2)
-    model.add_argument(
-        "--model_size", choices=sorted(PRESETS), default=None, help=recipe_default
-    )
+    model.add_argument("--model_size", choices=sorted(PRESETS), default=None, help=recipe_default)
     model.add_argument("--image_size", type=int, default=None, help="the preset's")
     model.add_argument(
         "--model_name_or_path",
         default=None,
         help="start from a saved or converted model",
     )
-    model.add_argument(
-        "--drop_path", "--drop-path", type=float, default=None, help=recipe_default
-    )
+    model.add_argument("--drop_path", "--drop-path", type=float, default=None, help=recipe_default)
 
     data = parser.add_argument_group("data (no source: the embedded digits)")
     data.add_argument(
@@ -50,9 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Hub id, local dataset folder, e.g. imagenet-1k",
     )
     data.add_argument("--dataset_config_name", default=None)
-    data.add_argument(
-        "--train_dir", default=None, help="ImageNet-layout folder: <class>/<image>"
-    )
+    data.add_argument("--train_dir", default=None, help="ImageNet-layout folder: <class>/<image>")
     data.add_argument("--validation_dir", default=None)
     data.add_argument("--train_split", default="train")
     data.add_argument("--validation_split", default="validation")
@@ -69,17 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--streaming", action="store_true")
     data.add_argument("--cache_dir", default=None)
     data.add_argument("--on_bad_image", choices=("skip", "error"), default="skip")
-    data.add_argument(
-        "--workers", "--num_workers", type=int, default=None, help=recipe_default
-    )
+    data.add_argument("--workers", "--num_workers", type=int, default=None, help=recipe_default)
     data.add_argument("--pin_mem", "--pin-mem", action="store_true")
 
-    recipe = parser.add_argument_group(
-        "recipe (defaults: the paper's; the digits recipe without a data source)"
-    )
-    recipe.add_argument(
-        "--num_train_epochs", "--epochs", dest="epochs", type=int, default=None
-    )
+    recipe = parser.add_argument_group("recipe (defaults: the paper's; the digits recipe without a data source)")
+    recipe.add_argument("--num_train_epochs", "--epochs", dest="epochs", type=int, default=None)
     recipe.add_argument(
         "--max_train_steps",
         type=int,
@@ -93,9 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
     )
-    recipe.add_argument(
-        "--eval_batch_size", type=int, default=None, help="2 x batch size"
-    )
+    recipe.add_argument("--eval_batch_size", type=int, default=None, help="2 x batch size")
     recipe.add_argument(
         "--grad_accum_steps",
         "--grad-accum-steps",
@@ -117,9 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--mixup", type=float, default=None)
     recipe.add_argument("--cutmix", type=float, default=None)
     recipe.add_argument("--smoothing", type=float, default=None)
-    recipe.add_argument(
-        "--aa", default=None, help="RandAugment policy; 'none' turns it off"
-    )
+    recipe.add_argument("--aa", default=None, help="RandAugment policy; 'none' turns it off")
     recipe.add_argument("--reprob", type=float, default=None)
     recipe.add_argument(
         "--scale",
@@ -142,9 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
     )
-    recipe.add_argument(
-        "--model_ema_decay", "--model-ema-decay", type=float, default=None
-    )
+    recipe.add_argument("--model_ema_decay", "--model-ema-decay", type=float, default=None)
     recipe.add_argument(
         "--model_ema_warmup",
         "--model-ema-warmup",
@@ -166,9 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", "--output", default=None, help="runs/<experiment>")
-    run.add_argument(
-        "--experiment", default=None, help="<strategy>-<model_size>-seed<seed>"
-    )
+    run.add_argument("--experiment", default=None, help="<strategy>-<model_size>-seed<seed>")
     run.add_argument(
         "--eval_every",
         type=int,
@@ -186,9 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         help="the newest kept, plus the best",
     )
-    run.add_argument(
-        "--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'"
-    )
+    run.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
     run.add_argument(
         "--overwrite_output_dir",
         action="store_true",
@@ -224,10 +200,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.strategy = "baseline"
     if args.aa and args.aa.lower() == "none":
         args.aa = None
-    args.experiment = (
-        args.experiment
-        or f"{args.strategy or 'pretrained'}-{args.model_size}-seed{args.seed}"
-    )
+    args.experiment = args.experiment or f"{args.strategy or 'pretrained'}-{args.model_size}-seed{args.seed}"
     args.output_dir = args.output_dir or os.path.join("runs", args.experiment)
     args.eval_batch_size = args.eval_batch_size or 2 * args.batch_size
     _check(parser, args)
@@ -236,9 +209,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     def fail(flag, allowed):
-        parser.error(
-            f"{flag}={getattr(args, flag.lstrip('-'))!r} is not valid; allowed: {allowed}"
-        )
+        parser.error(f"{flag}={getattr(args, flag.lstrip('-'))!r} is not valid; allowed: {allowed}")
 
     for flag in ("--batch_size", "--grad_accum_steps", "--epochs", "--eval_every"):
         if getattr(args, flag.lstrip("-")) < 1:
@@ -246,10 +217,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.max_train_steps is not None and args.max_train_steps < 1:
         fail("--max_train_steps", "an integer >= 1")
     for flag in ("--max_train_samples", "--max_eval_samples"):
-        if (
-            getattr(args, flag.lstrip("-")) is not None
-            and getattr(args, flag.lstrip("-")) < 1
-        ):
+        if getattr(args, flag.lstrip("-")) is not None and getattr(args, flag.lstrip("-")) < 1:
             fail(flag, "an integer >= 1")
     if args.lr <= 0:
         fail("--lr", "a number > 0")
@@ -264,9 +232,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if getattr(args, flag.lstrip("-")) < 0:
             fail(flag, "a number >= 0")
     for flag in ("--smoothing", "--reprob", "--drop_path", "--hflip"):
-        if not 0 <= getattr(args, flag.lstrip("-")) < 1 and not (
-            flag == "--hflip" and args.hflip == 1
-        ):
+        if not 0 <= getattr(args, flag.lstrip("-")) < 1 and not (flag == "--hflip" and args.hflip == 1):
             fail(flag, "a number in [0, 1)")
     if not 0 < args.model_ema_decay < 1:
         fail("--model_ema_decay", "a number in (0, 1)")
@@ -280,29 +246,17 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             "an even number with mixup/cutmix (they pair each image with another)",
         )
     if args.benchmark_loop:
-        if (
-            args.max_train_steps is None
-            or args.max_train_steps <= args.benchmark_warmup
-        ):
-            parser.error(
-                "--benchmark_loop needs --max_train_steps above --benchmark_warmup"
-            )
+        if args.max_train_steps is None or args.max_train_steps <= args.benchmark_warmup:
+            parser.error("--benchmark_loop needs --max_train_steps above --benchmark_warmup")
         args.checkpointing_steps, args.eval_every = "no", 10**9
     if args.checkpoints_total_limit < 1:
         fail("--checkpoints_total_limit", "an integer >= 1")
-    if (
-        args.checkpointing_steps not in ("epoch", "no")
-        and not args.checkpointing_steps.isdigit()
-    ):
+    if args.checkpointing_steps not in ("epoch", "no") and not args.checkpointing_steps.isdigit():
         fail("--checkpointing_steps", "an integer N, 'epoch' or 'no'")
     if args.streaming and args.max_train_steps is None:
-        parser.error(
-            "--streaming needs --max_train_steps (a stream has no length to count epochs by)"
-        )
+        parser.error("--streaming needs --max_train_steps (a stream has no length to count epochs by)")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
     if args.push_to_hub:
         # The seam for Hub publishing (model cards, upload), which is its own piece of work.
-        parser.error(
-            "--push_to_hub is not available yet; upload the output folder with `hf upload`"
-        )
+        parser.error("--push_to_hub is not available yet; upload the output folder with `hf upload`")

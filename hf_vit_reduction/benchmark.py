@@ -43,9 +43,7 @@ RATIO_NAMES = {"transformers": "Transformers", "timm": "timm", "baseline": "base
 
 def _config(args, strategy: str = "baseline") -> ViTReducedConfig:
     overrides = {
-        field: getattr(args, field)
-        for field in ("image_size", "patch_size")
-        if getattr(args, field) is not None
+        field: getattr(args, field) for field in ("image_size", "patch_size") if getattr(args, field) is not None
     }
     return ViTReducedConfig.from_preset(
         args.preset,
@@ -158,9 +156,7 @@ def training_step(name, config, args, compiled: bool):
     labels = torch.randint(config.num_labels, (args.train_batch_size,), device=device)
 
     def step():
-        with torch.autocast(
-            device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
-        ):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = F.cross_entropy(forward(pixels), labels)
         loss.backward()
         optimizer.step()
@@ -187,11 +183,7 @@ def measure(make_step, configs: dict, batch_size: int, args) -> dict:
         for _ in range(args.warmup):
             steps[name]()
         _synchronize(device)
-        memory[name] = (
-            (torch.cuda.max_memory_allocated(device) - allocated) / 2**20
-            if device.type == "cuda"
-            else None
-        )
+        memory[name] = (torch.cuda.max_memory_allocated(device) - allocated) / 2**20 if device.type == "cuda" else None
     times = {name: [] for name in configs}
     for _ in range(args.repeats):
         for name, step in steps.items():
@@ -205,10 +197,7 @@ def measure(make_step, configs: dict, batch_size: int, args) -> dict:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {
-        name: (batch_size * args.steps / statistics.median(times[name]), memory[name])
-        for name in configs
-    }
+    return {name: (batch_size * args.steps / statistics.median(times[name]), memory[name]) for name in configs}
 
 
 def _machine(device: torch.device) -> dict:
@@ -221,11 +210,7 @@ def _machine(device: torch.device) -> dict:
         name = platform.processor() or platform.machine()
         try:
             with open("/proc/cpuinfo") as cpuinfo:
-                name = next(
-                    line.split(":", 1)[1].strip()
-                    for line in cpuinfo
-                    if line.startswith("model name")
-                )
+                name = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
         except (OSError, StopIteration):
             pass
     return {
@@ -241,10 +226,7 @@ def _machine(device: torch.device) -> dict:
 def run(args) -> dict:
     """Measure every model in `args.models`; the rows of the table and the settings they were measured with."""
     base = _config(args)
-    configs = {
-        name: _config(args, name) if name in REDUCTION_STRATEGIES else base
-        for name in args.models
-    }
+    configs = {name: _config(args, name) if name in REDUCTION_STRATEGIES else base for name in args.models}
     load_before = os.getloadavg()
     rows = []
     for mode in ("eager", "compiled") if args.compile else ("eager",):
@@ -252,9 +234,7 @@ def run(args) -> dict:
         if compiled:
             torch._dynamo.reset()
             # The four strategies share their forward code, and each model compiles in train and eval mode.
-            torch._dynamo.config.recompile_limit = max(
-                torch._dynamo.config.recompile_limit, 4 * len(configs)
-            )
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(configs))
         inference = measure(
             partial(inference_step, args=args, compiled=compiled),
             configs,
@@ -286,15 +266,9 @@ def run(args) -> dict:
     for row in rows:
         for kind in ("inference", "training"):
             for reference in RATIO_TO:
-                match = [
-                    r
-                    for r in rows
-                    if r["model"] == reference and r["mode"] == row["mode"]
-                ]
+                match = [r for r in rows if r["model"] == reference and r["mode"] == row["mode"]]
                 row[f"{kind}_vs_{reference}"] = (
-                    row[f"{kind}_images_per_s"] / match[0][f"{kind}_images_per_s"]
-                    if match
-                    else None
+                    row[f"{kind}_images_per_s"] / match[0][f"{kind}_images_per_s"] if match else None
                 )
     settings = {
         "preset": args.preset,
@@ -372,9 +346,7 @@ def format_table(results: dict) -> str:
         for kind in ("inference", "training"):
             cells.append(_rate(row[f"{kind}_images_per_s"]))
             cells += [_number(row[f"{kind}_vs_{ref}"], 2) for ref in RATIO_TO]
-        cells.append(
-            f"{_number(row['inference_peak_memory_mib'], 0)} / {_number(row['training_peak_memory_mib'], 0)}"
-        )
+        cells.append(f"{_number(row['inference_peak_memory_mib'], 0)} / {_number(row['training_peak_memory_mib'], 0)}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -407,9 +379,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--patch_size", type=_positive(int))
     parser.add_argument("--num_labels", type=_positive(int), default=1000)
     parser.add_argument("--device", help="cuda or cpu (default: cuda where available)")
-    parser.add_argument(
-        "--batch_size", type=_positive(int), help="inference (default: 256 GPU, 8 CPU)"
-    )
+    parser.add_argument("--batch_size", type=_positive(int), help="inference (default: 256 GPU, 8 CPU)")
     parser.add_argument(
         "--train_batch_size",
         type=_positive(int),
@@ -420,9 +390,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=_positive(int),
         help="untimed steps first (default: 10 GPU, 2 CPU)",
     )
-    parser.add_argument(
-        "--repeats", type=_positive(int), help="timed runs (default: 10 GPU, 5 CPU)"
-    )
+    parser.add_argument("--repeats", type=_positive(int), help="timed runs (default: 10 GPU, 5 CPU)")
     parser.add_argument(
         "--steps",
         type=_positive(int),
@@ -441,9 +409,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="eager only (default on CPU, where inductor's C++ builds take minutes)",
     )
-    parser.add_argument(
-        "--threads", type=_positive(int), help="CPU threads (default: torch's)"
-    )
+    parser.add_argument("--threads", type=_positive(int), help="CPU threads (default: torch's)")
     parser.add_argument(
         "--keep_freed_memory",
         action="store_true",
@@ -476,9 +442,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.keep_freed_memory and not keep_freed_memory():
-        parser.error(
-            "--keep_freed_memory needs glibc's mallopt, which is not available here"
-        )
+        parser.error("--keep_freed_memory needs glibc's mallopt, which is not available here")
     try:
         _config(args)
     except ValueError as error:

@@ -54,9 +54,7 @@ def check_output_dir(output_dir, resume_from_checkpoint, overwrite_output_dir) -
     if not existing or resume_from_checkpoint:
         return
     if overwrite_output_dir:
-        shutil.rmtree(
-            Path(output_dir) / CHECKPOINTS, ignore_errors=True
-        )  # every process may get here
+        shutil.rmtree(Path(output_dir) / CHECKPOINTS, ignore_errors=True)  # every process may get here
         return
     raise ValueError(
         f"output_dir={str(output_dir)!r} holds checkpoints of a previous run (latest: {existing[-1].name}). "
@@ -69,15 +67,11 @@ def resolve(output_dir, resume_from_checkpoint: str) -> Path:
     if resume_from_checkpoint == "latest":
         existing = checkpoints(output_dir)
         if not existing:
-            raise ValueError(
-                f"--resume_from_checkpoint latest: no checkpoint in {Path(output_dir) / CHECKPOINTS}"
-            )
+            raise ValueError(f"--resume_from_checkpoint latest: no checkpoint in {Path(output_dir) / CHECKPOINTS}")
         return existing[-1]
     path = Path(resume_from_checkpoint)
     if not (path / TRAIN_STATE).is_file():
-        raise ValueError(
-            f"--resume_from_checkpoint={resume_from_checkpoint!r} is not a complete checkpoint folder"
-        )
+        raise ValueError(f"--resume_from_checkpoint={resume_from_checkpoint!r} is not a complete checkpoint folder")
     return path
 
 
@@ -104,10 +98,7 @@ def save(
     if accelerator.is_main_process:
         if ema is not None:
             save_file(
-                {
-                    k: v.detach().cpu().contiguous()
-                    for k, v in ema.module.state_dict().items()
-                },
+                {k: v.detach().cpu().contiguous() for k, v in ema.module.state_dict().items()},
                 temporary / EMA_WEIGHTS,
             )
         write_json(temporary / TRAIN_STATE, train_state)
@@ -130,9 +121,7 @@ def load(accelerator, path: Path, ema) -> dict:
     accelerator.load_state(str(path))
     if ema is not None:
         weights = load_file(path / EMA_WEIGHTS, device="cpu")
-        ema.module.load_state_dict(
-            {k: v.to(ema.module.state_dict()[k].device) for k, v in weights.items()}
-        )
+        ema.module.load_state_dict({k: v.to(ema.module.state_dict()[k].device) for k, v in weights.items()})
     return json.loads((path / TRAIN_STATE).read_text())
 
 
@@ -144,9 +133,7 @@ def skip_batches(loader, count: int):
     """
     if count == 0:
         return loader
-    if loader.num_workers == 0 and not isinstance(
-        loader.dataset, torch.utils.data.IterableDataset
-    ):
+    if loader.num_workers == 0 and not isinstance(loader.dataset, torch.utils.data.IterableDataset):
         return skip_first_batches(loader, count)
     return itertools.islice(loader, count, None)
 

@@ -117,23 +117,15 @@ class ViTReducedConfig(PreTrainedConfig):
         self.reduction_strategy = self.reduction_strategy or "baseline"
         self._validate()
         if self.reduction_mlp_ratio is None:
-            self.reduction_mlp_ratio = DEFAULT_REDUCTION_MLP_RATIOS[
-                self.reduction_strategy
-            ]
-        self.reduction_mlp_ratio = (
-            None
-            if self.reduction_mlp_ratio is None
-            else float(self.reduction_mlp_ratio)
-        )
+            self.reduction_mlp_ratio = DEFAULT_REDUCTION_MLP_RATIOS[self.reduction_strategy]
+        self.reduction_mlp_ratio = None if self.reduction_mlp_ratio is None else float(self.reduction_mlp_ratio)
         super().__post_init__(**kwargs)
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> "ViTReducedConfig":
         """A config of a named size (`tiny`, `small`, `base`, `digits`); keyword arguments override it."""
         if name not in PRESETS:
-            raise ValueError(
-                f"preset={name!r} is not known; allowed: {', '.join(PRESETS)}"
-            )
+            raise ValueError(f"preset={name!r} is not known; allowed: {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **kwargs})
 
     @property
@@ -159,19 +151,13 @@ class ViTReducedConfig(PreTrainedConfig):
 
     def _validate(self):
         def fail(field, allowed):
-            raise ValueError(
-                f"{field}={getattr(self, field)!r} is not valid; allowed: {allowed}"
-            )
+            raise ValueError(f"{field}={getattr(self, field)!r} is not valid; allowed: {allowed}")
 
         def is_int(value):
             return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
         def is_real(value):
-            return (
-                isinstance(value, numbers.Real)
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-            )
+            return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
         for field in (
             "hidden_size",

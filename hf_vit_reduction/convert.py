@@ -80,9 +80,7 @@ def _with_overrides(derived: dict, overrides: dict, fixed: tuple[str, ...]) -> d
             )
     if "id2label" in overrides and "num_labels" not in overrides:
         # The labels decide num_labels; whether they fit the head is checked on the config.
-        derived = {
-            k: v for k, v in derived.items() if k not in ("num_labels", "label2id")
-        }
+        derived = {k: v for k, v in derived.items() if k not in ("num_labels", "label2id")}
     return {**derived, **overrides}
 
 
@@ -114,9 +112,7 @@ def from_transformers(model_or_path, drop_pooler: bool = False):
             "or a local folder holding one"
         )
     if encoder.embeddings.mask_token is not None:
-        raise ValueError(
-            "the source has a mask token (masked image modeling), which ViTReduced cannot represent"
-        )
+        raise ValueError("the source has a mask token (masked image modeling), which ViTReduced cannot represent")
     if encoder.pooler is not None and not drop_pooler:
         raise ValueError(
             "the source ViTModel has a pooler (dense + tanh on the CLS token), which ViTReduced does not have; "
@@ -172,13 +168,9 @@ def from_transformers(model_or_path, drop_pooler: bool = False):
     for index, layer in enumerate(encoder.layers):
         attention, prefix = layer.attention, f"vit.layers.{index}."
         projections = (attention.q_proj, attention.k_proj, attention.v_proj)
-        state[prefix + "attention.qkv.weight"] = torch.cat(
-            [p.weight for p in projections]
-        )
+        state[prefix + "attention.qkv.weight"] = torch.cat([p.weight for p in projections])
         if config.qkv_bias:
-            state[prefix + "attention.qkv.bias"] = torch.cat(
-                [p.bias for p in projections]
-            )
+            state[prefix + "attention.qkv.bias"] = torch.cat([p.bias for p in projections])
         for ours, theirs in (
             ("attention.proj", attention.o_proj),
             ("layernorm_before", layer.layernorm_before),
@@ -203,9 +195,7 @@ def _load_transformers_folder(path):
     from transformers import AutoConfig, ViTForImageClassification, ViTModel
 
     if not os.path.isdir(path):
-        raise ValueError(
-            f"{str(path)!r} is not a local model folder (the Hub is not reachable from here)"
-        )
+        raise ValueError(f"{str(path)!r} is not a local model folder (the Hub is not reachable from here)")
     config = AutoConfig.from_pretrained(path)
     if config.model_type != "vit":
         raise ValueError(
@@ -217,9 +207,7 @@ def _load_transformers_folder(path):
     elif "ViTModel" in architectures:
         model_class = ViTModel
     else:
-        raise ValueError(
-            f"{path} holds architectures={architectures}; allowed: ViTForImageClassification, ViTModel"
-        )
+        raise ValueError(f"{path} holds architectures={architectures}; allowed: ViTForImageClassification, ViTModel")
     model, info = model_class.from_pretrained(path, output_loading_info=True)
     missing = sorted(info["missing_keys"])
     unexpected = sorted(info["unexpected_keys"])
@@ -227,17 +215,11 @@ def _load_transformers_folder(path):
         # Saved without a pooler (add_pooling_layer=False): the randomly initialized one is not the checkpoint's.
         model.pooler, missing = None, []
     # The classifier does not use a pooler, so a checkpoint's pooler weights change none of its outputs.
-    unexpected = [
-        k
-        for k in unexpected
-        if not (model_class is ViTForImageClassification and "pooler." in k)
-    ]
+    unexpected = [k for k in unexpected if not (model_class is ViTForImageClassification and "pooler." in k)]
     mismatched = sorted(key for key, *_ in info["mismatched_keys"])
     problems = {"missing": missing, "unexpected": unexpected, "mismatched": mismatched}
     if details := describe_key_problems(problems):
-        raise ValueError(
-            f"The weights at {path} do not fit a {model_class.__name__} ({details})"
-        )
+        raise ValueError(f"The weights at {path} do not fit a {model_class.__name__} ({details})")
     return model.eval()
 
 
@@ -306,9 +288,7 @@ def from_timm(model_or_state_dict, **config_overrides):
         raise ValueError(
             f"the labels give num_labels={config.num_labels} but the head has {derived['num_labels']} outputs"
         )
-    return _build(
-        ViTReducedForImageClassification, config, _timm_state_to_ours(state, config)
-    )
+    return _build(ViTReducedForImageClassification, config, _timm_state_to_ours(state, config))
 
 
 def _describe_timm_model(model) -> tuple[dict, tuple[str, ...]]:
@@ -335,9 +315,7 @@ def _describe_timm_model(model) -> tuple[dict, tuple[str, ...]]:
     require(not model.no_embed_class, "no_embed_class=True")
     require(model.pos_embed is not None, "no position embedding (pos_embed='none')")
     require(not model.dynamic_img_size, "dynamic_img_size=True")
-    require(
-        isinstance(model.patch_drop, nn.Identity), "patch dropout (patch_drop_rate > 0)"
-    )
+    require(isinstance(model.patch_drop, nn.Identity), "patch dropout (patch_drop_rate > 0)")
     require(isinstance(model.norm_pre, nn.Identity), "a pre-norm (pre_norm=True)")
     require(isinstance(model.fc_norm, nn.Identity), "fc_norm")
     require(model.attn_pool is None, "attention pooling")
@@ -363,22 +341,16 @@ def _describe_timm_model(model) -> tuple[dict, tuple[str, ...]]:
     heads, widths, acts, drop_paths = set(), set(), set(), []
     for index, block in enumerate(model.blocks):
         if type(block) is not Block:
-            problems.append(
-                f"blocks.{index} is a {type(block).__name__} (only timm's pre-norm Block)"
-            )
+            problems.append(f"blocks.{index} is a {type(block).__name__} (only timm's pre-norm Block)")
             continue
         attn, mlp = block.attn, block.mlp
         require(
-            type(attn) is Attention
-            and attn.num_heads * attn.head_dim == model.embed_dim,
+            type(attn) is Attention and attn.num_heads * attn.head_dim == model.embed_dim,
             f"blocks.{index}.attn is not a standard multi-head attention",
         )
         require(
             type(attn) is not Attention
-            or all(
-                isinstance(m, nn.Identity)
-                for m in (attn.q_norm, attn.k_norm, attn.norm)
-            ),
+            or all(isinstance(m, nn.Identity) for m in (attn.q_norm, attn.k_norm, attn.norm)),
             "qk_norm or scale_attn_norm",
         )
         require(
@@ -408,10 +380,7 @@ def _describe_timm_model(model) -> tuple[dict, tuple[str, ...]]:
         ", ".join(unknown_acts) or "mixed activations",
     )
     require(
-        all(
-            isinstance(n, nn.LayerNorm) and n.elementwise_affine and n.bias is not None
-            for n in norms
-        ),
+        all(isinstance(n, nn.LayerNorm) and n.elementwise_affine and n.bias is not None for n in norms),
         "a norm that is not an affine LayerNorm (e.g. RmsNorm)",
     )
     eps = {n.eps for n in norms if isinstance(n, nn.LayerNorm)}
@@ -420,8 +389,7 @@ def _describe_timm_model(model) -> tuple[dict, tuple[str, ...]]:
     last = drop_paths[-1] if drop_paths else 0.0
     require(
         all(
-            math.isclose(rate, last * index / max(depth - 1, 1), abs_tol=1e-6)
-            for index, rate in enumerate(drop_paths)
+            math.isclose(rate, last * index / max(depth - 1, 1), abs_tol=1e-6) for index, rate in enumerate(drop_paths)
         ),
         f"drop path rates {drop_paths} that do not rise linearly from 0",
     )
@@ -499,11 +467,7 @@ def _check_timm_keys(state: dict, depth: int):
     unexpected = sorted(set(state) - required - optional)
     missing = sorted(required - set(state))
     if unexpected:
-        features = [
-            feature
-            for pattern, feature in _TIMM_FEATURES
-            if any(pattern in key for key in unexpected)
-        ]
+        features = [feature for pattern, feature in _TIMM_FEATURES if any(pattern in key for key in unexpected)]
         raise ValueError(
             "Cannot convert this timm state dict; ViTReduced cannot represent "
             + (", ".join(dict.fromkeys(features)) or "its extra weights")
@@ -516,9 +480,7 @@ def _check_timm_keys(state: dict, depth: int):
         )
 
 
-def _describe_timm_state_dict(
-    state: dict, overrides: dict
-) -> tuple[dict, tuple[str, ...]]:
+def _describe_timm_state_dict(state: dict, overrides: dict) -> tuple[dict, tuple[str, ...]]:
     """Config fields that the shapes of a timm ViT state dict fix."""
     if "num_attention_heads" not in overrides:
         raise ValueError(
@@ -565,9 +527,7 @@ def _timm_state_to_ours(state: dict, config: ViTReducedConfig) -> dict:
         "vit.embeddings.cls_token": state["cls_token"],
         "vit.embeddings.position_embeddings": state["pos_embed"],
         "vit.embeddings.projection.weight": state["patch_embed.proj.weight"],
-        "vit.embeddings.projection.bias": bias(
-            "patch_embed.proj.bias", state["patch_embed.proj.weight"]
-        ),
+        "vit.embeddings.projection.bias": bias("patch_embed.proj.bias", state["patch_embed.proj.weight"]),
         "vit.layernorm.weight": state["norm.weight"],
         "vit.layernorm.bias": state["norm.bias"],
     }
@@ -578,9 +538,7 @@ def _timm_state_to_ours(state: dict, config: ViTReducedConfig) -> dict:
             ("layernorm_after", "norm2"),
         ):
             for part in ("weight", "bias"):
-                ours[f"{prefix}{ours_name}.{part}"] = state[
-                    f"{theirs}{their_name}.{part}"
-                ]
+                ours[f"{prefix}{ours_name}.{part}"] = state[f"{theirs}{their_name}.{part}"]
         ours[prefix + "attention.qkv.weight"] = state[theirs + "attn.qkv.weight"]
         if config.qkv_bias:
             ours[prefix + "attention.qkv.bias"] = state[theirs + "attn.qkv.bias"]
@@ -602,9 +560,7 @@ def _timm_state_to_ours(state: dict, config: ViTReducedConfig) -> dict:
 # --- Post-hoc reduction --------------------------------------------------------------------------------------------
 
 
-def _check_reduce_arguments(
-    strategy, reduction_mlp_ratio, prune_method, share_method, mlp_share_group_size
-):
+def _check_reduce_arguments(strategy, reduction_mlp_ratio, prune_method, share_method, mlp_share_group_size):
     if strategy == "thin":
         raise ValueError(
             "strategy='thin' has no post-hoc meaning: a thin MLP is trained from scratch, not cut from a trained "
@@ -612,17 +568,11 @@ def _check_reduce_arguments(
             "ViT-B/16 thin's 1536)"
         )
     if strategy not in POST_HOC_STRATEGIES:
-        raise ValueError(
-            f"strategy={strategy!r} is not valid; allowed: {_allowed(POST_HOC_STRATEGIES)}"
-        )
+        raise ValueError(f"strategy={strategy!r} is not valid; allowed: {_allowed(POST_HOC_STRATEGIES)}")
     if prune_method not in PRUNE_METHODS:
-        raise ValueError(
-            f"prune_method={prune_method!r} is not valid; allowed: {_allowed(PRUNE_METHODS)}"
-        )
+        raise ValueError(f"prune_method={prune_method!r} is not valid; allowed: {_allowed(PRUNE_METHODS)}")
     if share_method not in SHARE_METHODS:
-        raise ValueError(
-            f"share_method={share_method!r} is not valid; allowed: {_allowed(SHARE_METHODS)}"
-        )
+        raise ValueError(f"share_method={share_method!r} is not valid; allowed: {_allowed(SHARE_METHODS)}")
     if strategy == "grouped":
         if prune_method != "first":
             raise ValueError(
@@ -667,9 +617,7 @@ def reduce(
     - `thin` is not a reduction of trained weights: it is an error that says to use `shallow`.
     Everything outside the MLPs is copied; the config is the baseline's with the new strategy.
     """
-    _check_reduce_arguments(
-        strategy, reduction_mlp_ratio, prune_method, share_method, mlp_share_group_size
-    )
+    _check_reduce_arguments(strategy, reduction_mlp_ratio, prune_method, share_method, mlp_share_group_size)
     config = getattr(model, "config", None)
     if getattr(config, "model_type", None) != ViTReducedConfig.model_type:
         raise TypeError(
@@ -693,11 +641,7 @@ def reduce(
     encoder = model.vit if hasattr(model, "vit") else model
     prefix = "vit.mlps." if encoder is not model else "mlps."
     with torch.no_grad():
-        state = {
-            key: value.clone()
-            for key, value in model.state_dict().items()
-            if not key.startswith(prefix)
-        }
+        state = {key: value.clone() for key, value in model.state_dict().items() if not key.startswith(prefix)}
         if strategy == "shallow":
             for index, mlp in enumerate(encoder.mlps):
                 keep = _kept_units(mlp, new_config.mlp_hidden_size, prune_method)
@@ -795,20 +739,14 @@ def _read_state_dict(path: str) -> dict:
     for wrapper in ("state_dict", "model"):
         if isinstance(state.get(wrapper), Mapping):
             state = state[wrapper]
-    return {
-        key.removeprefix("module."): value
-        for key, value in state.items()
-        if isinstance(value, torch.Tensor)
-    }
+    return {key.removeprefix("module."): value for key, value in state.items() if isinstance(value, torch.Tensor)}
 
 
 def _check_output(output: Path, overwrite: bool):
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output {output} is a file; allowed: a folder")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise ValueError(
-            f"--output {output} exists and is not empty; pass --overwrite to replace it"
-        )
+        raise ValueError(f"--output {output} exists and is not empty; pass --overwrite to replace it")
 
 
 def _write_folder(output: Path, write):
@@ -905,9 +843,7 @@ def main(argv: list[str] | None = None) -> None:
         "state dict (with --timm_model)",
     )
     parser.add_argument("--output", required=True, type=Path, help="folder to write")
-    parser.add_argument(
-        "--timm_model", help="timm architecture of a state dict given as --input"
-    )
+    parser.add_argument("--timm_model", help="timm architecture of a state dict given as --input")
     parser.add_argument(
         "--strategy",
         default="baseline",
@@ -932,17 +868,13 @@ def main(argv: list[str] | None = None) -> None:
         choices=SHARE_METHODS,
         help="grouped: the group's first MLP (the paper) or the mean of its MLPs",
     )
-    parser.add_argument(
-        "--mlp_share_group_size", type=int, help="grouped: blocks per MLP (default 2)"
-    )
+    parser.add_argument("--mlp_share_group_size", type=int, help="grouped: blocks per MLP (default 2)")
     parser.add_argument(
         "--drop_pooler",
         action="store_true",
         help="transformers: convert a ViTModel without its pooler",
     )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace a non-empty --output"
-    )
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     args = parser.parse_args(argv)
 
     try:
@@ -966,11 +898,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.source != "transformers" and args.drop_pooler:
             raise ValueError("--drop_pooler applies to --from transformers only")
 
-        convert = (
-            _convert_transformers_input
-            if args.source == "transformers"
-            else _convert_timm_input
-        )
+        convert = _convert_transformers_input if args.source == "transformers" else _convert_timm_input
         model, source_logits, write_processor = convert(args)
         difference = _max_logit_difference(source_logits, model)
         if reduction:

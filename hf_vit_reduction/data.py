@@ -96,24 +96,18 @@ def load_digits() -> datasets.DatasetDict:
             features=features,
         )
 
-    return datasets.DatasetDict(
-        train=split(train_indices), validation=split(validation_indices)
-    )
+    return datasets.DatasetDict(train=split(train_indices), validation=split(validation_indices))
 
 
 def _check_image_folder(path: str, flag: str) -> None:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{flag}={path!r} does not exist")
     if not os.path.isdir(path):
-        raise NotADirectoryError(
-            f"{flag}={path!r} is not a folder (expected class sub-folders of images)"
-        )
+        raise NotADirectoryError(f"{flag}={path!r} is not a folder (expected class sub-folders of images)")
     for _, _, files in os.walk(path):
         if any(os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS for name in files):
             return
-    raise ValueError(
-        f"{flag}={path!r} holds no image files (expected <class>/<image> as in ImageNet's layout)"
-    )
+    raise ValueError(f"{flag}={path!r} holds no image files (expected <class>/<image> as in ImageNet's layout)")
 
 
 def _detect_column(
@@ -128,9 +122,7 @@ def _detect_column(
     names = list(features) if features else list(dataset.column_names or [])
     if wanted is not None:
         if wanted not in names:
-            raise ValueError(
-                f"{flag}={wanted!r} is not a column of the dataset; columns: {names}"
-            )
+            raise ValueError(f"{flag}={wanted!r} is not a column of the dataset; columns: {names}")
         return wanted
     for name, feature in features.items():
         if isinstance(feature, feature_type):
@@ -138,9 +130,7 @@ def _detect_column(
     for name in fallbacks:
         if name in names:
             return name
-    raise ValueError(
-        f"the dataset has no {what} column (columns: {names}); name it with {flag}"
-    )
+    raise ValueError(f"the dataset has no {what} column (columns: {names}); name it with {flag}")
 
 
 def load_image_classification_data(
@@ -163,9 +153,7 @@ def load_image_classification_data(
     is raised here, before any model is built.
     """
     if dataset_name and (train_dir or validation_dir):
-        raise ValueError(
-            "give either dataset_name or train_dir/validation_dir, not both"
-        )
+        raise ValueError("give either dataset_name or train_dir/validation_dir, not both")
     if validation_dir and not train_dir:
         raise ValueError(f"validation_dir={validation_dir!r} needs train_dir as well")
     if train_dir:
@@ -180,9 +168,7 @@ def load_image_classification_data(
             list(data_files),
         )
         source = f"imagefolder:{train_dir}"
-    elif dataset_name and os.path.isfile(
-        os.path.join(dataset_name, "dataset_dict.json")
-    ):
+    elif dataset_name and os.path.isfile(os.path.join(dataset_name, "dataset_dict.json")):
         builder, source = None, dataset_name
         splits = datasets.load_from_disk(dataset_name)
         available = list(splits)
@@ -192,27 +178,17 @@ def load_image_classification_data(
             {"name": dataset_config_name},
             dataset_name,
         )
-        available = datasets.get_dataset_split_names(
-            dataset_name, dataset_config_name, cache_dir=cache_dir
-        )
+        available = datasets.get_dataset_split_names(dataset_name, dataset_config_name, cache_dir=cache_dir)
     else:
         builder, source = None, "digits (scikit-learn, embedded)"
         splits = load_digits()
         available = list(splits)
 
     if train_split not in available:
-        raise ValueError(
-            f"train_split={train_split!r} does not exist in {source}; splits: {available}"
-        )
+        raise ValueError(f"train_split={train_split!r} does not exist in {source}; splits: {available}")
     has_validation = validation_split in available
-    if not has_validation and (
-        validation_dir
-        or (dataset_name and validation_split != "validation")
-        or streaming
-    ):
-        raise ValueError(
-            f"validation_split={validation_split!r} does not exist in {source}; splits: {available}"
-        )
+    if not has_validation and (validation_dir or (dataset_name and validation_split != "validation") or streaming):
+        raise ValueError(f"validation_split={validation_split!r} does not exist in {source}; splits: {available}")
 
     if builder is not None:
 
@@ -230,9 +206,7 @@ def load_image_classification_data(
         validation = load(validation_split) if has_validation else None
     else:
         if streaming:
-            raise ValueError(
-                f"streaming=True needs a Hub dataset or files, not {source}"
-            )
+            raise ValueError(f"streaming=True needs a Hub dataset or files, not {source}")
         train = splits[train_split]
         validation = splits[validation_split] if has_validation else None
     if validation is None:
@@ -262,12 +236,8 @@ def load_image_classification_data(
     else:
         label_names = [str(i) for i in range(int(max(validation[label_column])) + 1)]
     if len(label_names) < 2:
-        raise ValueError(
-            f"label_column={label_column!r} has {len(label_names)} class(es); at least 2 are needed"
-        )
-    return ImageClassificationData(
-        train, validation, image_column, label_column, label_names, source
-    )
+        raise ValueError(f"label_column={label_column!r} has {len(label_names)} class(es); at least 2 are needed")
+    return ImageClassificationData(train, validation, image_column, label_column, label_names, source)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -277,12 +247,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
         top = 65535.0 if image.mode != "F" and array.max() > 255 else 255.0
         if image.mode == "F":
             top = max(float(array.max()), 1.0)
-        image = Image.fromarray(
-            np.clip(array * (255.0 / top), 0, 255).astype(np.uint8), mode="L"
-        )
-    if image.mode in ("RGBA", "LA", "PA") or (
-        image.mode == "P" and "transparency" in image.info
-    ):
+        image = Image.fromarray(np.clip(array * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -294,11 +260,7 @@ def decode_image(value) -> Image.Image:
     if isinstance(value, Image.Image):
         image = value
     elif isinstance(value, dict):
-        image = (
-            Image.open(io.BytesIO(value["bytes"]))
-            if value.get("bytes")
-            else Image.open(value["path"])
-        )
+        image = Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") else Image.open(value["path"])
     else:
         image = Image.open(value)
     image.load()  # decode now, so a truncated file fails here and not inside a transform
@@ -364,9 +326,7 @@ class ExampleTransform:
         placeholder_size=None,
     ):
         if on_bad_image not in ("skip", "error"):
-            raise ValueError(
-                f"on_bad_image={on_bad_image!r} is not valid; allowed: 'skip', 'error'"
-            )
+            raise ValueError(f"on_bad_image={on_bad_image!r} is not valid; allowed: 'skip', 'error'")
         self.transform = transform
         self.image_column = image_column
         self.label_column = label_column
@@ -380,13 +340,9 @@ class ExampleTransform:
                 image = decode_image(value)
             except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
                 if self.on_bad_image == "error":
-                    raise ValueError(
-                        f"cannot read image {image_description(value)}: {error}"
-                    ) from error
+                    raise ValueError(f"cannot read image {image_description(value)}: {error}") from error
                 size = self.placeholder_size
-                pixel_values.append(
-                    None if size is None else torch.zeros(3, size, size)
-                )
+                pixel_values.append(None if size is None else torch.zeros(3, size, size))
                 bad.append(image_description(value))
                 continue
             pixel_values.append(self.transform(image))
@@ -402,9 +358,7 @@ def prepare_dataset(dataset, transform: ExampleTransform):
     """Attach the transform lazily; images stay encoded until a DataLoader worker reads them."""
     dataset = dataset.cast_column(transform.image_column, datasets.Image(decode=False))
     if isinstance(dataset, datasets.IterableDataset):
-        return dataset.map(
-            transform, batched=True, remove_columns=list(dataset.column_names or [])
-        )
+        return dataset.map(transform, batched=True, remove_columns=list(dataset.column_names or []))
     return dataset.with_transform(transform)
 
 
@@ -418,11 +372,7 @@ def collate(examples: list[dict]) -> dict:
     kept = [e for e in examples if e["pixel_values"] is not None]
     # default_collate stacks straight into shared memory inside a worker; torch.stack would cost one more copy
     # of the batch when it is sent to the main process.
-    pixel_values = (
-        default_collate([e["pixel_values"] for e in kept])
-        if kept
-        else torch.empty(0, 3, 1, 1)
-    )
+    pixel_values = default_collate([e["pixel_values"] for e in kept]) if kept else torch.empty(0, 3, 1, 1)
     labels = [-1 if e["bad_image"] is not None else int(e["labels"]) for e in kept]
     return {
         "pixel_values": pixel_values,
@@ -439,15 +389,11 @@ def shard_stream(
     buffer_size: int = 10_000,
 ):
     """A streamed train split: each process reads its own part, shuffled through a buffer."""
-    part = datasets.distributed.split_dataset_by_node(
-        dataset, rank=process_index, world_size=num_processes
-    )
+    part = datasets.distributed.split_dataset_by_node(dataset, rank=process_index, world_size=num_processes)
     return part.shuffle(seed=seed, buffer_size=buffer_size)
 
 
-def train_sampler(
-    dataset, num_processes: int, process_index: int, aug_repeats: int, seed: int
-):
+def train_sampler(dataset, num_processes: int, process_index: int, aug_repeats: int, seed: int):
     """timm's choice: RepeatAugSampler when distributed with repeats, else a shuffling DistributedSampler.
 
     The sampler shards the data itself, so the train loader must not be sharded again by Accelerate. A stream
@@ -496,9 +442,7 @@ def retain_worker_heap(worker_id: int) -> None:
     mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
-def train_loader(
-    dataset, batch_size: int, sampler, workers: int, pin_memory: bool, seed: int
-) -> DataLoader:
+def train_loader(dataset, batch_size: int, sampler, workers: int, pin_memory: bool, seed: int) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,

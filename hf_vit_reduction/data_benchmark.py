@@ -33,11 +33,7 @@ def make_jpeg_folder(folder, size: int = 256, limit: int | None = None) -> int:
     count = len(digits) if limit is None else min(limit, len(digits))
     for index in range(count):
         example = digits[index]
-        image = (
-            example["image"]
-            .convert("RGB")
-            .resize((size, size), Image.Resampling.BICUBIC)
-        )
+        image = example["image"].convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
         target = Path(folder) / str(example["label"]) / f"{index:05d}.jpg"
         target.parent.mkdir(parents=True, exist_ok=True)
         image.save(target, quality=90)
@@ -71,13 +67,9 @@ def our_loader(folder, workers: int, batch_size: int, image_size: int) -> DataLo
         options["scale"],
         options["hflip"],
     )
-    dataset = D.prepare_dataset(
-        data.train, D.ExampleTransform(train_tf, data.image_column, data.label_column)
-    )
+    dataset = D.prepare_dataset(data.train, D.ExampleTransform(train_tf, data.image_column, data.label_column))
     sampler = D.train_sampler(dataset, 1, 0, aug_repeats=0, seed=0)
-    return D.train_loader(
-        dataset, batch_size, sampler, workers, pin_memory=False, seed=0
-    )
+    return D.train_loader(dataset, batch_size, sampler, workers, pin_memory=False, seed=0)
 
 
 def timm_loader(folder, workers: int, batch_size: int, image_size: int):
@@ -190,12 +182,8 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--folder", required=True, help="an ImageNet-layout folder of images"
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--folder", required=True, help="an ImageNet-layout folder of images")
     parser.add_argument(
         "--make",
         action="store_true",
@@ -206,9 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument(
-        "--rounds", type=int, default=3, help="alternating runs per loader"
-    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per loader")
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args(argv)
     if args.make:

@@ -35,9 +35,7 @@ class ViTReducedEmbeddings(nn.Module):
         self.patch_size = config.patch_size
         self.grid_size = config.image_size // config.patch_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-        self.position_embeddings = nn.Parameter(
-            torch.zeros(1, self.grid_size**2 + 1, config.hidden_size)
-        )
+        self.position_embeddings = nn.Parameter(torch.zeros(1, self.grid_size**2 + 1, config.hidden_size))
         self.projection = nn.Conv2d(
             config.num_channels,
             config.hidden_size,
@@ -49,11 +47,7 @@ class ViTReducedEmbeddings(nn.Module):
     def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
         """Bicubic resize of the patch position embeddings to another input resolution."""
         dim = self.position_embeddings.shape[-1]
-        grid = (
-            self.position_embeddings[:, 1:]
-            .reshape(1, self.grid_size, self.grid_size, dim)
-            .permute(0, 3, 1, 2)
-        )
+        grid = self.position_embeddings[:, 1:].reshape(1, self.grid_size, self.grid_size, dim).permute(0, 3, 1, 2)
         grid = nn.functional.interpolate(
             grid,
             size=(height // self.patch_size, width // self.patch_size),
@@ -68,9 +62,7 @@ class ViTReducedEmbeddings(nn.Module):
             dim=1,
         )
 
-    def forward(
-        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False
-    ) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         batch_size, _, height, width = pixel_values.shape
         expected = self.grid_size * self.patch_size
         if not interpolate_pos_encoding and (height != expected or width != expected):
@@ -79,9 +71,7 @@ class ViTReducedEmbeddings(nn.Module):
                 "pass interpolate_pos_encoding=True to run at another size."
             )
         embeddings = self.projection(pixel_values).flatten(2).transpose(1, 2)
-        embeddings = torch.cat(
-            (self.cls_token.expand(batch_size, -1, -1), embeddings), dim=1
-        )
+        embeddings = torch.cat((self.cls_token.expand(batch_size, -1, -1), embeddings), dim=1)
         if interpolate_pos_encoding:
             embeddings = embeddings + self.interpolate_pos_encoding(height, width)
         else:
@@ -102,12 +92,8 @@ def eager_attention_forward(
     attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None:
         attn_weights = attn_weights + attention_mask
-    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(
-        query.dtype
-    )
-    attn_weights = nn.functional.dropout(
-        attn_weights, p=dropout, training=module.training
-    )
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
     attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
     return attn_output, attn_weights
 
@@ -123,18 +109,12 @@ class ViTReducedAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.attention_probs_dropout_prob
         self.is_causal = False
-        self.qkv = nn.Linear(
-            config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias
-        )
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(
-        self, hidden_states: torch.Tensor, **kwargs
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, seq_len, _ = hidden_states.shape
-        qkv = self.qkv(hidden_states).view(
-            batch_size, seq_len, 3, self.num_heads, self.head_dim
-        )
+        qkv = self.qkv(hidden_states).view(batch_size, seq_len, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
@@ -180,9 +160,7 @@ class ViTReducedDropPath(nn.Module):
         if self.drop_prob == 0.0 or not self.training:
             return hidden_states
         keep_prob = 1.0 - self.drop_prob
-        mask = hidden_states.new_empty(
-            (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
-        )
+        mask = hidden_states.new_empty((hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1))
         return hidden_states * mask.bernoulli_(keep_prob).div_(keep_prob)
 
     def extra_repr(self) -> str:
@@ -194,19 +172,13 @@ class ViTReducedLayer(GradientCheckpointingLayer):
 
     def __init__(self, config: ViTReducedConfig, drop_path: float):
         super().__init__()
-        self.layernorm_before = nn.LayerNorm(
-            config.hidden_size, eps=config.layer_norm_eps
-        )
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.attention = ViTReducedAttention(config)
-        self.layernorm_after = nn.LayerNorm(
-            config.hidden_size, eps=config.layer_norm_eps
-        )
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.drop_path = ViTReducedDropPath(drop_path)
 
-    def forward(
-        self, hidden_states: torch.Tensor, mlp: ViTReducedMLP, **kwargs
-    ) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, mlp: ViTReducedMLP, **kwargs) -> torch.Tensor:
         attn_output, _ = self.attention(self.layernorm_before(hidden_states), **kwargs)
         hidden_states = hidden_states + self.drop_path(self.dropout(attn_output))
         mlp_output = mlp(self.layernorm_after(hidden_states))
@@ -240,15 +212,11 @@ class ViTReducedPreTrainedModel(PreTrainedModel):
         # Init draws from its own stream, seeded before any submodule exists: torch's construction-time init consumes
         # the global stream by weight size, which differs between strategies, and a shallow model must start from the
         # same draws as a baseline built with the same seed.
-        self._init_generator = torch.Generator().manual_seed(
-            int(torch.randint(2**62, (1,), device="cpu"))
-        )
+        self._init_generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), device="cpu")))
 
     def _draw(self, shape: tuple[int, ...], std: float) -> torch.Tensor:
         # timm's trunc_normal_(std=.02) truncates at +-2 absolute, i.e. not at all in practice.
-        return nn.init.trunc_normal_(
-            torch.empty(shape), std=std, a=-2.0, b=2.0, generator=self._init_generator
-        )
+        return nn.init.trunc_normal_(torch.empty(shape), std=std, a=-2.0, b=2.0, generator=self._init_generator)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
@@ -257,24 +225,18 @@ class ViTReducedPreTrainedModel(PreTrainedModel):
         std = config.initializer_range
         if isinstance(module, ViTReducedMLP):
             self._init_mlp(module)
-        elif isinstance(module, nn.Linear) and not getattr(
-            module, "part_of_reduced_mlp", False
-        ):
+        elif isinstance(module, nn.Linear) and not getattr(module, "part_of_reduced_mlp", False):
             init.copy_(module.weight, self._draw(tuple(module.weight.shape), std))
             init.zeros_(module.bias)
         elif isinstance(module, nn.Conv2d):
             # timm leaves the patch projection at PyTorch's default init.
             weight = torch.empty(module.weight.shape)
-            nn.init.kaiming_uniform_(
-                weight, a=math.sqrt(5), generator=self._init_generator
-            )
+            nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=self._init_generator)
             bound = 1 / math.sqrt(weight[0].numel())
             init.copy_(module.weight, weight)
             init.copy_(
                 module.bias,
-                torch.empty(module.bias.shape).uniform_(
-                    -bound, bound, generator=self._init_generator
-                ),
+                torch.empty(module.bias.shape).uniform_(-bound, bound, generator=self._init_generator),
             )
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
@@ -284,9 +246,7 @@ class ViTReducedPreTrainedModel(PreTrainedModel):
                 module.position_embeddings,
                 self._draw(tuple(module.position_embeddings.shape), std),
             )
-            cls_token = torch.empty(module.cls_token.shape).normal_(
-                std=1e-6, generator=self._init_generator
-            )
+            cls_token = torch.empty(module.cls_token.shape).normal_(std=1e-6, generator=self._init_generator)
             init.copy_(module.cls_token, cls_token)
 
     def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False):
@@ -297,20 +257,14 @@ class ViTReducedPreTrainedModel(PreTrainedModel):
     def _init_mlp(self, mlp: ViTReducedMLP):
         config = self.config
         strategy = config.reduction_strategy
-        full_width = (
-            config.mlp_hidden_size if strategy == "thin" else config.intermediate_size
-        )
+        full_width = config.mlp_hidden_size if strategy == "thin" else config.intermediate_size
         # Draw as the full model would: a grouped MLP consumes the draws of every block of its group, a shallow
         # one those of the full width, so each equals the first units of a same-seed baseline.
         draws = config.mlp_share_group_size if strategy == "grouped" else 1
         fc1, fc2 = [], []
         for _ in range(draws):
-            fc1.append(
-                self._draw((full_width, config.hidden_size), config.initializer_range)
-            )
-            fc2.append(
-                self._draw((config.hidden_size, full_width), config.initializer_range)
-            )
+            fc1.append(self._draw((full_width, config.hidden_size), config.initializer_range))
+            fc2.append(self._draw((config.hidden_size, full_width), config.initializer_range))
         width = config.mlp_hidden_size
         fc1_weight, fc2_weight = fc1[0][:width], fc2[0][:, :width]
         if strategy == "grouped":
@@ -358,33 +312,23 @@ def _check_requested_architecture(pretrained_model_name_or_path, kwargs):
         )
         if key in kwargs
     }
-    saved, _ = ViTReducedConfig.get_config_dict(
-        pretrained_model_name_or_path, **hub_kwargs
-    )
+    saved, _ = ViTReducedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
     if saved.get("model_type") != ViTReducedConfig.model_type:
         raise ValueError(
             f"{pretrained_model_name_or_path} holds a {saved.get('model_type')!r} checkpoint, not 'vit_reduced'; "
             "convert it with hf_vit_reduction.convert instead."
         )
-    checkpoint = ViTReducedConfig(
-        **{k: v for k, v in saved.items() if k in ARCHITECTURE_FIELDS}
-    )
+    checkpoint = ViTReducedConfig(**{k: v for k, v in saved.items() if k in ARCHITECTURE_FIELDS})
     requested = kwargs.get("config")
     if isinstance(requested, ViTReducedConfig):
         requested = {field: getattr(requested, field) for field in ARCHITECTURE_FIELDS}
     else:
-        requested = {
-            field: kwargs[field] for field in ARCHITECTURE_FIELDS if field in kwargs
-        }
+        requested = {field: kwargs[field] for field in ARCHITECTURE_FIELDS if field in kwargs}
     differing = [
         f"{field}={value!r} but the checkpoint has {getattr(checkpoint, field)!r}"
         for field, value in requested.items()
         if value != getattr(checkpoint, field)
-        and not (
-            field == "reduction_strategy"
-            and value is None
-            and checkpoint.reduction_strategy == "baseline"
-        )
+        and not (field == "reduction_strategy" and value is None and checkpoint.reduction_strategy == "baseline")
     ]
     if differing:
         raise ValueError(
@@ -395,9 +339,7 @@ def _check_requested_architecture(pretrained_model_name_or_path, kwargs):
 
 def describe_key_problems(problems: dict[str, list[str]]) -> str:
     """'missing keys: a, b; unexpected keys: c' for the non-empty lists (four keys each at most); '' if none."""
-    return "; ".join(
-        f"{kind} keys: {', '.join(keys[:4])}" for kind, keys in problems.items() if keys
-    )
+    return "; ".join(f"{kind} keys: {', '.join(keys[:4])}" for kind, keys in problems.items() if keys)
 
 
 def _check_loaded_keys(pretrained_model_name_or_path, loading_info):
@@ -410,9 +352,7 @@ def _check_loaded_keys(pretrained_model_name_or_path, loading_info):
         "mismatched": outside_head(key for key, *_ in loading_info["mismatched_keys"]),
     }
     if details := describe_key_problems(problems):
-        raise ValueError(
-            f"The weights at {pretrained_model_name_or_path} do not fit this model ({details})."
-        )
+        raise ValueError(f"The weights at {pretrained_model_name_or_path} do not fit this model ({details}).")
 
 
 class ViTReducedModel(ViTReducedPreTrainedModel):
@@ -424,15 +364,9 @@ class ViTReducedModel(ViTReducedPreTrainedModel):
         super().__init__(config)
         self.embeddings = ViTReducedEmbeddings(config)
         depth = config.num_hidden_layers
-        drop_path_rates = [
-            config.drop_path_rate * index / max(depth - 1, 1) for index in range(depth)
-        ]
-        self.layers = nn.ModuleList(
-            ViTReducedLayer(config, rate) for rate in drop_path_rates
-        )
-        self.mlps = nn.ModuleList(
-            ViTReducedMLP(config) for _ in range(config.num_unique_mlps)
-        )
+        drop_path_rates = [config.drop_path_rate * index / max(depth - 1, 1) for index in range(depth)]
+        self.layers = nn.ModuleList(ViTReducedLayer(config, rate) for rate in drop_path_rates)
+        self.mlps = nn.ModuleList(ViTReducedMLP(config) for _ in range(config.num_unique_mlps))
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
@@ -448,13 +382,9 @@ class ViTReducedModel(ViTReducedPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutput:
         pixel_values = pixel_values.to(self.embeddings.projection.weight.dtype)
-        hidden_states = self.embeddings(
-            pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding)
-        )
+        hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
         for index, layer in enumerate(self.layers):
-            hidden_states = layer(
-                hidden_states, self.mlps[self.config.mlp_index(index)], **kwargs
-            )
+            hidden_states = layer(hidden_states, self.mlps[self.config.mlp_index(index)], **kwargs)
         return BaseModelOutput(last_hidden_state=self.layernorm(hidden_states))
 
 
@@ -467,11 +397,7 @@ class ViTReducedForImageClassification(ViTReducedPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.vit = ViTReducedModel(config)
-        self.classifier = (
-            nn.Linear(config.hidden_size, config.num_labels)
-            if config.num_labels > 0
-            else nn.Identity()
-        )
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 
     @can_return_tuple
@@ -482,15 +408,9 @@ class ViTReducedForImageClassification(ViTReducedPreTrainedModel):
         interpolate_pos_encoding: bool | None = None,
         **kwargs,
     ) -> ImageClassifierOutput:
-        outputs = self.vit(
-            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
-        )
+        outputs = self.vit(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
         logits = self.classifier(outputs.last_hidden_state[:, 0])
-        loss = (
-            self.loss_function(labels, logits, self.config, **kwargs)
-            if labels is not None
-            else None
-        )
+        loss = self.loss_function(labels, logits, self.config, **kwargs) if labels is not None else None
         return ImageClassifierOutput(
             loss=loss,
             logits=logits,

@@ -29,9 +29,7 @@ def digits(seed: int = 0):
     images = images.repeat_interleave(4, 1).repeat_interleave(4, 2)
     images = images[:, None].expand(-1, 3, -1, -1).contiguous()
     labels = torch.tensor(data.target)
-    train, test = train_test_split(
-        np.arange(len(labels)), test_size=0.2, random_state=seed, stratify=data.target
-    )
+    train, test = train_test_split(np.arange(len(labels)), test_size=0.2, random_state=seed, stratify=data.target)
     return (images[train], labels[train]), (images[test], labels[test])
 
 
@@ -73,13 +71,8 @@ def evaluate(model, reference_logits, test):
     logits = model(images).logits
     return {
         "accuracy": (logits.argmax(-1) == labels).float().mean().item(),
-        "top1_agreement": (logits.argmax(-1) == reference_logits.argmax(-1))
-        .float()
-        .mean()
-        .item(),
-        "logit_cosine": F.cosine_similarity(logits, reference_logits, dim=-1)
-        .mean()
-        .item(),
+        "top1_agreement": (logits.argmax(-1) == reference_logits.argmax(-1)).float().mean().item(),
+        "logit_cosine": F.cosine_similarity(logits, reference_logits, dim=-1).mean().item(),
     }
 
 
@@ -129,18 +122,14 @@ def main(argv: list[str] | None = None) -> None:
             "max_logit_difference_timm_vs_converted": difference,
             "rows": rows,
         }
-        print(
-            f"seed {seed}: trained in {time.time() - start:.0f} s, max |logit diff| {difference:.1e}"
-        )
+        print(f"seed {seed}: trained in {time.time() - start:.0f} s, max |logit diff| {difference:.1e}")
         for name, row in rows.items():
             print(
                 f"  {name:24s} acc {100 * row['accuracy']:5.1f}%  agree {100 * row['top1_agreement']:5.1f}%"
                 f"  cos {row['logit_cosine']:.3f}"
             )
     names = list(results[args.seeds[0]]["rows"])
-    print(
-        "\n| model | test accuracy | top-1 agreement with the baseline | logit cosine similarity |"
-    )
+    print("\n| model | test accuracy | top-1 agreement with the baseline | logit cosine similarity |")
     print("|---|---:|---:|---:|")
     for name in names:
         cells = []
@@ -151,12 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         ):
             values = [scale * results[s]["rows"][name][key] for s in args.seeds]
             mean, spread = np.mean(values), np.std(values)
-            cells.append(
-                fmt.format(mean)
-                + " ± "
-                + fmt.format(spread).rstrip("%")
-                + ("%" if scale == 100 else "")
-            )
+            cells.append(fmt.format(mean) + " ± " + fmt.format(spread).rstrip("%") + ("%" if scale == 100 else ""))
         print(f"| {name} | " + " | ".join(cells) + " |")
     if args.json:
         with open(args.json, "w") as f:

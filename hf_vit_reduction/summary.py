@@ -18,25 +18,16 @@ def _macs(config: ViTReducedConfig, num_labels: int) -> tuple[int, int]:
     patches = (config.image_size // config.patch_size) ** 2
     tokens = patches + 1
     width, mlp_width = config.hidden_size, config.mlp_hidden_size
-    layernorm = (
-        5 * tokens * width
-    )  # the paper's (fvcore-style) count: 5 operations per element
+    layernorm = 5 * tokens * width  # the paper's (fvcore-style) count: 5 operations per element
     patch_embedding = patches * width * config.num_channels * config.patch_size**2
     block = tokens * width * (3 * width + width + 2 * mlp_width) + 2 * layernorm
-    paper = (
-        patch_embedding
-        + config.num_hidden_layers * block
-        + layernorm
-        + width * num_labels
-    )
+    paper = patch_embedding + config.num_hidden_layers * block + layernorm + width * num_labels
     attention = config.num_hidden_layers * 2 * tokens * tokens * width
     return paper, attention
 
 
 def summarize(
-    model_or_config: ViTReducedModel
-    | ViTReducedForImageClassification
-    | ViTReducedConfig,
+    model_or_config: ViTReducedModel | ViTReducedForImageClassification | ViTReducedConfig,
 ) -> dict:
     """Parameters, MLP parameters, unique MLPs, expansion ratio, GMACs (paper convention) and GFLOPs (true)."""
     if isinstance(model_or_config, ViTReducedConfig):
@@ -45,12 +36,8 @@ def summarize(
     else:
         model = model_or_config
     config = model.config
-    encoder = (
-        model.vit if isinstance(model, ViTReducedForImageClassification) else model
-    )
-    num_labels = (
-        config.num_labels if isinstance(model, ViTReducedForImageClassification) else 0
-    )
+    encoder = model.vit if isinstance(model, ViTReducedForImageClassification) else model
+    num_labels = config.num_labels if isinstance(model, ViTReducedForImageClassification) else 0
     paper_macs, attention_macs = _macs(config, num_labels)
     return {
         "strategy": config.reduction_strategy,
@@ -81,30 +68,21 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "models",
         nargs="*",
         help="saved model folders; none prints Table 2 for ViT-B/16",
     )
-    parser.add_argument(
-        "--json", action="store_true", help="print JSON instead of a markdown table"
-    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a markdown table")
     args = parser.parse_args(argv)
     if args.models:
-        rows = [
-            (path, summarize(ViTReducedForImageClassification.from_pretrained(path)))
-            for path in args.models
-        ]
+        rows = [(path, summarize(ViTReducedForImageClassification.from_pretrained(path))) for path in args.models]
     else:
         rows = [
             (
                 f"ViT-B/16 {strategy}",
-                summarize(
-                    ViTReducedConfig(reduction_strategy=strategy, num_labels=1000)
-                ),
+                summarize(ViTReducedConfig(reduction_strategy=strategy, num_labels=1000)),
             )
             for strategy in REDUCTION_STRATEGIES
         ]

@@ -74,16 +74,10 @@ DIGITS_RECIPE = {
 }
 
 
-def optimizer_for(
-    model: torch.nn.Module, lr: float, weight_decay: float, fused: bool = False
-):
+def optimizer_for(model: torch.nn.Module, lr: float, weight_decay: float, fused: bool = False):
     """AdamW with timm's groups: no weight decay on biases, norms, the position embedding and the CLS token."""
-    groups = param_groups_weight_decay(
-        model, weight_decay, no_weight_decay_list=NO_WEIGHT_DECAY
-    )
-    return torch.optim.AdamW(
-        groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None
-    )
+    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=NO_WEIGHT_DECAY)
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
 
 
 def scheduler_for(
@@ -108,9 +102,7 @@ def scheduler_for(
     return scheduler
 
 
-def mixup_for(
-    mixup: float, cutmix: float, smoothing: float, num_classes: int
-) -> Mixup | None:
+def mixup_for(mixup: float, cutmix: float, smoothing: float, num_classes: int) -> Mixup | None:
     """timm's Mixup/CutMix, which folds label smoothing into its soft targets; None when both are off."""
     if mixup <= 0 and cutmix <= 0:
         return None
@@ -156,12 +148,8 @@ def evaluate_model(model, loader, accelerator, k: int = 5) -> dict:
             logits = model(pixel_values=batch["pixel_values"]).logits.float()
         ranked = logits.topk(min(k, logits.shape[-1]), dim=-1).indices
         labels = batch["labels"]
-        losses = torch.nn.functional.cross_entropy(
-            logits, labels.clamp(min=0), reduction="none"
-        )
-        ranked, labels, losses = accelerator.gather_for_metrics(
-            (ranked, labels, losses)
-        )
+        losses = torch.nn.functional.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+        ranked, labels, losses = accelerator.gather_for_metrics((ranked, labels, losses))
         valid = labels >= 0
         bad += int((~valid).sum())
         loss_sum += float(losses[valid].sum())
@@ -184,9 +172,7 @@ def evaluate_model(model, loader, accelerator, k: int = 5) -> dict:
 
 def evaluate_both(model, ema, loader, accelerator) -> dict:
     """A history row's metrics: the model's, the EMA's, and the reported ones (the EMA's when on, as timm)."""
-    row = {
-        f"model_{k}": v for k, v in evaluate_model(model, loader, accelerator).items()
-    }
+    row = {f"model_{k}": v for k, v in evaluate_model(model, loader, accelerator).items()}
     reported = {k.removeprefix("model_"): v for k, v in row.items()}
     if ema is not None:
         reported = evaluate_model(ema.module, loader, accelerator)
@@ -219,14 +205,10 @@ def new_train_state() -> dict:
 
 def count_bad_images(state: dict, descriptions: list[str], examples: int = 10) -> None:
     state["bad_train_count"] += len(descriptions)
-    state["bad_train_examples"] += descriptions[
-        : examples - len(state["bad_train_examples"])
-    ]
+    state["bad_train_examples"] += descriptions[: examples - len(state["bad_train_examples"])]
 
 
-def results(
-    history, summary: dict, state: dict, elapsed: float, args, model, source: str
-) -> dict:
+def results(history, summary: dict, state: dict, elapsed: float, args, model, source: str) -> dict:
     """results.json: the paper's figures (percent) first, then what identifies and sizes the run."""
     last = history.rows[-1] if history.rows else {}
     return {
@@ -287,14 +269,10 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
     """Write a file completely or not at all: a crash leaves the previous version, never half of a new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(
-        temporary, 0o666 & ~umask
-    )  # mkstemp creates 0600; results are meant to be shared
+    os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; results are meant to be shared
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
@@ -307,9 +285,7 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path, data) -> None:
-    write_atomic(
-        path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
-    )
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
 def write_history(path, history: RunHistory) -> None:
@@ -356,9 +332,7 @@ def plot_history(path, history: RunHistory, title: str) -> None:
         )
     if history.rows:
         peak = history.peak
-        accuracy.scatter(
-            [peak["epoch"]], [peak["top1"]], color="red", zorder=3, label="peak"
-        )
+        accuracy.scatter([peak["epoch"]], [peak["top1"]], color="red", zorder=3, label="peak")
     accuracy.set_xlabel("epoch")
     accuracy.set_ylabel("top-1 (%)")
     accuracy.legend()
@@ -370,9 +344,7 @@ def plot_history(path, history: RunHistory, title: str) -> None:
     os.replace(temporary, path)
 
 
-def bare_step_speed(
-    model, optimizer, criterion, mixup, loader, accelerator, args
-) -> float:
+def bare_step_speed(model, optimizer, criterion, mixup, loader, accelerator, args) -> float:
     """Images/s of the bare step: forward, backward and AdamW on one fixed batch, with nothing around it."""
     batch = next(iter(loader))
     images = batch["pixel_values"].to(accelerator.device)
@@ -403,9 +375,7 @@ def bare_step_speed(
     return len(labels) * steps * accelerator.num_processes / elapsed
 
 
-def loop_benchmark(
-    loop_images_per_s: float, bare_before: float, bare_after: float, args, accelerator
-) -> dict:
+def loop_benchmark(loop_images_per_s: float, bare_before: float, bare_after: float, args, accelerator) -> dict:
     """The loop's speed against the bare step's, timed just before and just after the loop (drift cancels)."""
     bare = (bare_before + bare_after) / 2
     return {
@@ -421,9 +391,7 @@ def loop_benchmark(
 
 def replica_checksums(model: torch.nn.Module, accelerator) -> list[float]:
     """One float64 checksum of all weights per process: equal values mean the replicas are in sync."""
-    total = sum(
-        p.detach().double().sum() * (i + 1) for i, p in enumerate(model.parameters())
-    )
+    total = sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(model.parameters()))
     gathered = accelerator.gather(total.reshape(1).to(accelerator.device))
     return [float(x) for x in gathered.cpu()]
 

@@ -19,9 +19,7 @@ def make_model():
 
     def make(strategy="baseline", seed=0, **overrides):
         torch.manual_seed(seed)
-        config = ViTReducedConfig.from_preset(
-            "digits", reduction_strategy=strategy, **{"num_labels": 10, **overrides}
-        )
+        config = ViTReducedConfig.from_preset("digits", reduction_strategy=strategy, **{"num_labels": 10, **overrides})
         return ViTReducedForImageClassification(config).eval()
 
     return make

@@ -9,9 +9,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "run_image_classification.py")
 ONE_PROCESS = (sys.executable,)
 TWO_PROCESSES = (
-    sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-    str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", "0",
-)  # fmt: skip
+    sys.executable,
+    "-m",
+    "accelerate.commands.launch",
+    "--config_file",
+    str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"),
+    "--main_process_port",
+    "0",
+)
 
 
 def environment(**extra) -> dict:

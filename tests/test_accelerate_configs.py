@@ -34,12 +34,5 @@ def test_scale_out_specifics():
     assert "# EDIT" in (CONFIGS / "multi_node_2x8.yaml").read_text()
     fsdp = load_config_from_file(str(CONFIGS / "fsdp.yaml")).fsdp_config
     assert fsdp["fsdp_transformer_layer_cls_to_wrap"] == "ViTReducedLayer,ViTReducedMLP"
-    assert (
-        load_config_from_file(str(CONFIGS / "deepspeed_zero2.yaml")).deepspeed_config[
-            "zero_stage"
-        ]
-        == 2
-    )
-    assert (
-        load_config_from_file(str(CONFIGS / "cpu_2proc.yaml")).use_cpu is False
-    )  # True would start 1 process
+    assert load_config_from_file(str(CONFIGS / "deepspeed_zero2.yaml")).deepspeed_config["zero_stage"] == 2
+    assert load_config_from_file(str(CONFIGS / "cpu_2proc.yaml")).use_cpu is False  # True would start 1 process

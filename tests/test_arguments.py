@@ -7,9 +7,7 @@ from hf_vit_reduction.training import DIGITS_RECIPE, PAPER_RECIPE
 def test_no_data_source_takes_the_digits_recipe():
     args = parse_args(["--strategy", "shallow"])
     assert args.model_size == "digits" and args.epochs == DIGITS_RECIPE["epochs"]
-    assert args.experiment == "shallow-digits-seed42" and args.output_dir.endswith(
-        "shallow-digits-seed42"
-    )
+    assert args.experiment == "shallow-digits-seed42" and args.output_dir.endswith("shallow-digits-seed42")
     assert args.aa is None and args.hflip == 0.0  # no RandAugment, no flips on digits
     explicit = parse_args(["--aa", "rand-m9-mstd0.5-inc1"])
     # An explicit flag overrides the recipe.

@@ -36,9 +36,7 @@ def restore_threads():
     torch.set_num_threads(threads)
 
 
-def test_benchmark_runs_on_cpu_and_writes_table_and_json(
-    tmp_path, capsys, restore_threads
-):
+def test_benchmark_runs_on_cpu_and_writes_table_and_json(tmp_path, capsys, restore_threads):
     main([*TINY, "--output_json", str(tmp_path / "results.json")])
     table = capsys.readouterr().out
     results = json.loads((tmp_path / "results.json").read_text())
@@ -63,18 +61,11 @@ def test_benchmark_runs_on_cpu_and_writes_table_and_json(
             for reference in ("transformers", "timm", "baseline"):
                 ratio = row[f"{kind}_vs_{reference}"]
                 assert math.isfinite(ratio) and ratio > 0
-                expected = (
-                    row[f"{kind}_images_per_s"]
-                    / rows[reference][f"{kind}_images_per_s"]
-                )
+                expected = row[f"{kind}_images_per_s"] / rows[reference][f"{kind}_images_per_s"]
                 assert ratio == pytest.approx(expected)
         assert row["inference_peak_memory_mib"] is None
     # The anchors are the baseline's architecture: same parameters and MACs.
-    assert (
-        rows["baseline"]["parameters"]
-        == rows["transformers"]["parameters"]
-        == rows["timm"]["parameters"]
-    )
+    assert rows["baseline"]["parameters"] == rows["transformers"]["parameters"] == rows["timm"]["parameters"]
     assert rows["timm"]["gmacs"] == rows["baseline"]["gmacs"]
     assert rows["shallow"]["gmacs"] < rows["baseline"]["gmacs"]
     assert rows["grouped"]["parameters"] < rows["baseline"]["parameters"]

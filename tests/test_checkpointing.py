@@ -21,10 +21,26 @@ from hf_vit_reduction import checkpointing as C
 
 # Mixup, EMA and (under two processes) repeated augmentation on; 8 updates per epoch, 2 epochs.
 RUN = (
-    "--max_train_samples", "256", "--max_eval_samples", "37", "--batch_size", "32",
-    "--max_train_steps", "14", "--checkpointing_steps", "3", "--report_to", "none",
-    "--mixup", "0.8", "--cutmix", "1.0", "--model_ema", "--model_ema_decay", "0.9",
-)  # fmt: skip
+    "--max_train_samples",
+    "256",
+    "--max_eval_samples",
+    "37",
+    "--batch_size",
+    "32",
+    "--max_train_steps",
+    "14",
+    "--checkpointing_steps",
+    "3",
+    "--report_to",
+    "none",
+    "--mixup",
+    "0.8",
+    "--cutmix",
+    "1.0",
+    "--model_ema",
+    "--model_ema_decay",
+    "0.9",
+)
 
 
 def command(out, strategy, processes, workers, *extra):
@@ -35,9 +51,7 @@ def command(out, strategy, processes, workers, *extra):
 
 def final_state(out):
     weights = load_file(out / "model.safetensors")
-    history = [
-        json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()
-    ]
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     return weights, history
 
 
@@ -51,8 +65,9 @@ def assert_same_run(reference, resumed):
 
 
 def kill_after_checkpoint(cmd, out, step):
-    process = subprocess.Popen(cmd, cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               start_new_session=True)  # fmt: skip
+    process = subprocess.Popen(
+        cmd, cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     deadline = time.time() + 240
     while not (out / C.CHECKPOINTS / f"step_{step:08d}").is_dir():
         assert process.poll() is None, process.stderr.read()[-3000:]
@@ -67,22 +82,14 @@ def kill_after_checkpoint(cmd, out, step):
     "strategy, processes, workers, kill_step",
     [("baseline", 1, 2, 3), ("grouped", 2, 0, 9)],
 )
-def test_resume_after_sigkill_is_exact(
-    tmp_path, strategy, processes, workers, kill_step
-):
+def test_resume_after_sigkill_is_exact(tmp_path, strategy, processes, workers, kill_step):
     reference = tmp_path / "reference"
     result = run_command(command(reference, strategy, processes, workers))
     assert result.returncode == 0, result.stderr[-3000:]
 
     resumed = tmp_path / "resumed"
-    kill_after_checkpoint(
-        command(resumed, strategy, processes, workers), resumed, kill_step
-    )
-    result = run_command(
-        command(
-            resumed, strategy, processes, workers, "--resume_from_checkpoint", "latest"
-        )
-    )
+    kill_after_checkpoint(command(resumed, strategy, processes, workers), resumed, kill_step)
+    result = run_command(command(resumed, strategy, processes, workers, "--resume_from_checkpoint", "latest"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stderr
     assert_same_run(reference, resumed)
@@ -96,39 +103,27 @@ def test_kills_between_and_during_checkpoint_writes_resume_exactly(tmp_path):
     # Killed after the last checkpoint, before the results: resuming only finishes the run.
     history = final_state(reference)[1]
     (reference / "results.json").unlink()
-    result = run_command(
-        command(reference, "grouped", 1, 0, "--resume_from_checkpoint", "latest")
-    )
+    result = run_command(command(reference, "grouped", 1, 0, "--resume_from_checkpoint", "latest"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert final_state(reference)[1] == history
     assert json.loads((reference / "results.json").read_text())["steps"] == 14
 
     killed = tmp_path / "killed"
     kill_after_checkpoint(command(killed, "grouped", 1, 0), killed, 6)
-    result = run_command(
-        command(killed, "grouped", 1, 0, "--resume_from_checkpoint", "latest")
-    )
+    result = run_command(command(killed, "grouped", 1, 0, "--resume_from_checkpoint", "latest"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_run(reference, killed)
 
     out = tmp_path / "interrupted"
-    result = run_command(
-        command(out, "grouped", 1, 0), HF_VIT_REDUCTION_TEST_STOP_IN_CHECKPOINT="9"
-    )
+    result = run_command(command(out, "grouped", 1, 0), HF_VIT_REDUCTION_TEST_STOP_IN_CHECKPOINT="9")
     assert result.returncode == 137
     complete = ["step_00000003", "step_00000006", "step_00000008"]
     assert [p.name for p in C.checkpoints(out)] == complete
-    assert (
-        out / C.CHECKPOINTS / ".tmp-step_00000009"
-    ).is_dir()  # half-written, ignored
-    result = run_command(
-        command(out, "grouped", 1, 0, "--resume_from_checkpoint", "latest")
-    )
+    assert (out / C.CHECKPOINTS / ".tmp-step_00000009").is_dir()  # half-written, ignored
+    result = run_command(command(out, "grouped", 1, 0, "--resume_from_checkpoint", "latest"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "step_00000008 at step 8" in result.stderr
-    assert not list(
-        (out / C.CHECKPOINTS).glob(".tmp-*")
-    )  # cleaned up on the next start
+    assert not list((out / C.CHECKPOINTS).glob(".tmp-*"))  # cleaned up on the next start
     assert_same_run(reference, out)
     # The newest three are kept, plus the best epoch's.
     kept = [p.name for p in C.checkpoints(out)]
@@ -138,48 +133,32 @@ def test_kills_between_and_during_checkpoint_writes_resume_exactly(tmp_path):
 
 def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "nan"
-    result = run_command(
-        command(out, "thin", 1, 0), HF_VIT_REDUCTION_TEST_NAN_AT_STEP="11"
-    )
+    result = run_command(command(out, "thin", 1, 0), HF_VIT_REDUCTION_TEST_NAN_AT_STEP="11")
     assert result.returncode == 1
     message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith(
-        "error: non-finite loss (nan) at step 11; last good checkpoint:"
-    )
+    assert message.startswith("error: non-finite loss (nan) at step 11; last good checkpoint:")
     assert "step_00000009" in message
     assert [p.name for p in C.checkpoints(out)] == [
         "step_00000006",
         "step_00000008",
         "step_00000009",
     ]
-    state = json.loads(
-        (out / C.CHECKPOINTS / "step_00000009" / C.TRAIN_STATE).read_text()
-    )
+    state = json.loads((out / C.CHECKPOINTS / "step_00000009" / C.TRAIN_STATE).read_text())
     assert state["step"] == 9
-    assert (
-        not (out / "results.json").exists() and not (out / "model.safetensors").exists()
-    )
+    assert not (out / "results.json").exists() and not (out / "model.safetensors").exists()
 
 
 def test_a_previous_run_is_never_overwritten_silently(tmp_path):
     out = tmp_path / "run"
-    assert (
-        run_command(command(out, "baseline", 1, 0, "--max_train_steps", "3")).returncode
-        == 0
-    )
+    assert run_command(command(out, "baseline", 1, 0, "--max_train_steps", "3")).returncode == 0
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     result = run_command(command(out, "baseline", 1, 0))
     assert result.returncode == 1
     assert (
-        "holds checkpoints of a previous run" in result.stderr
-        and "--resume_from_checkpoint latest" in result.stderr
+        "holds checkpoints of a previous run" in result.stderr and "--resume_from_checkpoint latest" in result.stderr
     )
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
-    result = run_command(
-        command(
-            out, "baseline", 1, 0, "--max_train_steps", "4", "--overwrite_output_dir"
-        )
-    )
+    result = run_command(command(out, "baseline", 1, 0, "--max_train_steps", "4", "--overwrite_output_dir"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((out / "results.json").read_text())["steps"] == 4
 

@@ -59,9 +59,7 @@ def test_group_size_generalizes():
 
 
 def test_config_round_trips_through_dict():
-    config = ViTReducedConfig(
-        reduction_strategy="shallow", reduction_mlp_ratio=0.25, num_labels=7
-    )
+    config = ViTReducedConfig(reduction_strategy="shallow", reduction_mlp_ratio=0.25, num_labels=7)
     again = ViTReducedConfig.from_dict(config.to_dict())
     assert again.reduction_strategy == "shallow"
     assert again.reduction_mlp_ratio == 0.25
@@ -135,9 +133,7 @@ def test_presets_and_overrides():
         ({"layer_norm_eps": 0}, "layer_norm_eps", "0"),
     ],
 )
-def test_bad_values_raise_value_error_naming_field_value_and_allowed(
-    kwargs, field, value
-):
+def test_bad_values_raise_value_error_naming_field_value_and_allowed(kwargs, field, value):
     with pytest.raises(ValueError) as error:
         ViTReducedConfig(**kwargs)
     message = str(error.value)

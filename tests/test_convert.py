@@ -58,9 +58,7 @@ def transformers_vit(model_class=ViTForImageClassification, **kwargs):
 
 def timm_vit(**kwargs):
     torch.manual_seed(0)
-    model = timm.create_model(
-        "vit_base_patch16_224", pretrained=False, **{**TIMM_TINY, **kwargs}
-    )
+    model = timm.create_model("vit_base_patch16_224", pretrained=False, **{**TIMM_TINY, **kwargs})
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "bias" in name or "norm" in name:
@@ -95,9 +93,7 @@ def test_from_transformers_copies_weights_eps_labels_and_sizes():
         (False, "vit.layers.0.attention.q_proj.weight"),
     ],
 )
-def test_from_transformers_folder_with_legacy_or_v5_names(
-    tmp_path, original_format, first_key
-):
+def test_from_transformers_folder_with_legacy_or_v5_names(tmp_path, original_format, first_key):
     source = transformers_vit()
     source.save_pretrained(tmp_path, save_original_format=original_format)
     with safe_open(tmp_path / "model.safetensors", "pt") as f:
@@ -279,9 +275,7 @@ def test_magnitude_pruning_keeps_the_units_with_the_largest_norm_product(make_mo
             mlp.fc2.weight[:, fc1_only] *= 0.01
             mlp.fc2.weight[:, fc2_only] *= 50
             mlp.fc1.weight[fc2_only] *= 0.01
-    pruned = reduce(
-        baseline, "shallow", reduction_mlp_ratio=0.25, prune_method="magnitude"
-    )
+    pruned = reduce(baseline, "shallow", reduction_mlp_ratio=0.25, prune_method="magnitude")
     kept = strong.sort().values
     for full, small in zip(baseline.vit.mlps, pruned.vit.mlps):
         assert torch.equal(small.fc1.weight, full.fc1.weight[kept])
@@ -318,9 +312,7 @@ def test_grouped_mean_averages_the_groups_mlps(make_model):
         for mlp in baseline.vit.mlps:
             mlp.fc2.bias.normal_()
     for size in (2, 4):
-        grouped = reduce(
-            baseline, "grouped", share_method="mean", mlp_share_group_size=size
-        )
+        grouped = reduce(baseline, "grouped", share_method="mean", mlp_share_group_size=size)
         assert len(grouped.vit.mlps) == 4 // size
         for group, shared in enumerate(grouped.vit.mlps):
             members = baseline.vit.mlps[group * size : (group + 1) * size]
@@ -333,9 +325,7 @@ def test_sharing_identical_mlps_changes_no_output(make_model):
     baseline = make_model()
     with torch.no_grad():
         for index in (1, 3):
-            baseline.vit.mlps[index].load_state_dict(
-                baseline.vit.mlps[index - 1].state_dict()
-            )
+            baseline.vit.mlps[index].load_state_dict(baseline.vit.mlps[index - 1].state_dict())
         expected = baseline(PIXELS).logits
         for share_method in ("leader", "mean"):
             grouped = reduce(baseline, "grouped", share_method=share_method)
@@ -394,9 +384,7 @@ def test_reduce_refuses_bad_arguments(make_model, kwargs, message):
 
 
 def test_reduce_refuses_models_it_cannot_reduce(make_model):
-    with pytest.raises(
-        ValueError, match="reduction_strategy='shallow'; allowed: 'baseline'"
-    ):
+    with pytest.raises(ValueError, match="reduction_strategy='shallow'; allowed: 'baseline'"):
         reduce(make_model("shallow"), "grouped")
     with pytest.raises(TypeError, match="convert others with from_transformers"):
         reduce(transformers_vit(), "shallow")
@@ -443,9 +431,7 @@ def test_command_converts_a_transformers_folder(tmp_path, capsys):
     assert json.loads((output / "config.json").read_text())["auto_map"]
     processor = AutoImageProcessor.from_pretrained(output)
     assert list(processor.image_mean) == [0.485, 0.456, 0.406]
-    image = Image.fromarray(
-        torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8).numpy()
-    )
+    image = Image.fromarray(torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8).numpy())
     predictions = pipeline("image-classification", model=str(output))(image, top_k=2)
     assert {p["label"] for p in predictions} <= set(LABELS)
     expected = from_transformers(source)
@@ -535,9 +521,7 @@ def test_command_writes_nothing_on_error_and_keeps_existing_output(tmp_path, cap
     source.save_pretrained(tmp_path / "source")
     base = ["--from", "transformers", "--input", str(tmp_path / "source")]
 
-    error = command_error(
-        capsys, [*base, "--output", str(tmp_path / "out"), "--strategy", "thin"]
-    )
+    error = command_error(capsys, [*base, "--output", str(tmp_path / "out"), "--strategy", "thin"])
     assert "use strategy='shallow'" in error
     error = command_error(
         capsys,

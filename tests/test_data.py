@@ -68,26 +68,20 @@ def write_folder(root, classes=("cat", "dog"), per_class=3, size=12):
     for c, name in enumerate(classes):
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            Image.new("RGB", (size, size), (40 * c, 10 * i, 0)).save(
-                root / name / f"{i}.png"
-            )
+            Image.new("RGB", (size, size), (40 * c, 10 * i, 0)).save(root / name / f"{i}.png")
     return root
 
 
 def truncated_jpeg(path):
     buffer = io.BytesIO()
-    Image.fromarray(
-        np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    ).save(buffer, "JPEG")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
     path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
 
 
 def test_image_folders_load_through_imagefolder(tmp_path):
     write_folder(tmp_path / "train")
     write_folder(tmp_path / "val", per_class=2)
-    data = D.load_image_classification_data(
-        train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val")
-    )
+    data = D.load_image_classification_data(train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val"))
     assert data.label_names == ["cat", "dog"]
     assert (len(data.train), len(data.validation)) == (6, 4)
     assert data.source.startswith("imagefolder:")
@@ -95,9 +89,7 @@ def test_image_folders_load_through_imagefolder(tmp_path):
 
 def test_train_folder_alone_holds_out_a_validation_split(tmp_path):
     write_folder(tmp_path / "train", per_class=10)
-    data = D.load_image_classification_data(
-        train_dir=str(tmp_path / "train"), train_val_split=0.25
-    )
+    data = D.load_image_classification_data(train_dir=str(tmp_path / "train"), train_val_split=0.25)
     assert (len(data.train), len(data.validation)) == (15, 5)
 
 
@@ -105,14 +97,10 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
     write_folder(tmp_path / "train")
     truncated_jpeg(tmp_path / "train" / "cat" / "broken.jpg")
     (tmp_path / "train" / "dog" / "empty.png").write_bytes(b"")
-    data = D.load_image_classification_data(
-        train_dir=str(tmp_path / "train"), train_val_split=0.01
-    )
+    data = D.load_image_classification_data(train_dir=str(tmp_path / "train"), train_val_split=0.01)
     split = datasets.concatenate_datasets([data.train, data.validation])
     train_transform, eval_transform = D.build_transforms(16, (0.5,) * 3, (0.5,) * 3)
-    skip = D.prepare_dataset(
-        split, D.ExampleTransform(train_transform, "image", "label")
-    )
+    skip = D.prepare_dataset(split, D.ExampleTransform(train_transform, "image", "label"))
     batch = D.collate([skip[i] for i in range(len(skip))])
     assert batch["pixel_values"].shape == (6, 3, 16, 16)
     assert len(batch["labels"]) == 6
@@ -121,19 +109,13 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
         "empty.png",
     ]
 
-    placeholder = D.prepare_dataset(
-        split, D.ExampleTransform(eval_transform, "image", "label", "skip", 16)
-    )
+    placeholder = D.prepare_dataset(split, D.ExampleTransform(eval_transform, "image", "label", "skip", 16))
     batch = D.collate([placeholder[i] for i in range(len(placeholder))])
     assert batch["pixel_values"].shape == (8, 3, 16, 16)
     assert (batch["labels"] == -1).sum() == 2
 
-    strict = D.prepare_dataset(
-        split, D.ExampleTransform(eval_transform, "image", "label", "error")
-    )
-    with pytest.raises(
-        ValueError, match=r"cannot read image .*(broken\.jpg|empty\.png)"
-    ):
+    strict = D.prepare_dataset(split, D.ExampleTransform(eval_transform, "image", "label", "error"))
+    with pytest.raises(ValueError, match=r"cannot read image .*(broken\.jpg|empty\.png)"):
         [strict[i] for i in range(len(strict))]
 
 
@@ -178,26 +160,19 @@ def test_bad_sources_fail_before_training(tmp_path, setup, kwargs, message):
     elif setup == "train":
         write_folder(tmp_path / "train")
     kwargs = {k: v.format(tmp=tmp_path) for k, v in kwargs.items()}
-    with pytest.raises(
-        (ValueError, FileNotFoundError, NotADirectoryError), match=message
-    ):
+    with pytest.raises((ValueError, FileNotFoundError, NotADirectoryError), match=message):
         D.load_image_classification_data(**kwargs)
 
 
 def save_local_dataset(path, features, rows):
-    splits = {
-        name: datasets.Dataset.from_dict(columns, features=features)
-        for name, columns in rows.items()
-    }
+    splits = {name: datasets.Dataset.from_dict(columns, features=features) for name, columns in rows.items()}
     datasets.DatasetDict(splits).save_to_disk(str(path))
     return str(path)
 
 
 def test_local_dataset_columns_are_detected(tmp_path):
     images = [Image.new("RGB", (4, 4), (i, 0, 0)) for i in range(4)]
-    features = datasets.Features(
-        {"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=["a", "b"])}
-    )
+    features = datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=["a", "b"])})
     rows = {
         "train": {"img": images, "fine_label": [0, 1, 0, 1]},
         "test": {"img": images, "fine_label": [1] * 4},
@@ -215,21 +190,16 @@ def test_local_dataset_columns_are_detected(tmp_path):
     ):
         D.load_image_classification_data(dataset_name=path, validation_split="valid")
     with pytest.raises(ValueError, match=r"train_split='training' does not exist"):
-        D.load_image_classification_data(
-            dataset_name=path, train_split="training", validation_split="test"
-        )
+        D.load_image_classification_data(dataset_name=path, train_split="training", validation_split="test")
 
 
 def test_dataset_without_a_label_column_fails(tmp_path):
     images = [Image.new("RGB", (4, 4)) for _ in range(2)]
-    features = datasets.Features(
-        {"image": datasets.Image(), "caption": datasets.Value("string")}
-    )
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
     path = save_local_dataset(
         tmp_path / "ds",
         features,
-        {"train": {"image": images, "caption": ["a", "b"]}}
-        | {"validation": {"image": images, "caption": ["a", "b"]}},
+        {"train": {"image": images, "caption": ["a", "b"]}} | {"validation": {"image": images, "caption": ["a", "b"]}},
     )
     with pytest.raises(
         ValueError,
@@ -240,9 +210,7 @@ def test_dataset_without_a_label_column_fails(tmp_path):
 
 def test_repeated_augmentation_partitions_across_two_ranks():
     dataset = list(range(512))
-    ranks = [
-        D.train_sampler(dataset, 2, rank, aug_repeats=3, seed=0) for rank in range(2)
-    ]
+    ranks = [D.train_sampler(dataset, 2, rank, aug_repeats=3, seed=0) for rank in range(2)]
     for sampler in ranks:
         sampler.set_epoch(1)
     indices = [list(sampler) for sampler in ranks]
@@ -283,26 +251,17 @@ def test_transforms_follow_timm_recipe():
 def test_streaming_reads_train_as_a_stream_sharded_across_processes(tmp_path):
     write_folder(tmp_path / "ds" / "train", per_class=8)
     write_folder(tmp_path / "ds" / "validation", per_class=2)
-    data = D.load_image_classification_data(
-        dataset_name=str(tmp_path / "ds"), streaming=True
-    )
+    data = D.load_image_classification_data(dataset_name=str(tmp_path / "ds"), streaming=True)
     assert isinstance(data.train, datasets.IterableDataset)
     assert isinstance(data.validation, datasets.Dataset) and len(data.validation) == 4
     train_transform, _ = D.build_transforms(16, (0.5,) * 3, (0.5,) * 3)
-    stream = D.prepare_dataset(
-        data.train, D.ExampleTransform(train_transform, "image", "label")
-    )
+    stream = D.prepare_dataset(data.train, D.ExampleTransform(train_transform, "image", "label"))
     parts = [D.shard_stream(stream, 2, rank, seed=0) for rank in range(2)]
     assert D.train_sampler(parts[0], 2, 0, aug_repeats=3, seed=0) is None
-    colors = [
-        [tuple(e["pixel_values"][:, 0, 0].tolist()) + (e["labels"],) for e in part]
-        for part in parts
-    ]
+    colors = [[tuple(e["pixel_values"][:, 0, 0].tolist()) + (e["labels"],) for e in part] for part in parts]
     assert len(colors[0]) + len(colors[1]) == 16
     with pytest.raises(ValueError, match=r"validation_split='dev' does not exist"):
-        D.load_image_classification_data(
-            dataset_name=str(tmp_path / "ds"), streaming=True, validation_split="dev"
-        )
+        D.load_image_classification_data(dataset_name=str(tmp_path / "ds"), streaming=True, validation_split="dev")
 
 
 def collate_and_report_sharing(examples):
@@ -313,12 +272,8 @@ def collate_and_report_sharing(examples):
 def test_workers_collate_straight_into_shared_memory(digits):
     """A batch built in a worker is already shared: sending it costs no extra copy of the pixels."""
     _, eval_transform = D.build_transforms(16, (0.5,) * 3, (0.5,) * 3)
-    dataset = D.prepare_dataset(
-        digits["train"], D.ExampleTransform(eval_transform, "image", "label")
-    )
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=4, num_workers=1, collate_fn=collate_and_report_sharing
-    )
+    dataset = D.prepare_dataset(digits["train"], D.ExampleTransform(eval_transform, "image", "label"))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=1, collate_fn=collate_and_report_sharing)
     batch, shared_in_worker = next(iter(loader))
     assert shared_in_worker
     assert batch["pixel_values"].shape == (4, 3, 16, 16)

@@ -83,36 +83,25 @@ def test_param_counts_at_tiny_scale(make_model):
 
 def test_init_follows_timm(make_model):
     torch.manual_seed(0)
-    model = ViTReducedForImageClassification(
-        ViTReducedConfig.from_preset("tiny", num_hidden_layers=2, num_labels=10)
-    )
+    model = ViTReducedForImageClassification(ViTReducedConfig.from_preset("tiny", num_hidden_layers=2, num_labels=10))
     embeddings = model.vit.embeddings
     assert embeddings.position_embeddings.std().item() == pytest.approx(0.02, rel=0.02)
     assert embeddings.cls_token.std().item() == pytest.approx(1e-6, rel=0.2)
-    assert model.vit.layers[0].attention.qkv.weight.std().item() == pytest.approx(
-        0.02, rel=0.01
-    )
+    assert model.vit.layers[0].attention.qkv.weight.std().item() == pytest.approx(0.02, rel=0.01)
     assert model.vit.mlps[1].fc2.weight.std().item() == pytest.approx(0.02, rel=0.01)
     assert model.classifier.weight.std().item() == pytest.approx(0.02, rel=0.1)
     for layer in model.vit.layers:
-        assert torch.all(layer.layernorm_before.weight == 1) and torch.all(
-            layer.layernorm_after.bias == 0
-        )
+        assert torch.all(layer.layernorm_before.weight == 1) and torch.all(layer.layernorm_after.bias == 0)
         assert layer.layernorm_before.eps == 1e-6
         assert torch.all(layer.attention.qkv.bias == 0)
-    assert all(
-        torch.all(mlp.fc1.bias == 0) and torch.all(mlp.fc2.bias == 0)
-        for mlp in model.vit.mlps
-    )
+    assert all(torch.all(mlp.fc1.bias == 0) and torch.all(mlp.fc2.bias == 0) for mlp in model.vit.mlps)
     # No truncation within 2 absolute: timm's trunc_normal_(std=.02) never truncates in practice.
     assert model.vit.mlps[0].fc1.weight.abs().max().item() > 0.08
 
 
 def test_grouped_leader_init_is_scaled_by_inverse_sqrt2():
     torch.manual_seed(0)
-    config = ViTReducedConfig.from_preset(
-        "tiny", num_hidden_layers=2, reduction_strategy="grouped"
-    )
+    config = ViTReducedConfig.from_preset("tiny", num_hidden_layers=2, reduction_strategy="grouped")
     mlp = ViTReducedForImageClassification(config).vit.mlps[0]
     assert mlp.fc1.weight.std().item() == pytest.approx(0.02 / math.sqrt(2), rel=0.01)
     assert mlp.fc2.weight.std().item() == pytest.approx(0.02 / math.sqrt(2), rel=0.01)
@@ -122,13 +111,8 @@ def test_construction_is_deterministic_and_reductions_match_a_same_seed_baseline
     make_model,
 ):
     baseline, again = make_model("baseline", seed=3), make_model("baseline", seed=3)
-    assert all(
-        torch.equal(a, b)
-        for a, b in zip(baseline.state_dict().values(), again.state_dict().values())
-    )
-    assert not torch.equal(
-        make_model("baseline", seed=4).classifier.weight, baseline.classifier.weight
-    )
+    assert all(torch.equal(a, b) for a, b in zip(baseline.state_dict().values(), again.state_dict().values()))
+    assert not torch.equal(make_model("baseline", seed=4).classifier.weight, baseline.classifier.weight)
 
     shallow, grouped = make_model("shallow", seed=3), make_model("grouped", seed=3)
     for full, pruned in zip(baseline.vit.mlps, shallow.vit.mlps):
@@ -149,9 +133,7 @@ def test_construction_is_deterministic_and_reductions_match_a_same_seed_baseline
 
 def test_drop_path_rises_linearly(make_model):
     model = make_model(drop_path_rate=0.3)
-    assert [layer.drop_path.drop_prob for layer in model.vit.layers] == pytest.approx(
-        [0.0, 0.1, 0.2, 0.3]
-    )
+    assert [layer.drop_path.drop_prob for layer in model.vit.layers] == pytest.approx([0.0, 0.1, 0.2, 0.3])
     model.train()
     torch.manual_seed(0)
     first = model(PIXELS).logits
@@ -165,24 +147,18 @@ def test_labels_and_problem_types(make_model):
     model = make_model()
     labels = torch.tensor([1, 2, 3])
     output = model(PIXELS, labels=labels)
-    assert output.loss.item() == pytest.approx(
-        torch.nn.functional.cross_entropy(output.logits, labels).item()
-    )
+    assert output.loss.item() == pytest.approx(torch.nn.functional.cross_entropy(output.logits, labels).item())
 
     multi = make_model(problem_type="multi_label_classification")
     targets = torch.zeros(3, 10).index_fill_(1, torch.tensor([0]), 1.0)
     output = multi(PIXELS, labels=targets)
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(
-        output.logits, targets
-    )
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(output.logits, targets)
     assert output.loss.item() == pytest.approx(expected.item())
 
     regression = make_model(num_labels=1)
     values = torch.tensor([0.5, 1.0, -1.0])
     output = regression(PIXELS, labels=values)
-    assert output.loss.item() == pytest.approx(
-        torch.nn.functional.mse_loss(output.logits.squeeze(), values).item()
-    )
+    assert output.loss.item() == pytest.approx(torch.nn.functional.mse_loss(output.logits.squeeze(), values).item())
 
 
 def test_hidden_states_attentions_and_return_dict(make_model):
@@ -246,15 +222,9 @@ def test_fullgraph_compile_has_no_graph_break(make_model):
 def test_save_load_round_trip(make_model, tmp_path, strategy):
     model = make_model(strategy)
     model.save_pretrained(tmp_path)
-    loaded, info = AutoModelForImageClassification.from_pretrained(
-        tmp_path, output_loading_info=True
-    )
+    loaded, info = AutoModelForImageClassification.from_pretrained(tmp_path, output_loading_info=True)
     assert type(loaded) is ViTReducedForImageClassification
-    assert (
-        not info["missing_keys"]
-        and not info["unexpected_keys"]
-        and not info["mismatched_keys"]
-    )
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     assert loaded.config.reduction_strategy == strategy
     with torch.no_grad():
         assert torch.equal(loaded.eval()(PIXELS).logits, model(PIXELS).logits)
@@ -283,21 +253,11 @@ def test_grouped_checkpoint_stores_each_shared_tensor_once(make_model, tmp_path)
     with safe_open(tmp_path / "grouped" / "model.safetensors", "pt") as f:
         mlp_keys = sorted(key for key in f.keys() if ".mlps." in key)  # noqa: SIM118
     assert mlp_keys == sorted(
-        f"vit.mlps.{i}.{p}"
-        for i in range(2)
-        for p in ("fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight")
+        f"vit.mlps.{i}.{p}" for i in range(2) for p in ("fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight")
     )
-    sizes = {
-        name: os.path.getsize(tmp_path / name / "model.safetensors")
-        for name in ("baseline", "grouped")
-    }
+    sizes = {name: os.path.getsize(tmp_path / name / "model.safetensors") for name in ("baseline", "grouped")}
     model = make_model("baseline")
-    expected = (
-        1
-        - 2
-        * sum(p.numel() for p in model.vit.mlps[0].parameters())
-        / model.num_parameters()
-    )
+    expected = 1 - 2 * sum(p.numel() for p in model.vit.mlps[0].parameters()) / model.num_parameters()
     assert sizes["grouped"] / sizes["baseline"] == pytest.approx(expected, rel=0.01)
 
 
@@ -305,17 +265,12 @@ def test_auto_classes_after_import(make_model):
     config = AutoConfig.for_model("vit_reduced", reduction_strategy="thin")
     assert type(config) is ViTReducedConfig
     assert type(AutoModel.from_config(config)) is ViTReducedModel
-    assert (
-        type(AutoModelForImageClassification.from_config(config))
-        is ViTReducedForImageClassification
-    )
+    assert type(AutoModelForImageClassification.from_config(config)) is ViTReducedForImageClassification
 
 
 def test_saved_folder_carries_code_and_auto_map(make_model, tmp_path):
     make_model("grouped").save_pretrained(tmp_path)
-    assert {"configuration_vit_reduced.py", "modeling_vit_reduced.py"} <= set(
-        os.listdir(tmp_path)
-    )
+    assert {"configuration_vit_reduced.py", "modeling_vit_reduced.py"} <= set(os.listdir(tmp_path))
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map == {
         "AutoConfig": "configuration_vit_reduced.ViTReducedConfig",
@@ -375,21 +330,14 @@ def test_pipeline_classifies_an_image(make_model, tmp_path):
         label2id={label: i for i, label in enumerate(labels)},
     )
     model.save_pretrained(tmp_path)
-    ViTImageProcessor(
-        size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3
-    ).save_pretrained(tmp_path)
-    classifier = pipeline("image-classification", model=str(tmp_path))
-    image = Image.fromarray(
-        (PIXELS[0].permute(1, 2, 0).clamp(-1, 1).add(1).mul(127.5)).byte().numpy()
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
+        tmp_path
     )
+    classifier = pipeline("image-classification", model=str(tmp_path))
+    image = Image.fromarray((PIXELS[0].permute(1, 2, 0).clamp(-1, 1).add(1).mul(127.5)).byte().numpy())
     predictions = classifier(image, top_k=3)
     assert len(predictions) == 3 and predictions[0]["label"] in labels
-    assert (
-        predictions[0]["score"]
-        >= predictions[1]["score"]
-        >= predictions[2]["score"]
-        > 0
-    )
+    assert predictions[0]["score"] >= predictions[1]["score"] >= predictions[2]["score"] > 0
 
 
 def test_loading_another_strategy_or_shape_fails_clearly(make_model, tmp_path):
@@ -398,20 +346,12 @@ def test_loading_another_strategy_or_shape_fails_clearly(make_model, tmp_path):
         ValueError,
         match=r"reduction_strategy='grouped' but the checkpoint has 'baseline'",
     ):
-        ViTReducedForImageClassification.from_pretrained(
-            tmp_path / "baseline", reduction_strategy="grouped"
-        )
-    other = ViTReducedConfig.from_preset(
-        "digits", reduction_strategy="shallow", num_labels=10
-    )
+        ViTReducedForImageClassification.from_pretrained(tmp_path / "baseline", reduction_strategy="grouped")
+    other = ViTReducedConfig.from_preset("digits", reduction_strategy="shallow", num_labels=10)
     with pytest.raises(ValueError, match=r"reduction_strategy='shallow'"):
-        ViTReducedForImageClassification.from_pretrained(
-            tmp_path / "baseline", config=other
-        )
+        ViTReducedForImageClassification.from_pretrained(tmp_path / "baseline", config=other)
     with pytest.raises(ValueError, match=r"hidden_size=32"):
-        ViTReducedForImageClassification.from_pretrained(
-            tmp_path / "baseline", hidden_size=32, num_attention_heads=4
-        )
+        ViTReducedForImageClassification.from_pretrained(tmp_path / "baseline", hidden_size=32, num_attention_heads=4)
 
 
 def test_grouped_checkpoint_under_a_baseline_name_fails(make_model, tmp_path):
@@ -435,18 +375,14 @@ def test_a_transformers_vit_checkpoint_points_to_the_converter(tmp_path):
             patch_size=8,
         )
     ).save_pretrained(tmp_path)
-    with pytest.raises(
-        ValueError, match=r"'vit' checkpoint.*hf_vit_reduction\.convert"
-    ):
+    with pytest.raises(ValueError, match=r"'vit' checkpoint.*hf_vit_reduction\.convert"):
         ViTReducedForImageClassification.from_pretrained(tmp_path)
 
 
 def test_new_head_with_ignore_mismatched_sizes(make_model, tmp_path):
     model = make_model("shallow")
     model.save_pretrained(tmp_path)
-    loaded = ViTReducedForImageClassification.from_pretrained(
-        tmp_path, num_labels=3, ignore_mismatched_sizes=True
-    )
+    loaded = ViTReducedForImageClassification.from_pretrained(tmp_path, num_labels=3, ignore_mismatched_sizes=True)
     assert loaded.classifier.weight.shape == (3, 64)
     assert torch.equal(loaded.vit.mlps[0].fc1.weight, model.vit.mlps[0].fc1.weight)
     encoder = ViTReducedModel.from_pretrained(tmp_path)

@@ -58,41 +58,24 @@ def test_single_process_run_writes_results_models_and_curves(tmp_path):
         assert isinstance(results[key], (int, float)), key
     assert 0 <= results["final_top1"] <= 100 and results["delta_peak_final"] >= 0
     assert results["strategy"] == "grouped" and results["reported"] == "ema"
-    assert (
-        results["steps"] == 12
-        and results["eval_samples"] == 37
-        and results["num_processes"] == 1
-    )
-    assert (
-        results["parameters"]
-        == ViTReducedForImageClassification.from_pretrained(out).num_parameters()
-    )
+    assert results["steps"] == 12 and results["eval_samples"] == 37 and results["num_processes"] == 1
+    assert results["parameters"] == ViTReducedForImageClassification.from_pretrained(out).num_parameters()
     assert 0 < results["wall_time_s"] < time.time() - started
-    assert results["train_images_per_s"] == pytest.approx(
-        12 * 32 / results["wall_time_s"]
-    )
-    history = [
-        json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()
-    ]
+    assert results["train_images_per_s"] == pytest.approx(12 * 32 / results["wall_time_s"])
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in history] == list(range(results["epochs"]))
     assert history[-1]["top1"] == results["final_top1"] == history[-1]["ema_top1"]
     assert (out / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert list(out.glob("**/events.out.tfevents.*")), "TensorBoard logs"
 
     best = ViTReducedForImageClassification.from_pretrained(out / "best_model")
-    assert (
-        best.config.reduction_strategy == "grouped" and best.config.id2label[3] == "3"
-    )
+    assert best.config.reduction_strategy == "grouped" and best.config.id2label[3] == "3"
     classifier = pipeline("image-classification", model=str(out))
     prediction = classifier(Image.new("L", (8, 8), 128), top_k=2)
-    assert len(prediction) == 2 and prediction[0]["label"] in [
-        str(d) for d in range(10)
-    ]
+    assert len(prediction) == 2 and prediction[0]["label"] in [str(d) for d in range(10)]
 
     assert "hub_token" not in json.loads((out / "args.json").read_text())
-    leaked = [
-        p for p in out.rglob("*") if p.is_file() and token.encode() in p.read_bytes()
-    ]
+    leaked = [p for p in out.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
     assert leaked == []
     assert token not in result.stdout + result.stderr
 
@@ -147,12 +130,8 @@ def test_two_process_cpu_run(tmp_path, strategy):
     results = json.loads((out / "results.json").read_text())
     assert results["num_processes"] == 2
     checksums = results["replica_checksums"]
-    assert (
-        len(checksums) == 2 and checksums[0] == checksums[1]
-    )  # identical weights on both ranks
-    assert (
-        results["eval_samples"] == 37
-    )  # 37 over 2 ranks: the padded duplicate is not counted
+    assert len(checksums) == 2 and checksums[0] == checksums[1]  # identical weights on both ranks
+    assert results["eval_samples"] == 37  # 37 over 2 ranks: the padded duplicate is not counted
     model = ViTReducedForImageClassification.from_pretrained(out)
     assert model.config.reduction_strategy == strategy
 
@@ -173,13 +152,9 @@ def test_two_process_cpu_run(tmp_path, strategy):
 def test_bad_data_fails_before_training(tmp_path, args, message):
     import datasets
 
-    features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])}
-    )
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
     rows = {"image": [Image.new("RGB", (4, 4))] * 2, "label": [0, 1]}
-    datasets.DatasetDict(
-        train=datasets.Dataset.from_dict(rows, features=features)
-    ).save_to_disk(str(tmp_path / "ds"))
+    datasets.DatasetDict(train=datasets.Dataset.from_dict(rows, features=features)).save_to_disk(str(tmp_path / "ds"))
     out = tmp_path / "out"
     result = run(
         [
@@ -231,10 +206,7 @@ def test_model_name_or_path_starts_from_a_saved_model(tmp_path, make_model):
             *SMOKE,
         ]
     )
-    assert (
-        wrong.returncode != 0
-        and "reduction_strategy='grouped' but the checkpoint has 'thin'" in wrong.stderr
-    )
+    assert wrong.returncode != 0 and "reduction_strategy='grouped' but the checkpoint has 'thin'" in wrong.stderr
 
 
 def test_streaming_run(tmp_path):
@@ -272,24 +244,32 @@ def test_streaming_run(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert (
-        results["steps"] == 3
-        and results["eval_samples"] == 10
-        and results["reported"] == "model"
-    )
+    assert results["steps"] == 3 and results["eval_samples"] == 10 and results["reported"] == "model"
 
 
 def test_loop_benchmark_mode(tmp_path):
     out = tmp_path / "bench"
-    result = run(["--strategy", "grouped", "--output_dir", str(out), "--benchmark_loop", "--max_train_steps", "8",
-                  "--benchmark_warmup", "3", "--report_to", "none", *SMOKE])  # fmt: skip
+    result = run(
+        [
+            "--strategy",
+            "grouped",
+            "--output_dir",
+            str(out),
+            "--benchmark_loop",
+            "--max_train_steps",
+            "8",
+            "--benchmark_warmup",
+            "3",
+            "--report_to",
+            "none",
+            *SMOKE,
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "loop_benchmark.json").read_text())
     assert report["timed_updates"] == 5 and report["batch_size"] == 32
     assert report["loop_images_per_s"] > 0 and report["bare_step_images_per_s"] > 0
-    assert report["loop_vs_bare"] == pytest.approx(
-        report["loop_images_per_s"] / report["bare_step_images_per_s"]
-    )
+    assert report["loop_vs_bare"] == pytest.approx(report["loop_images_per_s"] / report["bare_step_images_per_s"])
     before, after = report["bare_step_images_per_s_before_and_after"]
     assert report["bare_step_images_per_s"] == pytest.approx((before + after) / 2)
     assert not (out / "results.json").exists()

@@ -21,9 +21,7 @@ def test_table_2_figures(strategy):
     assert summary["unique_mlps"] == unique_mlps
     assert round(summary["gmacs"], 2) == gmacs
     assert round(summary["gflops"], 2) == gflops
-    assert summary["expansion_ratio"] == (
-        4.0 if strategy in ("baseline", "grouped") else 2.0
-    )
+    assert summary["expansion_ratio"] == (4.0 if strategy in ("baseline", "grouped") else 2.0)
 
 
 def test_exact_macs_of_vit_b16_baseline():
@@ -37,22 +35,14 @@ def test_exact_macs_of_vit_b16_baseline():
 def test_model_and_config_summaries_agree(make_model):
     model = make_model("grouped")
     assert summarize(model) == summarize(model.config)
-    assert summarize(model.vit)["num_parameters"] == model.num_parameters() - (
-        64 * 10 + 10
-    )
+    assert summarize(model.vit)["num_parameters"] == model.num_parameters() - (64 * 10 + 10)
 
 
 def test_command_prints_table_2(capsys):
     main([])
     out = capsys.readouterr().out
-    assert (
-        "| ViT-B/16 grouped | grouped | 58,233,064 | 28,334,592 | 6 | 3072 | 4.00 | 16.87 | 35.17 |"
-        in out
-    )
-    assert (
-        "| ViT-B/16 shallow | shallow | 58,237,672 | 28,339,200 | 12 | 1536 | 2.00 | 11.29 | 24.01 |"
-        in out
-    )
+    assert "| ViT-B/16 grouped | grouped | 58,233,064 | 28,334,592 | 6 | 3072 | 4.00 | 16.87 | 35.17 |" in out
+    assert "| ViT-B/16 shallow | shallow | 58,237,672 | 28,339,200 | 12 | 1536 | 2.00 | 11.29 | 24.01 |" in out
 
 
 def test_command_summarizes_a_saved_model(make_model, tmp_path, capsys):

@@ -14,23 +14,16 @@ def test_no_weight_decay_on_biases_norms_position_embedding_and_cls_token(make_m
     model = make_model("grouped")
     optimizer = T.optimizer_for(model, lr=1e-3, weight_decay=0.05)
     names = {id(p): n for n, p in model.named_parameters()}
-    groups = {
-        group["weight_decay"]: {names[id(p)] for p in group["params"]}
-        for group in optimizer.param_groups
-    }
+    groups = {group["weight_decay"]: {names[id(p)] for p in group["params"]} for group in optimizer.param_groups}
     assert set(groups) == {0.0, 0.05}
     no_decay, decay = groups[0.0], groups[0.05]
     assert {
         "vit.embeddings.position_embeddings",
         "vit.embeddings.cls_token",
     } <= no_decay
-    assert all(
-        n.endswith("bias") or "layernorm" in n or "embeddings." in n for n in no_decay
-    )
+    assert all(n.endswith("bias") or "layernorm" in n or "embeddings." in n for n in no_decay)
     assert decay == {n for n, p in model.named_parameters() if p.ndim > 1} - no_decay
-    assert (
-        "vit.mlps.0.fc1.weight" in decay and "vit.embeddings.projection.weight" in decay
-    )
+    assert "vit.mlps.0.fc1.weight" in decay and "vit.embeddings.projection.weight" in decay
     assert len(no_decay) + len(decay) == len(list(model.parameters()))
     assert optimizer.defaults["lr"] == 1e-3
 
@@ -51,8 +44,7 @@ def test_cosine_schedule_with_warmup_steps_per_update(make_model):
         lrs.append(optimizer.param_groups[0]["lr"])
     assert lrs[0] == pytest.approx(1e-6)
     assert lrs[10] == pytest.approx(
-        1e-3 * 0.5 * (1 + math.cos(math.pi * 10 / 50))
-        + 1e-5 * (1 - 0.5 * (1 + math.cos(math.pi * 10 / 50))),
+        1e-3 * 0.5 * (1 + math.cos(math.pi * 10 / 50)) + 1e-5 * (1 - 0.5 * (1 + math.cos(math.pi * 10 / 50))),
         rel=1e-3,
     )
     assert max(lrs) <= 1e-3 and lrs[-1] == pytest.approx(1e-5)
@@ -66,13 +58,9 @@ def test_mixup_targets_sum_to_one_and_include_smoothing():
     mixed, targets = mixup(images.clone(), labels)
     assert targets.shape == (8, 10)
     assert torch.allclose(targets.sum(-1), torch.ones(8))
-    assert targets.min().item() == pytest.approx(
-        0.1 / 10
-    )  # smoothing reaches every class
+    assert targets.min().item() == pytest.approx(0.1 / 10)  # smoothing reaches every class
     assert not torch.equal(mixed, images)
-    assert isinstance(
-        T.train_criterion(mixup, 0.1), type(T.train_criterion(mixup, 0.0))
-    )
+    assert isinstance(T.train_criterion(mixup, 0.1), type(T.train_criterion(mixup, 0.0)))
     assert type(T.train_criterion(mixup, 0.1)).__name__ == "SoftTargetCrossEntropy"
     assert T.mixup_for(0.0, 0.0, 0.1, 10) is None
     assert type(T.train_criterion(None, 0.1)).__name__ == "LabelSmoothingCrossEntropy"
@@ -88,9 +76,7 @@ def test_ema_updates_each_shared_tensor_once(make_model):
     ema.update(model)
     # Updated once: 0.5 * old + 0.5 * (old + 1) = old + 0.5. Twice (as walking aliased tensors would) gives + 0.75.
     assert torch.allclose(ema.module.vit.mlps[0].fc1.weight, before + 0.5)
-    assert len(ema.module.state_dict()) == len(dict(model.named_parameters())) + len(
-        list(model.buffers())
-    )
+    assert len(ema.module.state_dict()) == len(dict(model.named_parameters())) + len(list(model.buffers()))
 
 
 def test_evaluation_matches_a_direct_computation(make_model):
@@ -98,10 +84,7 @@ def test_evaluation_matches_a_direct_computation(make_model):
     torch.manual_seed(0)
     pixels, labels = torch.randn(10, 3, 32, 32), torch.randint(0, 10, (10,))
     labels[3] = -1  # an unreadable image's placeholder
-    batches = [
-        {"pixel_values": pixels[i : i + 4], "labels": labels[i : i + 4]}
-        for i in range(0, 10, 4)
-    ]
+    batches = [{"pixel_values": pixels[i : i + 4], "labels": labels[i : i + 4]} for i in range(0, 10, 4)]
     accelerator = Accelerator(cpu=True)
     loader = accelerator.prepare(DataLoader(batches, batch_size=None))
     result = T.evaluate_model(model, loader, accelerator)
@@ -110,9 +93,7 @@ def test_evaluation_matches_a_direct_computation(make_model):
     valid = labels >= 0
     top5 = logits.topk(5).indices
     assert result["count"] == 9 and result["bad_images"] == 1
-    assert result["top1"] == pytest.approx(
-        100 * (logits.argmax(-1) == labels)[valid].float().mean().item()
-    )
+    assert result["top1"] == pytest.approx(100 * (logits.argmax(-1) == labels)[valid].float().mean().item())
     expected_top5 = (top5 == labels[:, None]).any(-1)[valid].float().mean().item()
     assert result["top5"] == pytest.approx(100 * expected_top5)
     loss = torch.nn.functional.cross_entropy(logits[valid], labels[valid]).item()
@@ -183,6 +164,4 @@ def test_plot_and_history_files(tmp_path):
 
 
 def test_public_arguments_drop_secrets():
-    assert T.public_arguments(
-        {"hub_token": "hf_secret", "lr": 0.1, "HUB_TOKEN_FILE": "x"}
-    ) == {"lr": 0.1}
+    assert T.public_arguments({"hub_token": "hf_secret", "lr": 0.1, "HUB_TOKEN_FILE": "x"}) == {"lr": 0.1}

@@ -42,9 +42,7 @@ class TopKAccuracy(evaluate.Metric):
         ranked = np.asarray(predictions, dtype=np.int64).reshape(len(references), -1)
         references = np.asarray(references, dtype=np.int64)
         if ranked.shape[1] < k:
-            raise ValueError(
-                f"k={k} needs at least {k} ranked predictions per example, got {ranked.shape[1]}"
-            )
+            raise ValueError(f"k={k} needs at least {k} ranked predictions per example, got {ranked.shape[1]}")
         hits = ranked[:, :k] == references[:, None]
         return {
             "top1": float(hits[:, 0].mean()),
