@@ -425,7 +425,7 @@ def _write_atomic(path: Path, write) -> None:
         raise
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
     _write_atomic(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
 
 
@@ -512,9 +512,9 @@ def write_report(report: dict, output_dir) -> Path:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     plot(report, output_dir)
-    _write_text(output_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+    write_text(output_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
     markdown = "## Results\n\n" + results_section(report)
-    _write_text(output_dir / "report.md", markdown)
+    write_text(output_dir / "report.md", markdown)
     return output_dir / "report.md"
 
 
