@@ -10,6 +10,7 @@ epoch count, a second run of the same strategy and seed) are named with the reas
 
 import argparse
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -22,7 +23,8 @@ from scipy.stats import ttest_rel
 from .configuration_vit_reduced import REDUCTION_STRATEGIES, ViTReducedConfig
 from .summary import summarize
 
-RESULT_KEYS = ("final_top1", "final_top5", "peak_top1", "peak_epoch", "delta_peak_final", "strategy", "seed", "data")
+FIGURES = ("final_top1", "final_top5", "peak_top1", "peak_epoch", "delta_peak_final")
+RESULT_KEYS = (*FIGURES, "strategy", "seed", "data")
 RUN_FILES = ("results.json", "args.json", "history.jsonl")
 PLOTS = {
     "curves": "top1_per_epoch.png",
@@ -76,10 +78,17 @@ def _read_history(path: Path) -> list[dict]:
     rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError as error:
             raise RunProblem(f"corrupt history.jsonl line {number} ({error})") from None
+        if not isinstance(row, dict) or not all(_is_number(row.get(key)) for key in ("epoch", "top1")):
+            raise RunProblem(f"history.jsonl line {number} has no numeric epoch and top1")
+        rows.append(row)
     return rows
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _newest_checkpoint_step(path: Path) -> int | None:
@@ -105,6 +114,11 @@ def load_run(path) -> Run:
     missing = [key for key in RESULT_KEYS if key not in results]
     if missing:
         raise RunProblem(f"results.json lacks {', '.join(missing)}")
+    for key in (*FIGURES, "seed"):
+        if not _is_number(results[key]) or (key == "seed" and not isinstance(results[key], int)):
+            raise RunProblem(
+                f"results.json: {key}={results[key]!r} is not a {'whole ' if key == 'seed' else ''}number"
+            )
     # A new run started in a finished run's folder: its checkpoints, history or arguments no longer match.
     newest = _newest_checkpoint_step(path)
     if newest is not None and "steps" in results and newest > results["steps"]:
@@ -128,7 +142,7 @@ def load_run(path) -> Run:
 def find_runs(paths) -> list[Path]:
     """The run folders named, with a folder of runs standing for the runs inside it; errors name the path."""
     found = []
-    for name in paths:
+    for name in dict.fromkeys(paths):
         path = Path(name)
         if not path.exists():
             raise ValueError(f"run folder {name!r} does not exist")
@@ -143,6 +157,7 @@ def find_runs(paths) -> list[Path]:
                 f"{name!r} is not a run folder (none of {', '.join(RUN_FILES)}, checkpoints/) and holds no run folders"
             )
         found.extend(inside)
+    found = list(dict.fromkeys(found))  # a run named twice (itself and through its parent folder) counts once
     if not found:
         raise ValueError("no run folders given; pass one or more run folders (or a folder holding them)")
     return found
@@ -279,7 +294,7 @@ def build_report(runs: list[Run], left_out: list[dict], benchmark: dict | None =
         "strategies": strategies,
         "runs": [
             {"run": str(run.path), "strategy": run.strategy, "seed": run.seed}
-            | {key: run.results.get(key) for key in (*RESULT_KEYS[:5], "train_images_per_s", "epochs", "steps")}
+            | {key: run.results.get(key) for key in (*FIGURES, "train_images_per_s", "epochs", "steps")}
             for run in runs
         ],
         "left_out": left_out,

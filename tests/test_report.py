@@ -1,10 +1,11 @@
 import json
+import shutil
 
 import pytest
 from scipy.stats import ttest_rel
 
 from hf_vit_reduction import ViTReducedConfig, summarize
-from hf_vit_reduction.report import PLOTS, collect_runs, main, report_runs, results_section
+from hf_vit_reduction.report import PLOTS, build_report, collect_runs, main, report_runs, results_section
 
 DIGITS = "digits (scikit-learn, embedded)"
 
@@ -171,13 +172,16 @@ def test_runs_that_cannot_be_compared_are_named_with_their_reason(runs_dir, tmp_
     (odd / "corrupt" / "results.json").write_text('{"final_top1": 9')
     make_run(odd / "keys", "thin", 2, [10.0, 20.0, 30.0, 40.0])
     (odd / "keys" / "results.json").write_text(json.dumps({"final_top1": 40.0}))
+    make_run(odd / "types", "thin", 4, [10.0, 20.0, 30.0, 40.0], final_top5="95%")
+    make_run(odd / "rows", "thin", 5, [10.0, 20.0, 30.0, 40.0])
+    (odd / "rows" / "history.jsonl").write_text(json.dumps({"epoch": 0, "accuracy": 5.0}) + "\n")
     running = odd / "running"
     running.mkdir()
     (running / "args.json").write_text("{}")
     (running / "history.jsonl").write_text(json.dumps({"epoch": 0, "top1": 5.0}) + "\n")
     make_run(odd / "restarted", "thin", 3, [10.0, 20.0, 30.0, 40.0])
     (odd / "restarted" / "args.json").write_text(json.dumps({"strategy": "thin", "seed": 3, "epochs": 9}))
-    runs, left_out = collect_runs([runs_dir, odd])
+    runs, left_out = collect_runs([runs_dir, odd, runs_dir / "thin-seed0"])  # thin-seed0 named twice: once
     assert len(runs) == len(CURVES)
     reasons = {item["run"].rsplit("/", 1)[-1]: item["reason"] for item in left_out}
     assert reasons == {
@@ -187,14 +191,15 @@ def test_runs_that_cannot_be_compared_are_named_with_their_reason(runs_dir, tmp_
         "later": "in progress: checkpoint step 80 is past the results' last step 40",
         "corrupt": reasons["corrupt"],
         "keys": "results.json lacks final_top5, peak_top1, peak_epoch, delta_peak_final, strategy, seed, data",
+        "types": "results.json: final_top5='95%' is not a number",
+        "rows": "history.jsonl line 1 has no numeric epoch and top1",
         "running": "in progress or stopped: no results.json yet, last evaluated epoch 0",
         "restarted": "in progress: args.json differs from the arguments recorded in results.json",
     }
     assert reasons["corrupt"].startswith("corrupt results.json (")
-    output = tmp_path / "report"
-    result = report_runs([runs_dir, odd], output)
-    assert len(result["left_out"]) == 8
-    markdown = (output / "report.md").read_text()
+    result = build_report(runs, left_out)
+    assert result["left_out"] == left_out and len(result["runs"]) == len(CURVES)
+    markdown = results_section(result)
     assert "Left out:" in markdown and f"- `{odd / 'short'}`: 2 epochs; the other runs 4" in markdown
 
 
@@ -220,9 +225,9 @@ def test_benchmark_throughput_replaces_the_runs_own(runs_dir, tmp_path):
     assert "training img/s (runs)" not in markdown
 
 
-def test_a_previous_report_is_replaced(runs_dir, tmp_path):
+def test_a_previous_report_is_replaced(runs_dir, report, tmp_path):
     output = tmp_path / "report"
-    report_runs([runs_dir], output)
+    shutil.copytree(report[0], output)
     assert report_runs([runs_dir / "baseline-seed0", runs_dir / "grouped-seed0"], output)["strategies"].keys() == {
         "baseline",
         "grouped",
