@@ -357,7 +357,7 @@ def results_section(report: dict, image_prefix: str = "", heading: str = "###") 
         f"{heading} Table 1: accuracy and stability",
         "",
         (
-            f"{report['data']}, {report['epochs']} epochs; top-1, top-5 and Δ(P→F) in percent (the reported "
+            f"{report['data']}, {report['epochs']} epoch{'' if report['epochs'] == 1 else 's'}; top-1, top-5 and Δ(P→F) in percent (the reported "
             "model: EMA when on); peak epoch counted from 0 as in the history."
         ),
         "",
