@@ -32,12 +32,16 @@ from hf_vit_reduction import (
 PIXELS = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
+def unique_mlps(model):
+    return list({id(layer.mlp): layer.mlp for layer in model.vit.layers}.values())
+
+
 def mlp_calls_per_forward(model):
     """How many blocks run each unique MLP in one forward pass."""
-    calls = [0] * len(model.vit.mlps)
+    mlps = unique_mlps(model)
+    calls = [0] * len(mlps)
     hooks = [
-        mlp.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
-        for i, mlp in enumerate(model.vit.mlps)
+        mlp.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1)) for i, mlp in enumerate(mlps)
     ]
     with torch.no_grad():
         model(PIXELS)
@@ -58,8 +62,8 @@ def mlp_calls_per_forward(model):
 def test_structure_per_strategy(make_model, strategy, unique, width, calls):
     model = make_model(strategy)
     assert len(model.vit.layers) == 4
-    assert len(model.vit.mlps) == unique
-    for mlp in model.vit.mlps:
+    assert len(unique_mlps(model)) == unique
+    for mlp in unique_mlps(model):
         assert tuple(mlp.fc1.weight.shape) == (width, 64)
         assert tuple(mlp.fc2.weight.shape) == (64, width)
     assert mlp_calls_per_forward(model) == calls
@@ -88,21 +92,21 @@ def test_init_follows_timm(make_model):
     assert embeddings.position_embeddings.std().item() == pytest.approx(0.02, rel=0.02)
     assert embeddings.cls_token.std().item() == pytest.approx(1e-6, rel=0.2)
     assert model.vit.layers[0].attention.qkv.weight.std().item() == pytest.approx(0.02, rel=0.01)
-    assert model.vit.mlps[1].fc2.weight.std().item() == pytest.approx(0.02, rel=0.01)
+    assert model.vit.layers[1].mlp.fc2.weight.std().item() == pytest.approx(0.02, rel=0.01)
     assert model.classifier.weight.std().item() == pytest.approx(0.02, rel=0.1)
     for layer in model.vit.layers:
         assert torch.all(layer.layernorm_before.weight == 1) and torch.all(layer.layernorm_after.bias == 0)
         assert layer.layernorm_before.eps == 1e-6
         assert torch.all(layer.attention.qkv.bias == 0)
-    assert all(torch.all(mlp.fc1.bias == 0) and torch.all(mlp.fc2.bias == 0) for mlp in model.vit.mlps)
+    assert all(torch.all(mlp.fc1.bias == 0) and torch.all(mlp.fc2.bias == 0) for mlp in unique_mlps(model))
     # No truncation within 2 absolute: timm's trunc_normal_(std=.02) never truncates in practice.
-    assert model.vit.mlps[0].fc1.weight.abs().max().item() > 0.08
+    assert model.vit.layers[0].mlp.fc1.weight.abs().max().item() > 0.08
 
 
 def test_grouped_leader_init_is_scaled_by_inverse_sqrt2():
     torch.manual_seed(0)
     config = ViTReducedConfig.from_preset("tiny", num_hidden_layers=2, reduction_strategy="grouped")
-    mlp = ViTReducedForImageClassification(config).vit.mlps[0]
+    mlp = ViTReducedForImageClassification(config).vit.layers[0].mlp
     assert mlp.fc1.weight.std().item() == pytest.approx(0.02 / math.sqrt(2), rel=0.01)
     assert mlp.fc2.weight.std().item() == pytest.approx(0.02 / math.sqrt(2), rel=0.01)
 
@@ -115,12 +119,12 @@ def test_construction_is_deterministic_and_reductions_match_a_same_seed_baseline
     assert not torch.equal(make_model("baseline", seed=4).classifier.weight, baseline.classifier.weight)
 
     shallow, grouped = make_model("shallow", seed=3), make_model("grouped", seed=3)
-    for full, pruned in zip(baseline.vit.mlps, shallow.vit.mlps):
+    for full, pruned in zip(unique_mlps(baseline), unique_mlps(shallow)):
         assert torch.equal(pruned.fc1.weight, full.fc1.weight[:128])
         assert torch.equal(pruned.fc2.weight, full.fc2.weight[:, :128])
     ratio = 1 / math.sqrt(2)
-    for group, shared in enumerate(grouped.vit.mlps):
-        leader = baseline.vit.mlps[2 * group]
+    for group, shared in enumerate(unique_mlps(grouped)):
+        leader = baseline.vit.layers[2 * group].mlp
         assert torch.allclose(shared.fc1.weight, leader.fc1.weight * ratio)
         assert torch.allclose(shared.fc2.weight, leader.fc2.weight * ratio)
     # Everything outside the MLPs is identical across strategies.
@@ -215,7 +219,7 @@ def test_fullgraph_compile_has_no_graph_break(make_model):
         assert torch.allclose(compiled(PIXELS).logits, model(PIXELS).logits, atol=1e-6)
     model.train()
     compiled(PIXELS, labels=torch.tensor([0, 1, 2])).loss.backward()
-    assert model.vit.mlps[0].fc1.weight.grad is not None
+    assert model.vit.layers[1].mlp.fc1.weight.grad is not None
 
 
 @pytest.mark.parametrize("strategy", REDUCTION_STRATEGIES)
@@ -251,13 +255,13 @@ def test_grouped_checkpoint_stores_each_shared_tensor_once(make_model, tmp_path)
     make_model("baseline").save_pretrained(tmp_path / "baseline")
     make_model("grouped").save_pretrained(tmp_path / "grouped")
     with safe_open(tmp_path / "grouped" / "model.safetensors", "pt") as f:
-        mlp_keys = sorted(key for key in f.keys() if ".mlps." in key)  # noqa: SIM118
+        mlp_keys = sorted(key for key in f.keys() if ".mlp." in key)  # noqa: SIM118
     assert mlp_keys == sorted(
-        f"vit.mlps.{i}.{p}" for i in range(2) for p in ("fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight")
+        f"vit.layers.{i}.mlp.{p}" for i in (0, 2) for p in ("fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight")
     )
     sizes = {name: os.path.getsize(tmp_path / name / "model.safetensors") for name in ("baseline", "grouped")}
     model = make_model("baseline")
-    expected = 1 - 2 * sum(p.numel() for p in model.vit.mlps[0].parameters()) / model.num_parameters()
+    expected = 1 - 2 * sum(p.numel() for p in model.vit.layers[0].mlp.parameters()) / model.num_parameters()
     assert sizes["grouped"] / sizes["baseline"] == pytest.approx(expected, rel=0.01)
 
 
@@ -300,7 +304,7 @@ def test_remote_code_loads_without_the_package(make_model, tmp_path):
         path = {str(tmp_path / "model")!r}
         model = AutoModelForImageClassification.from_pretrained(path, trust_remote_code=True).eval()
         encoder = AutoModel.from_pretrained(path, trust_remote_code=True)
-        assert type(encoder).__name__ == "ViTReducedModel" and len(encoder.mlps) == 2
+        assert type(encoder).__name__ == "ViTReducedModel" and encoder.layers[1].mlp is encoder.layers[0].mlp
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         with torch.no_grad():
             torch.save(model(torch.load({str(tmp_path / "pixels.pt")!r})).logits, {str(tmp_path / "out.pt")!r})
@@ -360,7 +364,7 @@ def test_grouped_checkpoint_under_a_baseline_name_fails(make_model, tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     config.update(reduction_strategy="baseline", reduction_mlp_ratio=None)
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"missing keys: vit\.mlps\.2"):
+    with pytest.raises(ValueError, match=r"missing keys: vit\.layers\.1\.mlp"):
         ViTReducedForImageClassification.from_pretrained(tmp_path)
 
 
@@ -384,6 +388,6 @@ def test_new_head_with_ignore_mismatched_sizes(make_model, tmp_path):
     model.save_pretrained(tmp_path)
     loaded = ViTReducedForImageClassification.from_pretrained(tmp_path, num_labels=3, ignore_mismatched_sizes=True)
     assert loaded.classifier.weight.shape == (3, 64)
-    assert torch.equal(loaded.vit.mlps[0].fc1.weight, model.vit.mlps[0].fc1.weight)
+    assert torch.equal(loaded.vit.layers[0].mlp.fc1.weight, model.vit.layers[0].mlp.fc1.weight)
     encoder = ViTReducedModel.from_pretrained(tmp_path)
-    assert torch.equal(encoder.mlps[3].fc2.weight, model.vit.mlps[3].fc2.weight)
+    assert torch.equal(encoder.layers[3].mlp.fc2.weight, model.vit.layers[3].mlp.fc2.weight)
