@@ -43,8 +43,13 @@ def _image_processor_for(config: ViTReducedConfig, mean, std, resample=None):
     )
 
 
-def _load_timm_source(path: str, timm_model: str | None):
-    """A timm model from a model name (random weights) or a state dict file of `timm_model`'s architecture."""
+def _load_timm_source(path: str, timm_model: str | None, image_size: int | None):
+    """A timm model from a model name (random weights) or a state dict file of `timm_model`'s architecture.
+
+    `image_size` builds the architecture at another size than its name's (timm's `img_size`), e.g. for weights
+    fine-tuned at 384 px under a 224 px name.
+    """
+    size = {} if image_size is None else {"img_size": image_size}
     if os.path.isfile(path):
         if not timm_model:
             raise ValueError(
@@ -53,12 +58,14 @@ def _load_timm_source(path: str, timm_model: str | None):
             )
         state = _read_state_dict(path)
         num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
-        model = _create_timm_model(timm_model, "--timm_model", num_classes=num_classes)
+        model = _create_timm_model(timm_model, "--timm_model", num_classes=num_classes, **size)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as error:
             raise ValueError(
-                f"The weights in {path} do not fit the timm model {timm_model!r}: "
+                f"The weights in {path} do not fit the timm model {timm_model!r}"
+                + (f" at --image_size {image_size}" if image_size else " (at another image size, pass --image_size)")
+                + ": "
                 + " ".join(str(error).splitlines()[:3])
             ) from error
         return model.eval()
@@ -66,7 +73,7 @@ def _load_timm_source(path: str, timm_model: str | None):
         raise ValueError(
             "--timm_model names the architecture of a weights file; with a model name as --input, leave it out"
         )
-    return _create_timm_model(path, "--input").eval()
+    return _create_timm_model(path, "--input", **size).eval()
 
 
 def _create_timm_model(name: str, flag: str, **kwargs):
@@ -158,7 +165,7 @@ def _convert_transformers_input(args):
 
 def _convert_timm_input(args):
     """(converted model, source's logits function, image processor writer) of a timm name or weights file."""
-    source = _load_timm_source(args.input, args.timm_model)
+    source = _load_timm_source(args.input, args.timm_model, args.image_size)
     model = from_timm(source)
     pretrained_cfg = getattr(source, "pretrained_cfg", None) or {}
     resample = {
@@ -196,6 +203,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--output", required=True, type=Path, help="folder to write")
     parser.add_argument("--timm_model", help="timm architecture of a state dict given as --input")
+    parser.add_argument(
+        "--image_size",
+        type=int,
+        help="timm: build the architecture at this image size (default: its name's, e.g. 224), for weights "
+        "trained at another size",
+    )
     parser.add_argument(
         "--strategy",
         default="baseline",
@@ -247,6 +260,11 @@ def main(argv: list[str] | None = None) -> None:
                     raise ValueError(f"--{flag} needs --strategy shallow or grouped")
         if args.source != "timm" and args.timm_model:
             raise ValueError("--timm_model applies to --from timm only")
+        if args.image_size is not None:
+            if args.source != "timm":
+                raise ValueError("--image_size applies to --from timm only (a Transformers folder records its size)")
+            if args.image_size < 1:
+                raise ValueError(f"--image_size {args.image_size} is not valid; allowed: an integer >= 1")
         if args.source != "transformers" and args.drop_pooler:
             raise ValueError("--drop_pooler applies to --from transformers only")
 

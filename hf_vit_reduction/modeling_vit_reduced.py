@@ -251,7 +251,10 @@ class ViTReducedPreTrainedModel(PreTrainedModel):
             fc1_weight, fc2_weight = fc1_weight[:width], fc2_weight[:, :width]
             if strategy == "grouped":
                 # fc1.bias is zero, so scaling it (as the reference code does) changes nothing; fc2.bias is not scaled.
-                fc1_weight, fc2_weight = fc1_weight * config.reduction_mlp_ratio, fc2_weight * config.reduction_mlp_ratio
+                fc1_weight, fc2_weight = (
+                    fc1_weight * config.reduction_mlp_ratio,
+                    fc2_weight * config.reduction_mlp_ratio,
+                )
             init.copy_(layer.mlp.fc1.weight, fc1_weight)
             init.zeros_(layer.mlp.fc1.bias)
             init.copy_(layer.mlp.fc2.weight, fc2_weight)

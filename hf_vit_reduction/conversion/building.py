@@ -9,4 +9,3 @@ def build_with_weights(model_class, config, state_dict: dict, training: bool = F
         model = model_class(config)
     model.load_state_dict(state_dict, strict=True, assign=True)
     return model.train(training)
-

@@ -15,7 +15,6 @@ def _allowed(values) -> str:
     return ", ".join(map(repr, values))
 
 
-
 def check_reduce_arguments(strategy, reduction_mlp_ratio, prune_method, share_method, mlp_share_group_size):
     if strategy == "thin":
         raise ValueError(
@@ -133,4 +132,3 @@ def _kept_units(mlp: nn.Module, width: int, prune_method: str):
     # A unit's contribution is bounded by the norms of its input row and output column.
     scores = mlp.fc1.weight.float().norm(dim=1) * mlp.fc2.weight.float().norm(dim=0)
     return scores.topk(width).indices.sort().values
-

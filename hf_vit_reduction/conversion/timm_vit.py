@@ -18,7 +18,6 @@ _REDUCTION_FIELDS = (
 )
 
 
-
 def _with_overrides(derived: dict, overrides: dict, fixed: tuple[str, ...]) -> dict:
     """`derived` updated by `overrides`, refusing overrides of reduction fields and of fields the weights fix."""
     for field in _REDUCTION_FIELDS:
@@ -36,7 +35,6 @@ def _with_overrides(derived: dict, overrides: dict, fixed: tuple[str, ...]) -> d
         # The labels decide num_labels; whether they fit the head is checked on the config.
         derived = {k: v for k, v in derived.items() if k not in ("num_labels", "label2id")}
     return {**derived, **overrides}
-
 
 
 # State-dict keys of timm features that ViTReduced does not have, and the features' names.
@@ -369,4 +367,3 @@ def _timm_state_to_ours(state: dict, config: ViTReducedConfig) -> dict:
         ours["classifier.bias"] = bias("head.bias", state["head.weight"])
     with torch.no_grad():
         return {key: value.detach().clone() for key, value in ours.items()}
-

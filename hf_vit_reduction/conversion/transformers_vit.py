@@ -21,7 +21,6 @@ def _square(value, field: str) -> int:
     return int(value)
 
 
-
 def from_transformers(model_or_path, drop_pooler: bool = False):
     """A baseline ViTReduced with the weights of a 🤗 Transformers `ViTForImageClassification` or `ViTModel`.
 
@@ -155,4 +154,3 @@ def load_transformers_folder(path):
     if details := describe_key_problems(problems):
         raise ValueError(f"The weights at {path} do not fit a {model_class.__name__} ({details})")
     return model.eval()
-
