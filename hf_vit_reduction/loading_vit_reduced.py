@@ -16,6 +16,9 @@ checkpoint in a grouped model lets one block's MLP overwrite the other's, silent
 Kept beside the modeling file and imported relatively, so that the Hub copy of the code (remote code) carries it.
 """
 
+import re
+
+import torch
 from transformers.utils import logging
 
 from .configuration_vit_reduced import ARCHITECTURE_FIELDS
@@ -68,19 +71,40 @@ def check_loaded_keys(model, pretrained_model_name_or_path, loading_info: dict, 
     def outside_head(keys):
         return sorted(key for key in keys if not key.startswith("classifier."))
 
-    # Transformers unties a shared MLP whose blocks both come with weights of their own, keeping the last.
-    unshared = model.get_expanded_tied_weights_keys(all_submodels=True).keys() - model.all_tied_weights_keys.keys()
     problems = {
         "unexpected": outside_head(loading_info["unexpected_keys"]),
         "missing": [] if state_dict == {} else outside_head(loading_info["missing_keys"]),
         "mismatched": outside_head(key for key, *_ in loading_info["mismatched_keys"]),
-        "unshared (separate MLPs where this model shares one)": sorted(unshared),
     }
     details = describe_key_problems(problems)
     if not details:
         return
     source = "the given state dict" if pretrained_model_name_or_path is None else pretrained_model_name_or_path
     message = f"The weights in {source} do not fit this model ({details})."
+    if any(key in model.all_tied_weights_keys for key in problems["unexpected"]):
+        message += " A grouped model holds one MLP per group, stored under the group's first block."
     if raise_error:
         raise ValueError(message)
     logger.warning(message)
+
+
+def without_repeated_shared_tensors(state_dict: dict, config) -> dict:
+    """`state_dict` without the keys of a grouped model's shared MLPs repeated under their group's later blocks.
+
+    A grouped model's own `state_dict()` lists a shared tensor under every block of its group; those repeats are the
+    same tensor and load as such. A later block's MLP that differs from its group's is left in, and loading reports it.
+    """
+    if getattr(config, "reduction_strategy", None) != "grouped":
+        return state_dict
+
+    def repeats_its_first_block(key: str) -> bool:
+        match = re.fullmatch(r"(.*layers\.)(\d+)(\.mlp\..+)", key)
+        if match is None:
+            return False
+        first = config.first_block_of_mlp(int(match[2]))
+        first_key = f"{match[1]}{first}{match[3]}"
+        return (
+            first != int(match[2]) and first_key in state_dict and torch.equal(state_dict[first_key], state_dict[key])
+        )
+
+    return {key: value for key, value in state_dict.items() if not repeats_its_first_block(key)}

@@ -21,7 +21,7 @@ from transformers.utils.generic import can_return_tuple, merge_with_config_defau
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_vit_reduced import ViTReducedConfig
-from .loading_vit_reduced import check_loaded_keys, check_requested_architecture
+from .loading_vit_reduced import check_loaded_keys, check_requested_architecture, without_repeated_shared_tensors
 
 AUTO_MAP = {
     "AutoConfig": "configuration_vit_reduced.ViTReducedConfig",
@@ -272,6 +272,13 @@ class ViTReducedPreTrainedModel(PreTrainedModel):
         # already expanded and always tied.
         return dict(self._tied_weights_keys or {})
 
+    def mark_tied_weights_as_initialized(self, loading_info):
+        # Transformers flags the parameters of tied keys as initialized, since tying overwrites them. A grouped model's
+        # tied keys name its shared modules' parameters, which are the first block's: flagging them would leave them
+        # uninitialized (on the meta device) when the checkpoint lacks them, as with `state_dict={}`. A tied key that
+        # the checkpoint does hold is a separate MLP loaded over the shared one, and is reported as unexpected.
+        loading_info.unexpected_keys.update(self.all_tied_weights_keys.keys() - loading_info.missing_keys)
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         # register_for_auto_class records only the saved class; remote-code users need all three entry points.
         self.config.auto_map = dict(AUTO_MAP)
@@ -287,6 +294,8 @@ class ViTReducedPreTrainedModel(PreTrainedModel):
         `loading_vit_reduced` for the whole contract.
         """
         check_requested_architecture(cls.config_class, pretrained_model_name_or_path, kwargs)
+        if kwargs.get("state_dict"):
+            kwargs["state_dict"] = without_repeated_shared_tensors(kwargs["state_dict"], kwargs.get("config"))
         output_loading_info = kwargs.pop("output_loading_info", False)
         model, loading_info = super().from_pretrained(
             pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
