@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     if not Path(args.model, "config.json").is_file():
         parser.error(f"model {args.model!r} is not a saved model folder (no config.json)")
     if args.opset_version < 18:
-        parser.error(f"--opset_version {args.opset_version} is not valid; allowed: 18 or later (torch.onnx's exporter)")
+        parser.error(
+            f"--opset_version {args.opset_version} is not valid; allowed: 18 or later (torch.onnx's exporter)"
+        )
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
