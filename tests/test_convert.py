@@ -64,6 +64,7 @@ def test_command_converts_a_transformers_folder(tmp_path, capsys):
         assert torch.equal(model(PIXELS).logits, expected(PIXELS).logits)
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: the slow tier
 def test_command_converts_timm_names_and_state_dict_files(tmp_path):
     main(
         [

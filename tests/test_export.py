@@ -13,6 +13,7 @@ def test_onnx_export_matches_pytorch_under_onnxruntime(make_model, tmp_path, str
     assert max_onnx_logit_difference(model, path, batch_size=5) <= 1e-4
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: the slow tier
 def test_export_command(make_model, tmp_path, capsys):
     make_model("grouped").save_pretrained(tmp_path / "model")
     main([str(tmp_path / "model"), str(tmp_path / "out" / "model.onnx")])
