@@ -31,5 +31,18 @@ setup(
         # Pillow 13 rejects posterize(bits=0), which timm's RandAugment asks for at full magnitude.
         "pillow>=10,<13",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "ruff==0.17.6"]},
+    extras_require={
+        "peft": ["peft>=0.17"],
+        # torch.onnx's exporter (dynamo) needs onnx and onnxscript; onnxruntime checks the exported logits.
+        "onnx": ["onnx>=1.17", "onnxscript>=0.3", "onnxruntime>=1.20"],
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3",
+            "ruff==0.17.6",
+            "peft>=0.17",
+            "onnx>=1.17",
+            "onnxscript>=0.3",
+            "onnxruntime>=1.20",
+        ],
+    },
 )

@@ -149,6 +149,12 @@ class ViTReducedConfig(PreTrainedConfig):
             return layer_index // self.mlp_share_group_size
         return layer_index
 
+    def first_block_of_mlp(self, layer_index: int) -> int:
+        """Index of the first block that uses block `layer_index`'s MLP: the block it is initialized and saved under."""
+        if self.reduction_strategy == "grouped":
+            return self.mlp_index(layer_index) * self.mlp_share_group_size
+        return layer_index
+
     def _validate(self):
         def fail(field, allowed):
             raise ValueError(f"{field}={getattr(self, field)!r} is not valid; allowed: {allowed}")

@@ -13,12 +13,15 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutput, ImageClassifierOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_vit_reduced import ARCHITECTURE_FIELDS, ViTReducedConfig
+from .configuration_vit_reduced import ViTReducedConfig
+from .loading_vit_reduced import check_loaded_keys, check_requested_architecture, without_repeated_shared_tensors
 
 AUTO_MAP = {
     "AutoConfig": "configuration_vit_reduced.ViTReducedConfig",
@@ -112,7 +115,9 @@ class ViTReducedAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, seq_len, _ = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch_size, seq_len, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
@@ -142,7 +147,7 @@ class ViTReducedMLP(nn.Module):
         self.fc1 = nn.Linear(config.hidden_size, config.mlp_hidden_size)
         self.activation_fn = ACT2FN[config.hidden_act]
         self.fc2 = nn.Linear(config.mlp_hidden_size, config.hidden_size)
-        # Initialized by the MLP as a whole (see ViTReducedPreTrainedModel._init_mlp), not as plain Linears.
+        # Initialized by the block that holds the MLP (see ViTReducedPreTrainedModel._init_mlp), not as plain Linears.
         self.fc1.part_of_reduced_mlp = self.fc2.part_of_reduced_mlp = True
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -168,20 +173,22 @@ class ViTReducedDropPath(nn.Module):
 
 
 class ViTReducedLayer(GradientCheckpointingLayer):
-    """Pre-norm block. The MLP is passed in, since under `grouped` several blocks use the same one."""
+    """Pre-norm block. Under `grouped`, the blocks of a group hold one and the same `mlp` module."""
 
-    def __init__(self, config: ViTReducedConfig, drop_path: float):
+    def __init__(self, config: ViTReducedConfig, layer_idx: int, drop_path: float, mlp: ViTReducedMLP):
         super().__init__()
+        self.layer_idx = layer_idx
         self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.attention = ViTReducedAttention(config)
         self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = mlp
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.drop_path = ViTReducedDropPath(drop_path)
 
-    def forward(self, hidden_states: torch.Tensor, mlp: ViTReducedMLP, **kwargs) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
         attn_output, _ = self.attention(self.layernorm_before(hidden_states), **kwargs)
         hidden_states = hidden_states + self.drop_path(self.dropout(attn_output))
-        mlp_output = mlp(self.layernorm_after(hidden_states))
+        mlp_output = self.mlp(self.layernorm_after(hidden_states))
         return hidden_states + self.drop_path(self.dropout(mlp_output))
 
 
@@ -192,11 +199,7 @@ class ViTReducedPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
-    _no_split_modules: ClassVar[list[str]] = [
-        "ViTReducedEmbeddings",
-        "ViTReducedLayer",
-        "ViTReducedMLP",
-    ]
+    _no_split_modules: ClassVar[list[str]] = ["ViTReducedEmbeddings", "ViTReducedLayer"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -207,76 +210,74 @@ class ViTReducedPreTrainedModel(PreTrainedModel):
         "attentions": ViTReducedAttention,
     }
 
-    def __init__(self, config: ViTReducedConfig, *inputs, **kwargs):
-        super().__init__(config, *inputs, **kwargs)
-        # Init draws from its own stream, seeded before any submodule exists: torch's construction-time init consumes
-        # the global stream by weight size, which differs between strategies, and a shallow model must start from the
-        # same draws as a baseline built with the same seed.
-        self._init_generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), device="cpu")))
-
-    def _draw(self, shape: tuple[int, ...], std: float) -> torch.Tensor:
-        # timm's trunc_normal_(std=.02) truncates at +-2 absolute, i.e. not at all in practice.
-        return nn.init.trunc_normal_(torch.empty(shape), std=std, a=-2.0, b=2.0, generator=self._init_generator)
-
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
-        """timm's ViT init; reductions are applied to full-width draws so they match the paper's code."""
-        config = self.config
-        std = config.initializer_range
-        if isinstance(module, ViTReducedMLP):
+        """timm's ViT init, drawn from the global RNG; reductions are applied to full-width draws as in the paper."""
+        std = self.config.initializer_range
+        if isinstance(module, ViTReducedLayer):
             self._init_mlp(module)
         elif isinstance(module, nn.Linear) and not getattr(module, "part_of_reduced_mlp", False):
-            init.copy_(module.weight, self._draw(tuple(module.weight.shape), std))
+            # timm's trunc_normal_(std=.02) truncates at +-2 absolute, i.e. not at all in practice.
+            init.trunc_normal_(module.weight, std=std, a=-2.0, b=2.0)
             init.zeros_(module.bias)
         elif isinstance(module, nn.Conv2d):
             # timm leaves the patch projection at PyTorch's default init.
-            weight = torch.empty(module.weight.shape)
-            nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=self._init_generator)
-            bound = 1 / math.sqrt(weight[0].numel())
-            init.copy_(module.weight, weight)
-            init.copy_(
-                module.bias,
-                torch.empty(module.bias.shape).uniform_(-bound, bound, generator=self._init_generator),
-            )
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            bound = 1 / math.sqrt(module.weight[0].numel())
+            init.uniform_(module.bias, -bound, bound)
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, ViTReducedEmbeddings):
-            init.copy_(
-                module.position_embeddings,
-                self._draw(tuple(module.position_embeddings.shape), std),
-            )
-            cls_token = torch.empty(module.cls_token.shape).normal_(std=1e-6, generator=self._init_generator)
-            init.copy_(module.cls_token, cls_token)
+            init.trunc_normal_(module.position_embeddings, std=std, a=-2.0, b=2.0)
+            init.normal_(module.cls_token, std=1e-6)
 
-    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False):
-        # Transformers skips remote-code modules without direct parameters (the MLP); our init goes through
-        # transformers.initialization, which already leaves loaded tensors alone, so that shortcut is not needed.
-        super()._initialize_weights(module, is_custom_code=False)
-
-    def _init_mlp(self, mlp: ViTReducedMLP):
+    def _init_mlp(self, layer: ViTReducedLayer):
         config = self.config
         strategy = config.reduction_strategy
+        # Every block draws a full-width MLP, as a baseline block would, so that the global RNG advances alike under
+        # every strategy (but thin, trained from scratch at its width): a shallow MLP is then the first units of a
+        # same-seed baseline's, and a grouped MLP its group leader's, which writes it; the other blocks of the group
+        # draw and discard.
         full_width = config.mlp_hidden_size if strategy == "thin" else config.intermediate_size
-        # Draw as the full model would: a grouped MLP consumes the draws of every block of its group, a shallow
-        # one those of the full width, so each equals the first units of a same-seed baseline.
-        draws = config.mlp_share_group_size if strategy == "grouped" else 1
-        fc1, fc2 = [], []
-        for _ in range(draws):
-            fc1.append(self._draw((full_width, config.hidden_size), config.initializer_range))
-            fc2.append(self._draw((config.hidden_size, full_width), config.initializer_range))
-        width = config.mlp_hidden_size
-        fc1_weight, fc2_weight = fc1[0][:width], fc2[0][:, :width]
-        if strategy == "grouped":
-            # fc1.bias is zero, so scaling it (as the reference code does) changes nothing; fc2.bias is not scaled.
-            fc1_weight, fc2_weight = (
-                fc1_weight * config.reduction_mlp_ratio,
-                fc2_weight * config.reduction_mlp_ratio,
-            )
-        init.copy_(mlp.fc1.weight, fc1_weight)
-        init.zeros_(mlp.fc1.bias)
-        init.copy_(mlp.fc2.weight, fc2_weight)
-        init.zeros_(mlp.fc2.bias)
+        fc1_weight = nn.init.trunc_normal_(
+            torch.empty(full_width, config.hidden_size), std=config.initializer_range, a=-2.0, b=2.0
+        )
+        fc2_weight = nn.init.trunc_normal_(
+            torch.empty(config.hidden_size, full_width), std=config.initializer_range, a=-2.0, b=2.0
+        )
+        if config.first_block_of_mlp(layer.layer_idx) == layer.layer_idx:
+            width = config.mlp_hidden_size
+            fc1_weight, fc2_weight = fc1_weight[:width], fc2_weight[:, :width]
+            if strategy == "grouped":
+                # fc1.bias is zero, so scaling it (as the reference code does) changes nothing; fc2.bias is not scaled.
+                fc1_weight, fc2_weight = (
+                    fc1_weight * config.reduction_mlp_ratio,
+                    fc2_weight * config.reduction_mlp_ratio,
+                )
+            init.copy_(layer.mlp.fc1.weight, fc1_weight)
+            init.zeros_(layer.mlp.fc1.bias)
+            init.copy_(layer.mlp.fc2.weight, fc2_weight)
+            init.zeros_(layer.mlp.fc2.bias)
+
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False):
+        # Transformers skips remote-code modules without direct parameters (the block's MLP init lives on the block);
+        # our init goes through transformers.initialization, which already leaves loaded tensors alone.
+        super()._initialize_weights(module, is_custom_code=False)
+
+    def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
+        if all_submodels:
+            return super().get_expanded_tied_weights_keys(all_submodels=True)
+        # Transformers expands `_tied_weights_keys` only under `config.tie_word_embeddings`; a grouped model's keys are
+        # already expanded and always tied.
+        return dict(self._tied_weights_keys or {})
+
+    def mark_tied_weights_as_initialized(self, loading_info):
+        # Transformers flags the parameters of tied keys as initialized, since tying overwrites them. A grouped model's
+        # tied keys name its shared modules' parameters, which are the first block's: flagging them would leave them
+        # uninitialized (on the meta device) when the checkpoint lacks them, as with `state_dict={}`. A tied key that
+        # the checkpoint does hold is a separate MLP loaded over the shared one, and is reported as unexpected.
+        loading_info.unexpected_keys.update(self.all_tied_weights_keys.keys() - loading_info.missing_keys)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # register_for_auto_class records only the saved class; remote-code users need all three entry points.
@@ -287,91 +288,61 @@ class ViTReducedPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """As `PreTrainedModel.from_pretrained`, but a checkpoint of another strategy or shape is an error.
 
-        Transformers would otherwise load it partially: a plain checkpoint in a grouped model lets one block's
-        MLP win silently. Only the classifier may be missing, extra or (with `ignore_mismatched_sizes`) resized.
+        Transformers would otherwise load it partially: a plain checkpoint in a grouped model lets one block's MLP win
+        silently. Only the classifier may be missing, extra or (with `ignore_mismatched_sizes`) resized. With
+        `output_loading_info=True` the problems are logged instead and the caller inspects the loading info. See
+        `loading_vit_reduced` for the whole contract.
         """
-        _check_requested_architecture(pretrained_model_name_or_path, kwargs)
+        check_requested_architecture(cls.config_class, pretrained_model_name_or_path, kwargs)
+        if kwargs.get("state_dict"):
+            kwargs["state_dict"] = without_repeated_shared_tensors(kwargs["state_dict"], kwargs.get("config"))
         output_loading_info = kwargs.pop("output_loading_info", False)
         model, loading_info = super().from_pretrained(
             pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
         )
-        _check_loaded_keys(pretrained_model_name_or_path, loading_info)
+        check_loaded_keys(
+            model,
+            pretrained_model_name_or_path,
+            loading_info,
+            state_dict=kwargs.get("state_dict"),
+            raise_error=not output_loading_info,
+        )
         return (model, loading_info) if output_loading_info else model
 
 
-def _check_requested_architecture(pretrained_model_name_or_path, kwargs):
-    hub_kwargs = {
-        key: kwargs[key]
-        for key in (
-            "cache_dir",
-            "force_download",
-            "local_files_only",
-            "token",
-            "revision",
-            "subfolder",
-        )
-        if key in kwargs
-    }
-    saved, _ = ViTReducedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
-    if saved.get("model_type") != ViTReducedConfig.model_type:
-        raise ValueError(
-            f"{pretrained_model_name_or_path} holds a {saved.get('model_type')!r} checkpoint, not 'vit_reduced'; "
-            "convert it with hf_vit_reduction.convert instead."
-        )
-    checkpoint = ViTReducedConfig(**{k: v for k, v in saved.items() if k in ARCHITECTURE_FIELDS})
-    requested = kwargs.get("config")
-    if isinstance(requested, ViTReducedConfig):
-        requested = {field: getattr(requested, field) for field in ARCHITECTURE_FIELDS}
-    else:
-        requested = {field: kwargs[field] for field in ARCHITECTURE_FIELDS if field in kwargs}
-    differing = [
-        f"{field}={value!r} but the checkpoint has {getattr(checkpoint, field)!r}"
-        for field, value in requested.items()
-        if value != getattr(checkpoint, field)
-        and not (field == "reduction_strategy" and value is None and checkpoint.reduction_strategy == "baseline")
-    ]
-    if differing:
-        raise ValueError(
-            f"Cannot load {pretrained_model_name_or_path} as another architecture: {'; '.join(differing)}. "
-            "Load it with its own config, or convert it with hf_vit_reduction.convert.reduce."
-        )
-
-
-def describe_key_problems(problems: dict[str, list[str]]) -> str:
-    """'missing keys: a, b; unexpected keys: c' for the non-empty lists (four keys each at most); '' if none."""
-    return "; ".join(f"{kind} keys: {', '.join(keys[:4])}" for kind, keys in problems.items() if keys)
-
-
-def _check_loaded_keys(pretrained_model_name_or_path, loading_info):
-    def outside_head(keys):
-        return sorted(key for key in keys if not key.startswith("classifier."))
-
-    problems = {
-        "unexpected": outside_head(loading_info["unexpected_keys"]),
-        "missing": outside_head(loading_info["missing_keys"]),
-        "mismatched": outside_head(key for key, *_ in loading_info["mismatched_keys"]),
-    }
-    if details := describe_key_problems(problems):
-        raise ValueError(f"The weights at {pretrained_model_name_or_path} do not fit this model ({details}).")
-
-
 class ViTReducedModel(ViTReducedPreTrainedModel):
-    """The encoder. Each unique MLP is held once in `mlps`; block i uses `mlps[config.mlp_index(i)]`."""
+    """The encoder. Block i owns `layers[i].mlp`; under `grouped` the blocks of a group hold the same MLP module."""
 
     _auto_class = "AutoModel"
 
     def __init__(self, config: ViTReducedConfig):
         super().__init__(config)
-        self.embeddings = ViTReducedEmbeddings(config)
         depth = config.num_hidden_layers
         drop_path_rates = [config.drop_path_rate * index / max(depth - 1, 1) for index in range(depth)]
-        self.layers = nn.ModuleList(ViTReducedLayer(config, rate) for rate in drop_path_rates)
-        self.mlps = nn.ModuleList(ViTReducedMLP(config) for _ in range(config.num_unique_mlps))
-        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # torch initializes each module as it is built, from the global RNG and by weight size, which differs between
+        # strategies; _init_weights replaces all of it, so building leaves the RNG to the init.
+        with torch.random.fork_rng(devices=[]):
+            self.embeddings = ViTReducedEmbeddings(config)
+            mlps = [ViTReducedMLP(config) for _ in range(config.num_unique_mlps)]
+            self.layers = nn.ModuleList(
+                ViTReducedLayer(config, index, rate, mlps[config.mlp_index(index)])
+                for index, rate in enumerate(drop_path_rates)
+            )
+            self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # A shared MLP is saved once, under its first block; the others are tied to it on load.
+        self._tied_weights_keys = {
+            f"layers.{index}.mlp.{name}": f"layers.{config.first_block_of_mlp(index)}.mlp.{name}"
+            for index in range(depth)
+            if config.first_block_of_mlp(index) != index
+            for name in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
+        }
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.projection
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.embeddings.projection = value
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
@@ -379,13 +350,15 @@ class ViTReducedModel(ViTReducedPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         interpolate_pos_encoding: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutput:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling:
         pixel_values = pixel_values.to(self.embeddings.projection.weight.dtype)
         hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
-        for index, layer in enumerate(self.layers):
-            hidden_states = layer(hidden_states, self.mlps[self.config.mlp_index(index)], **kwargs)
-        return BaseModelOutput(last_hidden_state=self.layernorm(hidden_states))
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, **kwargs)
+        sequence_output = self.layernorm(hidden_states)
+        # As DINOv2: the pooled output is the final CLS token after the last norm, what the classifier reads.
+        return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=sequence_output[:, 0])
 
 
 class ViTReducedForImageClassification(ViTReducedPreTrainedModel):
@@ -397,7 +370,11 @@ class ViTReducedForImageClassification(ViTReducedPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.vit = ViTReducedModel(config)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        # As in ViTReducedModel: the init, not the building, draws from the RNG.
+        with torch.random.fork_rng(devices=[]):
+            self.classifier = (
+                nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+            )
         self.post_init()
 
     @can_return_tuple
@@ -406,10 +383,10 @@ class ViTReducedForImageClassification(ViTReducedPreTrainedModel):
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         interpolate_pos_encoding: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> ImageClassifierOutput:
         outputs = self.vit(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
-        logits = self.classifier(outputs.last_hidden_state[:, 0])
+        logits = self.classifier(outputs.pooler_output)
         loss = self.loss_function(labels, logits, self.config, **kwargs) if labels is not None else None
         return ImageClassifierOutput(
             loss=loss,

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from .convert import from_timm, reduce
+from .conversion import from_timm, reduce
 
 
 def digits(seed: int = 0):

@@ -39,12 +39,14 @@ def summarize(
     encoder = model.vit if isinstance(model, ViTReducedForImageClassification) else model
     num_labels = config.num_labels if isinstance(model, ViTReducedForImageClassification) else 0
     paper_macs, attention_macs = _macs(config, num_labels)
+    # The blocks of a grouped model's group hold the same MLP module.
+    unique_mlps = list({id(layer.mlp): layer.mlp for layer in encoder.layers}.values())
     return {
         "strategy": config.reduction_strategy,
         "reduction_mlp_ratio": config.reduction_mlp_ratio,
         "num_parameters": model.num_parameters(),
-        "mlp_parameters": sum(p.numel() for p in encoder.mlps.parameters()),
-        "unique_mlps": len(encoder.mlps),
+        "mlp_parameters": sum(p.numel() for mlp in unique_mlps for p in mlp.parameters()),
+        "unique_mlps": len(unique_mlps),
         "num_layers": config.num_hidden_layers,
         "mlp_hidden_size": config.mlp_hidden_size,
         "expansion_ratio": config.mlp_hidden_size / config.hidden_size,

@@ -36,6 +36,7 @@ def restore_threads():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: the slow tier
 def test_benchmark_runs_on_cpu_and_writes_table_and_json(tmp_path, capsys, restore_threads):
     main([*TINY, "--output_json", str(tmp_path / "results.json")])
     table = capsys.readouterr().out

@@ -1,3 +1,4 @@
+import inspect
 import json
 import logging
 import math
@@ -32,12 +33,16 @@ from hf_vit_reduction import (
 PIXELS = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
+def unique_mlps(model):
+    return list({id(layer.mlp): layer.mlp for layer in model.vit.layers}.values())
+
+
 def mlp_calls_per_forward(model):
     """How many blocks run each unique MLP in one forward pass."""
-    calls = [0] * len(model.vit.mlps)
+    mlps = unique_mlps(model)
+    calls = [0] * len(mlps)
     hooks = [
-        mlp.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
-        for i, mlp in enumerate(model.vit.mlps)
+        mlp.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1)) for i, mlp in enumerate(mlps)
     ]
     with torch.no_grad():
         model(PIXELS)
@@ -58,8 +63,8 @@ def mlp_calls_per_forward(model):
 def test_structure_per_strategy(make_model, strategy, unique, width, calls):
     model = make_model(strategy)
     assert len(model.vit.layers) == 4
-    assert len(model.vit.mlps) == unique
-    for mlp in model.vit.mlps:
+    assert len(unique_mlps(model)) == unique
+    for mlp in unique_mlps(model):
         assert tuple(mlp.fc1.weight.shape) == (width, 64)
         assert tuple(mlp.fc2.weight.shape) == (64, width)
     assert mlp_calls_per_forward(model) == calls
@@ -88,21 +93,21 @@ def test_init_follows_timm(make_model):
     assert embeddings.position_embeddings.std().item() == pytest.approx(0.02, rel=0.02)
     assert embeddings.cls_token.std().item() == pytest.approx(1e-6, rel=0.2)
     assert model.vit.layers[0].attention.qkv.weight.std().item() == pytest.approx(0.02, rel=0.01)
-    assert model.vit.mlps[1].fc2.weight.std().item() == pytest.approx(0.02, rel=0.01)
+    assert model.vit.layers[1].mlp.fc2.weight.std().item() == pytest.approx(0.02, rel=0.01)
     assert model.classifier.weight.std().item() == pytest.approx(0.02, rel=0.1)
     for layer in model.vit.layers:
         assert torch.all(layer.layernorm_before.weight == 1) and torch.all(layer.layernorm_after.bias == 0)
         assert layer.layernorm_before.eps == 1e-6
         assert torch.all(layer.attention.qkv.bias == 0)
-    assert all(torch.all(mlp.fc1.bias == 0) and torch.all(mlp.fc2.bias == 0) for mlp in model.vit.mlps)
+    assert all(torch.all(mlp.fc1.bias == 0) and torch.all(mlp.fc2.bias == 0) for mlp in unique_mlps(model))
     # No truncation within 2 absolute: timm's trunc_normal_(std=.02) never truncates in practice.
-    assert model.vit.mlps[0].fc1.weight.abs().max().item() > 0.08
+    assert model.vit.layers[0].mlp.fc1.weight.abs().max().item() > 0.08
 
 
 def test_grouped_leader_init_is_scaled_by_inverse_sqrt2():
     torch.manual_seed(0)
     config = ViTReducedConfig.from_preset("tiny", num_hidden_layers=2, reduction_strategy="grouped")
-    mlp = ViTReducedForImageClassification(config).vit.mlps[0]
+    mlp = ViTReducedForImageClassification(config).vit.layers[0].mlp
     assert mlp.fc1.weight.std().item() == pytest.approx(0.02 / math.sqrt(2), rel=0.01)
     assert mlp.fc2.weight.std().item() == pytest.approx(0.02 / math.sqrt(2), rel=0.01)
 
@@ -115,12 +120,12 @@ def test_construction_is_deterministic_and_reductions_match_a_same_seed_baseline
     assert not torch.equal(make_model("baseline", seed=4).classifier.weight, baseline.classifier.weight)
 
     shallow, grouped = make_model("shallow", seed=3), make_model("grouped", seed=3)
-    for full, pruned in zip(baseline.vit.mlps, shallow.vit.mlps):
+    for full, pruned in zip(unique_mlps(baseline), unique_mlps(shallow)):
         assert torch.equal(pruned.fc1.weight, full.fc1.weight[:128])
         assert torch.equal(pruned.fc2.weight, full.fc2.weight[:, :128])
     ratio = 1 / math.sqrt(2)
-    for group, shared in enumerate(grouped.vit.mlps):
-        leader = baseline.vit.mlps[2 * group]
+    for group, shared in enumerate(unique_mlps(grouped)):
+        leader = baseline.vit.layers[2 * group].mlp
         assert torch.allclose(shared.fc1.weight, leader.fc1.weight * ratio)
         assert torch.allclose(shared.fc2.weight, leader.fc2.weight * ratio)
     # Everything outside the MLPs is identical across strategies.
@@ -215,7 +220,7 @@ def test_fullgraph_compile_has_no_graph_break(make_model):
         assert torch.allclose(compiled(PIXELS).logits, model(PIXELS).logits, atol=1e-6)
     model.train()
     compiled(PIXELS, labels=torch.tensor([0, 1, 2])).loss.backward()
-    assert model.vit.mlps[0].fc1.weight.grad is not None
+    assert model.vit.layers[1].mlp.fc1.weight.grad is not None
 
 
 @pytest.mark.parametrize("strategy", REDUCTION_STRATEGIES)
@@ -251,13 +256,13 @@ def test_grouped_checkpoint_stores_each_shared_tensor_once(make_model, tmp_path)
     make_model("baseline").save_pretrained(tmp_path / "baseline")
     make_model("grouped").save_pretrained(tmp_path / "grouped")
     with safe_open(tmp_path / "grouped" / "model.safetensors", "pt") as f:
-        mlp_keys = sorted(key for key in f.keys() if ".mlps." in key)  # noqa: SIM118
+        mlp_keys = sorted(key for key in f.keys() if ".mlp." in key)  # noqa: SIM118
     assert mlp_keys == sorted(
-        f"vit.mlps.{i}.{p}" for i in range(2) for p in ("fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight")
+        f"vit.layers.{i}.mlp.{p}" for i in (0, 2) for p in ("fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight")
     )
     sizes = {name: os.path.getsize(tmp_path / name / "model.safetensors") for name in ("baseline", "grouped")}
     model = make_model("baseline")
-    expected = 1 - 2 * sum(p.numel() for p in model.vit.mlps[0].parameters()) / model.num_parameters()
+    expected = 1 - 2 * sum(p.numel() for p in model.vit.layers[0].mlp.parameters()) / model.num_parameters()
     assert sizes["grouped"] / sizes["baseline"] == pytest.approx(expected, rel=0.01)
 
 
@@ -270,7 +275,10 @@ def test_auto_classes_after_import(make_model):
 
 def test_saved_folder_carries_code_and_auto_map(make_model, tmp_path):
     make_model("grouped").save_pretrained(tmp_path)
-    assert {"configuration_vit_reduced.py", "modeling_vit_reduced.py"} <= set(os.listdir(tmp_path))
+    # The loading policy is a relative import of the modeling file, which Transformers copies with it.
+    assert {"configuration_vit_reduced.py", "modeling_vit_reduced.py", "loading_vit_reduced.py"} <= set(
+        os.listdir(tmp_path)
+    )
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map == {
         "AutoConfig": "configuration_vit_reduced.ViTReducedConfig",
@@ -279,9 +287,11 @@ def test_saved_folder_carries_code_and_auto_map(make_model, tmp_path):
     }
 
 
-def test_remote_code_loads_without_the_package(make_model, tmp_path):
+@pytest.mark.slow
+def test_remote_code_loads_without_the_package_and_keeps_the_architecture_guard(make_model, tmp_path):
     model = make_model("grouped")
     model.save_pretrained(tmp_path / "model")
+    make_model("shallow").save_pretrained(tmp_path / "shallow")
     with torch.no_grad():
         expected = model(PIXELS).logits
     torch.save(PIXELS, tmp_path / "pixels.pt")
@@ -300,10 +310,23 @@ def test_remote_code_loads_without_the_package(make_model, tmp_path):
         path = {str(tmp_path / "model")!r}
         model = AutoModelForImageClassification.from_pretrained(path, trust_remote_code=True).eval()
         encoder = AutoModel.from_pretrained(path, trust_remote_code=True)
-        assert type(encoder).__name__ == "ViTReducedModel" and len(encoder.mlps) == 2
+        assert type(encoder).__name__ == "ViTReducedModel" and encoder.layers[1].mlp is encoder.layers[0].mlp
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         with torch.no_grad():
             torch.save(model(torch.load({str(tmp_path / "pixels.pt")!r})).logits, {str(tmp_path / "out.pt")!r})
+        shallow = {str(tmp_path / "shallow")!r}
+        for load in (
+            lambda: AutoModelForImageClassification.from_pretrained(
+                shallow, trust_remote_code=True, reduction_strategy="thin"
+            ),
+            lambda: type(model).from_pretrained(shallow, reduction_strategy="thin"),
+        ):
+            try:
+                load()
+            except ValueError as error:
+                assert "reduction_strategy='thin' but the checkpoint has 'shallow'" in str(error), error
+            else:
+                raise SystemExit("a shallow checkpoint loaded as thin")
         """
     )
     env = {
@@ -354,13 +377,22 @@ def test_loading_another_strategy_or_shape_fails_clearly(make_model, tmp_path):
         ViTReducedForImageClassification.from_pretrained(tmp_path / "baseline", hidden_size=32, num_attention_heads=4)
 
 
+def test_plain_checkpoint_under_a_grouped_name_fails(make_model, tmp_path):
+    make_model("baseline").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.update(reduction_strategy="grouped", reduction_mlp_ratio=None)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"unexpected keys: vit\.layers\.1\.mlp"):
+        ViTReducedForImageClassification.from_pretrained(tmp_path)
+
+
 def test_grouped_checkpoint_under_a_baseline_name_fails(make_model, tmp_path):
     # Weights whose keys do not fit (e.g. a config edited by hand) are an error, never a partial load.
     make_model("grouped").save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     config.update(reduction_strategy="baseline", reduction_mlp_ratio=None)
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"missing keys: vit\.mlps\.2"):
+    with pytest.raises(ValueError, match=r"missing keys: vit\.layers\.1\.mlp"):
         ViTReducedForImageClassification.from_pretrained(tmp_path)
 
 
@@ -384,6 +416,146 @@ def test_new_head_with_ignore_mismatched_sizes(make_model, tmp_path):
     model.save_pretrained(tmp_path)
     loaded = ViTReducedForImageClassification.from_pretrained(tmp_path, num_labels=3, ignore_mismatched_sizes=True)
     assert loaded.classifier.weight.shape == (3, 64)
-    assert torch.equal(loaded.vit.mlps[0].fc1.weight, model.vit.mlps[0].fc1.weight)
+    assert torch.equal(loaded.vit.layers[0].mlp.fc1.weight, model.vit.layers[0].mlp.fc1.weight)
     encoder = ViTReducedModel.from_pretrained(tmp_path)
-    assert torch.equal(encoder.mlps[3].fc2.weight, model.vit.mlps[3].fc2.weight)
+    assert torch.equal(encoder.layers[3].mlp.fc2.weight, model.vit.layers[3].mlp.fc2.weight)
+
+
+# --- What each block owns, and what sharing means for parameters, state dicts and freezing --------------------------
+
+
+def test_each_block_owns_its_mlp_and_grouped_blocks_hold_the_same_one(make_model):
+    baseline, grouped = make_model("baseline"), make_model("grouped")
+    for layer in baseline.vit.layers:
+        assert {name for name, _ in layer.named_parameters()} >= {"mlp.fc1.weight", "mlp.fc2.bias"}
+    assert len({id(layer.mlp) for layer in baseline.vit.layers}) == 4
+    layers = grouped.vit.layers
+    assert layers[1].mlp is layers[0].mlp and layers[3].mlp is layers[2].mlp and layers[2].mlp is not layers[0].mlp
+    # named_parameters() lists a shared tensor once, under its group's first block; state_dict() under every block.
+    parameters = [name for name, _ in grouped.named_parameters() if ".mlp." in name]
+    assert parameters == [
+        f"vit.layers.{i}.mlp.{p}" for i in (0, 2) for p in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
+    ]
+    state = grouped.state_dict()
+    assert state["vit.layers.1.mlp.fc1.weight"] is not None
+    assert state["vit.layers.1.mlp.fc1.weight"].data_ptr() == state["vit.layers.0.mlp.fc1.weight"].data_ptr()
+    # Freezing a block freezes what it computes with, the shared MLP included (its group's other block uses it too).
+    for parameter in grouped.vit.layers[1].parameters():
+        parameter.requires_grad_(False)
+    assert not grouped.vit.layers[0].mlp.fc1.weight.requires_grad
+    assert grouped.vit.layers[0].attention.qkv.weight.requires_grad
+
+
+def test_init_matches_transformers_common_test_seeding(monkeypatch):
+    # As Transformers' test_can_init_all_missing_weights: the global RNG is re-seeded right before each module's init.
+    from transformers import PreTrainedModel, set_seed
+
+    original = PreTrainedModel._initialize_weights
+
+    def seeded(self, module, is_custom_code=False):
+        set_seed(0)
+        original(self, module, is_custom_code)
+
+    monkeypatch.setattr(PreTrainedModel, "_initialize_weights", seeded)
+    for strategy in REDUCTION_STRATEGIES:
+        config = ViTReducedConfig.from_preset("digits", reduction_strategy=strategy, num_labels=10)
+        built = ViTReducedForImageClassification(config)
+        loaded = ViTReducedForImageClassification.from_pretrained(None, config=config, state_dict={})
+        built_state, loaded_state = built.state_dict(), loaded.state_dict()
+        assert built_state.keys() == loaded_state.keys()
+        assert all(torch.equal(built_state[key], loaded_state[key]) for key in built_state), strategy
+        assert not any(parameter.is_meta for parameter in loaded.parameters())
+
+
+@pytest.mark.parametrize("strategy", REDUCTION_STRATEGIES)
+def test_init_follows_the_global_rng_at_init_time(strategy):
+    config = ViTReducedConfig.from_preset("digits", reduction_strategy=strategy, num_labels=10)
+    torch.manual_seed(5)
+    built = ViTReducedForImageClassification(config)
+    torch.manual_seed(5)
+    loaded = ViTReducedForImageClassification.from_pretrained(None, config=config, state_dict={})
+    assert all(torch.equal(value, loaded.state_dict()[key]) for key, value in built.state_dict().items())
+    torch.manual_seed(6)
+    other = ViTReducedForImageClassification(config)
+    assert not torch.equal(other.vit.layers[0].mlp.fc1.weight, built.vit.layers[0].mlp.fc1.weight)
+
+
+# --- Loading contract ---------------------------------------------------------------------------------------------
+
+
+def test_from_pretrained_with_a_state_dict_and_no_path(make_model):
+    model = make_model("grouped")
+    loaded = ViTReducedForImageClassification.from_pretrained(None, config=model.config, state_dict=model.state_dict())
+    assert loaded.vit.layers[1].mlp is loaded.vit.layers[0].mlp
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(PIXELS).logits, model(PIXELS).logits)
+    partial = {key: value for key, value in model.state_dict().items() if "layers.3" not in key}
+    with pytest.raises(ValueError, match=r"the given state dict .*missing keys: vit\.layers\.3"):
+        ViTReducedForImageClassification.from_pretrained(None, config=model.config, state_dict=partial)
+
+
+def test_a_plain_state_dict_never_loads_silently_into_a_grouped_layout(make_model):
+    plain = make_model("baseline").state_dict()
+    grouped_config = make_model("grouped").config
+    with pytest.raises(ValueError, match=r"unexpected keys: vit\.layers\.1\.mlp.*one MLP per group"):
+        ViTReducedForImageClassification.from_pretrained(None, config=grouped_config, state_dict=plain)
+
+
+def test_output_loading_info_returns_a_partial_load_instead_of_raising(make_model, tmp_path, caplog):
+    make_model("grouped").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.update(reduction_strategy="baseline", reduction_mlp_ratio=None)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"missing keys: vit\.layers\.1\.mlp"):
+        ViTReducedForImageClassification.from_pretrained(tmp_path)
+    model, info = ViTReducedForImageClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert type(model) is ViTReducedForImageClassification
+    assert sorted(info["missing_keys"])[:2] == ["vit.layers.1.mlp.fc1.bias", "vit.layers.1.mlp.fc1.weight"]
+    assert len(info["missing_keys"]) == 8
+
+
+def test_forward_kwargs_are_typed_as_transformers_models_type_them():
+    from transformers.processing_utils import Unpack
+    from transformers.utils import TransformersKwargs
+
+    for model_class in (ViTReducedModel, ViTReducedForImageClassification):
+        kwargs = inspect.signature(model_class.forward).parameters["kwargs"]
+        assert kwargs.annotation == Unpack[TransformersKwargs]
+
+
+def test_pooler_output_is_the_final_cls_token_and_feeds_feature_extraction(make_model, tmp_path):
+    model = make_model("shallow")
+    with torch.no_grad():
+        output = model.vit(PIXELS)
+    assert torch.equal(output.pooler_output, output.last_hidden_state[:, 0])
+    assert torch.allclose(model.classifier(output.pooler_output), model(PIXELS).logits)
+    model.save_pretrained(tmp_path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    extractor = pipeline("image-feature-extraction", model=str(tmp_path))
+    image = Image.new("RGB", (40, 40), (200, 30, 30))
+    pooled = extractor(image, pool=True)
+    assert torch.tensor(pooled).shape == (1, 64)
+
+
+def test_set_input_embeddings_replaces_the_patch_projection(make_model):
+    model = make_model()
+    projection = torch.nn.Conv2d(3, 64, kernel_size=4, stride=4)
+    model.set_input_embeddings(projection)
+    assert model.get_input_embeddings() is projection and model.vit.embeddings.projection is projection
+
+
+@pytest.mark.parametrize("strategy", REDUCTION_STRATEGIES)
+def test_offloaded_inference_equals_in_memory_inference(make_model, tmp_path, strategy):
+    model = make_model(strategy)
+    model.save_pretrained(tmp_path / "model")
+    size = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+    offloaded = ViTReducedForImageClassification.from_pretrained(
+        tmp_path / "model",
+        device_map="auto",
+        max_memory={"cpu": int(size * 0.9)},
+        offload_folder=tmp_path / "offload",
+    )
+    placements = set(offloaded.hf_device_map.values())
+    assert placements == {"cpu", "disk"}, offloaded.hf_device_map
+    with torch.no_grad():
+        assert torch.equal(offloaded(PIXELS).logits, model(PIXELS).logits)

@@ -1,8 +1,11 @@
 import json
 
+import pytest
+
 from hf_vit_reduction import reduction_quality
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: the slow tier
 def test_one_epoch_measurement_runs_and_reports_every_reduction(tmp_path):
     out = tmp_path / "quality.json"
     reduction_quality.main(["--seeds", "0", "--epochs", "1", "--json", str(out)])

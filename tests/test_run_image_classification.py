@@ -192,7 +192,7 @@ def test_model_name_or_path_starts_from_a_saved_model(tmp_path, make_model):
     assert result.returncode == 0, result.stderr[-3000:]
     trained = ViTReducedForImageClassification.from_pretrained(out)
     assert trained.config.reduction_strategy == "thin"
-    assert not torch.equal(trained.vit.mlps[0].fc1.weight, start.vit.mlps[0].fc1.weight)
+    assert not torch.equal(trained.vit.layers[0].mlp.fc1.weight, start.vit.layers[0].mlp.fc1.weight)
     wrong = run(
         [
             "--model_name_or_path",

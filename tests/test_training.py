@@ -23,7 +23,7 @@ def test_no_weight_decay_on_biases_norms_position_embedding_and_cls_token(make_m
     } <= no_decay
     assert all(n.endswith("bias") or "layernorm" in n or "embeddings." in n for n in no_decay)
     assert decay == {n for n, p in model.named_parameters() if p.ndim > 1} - no_decay
-    assert "vit.mlps.0.fc1.weight" in decay and "vit.embeddings.projection.weight" in decay
+    assert "vit.layers.0.mlp.fc1.weight" in decay and "vit.embeddings.projection.weight" in decay
     assert len(no_decay) + len(decay) == len(list(model.parameters()))
     assert optimizer.defaults["lr"] == 1e-3
 
@@ -69,13 +69,13 @@ def test_mixup_targets_sum_to_one_and_include_smoothing():
 def test_ema_updates_each_shared_tensor_once(make_model):
     model = make_model("grouped")
     ema = T.ema_for(model, decay=0.5, warmup=False)
-    before = ema.module.vit.mlps[0].fc1.weight.clone()
+    before = ema.module.vit.layers[0].mlp.fc1.weight.clone()
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(1.0)
     ema.update(model)
     # Updated once: 0.5 * old + 0.5 * (old + 1) = old + 0.5. Twice (as walking aliased tensors would) gives + 0.75.
-    assert torch.allclose(ema.module.vit.mlps[0].fc1.weight, before + 0.5)
+    assert torch.allclose(ema.module.vit.layers[0].mlp.fc1.weight, before + 0.5)
     assert len(ema.module.state_dict()) == len(dict(model.named_parameters())) + len(list(model.buffers()))
 
 

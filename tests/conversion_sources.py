@@ -1,0 +1,54 @@
+"""Small source models and helpers shared by the conversion tests."""
+
+import timm
+import torch
+from transformers import ViTConfig, ViTForImageClassification
+
+PIXELS = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+LABELS = ["cat", "dog", "owl", "fox", "elk"]
+TIMM_TINY = {
+    "img_size": 32,
+    "patch_size": 8,
+    "embed_dim": 32,
+    "depth": 2,
+    "num_heads": 4,
+}
+
+
+def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+def unique_mlps(model):
+    return list({id(layer.mlp): layer.mlp for layer in model.vit.layers}.values())
+
+
+def transformers_vit(model_class=ViTForImageClassification, **kwargs):
+    torch.manual_seed(0)
+    config = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        id2label=dict(enumerate(LABELS)),
+        label2id={label: i for i, label in enumerate(LABELS)},
+    )
+    model = model_class(config, **kwargs).eval()
+    # Transformers' init leaves biases and LayerNorms at 0 and 1; random ones make the copy meaningful.
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "bias" in name or "layernorm" in name:
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+    return model
+
+
+def timm_vit(**kwargs):
+    torch.manual_seed(0)
+    model = timm.create_model("vit_base_patch16_224", pretrained=False, **{**TIMM_TINY, **kwargs})
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "bias" in name or "norm" in name:
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+    return model.eval()

@@ -1,0 +1,175 @@
+import math
+
+import pytest
+import torch
+from conversion_sources import PIXELS, max_difference, transformers_vit, unique_mlps
+
+from hf_vit_reduction import ViTReducedForImageClassification
+from hf_vit_reduction.conversion import reduce
+
+
+def test_shallow_first_is_the_papers_slice(make_model):
+    baseline = make_model("baseline", seed=3)
+    shallow = reduce(baseline, "shallow")
+    assert shallow is not baseline and type(shallow) is ViTReducedForImageClassification
+    config = shallow.config
+    assert (config.reduction_strategy, config.reduction_mlp_ratio) == ("shallow", 0.5)
+    assert config.mlp_hidden_size == 128 and len(unique_mlps(shallow)) == 4
+    for full, pruned in zip(unique_mlps(baseline), unique_mlps(shallow)):
+        assert torch.equal(pruned.fc1.weight, full.fc1.weight[:128])
+        assert torch.equal(pruned.fc1.bias, full.fc1.bias[:128])
+        assert torch.equal(pruned.fc2.weight, full.fc2.weight[:, :128])
+        assert torch.equal(pruned.fc2.bias, full.fc2.bias)
+    # The paper initializes shallow as the first units of the full init: a same-seed shallow model is identical.
+    scratch = make_model("shallow", seed=3)
+    pruned_per_mlp = 64 * 128 + 128 + 128 * 64  # fc1 rows, fc1 biases, fc2 columns
+    assert shallow.num_parameters() == baseline.num_parameters() - 4 * pruned_per_mlp
+    assert shallow.num_parameters() == scratch.num_parameters()
+    reduced_state, scratch_state = shallow.state_dict(), scratch.state_dict()
+    assert reduced_state.keys() == scratch_state.keys()
+    assert all(torch.equal(reduced_state[k], scratch_state[k]) for k in scratch_state)
+    # The source is left alone and shares no storage with the result.
+    shallow.vit.layers[0].attention.qkv.weight.data.zero_()
+    assert baseline.vit.layers[0].attention.qkv.weight.abs().sum() > 0
+    assert tuple(unique_mlps(baseline)[0].fc1.weight.shape) == (256, 64)
+
+
+def test_shallow_ratio_and_encoder_only(make_model):
+    baseline = make_model()
+    quarter = reduce(baseline.vit, "shallow", reduction_mlp_ratio=0.25)
+    assert type(quarter).__name__ == "ViTReducedModel"
+    assert quarter.config.mlp_hidden_size == 64
+    assert tuple(quarter.layers[3].mlp.fc2.weight.shape) == (64, 64)
+
+
+def test_magnitude_pruning_keeps_the_units_with_the_largest_norm_product(make_model):
+    baseline = make_model()
+    permutation = torch.randperm(256, generator=torch.Generator().manual_seed(0))
+    strong, fc1_only, fc2_only = (
+        permutation[:64],
+        permutation[64:96],
+        permutation[96:128],
+    )
+    with torch.no_grad():
+        for mlp in unique_mlps(baseline):
+            mlp.fc1.bias.normal_()
+            mlp.fc1.weight[strong] *= 10
+            mlp.fc2.weight[:, strong] *= 10
+            # A large norm on one side only does not make a unit important.
+            mlp.fc1.weight[fc1_only] *= 50
+            mlp.fc2.weight[:, fc1_only] *= 0.01
+            mlp.fc2.weight[:, fc2_only] *= 50
+            mlp.fc1.weight[fc2_only] *= 0.01
+    pruned = reduce(baseline, "shallow", reduction_mlp_ratio=0.25, prune_method="magnitude")
+    kept = strong.sort().values
+    for full, small in zip(unique_mlps(baseline), unique_mlps(pruned)):
+        assert torch.equal(small.fc1.weight, full.fc1.weight[kept])
+        assert torch.equal(small.fc1.bias, full.fc1.bias[kept])
+        assert torch.equal(small.fc2.weight, full.fc2.weight[:, kept])
+        assert torch.equal(small.fc2.bias, full.fc2.bias)
+    first = reduce(baseline, "shallow", reduction_mlp_ratio=0.25)
+    assert not torch.equal(unique_mlps(first)[0].fc1.weight, unique_mlps(pruned)[0].fc1.weight)
+
+
+def test_grouped_leader_shares_the_first_mlp_unscaled(make_model):
+    baseline = make_model(seed=3)
+    grouped = reduce(baseline, "grouped")
+    config = grouped.config
+    assert (config.reduction_strategy, config.mlp_share_group_size) == ("grouped", 2)
+    assert config.reduction_mlp_ratio == pytest.approx(1 / math.sqrt(2))
+    assert len(unique_mlps(grouped)) == 2
+    scratch = make_model("grouped", seed=3)
+    assert grouped.num_parameters() == scratch.num_parameters()
+    for group, shared in enumerate(unique_mlps(grouped)):
+        leader = baseline.vit.layers[2 * group].mlp
+        for name, parameter in shared.named_parameters():
+            assert torch.equal(parameter, leader.get_parameter(name))
+        # The paper's 1/sqrt(2) is an init scale: a fresh grouped model is scaled, a reduced one is not.
+        assert torch.allclose(
+            unique_mlps(scratch)[group].fc1.weight,
+            shared.fc1.weight / math.sqrt(2),
+        )
+
+
+def test_grouped_mean_averages_the_groups_mlps(make_model):
+    baseline = make_model()
+    with torch.no_grad():
+        for mlp in unique_mlps(baseline):
+            mlp.fc2.bias.normal_()
+    for size in (2, 4):
+        grouped = reduce(baseline, "grouped", share_method="mean", mlp_share_group_size=size)
+        assert len(unique_mlps(grouped)) == 4 // size
+        for group, shared in enumerate(unique_mlps(grouped)):
+            members = unique_mlps(baseline)[group * size : (group + 1) * size]
+            for name, parameter in shared.named_parameters():
+                expected = sum(m.get_parameter(name) for m in members) / size
+                assert torch.allclose(parameter, expected, atol=1e-7)
+
+
+def test_sharing_identical_mlps_changes_no_output(make_model):
+    baseline = make_model()
+    with torch.no_grad():
+        for index in (1, 3):
+            baseline.vit.layers[index].mlp.load_state_dict(baseline.vit.layers[index - 1].mlp.state_dict())
+        expected = baseline(PIXELS).logits
+        for share_method in ("leader", "mean"):
+            grouped = reduce(baseline, "grouped", share_method=share_method)
+            assert max_difference(grouped(PIXELS).logits, expected) <= 1e-6
+
+
+def test_reduced_model_saves_and_loads(make_model, tmp_path):
+    reduced = reduce(make_model(), "shallow", prune_method="magnitude")
+    reduced.save_pretrained(tmp_path)
+    loaded = ViTReducedForImageClassification.from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(loaded(PIXELS).logits, reduced(PIXELS).logits)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"strategy": "thin"}, r"no post-hoc meaning.*use strategy='shallow'"),
+        (
+            {"strategy": "baseline"},
+            "strategy='baseline' is not valid; allowed: 'shallow', 'grouped'",
+        ),
+        (
+            {"strategy": "shallow", "prune_method": "largest"},
+            "prune_method='largest' is not valid; allowed: 'first', 'magnitude'",
+        ),
+        (
+            {"strategy": "grouped", "share_method": "sum"},
+            "share_method='sum' is not valid; allowed: 'leader', 'mean'",
+        ),
+        (
+            {"strategy": "grouped", "prune_method": "magnitude"},
+            "prune_method='magnitude' is not valid with strategy='grouped'",
+        ),
+        (
+            {"strategy": "shallow", "share_method": "mean"},
+            "share_method='mean' is not valid with strategy='shallow'",
+        ),
+        (
+            {"strategy": "grouped", "reduction_mlp_ratio": 0.5},
+            "reduction_mlp_ratio=0.5 is not valid with strategy='grouped'",
+        ),
+        (
+            {"strategy": "shallow", "reduction_mlp_ratio": 1.5},
+            r"reduction_mlp_ratio=1.5 is not valid; allowed: a fraction in \(0, 1\]",
+        ),
+        (
+            {"strategy": "grouped", "mlp_share_group_size": 3},
+            "mlp_share_group_size=3 is not valid; allowed: a divisor of num_hidden_layers=4",
+        ),
+    ],
+)
+def test_reduce_refuses_bad_arguments(make_model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        reduce(make_model(), **kwargs)
+
+
+def test_reduce_refuses_models_it_cannot_reduce(make_model):
+    with pytest.raises(ValueError, match="reduction_strategy='shallow'; allowed: 'baseline'"):
+        reduce(make_model("shallow"), "grouped")
+    with pytest.raises(TypeError, match="convert others with from_transformers"):
+        reduce(transformers_vit(), "shallow")

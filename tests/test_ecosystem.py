@@ -1,0 +1,64 @@
+"""The README's "Using it with the ecosystem" examples, run: 🤗 Trainer and PEFT LoRA."""
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import Trainer, TrainingArguments
+
+PIXELS = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def test_trainer_fine_tunes_a_grouped_model_and_keeps_its_sharing(make_model, tmp_path):
+    model = make_model("grouped")
+    start = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    generator = torch.Generator().manual_seed(0)
+    dataset = [
+        {"pixel_values": torch.randn(3, 32, 32, generator=generator), "labels": index % 10} for index in range(16)
+    ]
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        max_steps=2,
+        learning_rate=1e-3,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+    )
+    result = Trainer(model=model, args=arguments, train_dataset=dataset).train()
+    assert result.global_step == 2 and torch.isfinite(torch.tensor(result.training_loss))
+    assert model.vit.layers[1].mlp is model.vit.layers[0].mlp
+    moved = [name for name, parameter in model.named_parameters() if not torch.equal(parameter, start[name])]
+    assert "vit.layers.0.mlp.fc1.weight" in moved and "classifier.weight" in moved
+
+
+def lora(**kwargs):
+    return LoraConfig(r=4, lora_alpha=8, target_modules=["qkv", "proj", "fc1", "fc2"], **kwargs)
+
+
+def test_lora_on_a_shared_mlp_is_one_adapter_for_its_group(make_model, tmp_path):
+    base = make_model("grouped")
+    peft_model = get_peft_model(base, lora(modules_to_save=["classifier"]))
+    lora_modules = [name for name, module in peft_model.named_modules() if name.endswith(".lora_A")]
+    mlp_adapters = sorted(name.split("base_model.model.")[1] for name in lora_modules if ".mlp." in name)
+    # The shared MLP is adapted once, under its group's first block; its other block computes with the same adapter.
+    assert mlp_adapters == [f"vit.layers.{i}.mlp.{fc}.lora_A" for i in (0, 2) for fc in ("fc1", "fc2")]
+    layers = peft_model.base_model.model.vit.layers
+    assert layers[1].mlp.fc1 is layers[0].mlp.fc1
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.1)
+        adapted = peft_model(PIXELS).logits
+    peft_model.save_pretrained(tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(make_model("grouped"), tmp_path / "adapter")
+    merged = peft_model.merge_and_unload()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(PIXELS).logits, adapted, atol=1e-5)
+        assert torch.allclose(merged(PIXELS).logits, adapted, atol=1e-5)
+    assert merged.vit.layers[1].mlp is merged.vit.layers[0].mlp
+
+
+def test_lora_layers_to_transform_selects_blocks(make_model):
+    peft_model = get_peft_model(make_model("grouped"), lora(layers_to_transform=[0, 1], layers_pattern="layers"))
+    adapted = {name.split(".layers.")[1].split(".")[0] for name, _ in peft_model.named_modules() if "lora_A" in name}
+    assert adapted == {"0", "1"}
