@@ -21,15 +21,17 @@ from timm.data import create_dataset, create_loader
 from timm.data.loader import _worker_init as timm_worker_init
 from torch.utils.data import DataLoader
 
-from . import data as D
-from .training import PAPER_RECIPE
+from .arguments import parse_args
+from .data import load_digits, load_image_classification_data
+from .loaders import ExampleTransform, prepare_dataset, train_loader, train_sampler
+from .recipe import build_transforms
 
 MEAN = STD = (0.5, 0.5, 0.5)
 
 
 def make_jpeg_folder(folder, size: int = 256, limit: int | None = None) -> int:
     """Write the digits as `size`-px RGB JPEGs in ImageNet's layout; returns the number of images."""
-    digits = D.load_digits()["train"]
+    digits = load_digits()["train"]
     count = len(digits) if limit is None else min(limit, len(digits))
     for index in range(count):
         example = digits[index]
@@ -40,51 +42,34 @@ def make_jpeg_folder(folder, size: int = 256, limit: int | None = None) -> int:
     return count
 
 
-def transform_options(image_size: int) -> dict:
-    recipe = PAPER_RECIPE
-    return {
-        "scale": recipe["scale"],
-        "hflip": recipe["hflip"],
-        "auto_augment": recipe["aa"],
-        "re_prob": recipe["reprob"],
-        "interpolation": "bicubic",
-        "mean": MEAN,
-        "std": STD,
-        "image_size": image_size,
-    }
+def paper_recipe(folder) -> argparse.Namespace:
+    """The flags run_image_classification.py ends up with for `--train_dir folder`: the paper's recipe."""
+    return parse_args(["--train_dir", str(folder), "--report_to", "none"])
 
 
 def our_loader(folder, workers: int, batch_size: int, image_size: int) -> DataLoader:
     """What run_image_classification.py builds for `--train_dir`."""
-    options = transform_options(image_size)
-    data = D.load_image_classification_data(train_dir=str(folder), train_val_split=0.01)
-    train_tf, _ = D.build_transforms(
-        image_size,
-        MEAN,
-        STD,
-        options["auto_augment"],
-        options["re_prob"],
-        options["scale"],
-        options["hflip"],
-    )
-    dataset = D.prepare_dataset(data.train, D.ExampleTransform(train_tf, data.image_column, data.label_column))
-    sampler = D.train_sampler(dataset, 1, 0, aug_repeats=0, seed=0)
-    return D.train_loader(dataset, batch_size, sampler, workers, pin_memory=False, seed=0)
+    data = load_image_classification_data(train_dir=str(folder), train_val_split=0.01)
+    train_transform, _ = build_transforms(paper_recipe(folder), image_size=image_size, mean=MEAN, std=STD)
+    columns = {"image_column": data.image_column, "label_column": data.label_column}
+    dataset = prepare_dataset(data.train, ExampleTransform(train_transform, **columns))
+    sampler = train_sampler(dataset, num_processes=1, process_index=0, aug_repeats=0, seed=0)
+    return train_loader(dataset, batch_size=batch_size, sampler=sampler, workers=workers, pin_memory=False, seed=0)
 
 
 def timm_loader(folder, workers: int, batch_size: int, image_size: int):
     """timm's `create_loader` on its folder dataset, with the same transform."""
-    options = transform_options(image_size)
+    recipe = paper_recipe(folder)
     dataset = create_dataset("", root=str(folder), is_training=True)
     return create_loader(
         dataset,
         input_size=(3, image_size, image_size),
         batch_size=batch_size,
         is_training=True,
-        scale=options["scale"],
-        hflip=options["hflip"],
-        auto_augment=options["auto_augment"],
-        re_prob=options["re_prob"],
+        scale=recipe.scale,
+        hflip=recipe.hflip,
+        auto_augment=recipe.aa,
+        re_prob=recipe.reprob,
         re_mode="pixel",
         interpolation="bicubic",
         mean=MEAN,
