@@ -233,18 +233,10 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
     check_output_dir(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
     resume = args.resume_from_checkpoint and resolve(args.output_dir, args.resume_from_checkpoint)
     data = load_data(args)
-    model = load_model(args, data.label_names)
-    image_size = model.config.image_size
-    train_transform, eval_transform = build_transforms(args, image_size=image_size, mean=MEAN, std=STD)
-    columns = {"image_column": data.image_column, "label_column": data.label_column, "on_bad_image": args.on_bad_image}
-    train_set = loaders.prepare_dataset(data.train, loaders.ExampleTransform(train_transform, **columns))
     world, rank = accelerator.num_processes, accelerator.process_index
-    sampler, train_loader = loaders.build_train_loader(train_set, args, num_processes=world, process_index=rank)
-    eval_set = loaders.prepare_dataset(
-        data.validation, loaders.ExampleTransform(eval_transform, **columns, placeholder_size=image_size)
-    )
-    eval_loader = loaders.eval_loader(
-        eval_set, batch_size=args.eval_batch_size, workers=args.workers, pin_memory=args.pin_mem
+    # The sampler only counts and orders the split, so too little data for one update is known before the model.
+    sampler = loaders.train_sampler(
+        data.train, num_processes=world, process_index=rank, aug_repeats=args.aug_repeats, seed=args.seed
     )
     plan = UpdatePlan.for_run(
         images_per_process=None if sampler is None else len(sampler),
@@ -253,6 +245,20 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
         epochs=args.epochs,
         max_train_steps=args.max_train_steps,
         num_processes=world,
+    )
+    model = load_model(args, data.label_names)
+    image_size = model.config.image_size
+    train_transform, eval_transform = build_transforms(args, image_size=image_size, mean=MEAN, std=STD)
+    columns = {"image_column": data.image_column, "label_column": data.label_column, "on_bad_image": args.on_bad_image}
+    train_set = loaders.prepare_dataset(data.train, loaders.ExampleTransform(train_transform, **columns))
+    train_loader = loaders.build_train_loader(
+        train_set, args, sampler=sampler, num_processes=world, process_index=rank
+    )
+    eval_set = loaders.prepare_dataset(
+        data.validation, loaders.ExampleTransform(eval_transform, **columns, placeholder_size=image_size)
+    )
+    eval_loader = loaders.eval_loader(
+        eval_set, batch_size=args.eval_batch_size, workers=args.workers, pin_memory=args.pin_mem
     )
     optimizer = build_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, fused=torch.cuda.is_available())
     scheduler = build_scheduler(

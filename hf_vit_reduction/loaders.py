@@ -192,18 +192,11 @@ def eval_loader(dataset, *, batch_size: int, workers: int, pin_memory: bool) -> 
     )
 
 
-def build_train_loader(dataset, args, *, num_processes: int, process_index: int) -> tuple:
-    """The training split's sampler (None for a stream) and DataLoader, from the run's flags."""
+def build_train_loader(dataset, args, *, sampler, num_processes: int, process_index: int) -> DataLoader:
+    """The training DataLoader from the run's flags; a stream is sharded and shuffled here, others by `sampler`."""
     if isinstance(dataset, datasets.IterableDataset):
         dataset = shard_stream(dataset, num_processes=num_processes, process_index=process_index, seed=args.seed)
-    sampler = train_sampler(
-        dataset,
-        num_processes=num_processes,
-        process_index=process_index,
-        aug_repeats=args.aug_repeats,
-        seed=args.seed,
-    )
-    loader = train_loader(
+    return train_loader(
         dataset,
         batch_size=args.batch_size,
         sampler=sampler,
@@ -211,4 +204,3 @@ def build_train_loader(dataset, args, *, num_processes: int, process_index: int)
         pin_memory=args.pin_mem,
         seed=args.seed,
     )
-    return sampler, loader

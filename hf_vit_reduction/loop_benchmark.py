@@ -39,8 +39,12 @@ class LoopBenchmark:
         decoded = in_memory(
             loaders.prepare_dataset(run.data.train, loaders.ExampleTransform(run.eval_transform, **run.columns))
         )
-        run.train_sampler, run.train_loader = loaders.build_train_loader(
-            decoded, args, num_processes=accelerator.num_processes, process_index=accelerator.process_index
+        world, rank = accelerator.num_processes, accelerator.process_index
+        run.train_sampler = loaders.train_sampler(
+            decoded, num_processes=world, process_index=rank, aug_repeats=args.aug_repeats, seed=args.seed
+        )
+        run.train_loader = loaders.build_train_loader(
+            decoded, args, sampler=run.train_sampler, num_processes=world, process_index=rank
         )
         bare_before = self.bare_step_speed()
         train(run, callbacks=[self])
