@@ -142,6 +142,7 @@ def train_one_epoch(run: Run, epoch: int, progress, callbacks) -> None:
     for batch in skip_batches(run.train_loader, run.plan.batches_to_skip(epoch, state.step)):
         if state.step >= epoch_end:
             break  # whole accumulation windows per epoch: updates never straddle epochs
+        state.note_bad_images(batch["bad_images"])
         images = batch["pixel_values"].to(accelerator.device, non_blocking=True)
         labels = batch["labels"].to(accelerator.device, non_blocking=True)
         if mixes_pairs and len(labels) % 2:
@@ -162,7 +163,7 @@ def train_one_epoch(run: Run, epoch: int, progress, callbacks) -> None:
                 f"error: non-finite loss ({loss_value}) at step {state.step + 1}; last good checkpoint: "
                 f"{run.saver.latest() or 'none'}. Nothing was written after it."
             )
-        state.record_batch(loss=loss_value, images=images_seen, bad_images=batch["bad_images"])
+        state.record_batch(loss=loss_value, images=images_seen)
         if not accelerator.sync_gradients:
             continue
         state.step += 1

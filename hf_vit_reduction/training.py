@@ -28,12 +28,14 @@ class TrainState:
     def wall_time(self) -> float:
         return self.elapsed_before + time.time() - self.started
 
-    def record_batch(self, *, loss: float, images: int, bad_images: list[str]) -> None:
+    def record_batch(self, *, loss: float, images: int) -> None:
         self.loss_sum += loss
         self.loss_count += 1
         self.seen += images
-        if bad_images:
-            self.bad_train_images = list(dict.fromkeys(self.bad_train_images + bad_images))
+
+    def note_bad_images(self, descriptions: list[str]) -> None:
+        if descriptions:
+            self.bad_train_images = list(dict.fromkeys(self.bad_train_images + descriptions))
 
     def mean_train_loss(self) -> float:
         return self.loss_sum / max(self.loss_count, 1)

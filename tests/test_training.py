@@ -57,8 +57,10 @@ def test_too_little_data_for_one_update_names_the_flags_to_lower(images, batch_s
 
 def test_train_state_counts_each_unreadable_file_once_and_round_trips():
     state = TrainState()
-    state.record_batch(loss=2.0, images=8, bad_images=["a.jpg", "b.jpg"])
-    state.record_batch(loss=1.0, images=6, bad_images=["a.jpg"])  # drawn again in the next epoch
+    state.note_bad_images(["a.jpg", "b.jpg"])
+    state.record_batch(loss=2.0, images=8)
+    state.note_bad_images(["a.jpg"])  # drawn again in the next epoch
+    state.record_batch(loss=1.0, images=6)
     assert state.bad_train_images == ["a.jpg", "b.jpg"]
     assert (state.seen, state.mean_train_loss()) == (14, 1.5)
     state.step = 3
