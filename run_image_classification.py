@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import transformers
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
@@ -378,10 +379,11 @@ def log_update(run: Run, progress, loss: float) -> None:
 
 def configure_logging(accelerator: Accelerator) -> None:
     """One line per event for the whole run: ours from the main process only, none of Accelerate's INFO lines
-    (five per checkpoint)."""
+    (five per checkpoint) nor Transformers' progress bar for every saved model."""
     level = logging.INFO if accelerator.is_main_process else logging.WARNING
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=level)
     logging.getLogger("accelerate").setLevel(logging.WARNING)
+    transformers.utils.logging.disable_progress_bar()
 
 
 if __name__ == "__main__":

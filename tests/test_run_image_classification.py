@@ -145,6 +145,7 @@ def test_two_process_cpu_run(tmp_path, strategy):
     assert sum(" INFO epoch 0: top-1 " in line for line in lines) == 1
     assert sum(" INFO checkpoint " in line for line in lines) == 1
     assert not [line for line in lines if "Saving current state" in line or "saved in" in line]
+    assert "Writing model shards" not in result.stderr
     model = ViTReducedForImageClassification.from_pretrained(out)
     assert model.config.reduction_strategy == strategy
 
