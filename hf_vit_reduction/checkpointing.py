@@ -33,10 +33,7 @@ def checkpoints(output_dir) -> list[Path]:
     folder = Path(output_dir) / CHECKPOINTS
     if not folder.is_dir():
         return []
-    return sorted(
-        (p for p in folder.iterdir() if p.is_dir() and _NAME.match(p.name)),
-        key=lambda p: p.name,
-    )
+    return sorted((p for p in folder.iterdir() if p.is_dir() and _NAME.match(p.name)), key=lambda p: p.name)
 
 
 def remove_partial_checkpoints(output_dir) -> list[Path]:

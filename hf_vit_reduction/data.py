@@ -58,23 +58,16 @@ def load_digits() -> datasets.DatasetDict:
     pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)
     indices = np.arange(len(pixels))
     train_indices, validation_indices = train_test_split(
-        indices,
-        test_size=DIGITS_VALIDATION_FRACTION,
-        stratify=digits.target,
-        random_state=DIGITS_SPLIT_SEED,
+        indices, test_size=DIGITS_VALIDATION_FRACTION, stratify=digits.target, random_state=DIGITS_SPLIT_SEED
     )
     features = datasets.Features(
-        {
-            "image": datasets.Image(),
-            "label": datasets.ClassLabel(names=[str(d) for d in range(10)]),
-        }
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])}
     )
 
     def split(selected):
         images = [Image.fromarray(pixels[i], mode="L") for i in selected]
         return datasets.Dataset.from_dict(
-            {"image": images, "label": digits.target[selected].tolist()},
-            features=features,
+            {"image": images, "label": digits.target[selected].tolist()}, features=features
         )
 
     return datasets.DatasetDict(train=split(train_indices), validation=split(validation_indices))
@@ -103,14 +96,7 @@ def _split_names(dataset_name: str, config_name: str | None, cache_dir: str | No
         raise ValueError(f"dataset_name={dataset_name!r} is not {where}: {reason}") from None
 
 
-def _detect_column(
-    dataset,
-    wanted: str | None,
-    feature_type,
-    fallbacks: tuple[str, ...],
-    what: str,
-    flag: str,
-):
+def _detect_column(dataset, wanted: str | None, feature_type, fallbacks: tuple[str, ...], what: str, flag: str):
     features = dataset.features or {}
     names = list(features) if features else list(dataset.column_names or [])
     if wanted is not None:
@@ -155,22 +141,14 @@ def load_image_classification_data(
         if validation_dir:
             _check_image_folder(validation_dir, "validation_dir")
             data_files[validation_split] = os.path.join(validation_dir, "**")
-        builder, builder_kwargs, available = (
-            "imagefolder",
-            {"data_files": data_files},
-            list(data_files),
-        )
+        builder, builder_kwargs, available = ("imagefolder", {"data_files": data_files}, list(data_files))
         source = f"imagefolder:{train_dir}"
     elif dataset_name and os.path.isfile(os.path.join(dataset_name, "dataset_dict.json")):
         builder, source = None, dataset_name
         splits = datasets.load_from_disk(dataset_name)
         available = list(splits)
     elif dataset_name:
-        builder, builder_kwargs, source = (
-            dataset_name,
-            {"name": dataset_config_name},
-            dataset_name,
-        )
+        builder, builder_kwargs, source = (dataset_name, {"name": dataset_config_name}, dataset_name)
         available = _split_names(dataset_name, dataset_config_name, cache_dir)
     else:
         builder, source = None, "digits (scikit-learn, embedded)"
@@ -186,13 +164,7 @@ def load_image_classification_data(
     if builder is not None:
 
         def load(split, stream=False):
-            return datasets.load_dataset(
-                builder,
-                split=split,
-                cache_dir=cache_dir,
-                streaming=stream,
-                **builder_kwargs,
-            )
+            return datasets.load_dataset(builder, split=split, cache_dir=cache_dir, streaming=stream, **builder_kwargs)
 
         # Streaming applies to the (large) train split; evaluation needs a sized split to count every example once.
         train = load(train_split, streaming)
@@ -208,20 +180,10 @@ def load_image_classification_data(
         train, validation = held_out["train"], held_out["test"]
 
     image_column = _detect_column(
-        validation,
-        image_column,
-        datasets.Image,
-        ("image", "img", "pixel_values"),
-        "image",
-        "image_column",
+        validation, image_column, datasets.Image, ("image", "img", "pixel_values"), "image", "image_column"
     )
     label_column = _detect_column(
-        validation,
-        label_column,
-        datasets.ClassLabel,
-        ("label", "labels", "target"),
-        "label",
-        "label_column",
+        validation, label_column, datasets.ClassLabel, ("label", "labels", "target"), "label", "label_column"
     )
     label_feature = validation.features[label_column]
     if isinstance(label_feature, datasets.ClassLabel):

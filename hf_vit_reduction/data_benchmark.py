@@ -115,10 +115,7 @@ def seed_like_timm(worker_init_fn, worker_id: int) -> None:
     timm_worker_init(worker_id)
 
 
-LOADERS = {
-    "ours (🤗 Datasets imagefolder)": our_loader,
-    "timm create_loader": timm_loader,
-}
+LOADERS = {"ours (🤗 Datasets imagefolder)": our_loader, "timm create_loader": timm_loader}
 
 
 def run(
@@ -154,10 +151,7 @@ def run(
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [
-        "| loader | workers | images/s | images/s per worker |",
-        "|---|---:|---:|---:|",
-    ]
+    lines = ["| loader | workers | images/s | images/s per worker |", "|---|---:|---:|---:|"]
     for row in rows:
         lines.append(
             f"| {row['loader']} | {row['workers']} | {row['images_per_s']:.1f} | "
@@ -169,11 +163,7 @@ def format_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folder", required=True, help="an ImageNet-layout folder of images")
-    parser.add_argument(
-        "--make",
-        action="store_true",
-        help="first write the digits there as 256 px JPEGs",
-    )
+    parser.add_argument("--make", action="store_true", help="first write the digits there as 256 px JPEGs")
     parser.add_argument("--workers", type=int, nargs="+", default=[1])
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--batches", type=int, default=20)
@@ -184,15 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.make:
         make_jpeg_folder(args.folder)
-    rows = run(
-        args.folder,
-        args.workers,
-        args.batch_size,
-        args.batches,
-        args.warmup,
-        args.image_size,
-        args.rounds,
-    )
+    rows = run(args.folder, args.workers, args.batch_size, args.batches, args.warmup, args.image_size, args.rounds)
     print(format_table(rows))
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(rows, indent=2) + "\n")

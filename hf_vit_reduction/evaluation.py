@@ -35,10 +35,7 @@ def evaluate_model(model, loader, accelerator, k: int = 5) -> dict:
         bad += int((~valid).sum())
         loss_sum += float(losses[valid].sum())
         if valid.any():
-            metric.add_batch(
-                predictions=ranked[valid].cpu().tolist(),
-                references=labels[valid].cpu().tolist(),
-            )
+            metric.add_batch(predictions=ranked[valid].cpu().tolist(), references=labels[valid].cpu().tolist())
     model.train(was_training)
     result = metric.compute(k=min(k, ranked.shape[-1]))
     top_k = next(key for key in result if key.startswith("top") and key != "top1")

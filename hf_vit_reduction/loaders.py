@@ -81,11 +81,7 @@ class ExampleTransform:
                 continue
             pixel_values.append(self.transform(image))
             bad.append(None)
-        return {
-            "pixel_values": pixel_values,
-            "labels": list(batch[self.label_column]),
-            "bad_image": bad,
-        }
+        return {"pixel_values": pixel_values, "labels": list(batch[self.label_column]), "bad_image": bad}
 
 
 def prepare_dataset(dataset, transform: ExampleTransform):
@@ -125,20 +121,9 @@ def train_sampler(dataset, *, num_processes: int, process_index: int, aug_repeat
     if isinstance(dataset, datasets.IterableDataset):
         return None
     if num_processes > 1 and aug_repeats > 0:
-        return RepeatAugSampler(
-            dataset,
-            num_replicas=num_processes,
-            rank=process_index,
-            num_repeats=aug_repeats,
-        )
+        return RepeatAugSampler(dataset, num_replicas=num_processes, rank=process_index, num_repeats=aug_repeats)
     if num_processes > 1:
-        return DistributedSampler(
-            dataset,
-            num_replicas=num_processes,
-            rank=process_index,
-            shuffle=True,
-            seed=seed,
-        )
+        return DistributedSampler(dataset, num_replicas=num_processes, rank=process_index, shuffle=True, seed=seed)
     # A one-replica DistributedSampler shuffles as a function of (seed, epoch), so a resumed run sees the same order.
     return DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
 

@@ -84,10 +84,7 @@ def write_json(path, data) -> None:
 
 
 def write_history(path, history: RunHistory) -> None:
-    write_atomic(
-        path,
-        "".join(json.dumps(row, default=_json_default) + "\n" for row in history.rows),
-    )
+    write_atomic(path, "".join(json.dumps(row, default=_json_default) + "\n" for row in history.rows))
 
 
 def _json_default(value):
@@ -109,22 +106,14 @@ def plot_history(path, history: RunHistory, title: str) -> None:
 
     epochs = [row["epoch"] for row in history.rows]
     figure, (losses, accuracy) = plt.subplots(1, 2, figsize=(10, 4))
-    losses.plot(
-        epochs,
-        [row["train_loss"] for row in history.rows],
-        label="train (mixup targets)",
-    )
+    losses.plot(epochs, [row["train_loss"] for row in history.rows], label="train (mixup targets)")
     losses.plot(epochs, [row["loss"] for row in history.rows], label="validation")
     losses.set_xlabel("epoch")
     losses.set_ylabel("loss")
     losses.legend()
     accuracy.plot(epochs, [row["top1"] for row in history.rows], label="reported top-1")
     if any("model_top1" in row for row in history.rows):
-        accuracy.plot(
-            epochs,
-            [row.get("model_top1", math.nan) for row in history.rows],
-            label="model top-1",
-        )
+        accuracy.plot(epochs, [row.get("model_top1", math.nan) for row in history.rows], label="model top-1")
     if history.rows:
         peak = history.peak
         accuracy.scatter([peak["epoch"]], [peak["top1"]], color="red", zorder=3, label="peak")

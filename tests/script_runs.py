@@ -22,13 +22,7 @@ TWO_PROCESSES = (
 
 def environment(**extra) -> dict:
     """Offline, one thread per process (two processes share 2 cores), this checkout importable."""
-    return {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(ROOT),
-        **extra,
-    }
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra}
 
 
 def script_command(args, launcher=ONE_PROCESS) -> list[str]:
@@ -37,13 +31,7 @@ def script_command(args, launcher=ONE_PROCESS) -> list[str]:
 
 def run_command(command, timeout=300, **env):
     return subprocess.run(
-        command,
-        cwd=ROOT,
-        env=environment(**env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
+        command, cwd=ROOT, env=environment(**env), capture_output=True, text=True, timeout=timeout, check=False
     )
 
 

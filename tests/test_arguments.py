@@ -17,24 +17,9 @@ def test_no_data_source_takes_the_digits_recipe():
 
 def test_a_data_source_takes_the_paper_recipe():
     args = parse_args(["--dataset_name", "imagenet-1k"])
-    for key in (
-        "lr",
-        "weight_decay",
-        "mixup",
-        "cutmix",
-        "smoothing",
-        "aa",
-        "reprob",
-        "aug_repeats",
-        "drop_path",
-    ):
+    for key in ("lr", "weight_decay", "mixup", "cutmix", "smoothing", "aa", "reprob", "aug_repeats", "drop_path"):
         assert getattr(args, key) == PAPER_RECIPE[key], key
-    assert (args.lr, args.warmup_epochs, args.model_ema_decay, args.epochs) == (
-        1e-3,
-        5,
-        0.9998,
-        300,
-    )
+    assert (args.lr, args.warmup_epochs, args.model_ema_decay, args.epochs) == (1e-3, 5, 0.9998, 300)
     assert args.strategy == "baseline" and args.model_size == "base"
 
 
@@ -46,37 +31,11 @@ def test_timm_spellings_are_aliases():
         "--experiment e1 --output /tmp/out1"
     )
     args = parse_args(argv.split())
-    assert (
-        args.strategy,
-        args.reduction_mlp_ratio,
-        args.batch_size,
-        args.grad_accum_steps,
-    ) == ("grouped", 0.5, 32, 2)
-    assert (args.lr, args.epochs, args.warmup_epochs, args.drop_path) == (
-        5e-4,
-        7,
-        1,
-        0.2,
-    )
-    assert (args.mixup, args.cutmix, args.reprob, args.aa, args.aug_repeats) == (
-        0.5,
-        0.0,
-        0.0,
-        None,
-        0,
-    )
-    assert (args.model_ema, args.model_ema_decay, args.workers, args.pin_mem) == (
-        True,
-        0.99,
-        1,
-        True,
-    )
-    assert (args.channels_last, args.seed, args.experiment, args.output_dir) == (
-        True,
-        3,
-        "e1",
-        "/tmp/out1",
-    )
+    assert (args.strategy, args.reduction_mlp_ratio, args.batch_size, args.grad_accum_steps) == ("grouped", 0.5, 32, 2)
+    assert (args.lr, args.epochs, args.warmup_epochs, args.drop_path) == (5e-4, 7, 1, 0.2)
+    assert (args.mixup, args.cutmix, args.reprob, args.aa, args.aug_repeats) == (0.5, 0.0, 0.0, None, 0)
+    assert (args.model_ema, args.model_ema_decay, args.workers, args.pin_mem) == (True, 0.99, 1, True)
+    assert (args.channels_last, args.seed, args.experiment, args.output_dir) == (True, 3, "e1", "/tmp/out1")
 
 
 def test_explicit_flags_override_the_recipe():
@@ -88,24 +47,12 @@ def test_explicit_flags_override_the_recipe():
     "argv, message",
     [
         (["--strategy", "pruned"], "invalid choice: 'pruned'"),
-        (
-            ["--batch_size", "0"],
-            "--batch_size=0 is not valid; allowed: an integer >= 1",
-        ),
-        (
-            ["--batch_size", "33"],
-            "--batch_size=33 is not valid; allowed: an even number",
-        ),
+        (["--batch_size", "0"], "--batch_size=0 is not valid; allowed: an integer >= 1"),
+        (["--batch_size", "33"], "--batch_size=33 is not valid; allowed: an even number"),
         (["--lr", "-1"], "--lr=-1.0 is not valid"),
-        (
-            ["--smoothing", "1.5"],
-            "--smoothing=1.5 is not valid; allowed: a number in [0, 1)",
-        ),
+        (["--smoothing", "1.5"], "--smoothing=1.5 is not valid; allowed: a number in [0, 1)"),
         (["--model_ema_decay", "1.0"], "--model_ema_decay=1.0 is not valid"),
-        (
-            ["--checkpointing_steps", "often"],
-            "--checkpointing_steps='often' is not valid",
-        ),
+        (["--checkpointing_steps", "often"], "--checkpointing_steps='often' is not valid"),
         (["--streaming", "--dataset_name", "x"], "--streaming needs --max_train_steps"),
         (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
         (["--aa", "rand-m9-mstd0.5-foo"], "--aa='rand-m9-mstd0.5-foo' is not valid; allowed: a timm policy"),

@@ -84,10 +84,7 @@ def kill_after_checkpoint(cmd, out, step):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "strategy, processes, workers, kill_step",
-    [("baseline", 1, 2, 3), ("grouped", 2, 0, 9)],
-)
+@pytest.mark.parametrize("strategy, processes, workers, kill_step", [("baseline", 1, 2, 3), ("grouped", 2, 0, 9)])
 def test_resume_after_sigkill_is_exact(tmp_path, strategy, processes, workers, kill_step):
     reference = tmp_path / "reference"
     result = run_command(command(reference, strategy, processes, workers))

@@ -50,32 +50,12 @@ def test_train_folder_alone_holds_out_a_validation_split(tmp_path):
     "setup, kwargs, message",
     [
         (None, {"train_dir": "{tmp}/missing"}, r"train_dir='.*missing' does not exist"),
-        (
-            "file",
-            {"train_dir": "{tmp}/file.txt"},
-            r"train_dir='.*file\.txt' is not a folder",
-        ),
-        (
-            "empty",
-            {"train_dir": "{tmp}/empty"},
-            r"train_dir='.*empty' holds no image files",
-        ),
-        (
-            "train",
-            {"train_dir": "{tmp}/train", "validation_dir": "{tmp}/nope"},
-            r"validation_dir='.*nope' does not",
-        ),
+        ("file", {"train_dir": "{tmp}/file.txt"}, r"train_dir='.*file\.txt' is not a folder"),
+        ("empty", {"train_dir": "{tmp}/empty"}, r"train_dir='.*empty' holds no image files"),
+        ("train", {"train_dir": "{tmp}/train", "validation_dir": "{tmp}/nope"}, r"validation_dir='.*nope' does not"),
         ("train", {"validation_dir": "{tmp}/train"}, r"needs train_dir"),
-        (
-            "train",
-            {"train_dir": "{tmp}/train", "dataset_name": "x"},
-            r"either dataset_name or train_dir",
-        ),
-        (
-            "train",
-            {"train_dir": "{tmp}/train", "image_column": "photo"},
-            r"image_column='photo' is not a column",
-        ),
+        ("train", {"train_dir": "{tmp}/train", "dataset_name": "x"}, r"either dataset_name or train_dir"),
+        ("train", {"train_dir": "{tmp}/train", "image_column": "photo"}, r"image_column='photo' is not a column"),
     ],
 )
 def test_bad_sources_fail_before_training(tmp_path, setup, kwargs, message):
@@ -100,21 +80,11 @@ def save_local_dataset(path, features, rows):
 def test_local_dataset_columns_are_detected(tmp_path):
     images = [Image.new("RGB", (4, 4), (i, 0, 0)) for i in range(4)]
     features = datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=["a", "b"])})
-    rows = {
-        "train": {"img": images, "fine_label": [0, 1, 0, 1]},
-        "test": {"img": images, "fine_label": [1] * 4},
-    }
+    rows = {"train": {"img": images, "fine_label": [0, 1, 0, 1]}, "test": {"img": images, "fine_label": [1] * 4}}
     path = save_local_dataset(tmp_path / "ds", features, rows)
     data = load_image_classification_data(dataset_name=path, validation_split="test")
-    assert (data.image_column, data.label_column, data.label_names) == (
-        "img",
-        "fine_label",
-        ["a", "b"],
-    )
-    with pytest.raises(
-        ValueError,
-        match=r"validation_split='valid' does not exist .* splits: \['train', 'test'\]",
-    ):
+    assert (data.image_column, data.label_column, data.label_names) == ("img", "fine_label", ["a", "b"])
+    with pytest.raises(ValueError, match=r"validation_split='valid' does not exist .* splits: \['train', 'test'\]"):
         load_image_classification_data(dataset_name=path, validation_split="valid")
     with pytest.raises(ValueError, match=r"train_split='training' does not exist"):
         load_image_classification_data(dataset_name=path, train_split="training", validation_split="test")
@@ -128,10 +98,7 @@ def test_dataset_without_a_label_column_fails(tmp_path):
         features,
         {"train": {"image": images, "caption": ["a", "b"]}} | {"validation": {"image": images, "caption": ["a", "b"]}},
     )
-    with pytest.raises(
-        ValueError,
-        match=r"no label column \(columns: \['image', 'caption'\]\); name it with",
-    ):
+    with pytest.raises(ValueError, match=r"no label column \(columns: \['image', 'caption'\]\); name it with"):
         load_image_classification_data(dataset_name=path)
 
 

@@ -30,15 +30,8 @@ def test_evaluation_matches_a_direct_computation(make_model):
 
 def test_metric_module_loads_offline():
     metric = top_k_metric()
-    result = metric.compute(
-        predictions=[[1, 2, 3, 4, 5], [0, 9, 8, 7, 6], [2, 3, 4, 5, 6]],
-        references=[1, 6, 9],
-    )
-    assert result == {
-        "top1": pytest.approx(1 / 3),
-        "top5": pytest.approx(2 / 3),
-        "count": 3,
-    }
+    result = metric.compute(predictions=[[1, 2, 3, 4, 5], [0, 9, 8, 7, 6], [2, 3, 4, 5, 6]], references=[1, 6, 9])
+    assert result == {"top1": pytest.approx(1 / 3), "top5": pytest.approx(2 / 3), "count": 3}
 
 
 def test_the_ema_is_reported_when_on(make_model):

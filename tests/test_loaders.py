@@ -68,10 +68,7 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
     batch = loaders.collate([skip[i] for i in range(len(skip))])
     assert batch["pixel_values"].shape == (6, 3, 16, 16)
     assert len(batch["labels"]) == 6
-    assert sorted(p.rsplit("/", 1)[-1] for p in batch["bad_images"]) == [
-        "broken.jpg",
-        "empty.png",
-    ]
+    assert sorted(p.rsplit("/", 1)[-1] for p in batch["bad_images"]) == ["broken.jpg", "empty.png"]
 
     placeholder = loaders.prepare_dataset(
         split,
@@ -206,12 +203,7 @@ print(start <= block < end, heap()[1] < end)
     ],
 )
 def test_retain_worker_heap_serves_big_blocks_from_a_kept_heap(mode, expected):
-    result = subprocess.run(
-        [sys.executable, "-c", HEAP_PROBE, mode],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    result = subprocess.run([sys.executable, "-c", HEAP_PROBE, mode], capture_output=True, text=True, check=True)
     assert result.stdout.split("\n")[0] == expected
 
 

@@ -19,15 +19,7 @@ def test_atomic_write_keeps_the_previous_file_on_failure(tmp_path):
 def test_plot_and_history_files(tmp_path):
     history = RunHistory()
     for epoch in range(3):
-        history.add(
-            {
-                "epoch": epoch,
-                "top1": 10.0 * epoch,
-                "top5": 50.0,
-                "loss": 1.0,
-                "train_loss": 2.0,
-            }
-        )
+        history.add({"epoch": epoch, "top1": 10.0 * epoch, "top5": 50.0, "loss": 1.0, "train_loss": 2.0})
     outputs.plot_history(tmp_path / "curves.png", history, "test")
     outputs.write_history(tmp_path / "history.jsonl", history)
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -24,10 +24,7 @@ def test_no_weight_decay_on_biases_norms_position_embedding_and_cls_token(make_m
     groups = {group["weight_decay"]: {names[id(p)] for p in group["params"]} for group in optimizer.param_groups}
     assert set(groups) == {0.0, 0.05}
     no_decay, decay = groups[0.0], groups[0.05]
-    assert {
-        "vit.embeddings.position_embeddings",
-        "vit.embeddings.cls_token",
-    } <= no_decay
+    assert {"vit.embeddings.position_embeddings", "vit.embeddings.cls_token"} <= no_decay
     assert all(n.endswith("bias") or "layernorm" in n or "embeddings." in n for n in no_decay)
     assert decay == {n for n, p in model.named_parameters() if p.ndim > 1} - no_decay
     assert "vit.mlps.0.fc1.weight" in decay and "vit.embeddings.projection.weight" in decay
@@ -47,8 +44,7 @@ def test_cosine_schedule_with_warmup_steps_per_update(make_model):
         lrs.append(optimizer.param_groups[0]["lr"])
     assert lrs[0] == pytest.approx(1e-6)
     assert lrs[10] == pytest.approx(
-        1e-3 * 0.5 * (1 + math.cos(math.pi * 10 / 50)) + 1e-5 * (1 - 0.5 * (1 + math.cos(math.pi * 10 / 50))),
-        rel=1e-3,
+        1e-3 * 0.5 * (1 + math.cos(math.pi * 10 / 50)) + 1e-5 * (1 - 0.5 * (1 + math.cos(math.pi * 10 / 50))), rel=1e-3
     )
     assert max(lrs) <= 1e-3 and lrs[-1] == pytest.approx(1e-5)
     assert all(a < b for a, b in itertools.pairwise(lrs[:11]))

@@ -13,16 +13,7 @@ from transformers import pipeline
 from hf_vit_reduction import REDUCTION_STRATEGIES, ViTReducedForImageClassification
 from hf_vit_reduction.arguments import parse_args
 
-SMOKE = [
-    "--max_train_samples",
-    "256",
-    "--max_eval_samples",
-    "37",
-    "--workers",
-    "0",
-    "--batch_size",
-    "32",
-]
+SMOKE = ["--max_train_samples", "256", "--max_eval_samples", "37", "--workers", "0", "--batch_size", "32"]
 
 
 def run(args, launcher=ONE_PROCESS):
@@ -51,13 +42,7 @@ def test_single_process_run_writes_results_models_and_curves(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    for key in (
-        "final_top1",
-        "final_top5",
-        "peak_top1",
-        "peak_epoch",
-        "delta_peak_final",
-    ):
+    for key in ("final_top1", "final_top5", "peak_top1", "peak_epoch", "delta_peak_final"):
         assert isinstance(results[key], (int, float)), key
     assert 0 <= results["final_top1"] <= 100 and results["delta_peak_final"] >= 0
     assert results["strategy"] == "grouped" and results["reported"] == "ema"
@@ -121,17 +106,7 @@ def test_embedded_digits_learn_in_a_short_run(tmp_path):
 def test_two_process_cpu_run(tmp_path, strategy):
     out = tmp_path / strategy
     result = run(
-        [
-            "--strategy",
-            strategy,
-            "--output_dir",
-            str(out),
-            "--max_train_steps",
-            "3",
-            "--report_to",
-            "none",
-            *SMOKE,
-        ],
+        ["--strategy", strategy, "--output_dir", str(out), "--max_train_steps", "3", "--report_to", "none", *SMOKE],
         launcher=TWO_PROCESSES,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -154,14 +129,8 @@ def test_two_process_cpu_run(tmp_path, strategy):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (
-            ["--train_dir", "/nonexistent/train"],
-            "train_dir='/nonexistent/train' does not exist",
-        ),
-        (
-            ["--dataset_name", "{tmp}/ds", "--validation_split", "dev"],
-            "validation_split='dev' does not exist",
-        ),
+        (["--train_dir", "/nonexistent/train"], "train_dir='/nonexistent/train' does not exist"),
+        (["--dataset_name", "{tmp}/ds", "--validation_split", "dev"], "validation_split='dev' does not exist"),
     ],
 )
 def test_bad_data_fails_before_training(tmp_path, args, message):
@@ -171,15 +140,7 @@ def test_bad_data_fails_before_training(tmp_path, args, message):
     rows = {"image": [Image.new("RGB", (4, 4))] * 2, "label": [0, 1]}
     datasets.DatasetDict(train=datasets.Dataset.from_dict(rows, features=features)).save_to_disk(str(tmp_path / "ds"))
     out = tmp_path / "out"
-    result = run(
-        [
-            *(a.format(tmp=tmp_path) for a in args),
-            "--output_dir",
-            str(out),
-            "--report_to",
-            "none",
-        ]
-    )
+    result = run([*(a.format(tmp=tmp_path) for a in args), "--output_dir", str(out), "--report_to", "none"])
     assert result.returncode != 0
     assert message in result.stderr
     assert not out.exists() or not any(out.iterdir())
