@@ -3,316 +3,387 @@
     accelerate launch run_image_classification.py --strategy shallow     # embedded digits
     accelerate launch --config_file accelerate_configs/ddp_2gpu.yaml \\
         run_image_classification.py --strategy grouped --dataset_name imagenet-1k --amp
+
+`main` reads top to bottom: parse, build the run, train (`train_one_epoch`, `validate`, checkpoint), finish.
 """
 
+import argparse
 import logging
 import math
-import os
-import time
+from dataclasses import dataclass
 
 import torch
+import transformers
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from hf_vit_reduction import (
-    ViTReducedConfig,
-    ViTReducedForImageClassification,
-    summarize,
+from hf_vit_reduction import ViTReducedConfig, ViTReducedForImageClassification, loaders, outputs, summarize
+from hf_vit_reduction.arguments import effective_recipe, parse_args
+from hf_vit_reduction.checkpointing import (
+    CheckpointSaver,
+    check_output_dir,
+    remove_partial_checkpoints,
+    resolve,
+    skip_batches,
 )
-from hf_vit_reduction import checkpointing as C
-from hf_vit_reduction import data as D
-from hf_vit_reduction import training as T
-from hf_vit_reduction.arguments import parse_args
+from hf_vit_reduction.data import LOADING_ARGUMENTS, ImageClassificationData, load_image_classification_data, take
+from hf_vit_reduction.evaluation import evaluate_model_and_ema
+from hf_vit_reduction.loop_benchmark import LoopBenchmark
+from hf_vit_reduction.recipe import (
+    build_batch_augmentation,
+    build_ema,
+    build_optimizer,
+    build_scheduler,
+    build_train_criterion,
+    build_transforms,
+    mixed_precision,
+)
+from hf_vit_reduction.training import TrainState, UpdatePlan, gathered_loss_and_images
 
 logger = logging.getLogger(__name__)
 MEAN = STD = (0.5, 0.5, 0.5)  # timm's ViT normalization
-NAN_AT_STEP = int(os.environ.get("HF_VIT_REDUCTION_TEST_NAN_AT_STEP", "0"))  # test hook
 
 
-def load_data_and_model(args):
-    data = D.load_image_classification_data(**{k: getattr(args, k) for k in D.LOADING_ARGUMENTS})
-    if args.max_train_samples:
-        data.train = D.take(data.train, args.max_train_samples)
-    if args.max_eval_samples:
-        data.validation = D.take(data.validation, args.max_eval_samples)
-    names = data.label_names
-    labels = {
-        "id2label": dict(enumerate(names)),
-        "label2id": {n: i for i, n in enumerate(names)},
-    }
-    if args.model_name_or_path:
-        strategy = {"reduction_strategy": args.strategy} if args.strategy else {}
-        model = ViTReducedForImageClassification.from_pretrained(
-            args.model_name_or_path,
-            **strategy,
-            **labels,
-            drop_path_rate=args.drop_path,
-            ignore_mismatched_sizes=True,
-        )
-        return data, model
-    config = ViTReducedConfig.from_preset(
-        args.model_size,
-        **({"image_size": args.image_size} if args.image_size else {}),
-        reduction_strategy=args.strategy,
-        reduction_mlp_ratio=args.reduction_mlp_ratio,
-        mlp_share_group_size=args.mlp_share_group_size,
-        drop_path_rate=args.drop_path,
-        **labels,
-    )
-    return data, ViTReducedForImageClassification(config)
+@dataclass
+class Run:
+    """What a training run is made of, built once by `build`; `state` is what changes as it trains."""
+
+    args: argparse.Namespace
+    accelerator: Accelerator
+    data: ImageClassificationData
+    columns: dict  # how the loaders read an example: image and label columns, what to do with a bad image
+    eval_transform: object
+    train_sampler: object
+    train_loader: torch.utils.data.DataLoader
+    eval_loader: torch.utils.data.DataLoader
+    model: torch.nn.Module  # as prepared by Accelerate
+    ema: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    criterion: torch.nn.Module
+    augment: object  # (images, labels) -> (images, targets): Mixup/CutMix or nothing
+    plan: UpdatePlan
+    saver: CheckpointSaver
+    state: TrainState
+    processor: object  # saved beside every model, for pipeline("image-classification")
+    summary: dict
+    run_config: dict
+
+    @property
+    def unwrapped_model(self) -> ViTReducedForImageClassification:
+        return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def reported_model(self) -> torch.nn.Module:
+        """The EMA's weights when EMA is on, as timm reports them."""
+        return self.ema.module if self.ema is not None else self.model
 
 
-def save_model(accelerator, model, processor, path) -> None:
-    accelerator.unwrap_model(model).save_pretrained(
-        path,
-        state_dict=accelerator.get_state_dict(model),
-        is_main_process=accelerator.is_main_process,
-        save_function=accelerator.save,
-    )
-    if accelerator.is_main_process:
-        processor.save_pretrained(path)
-
-
-def main():
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # also lets a MULTI_GPU config run gloo processes
-        mixed_precision=T.mixed_precision(args.mixed_precision, args.amp),
+        mixed_precision=mixed_precision(args.mixed_precision, args.amp),
         gradient_accumulation_steps=args.grad_accum_steps,
         log_with=None if args.report_to == "none" else args.report_to.split(","),
         project_dir=args.output_dir,
     )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
-    set_seed(args.seed)
-    try:  # every bad path, split, column or folder fails here, before any long work
-        C.check_output_dir(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
-        resume = args.resume_from_checkpoint and C.resolve(args.output_dir, args.resume_from_checkpoint)
-        data, model = load_data_and_model(args)
+    configure_logging(accelerator)
+    try:  # every bad path, source, split, column, size or checkpoint fails here, before any long work
+        run = build(args, accelerator)
     except (ValueError, FileNotFoundError, NotADirectoryError) as error:
         raise SystemExit(f"error: {error}") from None
-    run_config = T.public_arguments(vars(args)) | {"num_processes": accelerator.num_processes}
+    if args.benchmark_loop:  # this loop on in-memory data against the bare step, then stop
+        LoopBenchmark(run).measure(train)
+        return
+    train(run)
+    finish(run)
+
+
+def train(run: Run, callbacks=()) -> None:
+    """Epochs of updates, each followed by an evaluation (every --eval_every epochs, and the last) and a checkpoint.
+
+    Each callback's `on_update(state)` is called after every optimizer update.
+    """
+    args, plan, state = run.args, run.plan, run.state
+    logger.info(
+        "%s: %s, %s parameters, %d processes, %d updates of %d images; recipe: %s",
+        args.experiment,
+        run.data.source,
+        f"{run.summary['num_parameters']:,}",
+        run.accelerator.num_processes,
+        plan.total_updates,
+        args.batch_size * args.grad_accum_steps * run.accelerator.num_processes,
+        ", ".join(f"{key}={item['value']} ({item['source']})" for key, item in effective_recipe(args).items()),
+    )
+    progress = tqdm(
+        total=plan.total_updates,
+        initial=state.step,
+        desc="train",
+        disable=None if run.accelerator.is_main_process else True,
+    )
+    for epoch in range(plan.first_epoch(state.step), plan.num_epochs):
+        run.scheduler.step(epoch)
+        train_one_epoch(run, epoch, progress, callbacks)
+        if (epoch + 1) % args.eval_every == 0 or epoch == plan.num_epochs - 1:
+            validate(run, epoch)
+        state.end_epoch()
+        run.saver.save(state)
+    progress.close()
+
+
+def train_one_epoch(run: Run, epoch: int, progress, callbacks) -> None:
+    args, accelerator, model, state = run.args, run.accelerator, run.model, run.state
+    (run.train_sampler or run.train_loader.dataset).set_epoch(epoch)
+    run.train_loader.generator.manual_seed(args.seed + epoch)  # worker seeds: a function of the epoch
+    epoch_end = run.plan.epoch_end(epoch)
+    mixes_pairs = args.mixup > 0 or args.cutmix > 0
+    model.train()
+    for batch in skip_batches(run.train_loader, run.plan.batches_to_skip(epoch, state.step)):
+        if state.step >= epoch_end:
+            break  # whole accumulation windows per epoch: updates never straddle epochs
+        state.note_bad_images(batch["bad_images"])
+        images = batch["pixel_values"].to(accelerator.device, non_blocking=True)
+        labels = batch["labels"].to(accelerator.device, non_blocking=True)
+        if mixes_pairs and len(labels) % 2:
+            images, labels = images[:-1], labels[:-1]  # a skipped image left an odd batch
+        if len(labels) == 0:
+            continue
+        images, targets = run.augment(images, labels)
+        if args.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with accelerator.accumulate(model), accelerator.autocast():
+            loss = run.criterion(model(pixel_values=images).logits, targets)
+            accelerator.backward(loss)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        loss_value, images_seen = gathered_loss_and_images(accelerator, loss, len(labels))
+        if not math.isfinite(loss_value):  # before the EMA, a checkpoint or a log sees the step
+            raise SystemExit(
+                f"error: non-finite loss ({loss_value}) at step {state.step + 1}; last good checkpoint: "
+                f"{run.saver.latest() or 'none'}. Nothing was written after it."
+            )
+        state.record_batch(loss=loss_value, images=images_seen)
+        if not accelerator.sync_gradients:
+            continue
+        state.step += 1
+        run.scheduler.step_update(num_updates=state.step)
+        if run.ema is not None:
+            run.ema.update(run.unwrapped_model, step=state.step)
+        log_update(run, progress, loss_value)
+        for callback in callbacks:
+            callback.on_update(state)
+        if run.saver.due(state.step) and state.step < epoch_end:
+            run.saver.save(state)
+    if state.step < epoch_end:
+        logger.warning("the data ran out after %d of %d updates", state.step, epoch_end)
+
+
+def validate(run: Run, epoch: int) -> None:
+    """Evaluate the model and its EMA, record the row, keep the best model, write the history and the curves."""
+    args, accelerator, state = run.args, run.accelerator, run.state
+    row = {"epoch": epoch, "step": state.step, "train_loss": state.mean_train_loss()}
+    row |= evaluate_model_and_ema(run.model, run.ema, run.eval_loader, accelerator)
+    if state.history.add(row):
+        outputs.save_model(accelerator, run.reported_model, run.processor, f"{args.output_dir}/best_model")
+    if accelerator.log_with:
+        accelerator.log({f"eval/{k}": v for k, v in row.items() if k not in ("epoch", "step")}, step=state.step)
+    logger.info("epoch %d: top-1 %.2f%%, top-5 %.2f%%", epoch, row["top1"], row["top5"])
     if accelerator.is_main_process:
-        C.remove_partial_checkpoints(args.output_dir)
-        T.write_json(f"{args.output_dir}/args.json", run_config)
+        outputs.write_history(f"{args.output_dir}/history.jsonl", state.history)
+        outputs.plot_history(f"{args.output_dir}/training_curves.png", state.history, args.experiment)
 
-    size = model.config.image_size
-    train_tf, eval_tf = D.build_transforms(
-        size, MEAN, STD, args.aa, args.reprob, args.scale, args.hflip, args.crop_pct
+
+def finish(run: Run) -> None:
+    """The final model, results.json and the run's closing lines."""
+    args, accelerator, state = run.args, run.accelerator, run.state
+    outputs.save_model(accelerator, run.reported_model, run.processor, args.output_dir)
+    state.gather(accelerator)
+    results = outputs.results(
+        history=state.history,
+        summary=run.summary,
+        state=state,
+        model=run.unwrapped_model,
+        args=args,
+        source=run.data.source,
     )
-    columns = (data.image_column, data.label_column, args.on_bad_image)
-    train_set = D.prepare_dataset(data.train, D.ExampleTransform(train_tf, *columns))
-    if args.benchmark_loop:  # decoded once, so the loop itself is what gets timed
-        train_set = D.in_memory(D.prepare_dataset(data.train, D.ExampleTransform(eval_tf, *columns)))
-    eval_set = D.prepare_dataset(data.validation, D.ExampleTransform(eval_tf, *columns, size))
+    results |= {
+        "reported": "ema" if run.ema is not None else "model",
+        "num_processes": accelerator.num_processes,
+        "replica_checksums": outputs.replica_checksums(run.unwrapped_model, accelerator),
+        "config": run.run_config,
+    }
+    if state.bad_train_images:
+        logger.warning(
+            "skipped %d unreadable training images, e.g. %s", len(state.bad_train_images), state.bad_train_images[:10]
+        )
+    if accelerator.is_main_process:
+        outputs.write_json(f"{args.output_dir}/results.json", results)
+    logger.info(
+        "final top-1 %.2f%%, peak %.2f%% at epoch %d",
+        results["final_top1"],
+        results["peak_top1"],
+        results["peak_epoch"],
+    )
+    accelerator.end_training()
+
+
+def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
+    """Data, model, loaders, optimizer, schedule and checkpoints; a resumed run's state. Raises on bad input."""
+    set_seed(args.seed)
+    check_output_dir(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
+    resume = args.resume_from_checkpoint and resolve(args.output_dir, args.resume_from_checkpoint)
+    data = load_data(args)
     world, rank = accelerator.num_processes, accelerator.process_index
-    if args.streaming:
-        train_set = D.shard_stream(train_set, world, rank, args.seed)
-    sampler = D.train_sampler(train_set, world, rank, args.aug_repeats, args.seed)
-    train_loader = D.train_loader(train_set, args.batch_size, sampler, args.workers, args.pin_mem, args.seed)
-    eval_loader = D.eval_loader(eval_set, args.eval_batch_size, args.workers, args.pin_mem)
-
-    # A stream has no length: its one "epoch" is --max_train_steps updates.
-    accum = args.grad_accum_steps
-    batches = args.max_train_steps * accum if args.streaming else len(train_loader)
-    updates_per_epoch = max(batches // accum, 1)
-    total_updates = args.max_train_steps or args.epochs * updates_per_epoch
-    epochs = math.ceil(total_updates / updates_per_epoch)
-    optimizer = T.optimizer_for(model, args.lr, args.weight_decay, torch.cuda.is_available())
-    scheduler = T.scheduler_for(
-        optimizer,
-        total_updates / updates_per_epoch,
-        args.warmup_epochs,
-        updates_per_epoch,
-        args.min_lr,
-        args.warmup_lr,
+    # The sampler only counts and orders the split, so too little data for one update is known before the model.
+    sampler = loaders.train_sampler(
+        data.train, num_processes=world, process_index=rank, aug_repeats=args.aug_repeats, seed=args.seed
     )
-    mixup = T.mixup_for(args.mixup, args.cutmix, args.smoothing, len(data.label_names))
-    criterion = T.train_criterion(mixup, args.smoothing)
+    plan = UpdatePlan.for_run(
+        images_per_process=None if sampler is None else len(sampler),
+        batch_size=args.batch_size,
+        grad_accum_steps=args.grad_accum_steps,
+        epochs=args.epochs,
+        max_train_steps=args.max_train_steps,
+        num_processes=world,
+    )
+    model = load_model(args, data.label_names)
+    image_size = model.config.image_size
+    train_transform, eval_transform = build_transforms(args, image_size=image_size, mean=MEAN, std=STD)
+    columns = {"image_column": data.image_column, "label_column": data.label_column, "on_bad_image": args.on_bad_image}
+    train_set = loaders.prepare_dataset(data.train, loaders.ExampleTransform(train_transform, **columns))
+    train_loader = loaders.build_train_loader(
+        train_set, args, sampler=sampler, num_processes=world, process_index=rank
+    )
+    eval_set = loaders.prepare_dataset(
+        data.validation, loaders.ExampleTransform(eval_transform, **columns, placeholder_size=image_size)
+    )
+    eval_loader = loaders.eval_loader(
+        eval_set, batch_size=args.eval_batch_size, workers=args.workers, pin_memory=args.pin_mem
+    )
+    optimizer = build_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, fused=torch.cuda.is_available())
+    scheduler = build_scheduler(
+        optimizer, args, num_epochs=plan.schedule_epochs, updates_per_epoch=plan.updates_per_epoch
+    )
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # The train loader stays unprepared: its sampler already shards (and repeats) per process.
     model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
-    unwrapped = accelerator.unwrap_model(model)
-    ema = T.ema_for(unwrapped, args.model_ema_decay, args.model_ema_warmup) if args.model_ema else None
-    reported_model = ema.module if ema is not None else model
-    processor = D.image_processor_for(size, MEAN, STD)
-    summary = summarize(unwrapped)
+    ema = build_ema(accelerator.unwrap_model(model), args, total_updates=plan.total_updates)
+    saver = CheckpointSaver(
+        accelerator, args.output_dir, ema=ema, every=args.checkpointing_steps, keep=args.checkpoints_total_limit
+    )
+    run_config = outputs.public_arguments({k: v for k, v in vars(args).items() if k != "recipe_sources"})
+    run_config |= {"num_processes": world, "recipe": effective_recipe(args)}
+    if accelerator.is_main_process:
+        remove_partial_checkpoints(args.output_dir)
+        outputs.write_json(f"{args.output_dir}/args.json", run_config)
     if accelerator.log_with:
         accelerator.init_trackers(args.experiment, {k: str(v) for k, v in run_config.items()})
-
-    if args.benchmark_loop:
-        bare_step_parts = (
-            model,
-            optimizer,
-            criterion,
-            mixup,
-            train_loader,
-            accelerator,
-        )
-        bare_before = T.bare_step_speed(*bare_step_parts, args)
-
-    history, state = T.RunHistory(), T.new_train_state()
+    run = Run(
+        args=args,
+        accelerator=accelerator,
+        data=data,
+        columns=columns,
+        eval_transform=eval_transform,
+        train_sampler=sampler,
+        train_loader=train_loader,
+        eval_loader=eval_loader,
+        model=model,
+        ema=ema,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        criterion=build_train_criterion(args),
+        augment=build_batch_augmentation(args, num_classes=len(data.label_names), device=accelerator.device),
+        plan=plan,
+        saver=saver,
+        state=TrainState(),
+        processor=outputs.image_processor_for(image_size, MEAN, STD),
+        summary=summarize(accelerator.unwrap_model(model)),
+        run_config=run_config,
+    )
     if resume:
-        state = C.load(accelerator, resume, ema)
-        history.load_state_dict(state["history"])
-        logger.info("resumed from %s at step %d", resume, state["step"])
+        run.state = saver.load(resume)
+        logger.info("resumed from %s at step %d", resume, run.state.step)
     else:
         set_seed(args.seed + rank)  # distinct mixup and drop-path draws per process
-    step, started, elapsed_before = state["step"], time.time(), state["elapsed"]
-    marks = []
-    every = int(args.checkpointing_steps) if args.checkpointing_steps.isdigit() else 0
+    return run
 
-    def checkpoint():
-        if args.checkpointing_steps == "no":
-            return
-        state.update(step=step, history=history.state_dict(), elapsed=elapsed())
-        best = history.peak["step"] if history.rows else None
-        C.save(
-            accelerator,
-            args.output_dir,
-            step,
-            ema,
-            state,
-            args.checkpoints_total_limit,
-            best,
+
+def load_data(args: argparse.Namespace) -> ImageClassificationData:
+    data = load_image_classification_data(**{key: getattr(args, key) for key in LOADING_ARGUMENTS})
+    if args.max_train_samples:
+        data.train = take(data.train, args.max_train_samples)
+    if args.max_eval_samples:
+        data.validation = take(data.validation, args.max_eval_samples)
+    return data
+
+
+def load_model(args: argparse.Namespace, label_names: list[str]) -> ViTReducedForImageClassification:
+    """A new model of --model_size, or the saved one at --model_name_or_path with a new classifier for the labels."""
+    labels = {"id2label": dict(enumerate(label_names)), "label2id": {name: i for i, name in enumerate(label_names)}}
+    if not args.model_name_or_path:
+        config = ViTReducedConfig.from_preset(
+            args.model_size,
+            **({"image_size": args.image_size} if args.image_size else {}),
+            reduction_strategy=args.strategy,
+            reduction_mlp_ratio=args.reduction_mlp_ratio,
+            mlp_share_group_size=args.mlp_share_group_size,
+            drop_path_rate=args.drop_path,
+            **labels,
         )
-
-    def elapsed():  # wall time of this run and of the runs it resumed
-        return elapsed_before + time.time() - started
-
-    logger.info(
-        "%s: %s, %s parameters, %d processes, %d updates of %d images",
-        args.experiment,
-        data.source,
-        f"{summary['num_parameters']:,}",
-        world,
-        total_updates,
-        args.batch_size * accum * world,
-    )
-    progress = tqdm(
-        total=total_updates,
-        initial=step,
-        desc="train",
-        disable=None if rank == 0 else True,
-    )
-    # A checkpoint taken at the last (possibly short) epoch's end leaves nothing to do.
-    first_epoch = step // updates_per_epoch if step < total_updates else epochs
-    for epoch in range(first_epoch, epochs):
-        (sampler or train_set).set_epoch(epoch)
-        train_loader.generator.manual_seed(args.seed + epoch)  # worker seeds: a function of the epoch
-        epoch_end = min((epoch + 1) * updates_per_epoch, total_updates)
-        model.train()
-        for batch in C.skip_batches(train_loader, (step - epoch * updates_per_epoch) * accum):
-            if step >= epoch_end:
-                break  # whole accumulation windows per epoch: updates never straddle epochs
-            T.count_bad_images(state, batch["bad_images"])
-            images = batch["pixel_values"].to(accelerator.device, non_blocking=True)
-            labels = batch["labels"].to(accelerator.device, non_blocking=True)
-            if mixup is not None and len(labels) % 2:
-                images, labels = (
-                    images[:-1],
-                    labels[:-1],
-                )  # a skipped image left an odd batch
-            if len(labels) == 0:
-                continue
-            if mixup is not None:
-                images, labels = mixup(images, labels)
-            if args.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with accelerator.accumulate(model), accelerator.autocast():
-                loss = criterion(model(pixel_values=images).logits, labels)
-                if NAN_AT_STEP == step + 1:
-                    loss = loss * math.nan
-                accelerator.backward(loss)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            # The step's one host sync: every process's loss, for the check and the logs. A non-finite loss
-            # stops the run before the EMA, a checkpoint or a log sees the step.
-            losses = accelerator.gather(loss.detach().float().reshape(1)).tolist()
-            loss_value = sum(losses) / len(losses)
-            if not math.isfinite(loss_value):
-                last = C.checkpoints(args.output_dir)
-                raise SystemExit(
-                    f"error: non-finite loss ({loss_value}) at step {step + 1}; last good "
-                    f"checkpoint: {last[-1] if last else 'none'}. Nothing was written after it."
-                )
-            state["loss_sum"] += loss_value
-            state["loss_count"] += 1
-            state["seen"] += len(labels) * world  # every process trains on an equal batch
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            # The loop benchmark's span: from the end of its warm-up to the last update.
-            if step in (args.benchmark_warmup, total_updates):
-                marks.append((time.perf_counter(), state["seen"]))
-            scheduler.step_update(step)
-            if ema is not None:
-                ema.update(unwrapped, step=step)
-            progress.update(1)
-            lr = optimizer.param_groups[0]["lr"]
-            progress.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}")
-            if accelerator.log_with:
-                accelerator.log({"train/loss": loss_value, "train/lr": lr}, step=step)
-            if every and step % every == 0 and step < epoch_end:
-                checkpoint()
-
-        if step < epoch_end:
-            logger.warning("the data ran out after %d of %d updates", step, epoch_end)
-        if (epoch + 1) % args.eval_every == 0 or epoch == epochs - 1:
-            row = {"epoch": epoch, "step": step}
-            row["train_loss"] = state["loss_sum"] / max(state["loss_count"], 1)
-            row |= T.evaluate_both(model, ema, eval_loader, accelerator)
-            if history.add(row):
-                save_model(
-                    accelerator,
-                    reported_model,
-                    processor,
-                    f"{args.output_dir}/best_model",
-                )
-            if accelerator.log_with:
-                metrics = {f"eval/{k}": v for k, v in row.items() if k not in ("epoch", "step")}
-                accelerator.log(metrics, step=step)
-            logger.info("epoch %d: top-1 %.2f%%, top-5 %.2f%%", epoch, row["top1"], row["top5"])
-            if accelerator.is_main_process:
-                T.write_history(f"{args.output_dir}/history.jsonl", history)
-                T.plot_history(f"{args.output_dir}/training_curves.png", history, args.experiment)
-        state.update(loss_sum=0.0, loss_count=0)
-        checkpoint()
-    progress.close()
-    if args.benchmark_loop:
-        (start, seen_before), (end, seen_after) = marks
-        loop = (seen_after - seen_before) / (end - start)
-        bare_after = T.bare_step_speed(*bare_step_parts, args)
-        report = T.loop_benchmark(loop, bare_before, bare_after, args, accelerator)
-        if accelerator.is_main_process:
-            T.write_json(f"{args.output_dir}/loop_benchmark.json", report)
-            logger.info("loop benchmark: %s", report)
-        return
-
-    save_model(accelerator, reported_model, processor, args.output_dir)
-    results = T.results(history, summary, state, elapsed(), args, unwrapped, data.source)
-    results |= {
-        "reported": "ema" if ema is not None else "model",
-        "num_processes": world,
-    }
-    results["replica_checksums"] = T.replica_checksums(unwrapped, accelerator)
-    results["config"] = run_config
-    if state["bad_train_count"]:
-        logger.warning(
-            "skipped %d unreadable training images, e.g. %s",
-            state["bad_train_count"],
-            state["bad_train_examples"],
+        return ViTReducedForImageClassification(config)
+    strategy = {"reduction_strategy": args.strategy} if args.strategy else {}
+    try:
+        model = ViTReducedForImageClassification.from_pretrained(
+            args.model_name_or_path, **strategy, **labels, drop_path_rate=args.drop_path, ignore_mismatched_sizes=True
         )
-    if accelerator.is_main_process:
-        T.write_json(f"{args.output_dir}/results.json", results)
-        logger.info(
-            "final top-1 %.2f%%, peak %.2f%% at epoch %d",
-            results["final_top1"],
-            results["peak_top1"],
-            results["peak_epoch"],
+    except OSError as error:  # the Hub client's answer for a path that is not there, or not cached offline
+        reason = str(error).splitlines()[0]
+        raise ValueError(
+            f"--model_name_or_path={args.model_name_or_path!r} is neither a folder holding a saved model nor a model "
+            f"in the local Hub cache: {reason}"
+        ) from None
+    if args.image_size and args.image_size != model.config.image_size:
+        model = at_image_size(model, args.image_size)
+    return model
+
+
+def at_image_size(model: ViTReducedForImageClassification, image_size: int) -> ViTReducedForImageClassification:
+    """The model for another input size: its position embeddings resized as `interpolate_pos_encoding` does
+    (bicubic over the patch grid, the CLS token's kept), everything else unchanged."""
+    patch_size = model.config.patch_size
+    if image_size % patch_size:
+        raise ValueError(
+            f"--image_size={image_size} is not valid for {model.name_or_path}: allowed: a multiple of its patch size "
+            f"{patch_size} (it was trained at {model.config.image_size})"
         )
-    accelerator.end_training()
+    weights = model.state_dict()
+    weights["vit.embeddings.position_embeddings"] = model.vit.embeddings.interpolate_pos_encoding(
+        image_size, image_size
+    ).detach()
+    config = ViTReducedConfig.from_dict({**model.config.to_dict(), "image_size": image_size})
+    resized = ViTReducedForImageClassification(config)
+    resized.load_state_dict(weights)
+    return resized
+
+
+def log_update(run: Run, progress, loss: float) -> None:
+    lr = run.optimizer.param_groups[0]["lr"]
+    progress.update(1)
+    progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+    if run.accelerator.log_with:
+        run.accelerator.log({"train/loss": loss, "train/lr": lr}, step=run.state.step)
+
+
+def configure_logging(accelerator: Accelerator) -> None:
+    """One line per event for the whole run: ours from the main process only, none of Accelerate's INFO lines
+    (five per checkpoint) nor Transformers' progress bar for every saved model."""
+    level = logging.INFO if accelerator.is_main_process else logging.WARNING
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=level)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    transformers.utils.logging.disable_progress_bar()
 
 
 if __name__ == "__main__":

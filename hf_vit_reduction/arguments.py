@@ -1,15 +1,31 @@
-"""Command line of run_image_classification.py: our flags, timm's spellings as aliases, and recipe defaults."""
+"""Command line of run_image_classification.py: our flags, timm's and Transformers' spellings as aliases, checks.
+
+Every value is checked here, strings handed to timm and Accelerate included, so a bad flag ends in one `error:`
+line before any data is read or any model is built.
+"""
 
 import argparse
 import os
+import re
+
+from accelerate.tracking import get_available_trackers
+from accelerate.utils import LoggerType
 
 from .configuration_vit_reduced import PRESETS, REDUCTION_STRATEGIES
-from .training import DIGITS_RECIPE, PAPER_RECIPE
+from .recipe import add_recipe_arguments, apply_recipe
 
-
-def _pair(text: str) -> tuple[float, float]:
-    low, high = (float(x) for x in text.split(","))
-    return low, high
+# timm's augmentation policy strings (timm.data.auto_augment): a kind, then `-`-separated sections `<key><number>`.
+# timm skips a section without a number and stops at an unknown key only sometimes, so they are checked here.
+AUGMENT_SECTIONS = {
+    "rand": ("mstd", "mmax", "inc", "m", "n", "p"),
+    "augmix": ("mstd", "m", "w", "d", "a", "b"),
+    "original": ("mstd",),
+    "originalr": ("mstd",),
+    "v0": ("mstd",),
+    "v0r": ("mstd",),
+    "3a": ("mstd",),
+}
+_SECTION = re.compile(r"^([a-z]+)(\d+(?:\.\d+)?)$")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,43 +33,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a parameter-reduced ViT (arXiv 2512.01059) with timm's recipe on Accelerate.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    recipe_default = "recipe"  # shown in --help; the value comes from the paper's or the digits recipe
-
     model = parser.add_argument_group("model")
-    model.add_argument(
-        "--strategy",
-        "--reduction-strategy",
-        dest="strategy",
-        choices=REDUCTION_STRATEGIES,
-    )
+    model.add_argument("--strategy", "--reduction-strategy", dest="strategy", choices=REDUCTION_STRATEGIES)
     model.add_argument("--reduction_mlp_ratio", "--reduction-mlp-ratio", type=float, default=None)
     model.add_argument("--mlp_share_group_size", type=int, default=2)
-    model.add_argument("--model_size", choices=sorted(PRESETS), default=None, help=recipe_default)
-    model.add_argument("--image_size", type=int, default=None, help="the preset's")
-    model.add_argument(
-        "--model_name_or_path",
-        default=None,
-        help="start from a saved or converted model",
-    )
-    model.add_argument("--drop_path", "--drop-path", type=float, default=None, help=recipe_default)
+    model.add_argument("--model_size", choices=sorted(PRESETS), default=None, help="recipe")
+    model.add_argument("--image_size", type=int, default=None, help="the preset's or the saved model's")
+    model.add_argument("--model_name_or_path", default=None, help="start from a saved or converted model")
+    model.add_argument("--drop_path", "--drop-path", type=float, default=None, help="recipe")
 
     data = parser.add_argument_group("data (no source: the embedded digits)")
-    data.add_argument(
-        "--dataset_name",
-        default=None,
-        help="Hub id, local dataset folder, e.g. imagenet-1k",
-    )
+    data.add_argument("--dataset_name", default=None, help="Hub id, local dataset folder, e.g. imagenet-1k")
     data.add_argument("--dataset_config_name", default=None)
     data.add_argument("--train_dir", default=None, help="ImageNet-layout folder: <class>/<image>")
     data.add_argument("--validation_dir", default=None)
     data.add_argument("--train_split", default="train")
     data.add_argument("--validation_split", default="validation")
-    data.add_argument(
-        "--train_val_split",
-        type=float,
-        default=0.15,
-        help="held out when there is no validation",
-    )
+    data.add_argument("--train_val_split", type=float, default=0.15, help="held out when there is no validation")
     data.add_argument("--image_column", default=None, help="detected when absent")
     data.add_argument("--label_column", default=None, help="detected when absent")
     data.add_argument("--max_train_samples", type=int, default=None)
@@ -61,124 +57,32 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--streaming", action="store_true")
     data.add_argument("--cache_dir", default=None)
     data.add_argument("--on_bad_image", choices=("skip", "error"), default="skip")
-    data.add_argument("--workers", "--num_workers", type=int, default=None, help=recipe_default)
+    data.add_argument(
+        "--workers", "--num_workers", "-j", type=int, default=None, help="recipe, at most the cores per process"
+    )
     data.add_argument("--pin_mem", "--pin-mem", action="store_true")
 
-    recipe = parser.add_argument_group("recipe (defaults: the paper's; the digits recipe without a data source)")
-    recipe.add_argument("--num_train_epochs", "--epochs", dest="epochs", type=int, default=None)
-    recipe.add_argument(
-        "--max_train_steps",
-        type=int,
-        default=None,
-        help="overrides epochs (smoke runs)",
-    )
-    recipe.add_argument(
-        "--batch_size",
-        "--batch-size",
-        "--per_device_train_batch_size",
-        type=int,
-        default=None,
-    )
-    recipe.add_argument("--eval_batch_size", type=int, default=None, help="2 x batch size")
-    recipe.add_argument(
-        "--grad_accum_steps",
-        "--grad-accum-steps",
-        "--gradient_accumulation_steps",
-        type=int,
-        default=None,
-    )
-    recipe.add_argument(
-        "--lr",
-        "--learning_rate",
-        type=float,
-        default=None,
-        help="used as given, never scaled",
-    )
-    recipe.add_argument("--min_lr", "--min-lr", type=float, default=None)
-    recipe.add_argument("--warmup_lr", "--warmup-lr", type=float, default=None)
-    recipe.add_argument("--warmup_epochs", "--warmup-epochs", type=float, default=None)
-    recipe.add_argument("--weight_decay", "--weight-decay", type=float, default=None)
-    recipe.add_argument("--mixup", type=float, default=None)
-    recipe.add_argument("--cutmix", type=float, default=None)
-    recipe.add_argument("--smoothing", type=float, default=None)
-    recipe.add_argument("--aa", default=None, help="RandAugment policy; 'none' turns it off")
-    recipe.add_argument("--reprob", type=float, default=None)
-    recipe.add_argument(
-        "--scale",
-        type=_pair,
-        default=None,
-        help="RandomResizedCrop scale, e.g. 0.08,1.0",
-    )
-    recipe.add_argument("--hflip", type=float, default=None)
-    recipe.add_argument("--crop_pct", type=float, default=None)
-    recipe.add_argument(
-        "--aug_repeats",
-        "--aug-repeats",
-        type=int,
-        default=None,
-        help="only when distributed",
-    )
-    recipe.add_argument(
-        "--model_ema",
-        "--model-ema",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-    )
-    recipe.add_argument("--model_ema_decay", "--model-ema-decay", type=float, default=None)
-    recipe.add_argument(
-        "--model_ema_warmup",
-        "--model-ema-warmup",
-        action=argparse.BooleanOptionalAction,
-    )
-    recipe.add_argument(
-        "--mixed_precision",
-        choices=("no", "bf16", "fp16"),
-        default=None,
-        help="Accelerate's; --amp picks one",
-    )
-    recipe.add_argument(
-        "--amp",
-        action="store_true",
-        help="bf16 where supported, else fp16 with loss scaling",
-    )
-    recipe.add_argument("--channels_last", "--channels-last", action="store_true")
-    recipe.add_argument("--seed", type=int, default=42)
+    add_recipe_arguments(parser)
 
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", "--output", default=None, help="runs/<experiment>")
     run.add_argument("--experiment", default=None, help="<strategy>-<model_size>-seed<seed>")
+    run.add_argument("--eval_every", type=int, default=1, help="evaluate every N epochs (and at the end)")
     run.add_argument(
-        "--eval_every",
-        type=int,
-        default=1,
-        help="evaluate every N epochs (and at the end)",
+        "--checkpointing_steps", default="epoch", help="N: every N updates and at each epoch's end; 'epoch'; or 'no'"
     )
-    run.add_argument(
-        "--checkpointing_steps",
-        default="epoch",
-        help="N: every N updates and at each epoch's end; 'epoch'; or 'no'",
-    )
-    run.add_argument(
-        "--checkpoints_total_limit",
-        type=int,
-        default=3,
-        help="the newest kept, plus the best",
-    )
+    run.add_argument("--checkpoints_total_limit", type=int, default=3, help="the newest kept, plus the best")
     run.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
     run.add_argument(
         "--overwrite_output_dir",
         action="store_true",
         help="start over a folder that holds a previous run's checkpoints",
     )
-    run.add_argument(
-        "--report_to",
-        default="tensorboard",
-        help="Accelerate trackers, comma separated, or 'none'",
-    )
+    run.add_argument("--report_to", default="tensorboard", help="Accelerate trackers, comma separated, or 'none'")
     run.add_argument(
         "--benchmark_loop",
         action="store_true",
-        help="time the full loop on in-memory data against the bare step, then stop",
+        help="time the full loop on in-memory data against the bare step, then stop (hf_vit_reduction.loop_benchmark)",
     )
     run.add_argument("--benchmark_warmup", type=int, default=5)
     run.add_argument("--push_to_hub", action="store_true")
@@ -188,63 +92,119 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse, fill the unset recipe fields from the paper's or the digits recipe, and check values."""
+    """Parse, fill the unset recipe fields (recording each value's source), fit the workers to the machine, check."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    has_data = bool(args.dataset_name or args.train_dir or args.validation_dir)
-    recipe = PAPER_RECIPE if has_data else DIGITS_RECIPE
-    for key, value in recipe.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
+    sources = apply_recipe(args)
     if args.strategy is None and not args.model_name_or_path:
         args.strategy = "baseline"
-    if args.aa and args.aa.lower() == "none":
-        args.aa = None
     args.experiment = args.experiment or f"{args.strategy or 'pretrained'}-{args.model_size}-seed{args.seed}"
     args.output_dir = args.output_dir or os.path.join("runs", args.experiment)
     args.eval_batch_size = args.eval_batch_size or 2 * args.batch_size
+    cores = cores_per_process()
+    if sources.get("workers") != "command line" and args.workers > cores:
+        # More workers than cores only compete with each other (and PyTorch warns about it on every run).
+        args.workers = cores
+        sources["workers"] += f", capped at the {cores} core(s) per process"
     _check(parser, args)
+    args.recipe_sources = sources
     return args
+
+
+def cores_per_process() -> int:
+    """The cores this process may use, shared among the processes a launcher started on this machine."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def effective_recipe(args: argparse.Namespace) -> dict:
+    """Each recipe value as the run uses it, with where it came from: {field: {"value": ..., "source": ...}}."""
+    return {key: {"value": getattr(args, key), "source": source} for key, source in args.recipe_sources.items()}
+
+
+def augmentation_problem(policy: str) -> str | None:
+    """Why timm cannot use this RandAugment/AutoAugment/AugMix string, or None when it can."""
+    kind, *sections = policy.split("-")
+    if kind not in AUGMENT_SECTIONS:
+        return f"it starts with {kind!r}, not one of {sorted(AUGMENT_SECTIONS)}"
+    for section in sections:
+        if kind == "rand" and section.startswith("t"):
+            continue  # a named set of operations, checked by building the transform below
+        match = _SECTION.match(section)
+        if not match or match.group(1) not in AUGMENT_SECTIONS[kind]:
+            return f"section {section!r} is not <key><number> with a key of {AUGMENT_SECTIONS[kind]}"
+    from timm.data import create_transform
+
+    try:
+        create_transform(input_size=32, is_training=True, auto_augment=policy)
+    except (AssertionError, KeyError, ValueError) as error:
+        return f"timm rejects it ({error or type(error).__name__})"
+    return None
+
+
+def crop_scale(value) -> tuple[float, float] | None:
+    """`--scale` as (low, high) with 0 < low <= high <= 1, or None when it is not one."""
+    try:
+        parts = tuple(float(part) for part in value.split(",")) if isinstance(value, str) else tuple(value)
+    except ValueError:
+        return None
+    if len(parts) != 2 or not 0 < parts[0] <= parts[1] <= 1:
+        return None
+    return parts
+
+
+def tracker_problem(report_to: str) -> str | None:
+    if report_to == "none":
+        return None
+    known = [tracker.value for tracker in LoggerType]
+    for name in report_to.split(","):
+        if name not in known:
+            return f"{name!r} is not one of {known} or 'none'"
+        if name != "all" and name not in [str(tracker) for tracker in get_available_trackers()]:
+            return f"{name!r} is not installed (pip install {name})"
+    return None
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     def fail(flag, allowed):
         parser.error(f"{flag}={getattr(args, flag.lstrip('-'))!r} is not valid; allowed: {allowed}")
 
-    for flag in ("--batch_size", "--grad_accum_steps", "--epochs", "--eval_every"):
+    for flag in ("--batch_size", "--eval_batch_size", "--grad_accum_steps", "--epochs", "--eval_every"):
         if getattr(args, flag.lstrip("-")) < 1:
             fail(flag, "an integer >= 1")
-    if args.max_train_steps is not None and args.max_train_steps < 1:
-        fail("--max_train_steps", "an integer >= 1")
-    for flag in ("--max_train_samples", "--max_eval_samples"):
+    for flag in ("--max_train_steps", "--max_train_samples", "--max_eval_samples", "--image_size"):
         if getattr(args, flag.lstrip("-")) is not None and getattr(args, flag.lstrip("-")) < 1:
             fail(flag, "an integer >= 1")
     if args.lr <= 0:
         fail("--lr", "a number > 0")
-    for flag in (
-        "--weight_decay",
-        "--mixup",
-        "--cutmix",
-        "--warmup_epochs",
-        "--min_lr",
-        "--warmup_lr",
-    ):
+    for flag in ("--weight_decay", "--mixup", "--cutmix", "--warmup_epochs", "--min_lr", "--warmup_lr"):
         if getattr(args, flag.lstrip("-")) < 0:
             fail(flag, "a number >= 0")
     for flag in ("--smoothing", "--reprob", "--drop_path", "--hflip"):
         if not 0 <= getattr(args, flag.lstrip("-")) < 1 and not (flag == "--hflip" and args.hflip == 1):
             fail(flag, "a number in [0, 1)")
+    if not 0 < args.train_val_split < 1:
+        fail("--train_val_split", "a number in (0, 1)")
     if not 0 < args.model_ema_decay < 1:
         fail("--model_ema_decay", "a number in (0, 1)")
     if args.aug_repeats < 0:
         fail("--aug_repeats", "an integer >= 0")
+    if args.workers < 0:
+        fail("--workers", "an integer >= 0")
     if not 0 < args.crop_pct <= 1:
         fail("--crop_pct", "a number in (0, 1]")
-    if args.batch_size % 2 and (args.mixup > 0 or args.cutmix > 0):
+    scale = crop_scale(args.scale)
+    if scale is None:
+        fail("--scale", "two numbers low,high with 0 < low <= high <= 1, e.g. 0.08,1.0")
+    args.scale = scale
+    if args.aa and (problem := augmentation_problem(args.aa)):
         fail(
-            "--batch_size",
-            "an even number with mixup/cutmix (they pair each image with another)",
+            "--aa", f"a timm policy such as rand-m9-mstd0.5-inc1, original-mstd0.5 or augmix-m5, or 'none'; {problem}"
         )
+    if problem := tracker_problem(args.report_to):
+        fail("--report_to", f"Accelerate trackers, comma separated, or 'none'; {problem}")
+    if args.batch_size % 2 and (args.mixup > 0 or args.cutmix > 0):
+        fail("--batch_size", "an even number with mixup/cutmix (they pair each image with another)")
     if args.benchmark_loop:
         if args.max_train_steps is None or args.max_train_steps <= args.benchmark_warmup:
             parser.error("--benchmark_loop needs --max_train_steps above --benchmark_warmup")
@@ -253,6 +213,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         fail("--checkpoints_total_limit", "an integer >= 1")
     if args.checkpointing_steps not in ("epoch", "no") and not args.checkpointing_steps.isdigit():
         fail("--checkpointing_steps", "an integer N, 'epoch' or 'no'")
+    if args.checkpointing_steps.isdigit() and int(args.checkpointing_steps) < 1:
+        fail("--checkpointing_steps", "an integer N >= 1, 'epoch' or 'no'")
     if args.streaming and args.max_train_steps is None:
         parser.error("--streaming needs --max_train_steps (a stream has no length to count epochs by)")
     if args.push_to_hub and not args.hub_model_id:

@@ -8,6 +8,7 @@ folder with a final name is always complete; leftovers of an interrupted write a
 
 import itertools
 import json
+import logging
 import os
 import re
 import shutil
@@ -17,15 +18,14 @@ import torch
 from accelerate import skip_first_batches
 from safetensors.torch import load_file, save_file
 
-from .training import write_json
+from .outputs import write_json
+from .training import TrainState
 
 CHECKPOINTS = "checkpoints"
 TRAIN_STATE = "train_state.json"
 EMA_WEIGHTS = "ema.safetensors"
 _NAME = re.compile(r"^step_(\d{8})$")
-
-# Test hook: stop the process in the middle of writing checkpoint N (between Accelerate's files and ours).
-_STOP_IN_CHECKPOINT = os.environ.get("HF_VIT_REDUCTION_TEST_STOP_IN_CHECKPOINT")
+logger = logging.getLogger(__name__)
 
 
 def checkpoints(output_dir) -> list[Path]:
@@ -33,10 +33,7 @@ def checkpoints(output_dir) -> list[Path]:
     folder = Path(output_dir) / CHECKPOINTS
     if not folder.is_dir():
         return []
-    return sorted(
-        (p for p in folder.iterdir() if p.is_dir() and _NAME.match(p.name)),
-        key=lambda p: p.name,
-    )
+    return sorted((p for p in folder.iterdir() if p.is_dir() and _NAME.match(p.name)), key=lambda p: p.name)
 
 
 def remove_partial_checkpoints(output_dir) -> list[Path]:
@@ -75,54 +72,70 @@ def resolve(output_dir, resume_from_checkpoint: str) -> Path:
     return path
 
 
-def save(
-    accelerator,
-    output_dir,
-    step: int,
-    ema,
-    train_state: dict,
-    keep: int,
-    protect: int | None,
-) -> Path:
-    """Write checkpoint `step` atomically, then keep the newest `keep` plus the one at step `protect`."""
-    folder = Path(output_dir) / CHECKPOINTS
-    final = folder / f"step_{step:08d}"
-    temporary = folder / f".tmp-step_{step:08d}"
-    if accelerator.is_main_process:
-        shutil.rmtree(temporary, ignore_errors=True)
-        temporary.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary), safe_serialization=True)
-    if _STOP_IN_CHECKPOINT and int(_STOP_IN_CHECKPOINT) == step:
-        os._exit(137)
-    if accelerator.is_main_process:
-        if ema is not None:
-            save_file(
-                {k: v.detach().cpu().contiguous() for k, v in ema.module.state_dict().items()},
-                temporary / EMA_WEIGHTS,
-            )
-        write_json(temporary / TRAIN_STATE, train_state)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(temporary, final)
-        _fsync_dir(folder)
-        complete = checkpoints(output_dir)
-        for old in complete[:-keep] if keep > 0 else []:
-            if protect is None or old.name != f"step_{protect:08d}":
+class CheckpointSaver:
+    """Writes a run's checkpoints and keeps the newest `keep` of them plus the best epoch's (as timm's saver).
+
+    `every` is the --checkpointing_steps value: "N" (every N updates and at each epoch's end), "epoch" or "no".
+    """
+
+    def __init__(self, accelerator, output_dir, *, ema, every: str, keep: int):
+        self.accelerator = accelerator
+        self.folder = Path(output_dir) / CHECKPOINTS
+        self.ema = ema
+        self.enabled = every != "no"
+        self.every = int(every) if every.isdigit() else 0
+        self.keep = keep
+
+    def due(self, step: int) -> bool:
+        """Whether update `step` ends a --checkpointing_steps interval."""
+        return bool(self.every) and step % self.every == 0
+
+    def latest(self) -> Path | None:
+        existing = checkpoints(self.folder.parent)
+        return existing[-1] if existing else None
+
+    def save(self, state: TrainState) -> Path | None:
+        """Write checkpoint `state.step` under a temporary name and rename it when every process is done."""
+        if not self.enabled:
+            return None
+        accelerator = self.accelerator
+        state.gather(accelerator)
+        final = self.folder / f"step_{state.step:08d}"
+        temporary = self.folder / f".tmp-step_{state.step:08d}"
+        if accelerator.is_main_process:
+            shutil.rmtree(temporary, ignore_errors=True)
+            temporary.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(temporary), safe_serialization=True)
+        if accelerator.is_main_process:
+            if self.ema is not None:
+                weights = {k: v.detach().cpu().contiguous() for k, v in self.ema.module.state_dict().items()}
+                save_file(weights, temporary / EMA_WEIGHTS)
+            write_json(temporary / TRAIN_STATE, state.state_dict())
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(temporary, final)
+            _fsync_dir(self.folder)
+            self._remove_old(best_step=state.history.peak["step"] if state.history.rows else None)
+            logger.info("checkpoint %s", final)
+        accelerator.wait_for_everyone()
+        return final
+
+    def _remove_old(self, best_step: int | None) -> None:
+        for old in checkpoints(self.folder.parent)[: -self.keep]:
+            if best_step is None or old.name != f"step_{best_step:08d}":
                 shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    return final
 
-
-def load(accelerator, path: Path, ema) -> dict:
-    """Restore model, optimizer, scaler, RNG states and EMA; return the saved train state."""
-    accelerator.load_state(str(path))
-    if ema is not None:
-        weights = load_file(path / EMA_WEIGHTS, device="cpu")
-        ema.module.load_state_dict({k: v.to(ema.module.state_dict()[k].device) for k, v in weights.items()})
-    return json.loads((path / TRAIN_STATE).read_text())
+    def load(self, path: Path) -> TrainState:
+        """Restore model, optimizer, scaler, RNG states and EMA; return the saved train state."""
+        self.accelerator.load_state(str(path))
+        if self.ema is not None:
+            weights = load_file(path / EMA_WEIGHTS, device="cpu")
+            module = self.ema.module
+            module.load_state_dict({k: v.to(module.state_dict()[k].device) for k, v in weights.items()})
+        return TrainState.from_state_dict(json.loads((path / TRAIN_STATE).read_text()))
 
 
 def skip_batches(loader, count: int):

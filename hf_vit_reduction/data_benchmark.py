@@ -21,15 +21,17 @@ from timm.data import create_dataset, create_loader
 from timm.data.loader import _worker_init as timm_worker_init
 from torch.utils.data import DataLoader
 
-from . import data as D
-from .training import PAPER_RECIPE
+from .arguments import parse_args
+from .data import load_digits, load_image_classification_data
+from .loaders import ExampleTransform, prepare_dataset, train_loader, train_sampler
+from .recipe import build_transforms
 
 MEAN = STD = (0.5, 0.5, 0.5)
 
 
 def make_jpeg_folder(folder, size: int = 256, limit: int | None = None) -> int:
     """Write the digits as `size`-px RGB JPEGs in ImageNet's layout; returns the number of images."""
-    digits = D.load_digits()["train"]
+    digits = load_digits()["train"]
     count = len(digits) if limit is None else min(limit, len(digits))
     for index in range(count):
         example = digits[index]
@@ -40,51 +42,34 @@ def make_jpeg_folder(folder, size: int = 256, limit: int | None = None) -> int:
     return count
 
 
-def transform_options(image_size: int) -> dict:
-    recipe = PAPER_RECIPE
-    return {
-        "scale": recipe["scale"],
-        "hflip": recipe["hflip"],
-        "auto_augment": recipe["aa"],
-        "re_prob": recipe["reprob"],
-        "interpolation": "bicubic",
-        "mean": MEAN,
-        "std": STD,
-        "image_size": image_size,
-    }
+def paper_recipe(folder) -> argparse.Namespace:
+    """The flags run_image_classification.py ends up with for `--train_dir folder`: the paper's recipe."""
+    return parse_args(["--train_dir", str(folder), "--report_to", "none"])
 
 
 def our_loader(folder, workers: int, batch_size: int, image_size: int) -> DataLoader:
     """What run_image_classification.py builds for `--train_dir`."""
-    options = transform_options(image_size)
-    data = D.load_image_classification_data(train_dir=str(folder), train_val_split=0.01)
-    train_tf, _ = D.build_transforms(
-        image_size,
-        MEAN,
-        STD,
-        options["auto_augment"],
-        options["re_prob"],
-        options["scale"],
-        options["hflip"],
-    )
-    dataset = D.prepare_dataset(data.train, D.ExampleTransform(train_tf, data.image_column, data.label_column))
-    sampler = D.train_sampler(dataset, 1, 0, aug_repeats=0, seed=0)
-    return D.train_loader(dataset, batch_size, sampler, workers, pin_memory=False, seed=0)
+    data = load_image_classification_data(train_dir=str(folder), train_val_split=0.01)
+    train_transform, _ = build_transforms(paper_recipe(folder), image_size=image_size, mean=MEAN, std=STD)
+    columns = {"image_column": data.image_column, "label_column": data.label_column}
+    dataset = prepare_dataset(data.train, ExampleTransform(train_transform, **columns))
+    sampler = train_sampler(dataset, num_processes=1, process_index=0, aug_repeats=0, seed=0)
+    return train_loader(dataset, batch_size=batch_size, sampler=sampler, workers=workers, pin_memory=False, seed=0)
 
 
 def timm_loader(folder, workers: int, batch_size: int, image_size: int):
     """timm's `create_loader` on its folder dataset, with the same transform."""
-    options = transform_options(image_size)
+    recipe = paper_recipe(folder)
     dataset = create_dataset("", root=str(folder), is_training=True)
     return create_loader(
         dataset,
         input_size=(3, image_size, image_size),
         batch_size=batch_size,
         is_training=True,
-        scale=options["scale"],
-        hflip=options["hflip"],
-        auto_augment=options["auto_augment"],
-        re_prob=options["re_prob"],
+        scale=recipe.scale,
+        hflip=recipe.hflip,
+        auto_augment=recipe.aa,
+        re_prob=recipe.reprob,
         re_mode="pixel",
         interpolation="bicubic",
         mean=MEAN,
@@ -130,10 +115,7 @@ def seed_like_timm(worker_init_fn, worker_id: int) -> None:
     timm_worker_init(worker_id)
 
 
-LOADERS = {
-    "ours (🤗 Datasets imagefolder)": our_loader,
-    "timm create_loader": timm_loader,
-}
+LOADERS = {"ours (🤗 Datasets imagefolder)": our_loader, "timm create_loader": timm_loader}
 
 
 def run(
@@ -169,10 +151,7 @@ def run(
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [
-        "| loader | workers | images/s | images/s per worker |",
-        "|---|---:|---:|---:|",
-    ]
+    lines = ["| loader | workers | images/s | images/s per worker |", "|---|---:|---:|---:|"]
     for row in rows:
         lines.append(
             f"| {row['loader']} | {row['workers']} | {row['images_per_s']:.1f} | "
@@ -184,11 +163,7 @@ def format_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folder", required=True, help="an ImageNet-layout folder of images")
-    parser.add_argument(
-        "--make",
-        action="store_true",
-        help="first write the digits there as 256 px JPEGs",
-    )
+    parser.add_argument("--make", action="store_true", help="first write the digits there as 256 px JPEGs")
     parser.add_argument("--workers", type=int, nargs="+", default=[1])
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--batches", type=int, default=20)
@@ -199,15 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.make:
         make_jpeg_folder(args.folder)
-    rows = run(
-        args.folder,
-        args.workers,
-        args.batch_size,
-        args.batches,
-        args.warmup,
-        args.image_size,
-        args.rounds,
-    )
+    rows = run(args.folder, args.workers, args.batch_size, args.batches, args.warmup, args.image_size, args.rounds)
     print(format_table(rows))
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(rows, indent=2) + "\n")

@@ -1,5 +1,6 @@
 """Running run_image_classification.py in real processes, one or two (accelerate launch, gloo), as a user would."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -21,13 +22,7 @@ TWO_PROCESSES = (
 
 def environment(**extra) -> dict:
     """Offline, one thread per process (two processes share 2 cores), this checkout importable."""
-    return {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(ROOT),
-        **extra,
-    }
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra}
 
 
 def script_command(args, launcher=ONE_PROCESS) -> list[str]:
@@ -36,15 +31,22 @@ def script_command(args, launcher=ONE_PROCESS) -> list[str]:
 
 def run_command(command, timeout=300, **env):
     return subprocess.run(
-        command,
-        cwd=ROOT,
-        env=environment(**env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
+        command, cwd=ROOT, env=environment(**env), capture_output=True, text=True, timeout=timeout, check=False
     )
 
 
 def run_script(args, launcher=ONE_PROCESS, timeout=300, **env):
     return run_command(script_command(args, launcher), timeout, **env)
+
+
+def import_script():
+    """run_image_classification.py as a module, for tests that drive `main(argv)` in this process."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module("run_image_classification")
+
+
+def patched_script_command(patch: str, args) -> list[str]:
+    """One process running `patch` (Python that replaces something from outside the script), then main(args)."""
+    driver = f"{patch}\nimport sys\nsys.path.insert(0, {str(ROOT)!r})\nimport run_image_classification\n"
+    return [sys.executable, "-c", driver + "run_image_classification.main(sys.argv[1:])", *args]

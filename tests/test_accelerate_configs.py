@@ -36,3 +36,16 @@ def test_scale_out_specifics():
     assert fsdp["fsdp_transformer_layer_cls_to_wrap"] == "ViTReducedLayer,ViTReducedMLP"
     assert load_config_from_file(str(CONFIGS / "deepspeed_zero2.yaml")).deepspeed_config["zero_stage"] == 2
     assert load_config_from_file(str(CONFIGS / "cpu_2proc.yaml")).use_cpu is False  # True would start 1 process
+
+
+def test_deepspeed_follows_the_scripts_accumulation_and_does_not_clip(monkeypatch):
+    from accelerate.utils import DeepSpeedPlugin
+
+    deepspeed = load_config_from_file(str(CONFIGS / "deepspeed_zero2.yaml")).deepspeed_config
+    assert "gradient_accumulation_steps" not in deepspeed
+    # What `accelerate launch` hands the script's process for this config (accelerate.utils.launch).
+    monkeypatch.delenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", raising=False)
+    monkeypatch.setenv("ACCELERATE_GRADIENT_CLIPPING", str(deepspeed["gradient_clipping"]).lower())
+    config = DeepSpeedPlugin(zero_stage=deepspeed["zero_stage"]).deepspeed_config
+    assert config["gradient_accumulation_steps"] == "auto"  # filled from Accelerator(gradient_accumulation_steps=...)
+    assert "gradient_clipping" not in config  # DeepSpeed's default: no clipping

@@ -1,7 +1,8 @@
 import pytest
 
-from hf_vit_reduction.arguments import parse_args
-from hf_vit_reduction.training import DIGITS_RECIPE, PAPER_RECIPE
+from hf_vit_reduction import arguments
+from hf_vit_reduction.arguments import augmentation_problem, effective_recipe, parse_args
+from hf_vit_reduction.recipe import DIGITS_RECIPE, PAPER_RECIPE
 
 
 def test_no_data_source_takes_the_digits_recipe():
@@ -16,24 +17,9 @@ def test_no_data_source_takes_the_digits_recipe():
 
 def test_a_data_source_takes_the_paper_recipe():
     args = parse_args(["--dataset_name", "imagenet-1k"])
-    for key in (
-        "lr",
-        "weight_decay",
-        "mixup",
-        "cutmix",
-        "smoothing",
-        "aa",
-        "reprob",
-        "aug_repeats",
-        "drop_path",
-    ):
+    for key in ("lr", "weight_decay", "mixup", "cutmix", "smoothing", "aa", "reprob", "aug_repeats", "drop_path"):
         assert getattr(args, key) == PAPER_RECIPE[key], key
-    assert (args.lr, args.warmup_epochs, args.model_ema_decay, args.epochs) == (
-        1e-3,
-        5,
-        0.9998,
-        300,
-    )
+    assert (args.lr, args.warmup_epochs, args.model_ema_decay, args.epochs) == (1e-3, 5, 0.9998, 300)
     assert args.strategy == "baseline" and args.model_size == "base"
 
 
@@ -45,37 +31,11 @@ def test_timm_spellings_are_aliases():
         "--experiment e1 --output /tmp/out1"
     )
     args = parse_args(argv.split())
-    assert (
-        args.strategy,
-        args.reduction_mlp_ratio,
-        args.batch_size,
-        args.grad_accum_steps,
-    ) == ("grouped", 0.5, 32, 2)
-    assert (args.lr, args.epochs, args.warmup_epochs, args.drop_path) == (
-        5e-4,
-        7,
-        1,
-        0.2,
-    )
-    assert (args.mixup, args.cutmix, args.reprob, args.aa, args.aug_repeats) == (
-        0.5,
-        0.0,
-        0.0,
-        None,
-        0,
-    )
-    assert (args.model_ema, args.model_ema_decay, args.workers, args.pin_mem) == (
-        True,
-        0.99,
-        1,
-        True,
-    )
-    assert (args.channels_last, args.seed, args.experiment, args.output_dir) == (
-        True,
-        3,
-        "e1",
-        "/tmp/out1",
-    )
+    assert (args.strategy, args.reduction_mlp_ratio, args.batch_size, args.grad_accum_steps) == ("grouped", 0.5, 32, 2)
+    assert (args.lr, args.epochs, args.warmup_epochs, args.drop_path) == (5e-4, 7, 1, 0.2)
+    assert (args.mixup, args.cutmix, args.reprob, args.aa, args.aug_repeats) == (0.5, 0.0, 0.0, None, 0)
+    assert (args.model_ema, args.model_ema_decay, args.workers, args.pin_mem) == (True, 0.99, 1, True)
+    assert (args.channels_last, args.seed, args.experiment, args.output_dir) == (True, 3, "e1", "/tmp/out1")
 
 
 def test_explicit_flags_override_the_recipe():
@@ -87,26 +47,25 @@ def test_explicit_flags_override_the_recipe():
     "argv, message",
     [
         (["--strategy", "pruned"], "invalid choice: 'pruned'"),
-        (
-            ["--batch_size", "0"],
-            "--batch_size=0 is not valid; allowed: an integer >= 1",
-        ),
-        (
-            ["--batch_size", "33"],
-            "--batch_size=33 is not valid; allowed: an even number",
-        ),
+        (["--batch_size", "0"], "--batch_size=0 is not valid; allowed: an integer >= 1"),
+        (["--batch_size", "33"], "--batch_size=33 is not valid; allowed: an even number"),
         (["--lr", "-1"], "--lr=-1.0 is not valid"),
-        (
-            ["--smoothing", "1.5"],
-            "--smoothing=1.5 is not valid; allowed: a number in [0, 1)",
-        ),
+        (["--smoothing", "1.5"], "--smoothing=1.5 is not valid; allowed: a number in [0, 1)"),
         (["--model_ema_decay", "1.0"], "--model_ema_decay=1.0 is not valid"),
-        (
-            ["--checkpointing_steps", "often"],
-            "--checkpointing_steps='often' is not valid",
-        ),
+        (["--checkpointing_steps", "often"], "--checkpointing_steps='often' is not valid"),
         (["--streaming", "--dataset_name", "x"], "--streaming needs --max_train_steps"),
         (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
+        (["--aa", "rand-m9-mstd0.5-foo"], "--aa='rand-m9-mstd0.5-foo' is not valid; allowed: a timm policy"),
+        (["--aa", "rand-mfoo"], "section 'mfoo' is not <key><number>"),
+        (["--aa", "randaugment"], "it starts with 'randaugment'"),
+        (["--scale", "0.08"], "--scale='0.08' is not valid; allowed: two numbers low,high"),
+        (["--scale", "0.9,0.1"], "--scale='0.9,0.1' is not valid"),
+        (["--scale", "a,b"], "--scale='a,b' is not valid"),
+        (["--report_to", "tensorbord"], "--report_to='tensorbord' is not valid; allowed: Accelerate trackers"),
+        (["--report_to", "wandb"], "'wandb' is not installed"),
+        (["--train_val_split", "1.5"], "--train_val_split=1.5 is not valid; allowed: a number in (0, 1)"),
+        (["--image_size", "0"], "--image_size=0 is not valid"),
+        (["--workers", "-1"], "--workers=-1 is not valid"),
     ],
 )
 def test_bad_values_exit_with_a_message_naming_the_flag(argv, message, capsys):
@@ -114,3 +73,47 @@ def test_bad_values_exit_with_a_message_naming_the_flag(argv, message, capsys):
         parse_args(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_transformers_spellings_are_aliases():
+    argv = (
+        "--per_device_train_batch_size 16 --per_device_eval_batch_size 48 --learning_rate 3e-4 "
+        "--gradient_accumulation_steps 2 --num_train_epochs 5 --num_workers 1"
+    )
+    args = parse_args(argv.split())
+    assert (args.batch_size, args.eval_batch_size, args.lr, args.grad_accum_steps) == (16, 48, 3e-4, 2)
+    assert (args.epochs, args.workers) == (5, 1)
+
+
+@pytest.mark.parametrize(
+    "policy", ["rand-m9-mstd0.5-inc1", "rand-m7-n3", "original-mstd0.5", "v0", "augmix-m5-w4-d2", "3a"]
+)
+def test_timm_augmentation_policies_are_accepted(policy):
+    assert augmentation_problem(policy) is None
+    assert parse_args(["--aa", policy]).aa == policy
+
+
+def test_scale_is_parsed_and_recipe_sources_are_recorded():
+    args = parse_args(["--dataset_name", "imagenet-1k", "--scale", "0.5,1", "--lr", "1e-4"])
+    assert args.scale == (0.5, 1.0)
+    recipe = effective_recipe(args)
+    assert recipe["lr"] == {"value": 1e-4, "source": "command line"}
+    assert recipe["scale"] == {"value": (0.5, 1.0), "source": "command line"}
+    assert recipe["weight_decay"] == {"value": 0.05, "source": "paper recipe"}
+    assert effective_recipe(parse_args([]))["epochs"] == {"value": 40, "source": "digits recipe"}
+
+
+def test_recipe_workers_fit_the_cores_and_explicit_workers_are_kept(monkeypatch):
+    monkeypatch.setattr(arguments, "cores_per_process", lambda: 2)
+    args = parse_args(["--dataset_name", "imagenet-1k"])  # the paper's 8 workers
+    assert args.workers == 2
+    assert effective_recipe(args)["workers"]["source"] == "paper recipe, capped at the 2 core(s) per process"
+    assert parse_args(["--dataset_name", "imagenet-1k", "--workers", "6"]).workers == 6
+
+
+def test_cores_are_shared_by_the_processes_of_a_launch(monkeypatch):
+    monkeypatch.setattr(arguments.os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert arguments.cores_per_process() == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert arguments.cores_per_process() == 1

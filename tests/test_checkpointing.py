@@ -1,6 +1,9 @@
 """Fault tolerance: exact resume after SIGKILL, atomic checkpoints, the non-finite guard, no leaked secrets."""
 
+import itertools
 import json
+import logging
+import math
 import os
 import signal
 import subprocess
@@ -13,11 +16,13 @@ from script_runs import (
     ROOT,
     TWO_PROCESSES,
     environment,
+    import_script,
+    patched_script_command,
     run_command,
     script_command,
 )
 
-from hf_vit_reduction import checkpointing as C
+from hf_vit_reduction.checkpointing import CHECKPOINTS, TRAIN_STATE, checkpoints, resolve
 
 # Mixup, EMA and (under two processes) repeated augmentation on; 8 updates per epoch, 2 epochs.
 RUN = (
@@ -69,7 +74,7 @@ def kill_after_checkpoint(cmd, out, step):
         cmd, cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
     )
     deadline = time.time() + 240
-    while not (out / C.CHECKPOINTS / f"step_{step:08d}").is_dir():
+    while not (out / CHECKPOINTS / f"step_{step:08d}").is_dir():
         assert process.poll() is None, process.stderr.read()[-3000:]
         assert time.time() < deadline
         time.sleep(0.05)
@@ -78,10 +83,8 @@ def kill_after_checkpoint(cmd, out, step):
     assert not (out / "results.json").exists(), "killed too late: the run had finished"
 
 
-@pytest.mark.parametrize(
-    "strategy, processes, workers, kill_step",
-    [("baseline", 1, 2, 3), ("grouped", 2, 0, 9)],
-)
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy, processes, workers, kill_step", [("baseline", 1, 2, 3), ("grouped", 2, 0, 9)])
 def test_resume_after_sigkill_is_exact(tmp_path, strategy, processes, workers, kill_step):
     reference = tmp_path / "reference"
     result = run_command(command(reference, strategy, processes, workers))
@@ -97,6 +100,21 @@ def test_resume_after_sigkill_is_exact(tmp_path, strategy, processes, workers, k
     assert results["steps"] == 14 and results["num_processes"] == processes
 
 
+# Replaces Accelerate's save_state from outside the script: the process dies right after Accelerate's files of
+# checkpoint 9 are written, before ours (EMA, train state) and before the rename.
+STOP_IN_CHECKPOINT_9 = """
+import os
+import accelerate
+save_state = accelerate.Accelerator.save_state
+def save_state_then_die(self, output_dir=None, **kwargs):
+    save_state(self, output_dir, **kwargs)
+    if output_dir.endswith("step_00000009"):
+        os._exit(137)
+accelerate.Accelerator.save_state = save_state_then_die
+"""
+
+
+@pytest.mark.slow
 def test_kills_between_and_during_checkpoint_writes_resume_exactly(tmp_path):
     reference = tmp_path / "reference"
     assert run_command(command(reference, "grouped", 1, 0)).returncode == 0
@@ -115,39 +133,77 @@ def test_kills_between_and_during_checkpoint_writes_resume_exactly(tmp_path):
     assert_same_run(reference, killed)
 
     out = tmp_path / "interrupted"
-    result = run_command(command(out, "grouped", 1, 0), HF_VIT_REDUCTION_TEST_STOP_IN_CHECKPOINT="9")
+    args = command(out, "grouped", 1, 0)[2:]  # without the interpreter and the script
+    result = run_command(patched_script_command(STOP_IN_CHECKPOINT_9, args))
     assert result.returncode == 137
     complete = ["step_00000003", "step_00000006", "step_00000008"]
-    assert [p.name for p in C.checkpoints(out)] == complete
-    assert (out / C.CHECKPOINTS / ".tmp-step_00000009").is_dir()  # half-written, ignored
+    assert [p.name for p in checkpoints(out)] == complete
+    assert (out / CHECKPOINTS / ".tmp-step_00000009").is_dir()  # half-written, ignored
     result = run_command(command(out, "grouped", 1, 0, "--resume_from_checkpoint", "latest"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "step_00000008 at step 8" in result.stderr
-    assert not list((out / C.CHECKPOINTS).glob(".tmp-*"))  # cleaned up on the next start
+    assert not list((out / CHECKPOINTS).glob(".tmp-*"))  # cleaned up on the next start
     assert_same_run(reference, out)
     # The newest three are kept, plus the best epoch's.
-    kept = [p.name for p in C.checkpoints(out)]
+    kept = [p.name for p in checkpoints(out)]
     assert kept[-3:] == ["step_00000009", "step_00000012", "step_00000014"]
     assert len(kept) <= 4
 
 
-def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path):
+# In-process and tiny (8 px digits): 6 updates per epoch, checkpoints every 2 updates.
+TINY = (
+    "--strategy",
+    "thin",
+    "--image_size",
+    "8",
+    "--max_train_samples",
+    "48",
+    "--max_eval_samples",
+    "8",
+    "--batch_size",
+    "8",
+    "--max_train_steps",
+    "8",
+    "--workers",
+    "0",
+    "--report_to",
+    "none",
+    "--mixup",
+    "0.8",
+    "--cutmix",
+    "1.0",
+    "--checkpointing_steps",
+    "2",
+)
+
+
+def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch, caplog):
+    script = import_script()
+    build_train_criterion = script.build_train_criterion
+
+    def nan_in_the_fifth_batch(args):
+        criterion, calls = build_train_criterion(args), itertools.count(1)
+        return lambda logits, targets: criterion(logits, targets) * (math.nan if next(calls) == 5 else 1.0)
+
+    monkeypatch.setattr(script, "build_train_criterion", nan_in_the_fifth_batch)
+    caplog.set_level(logging.INFO)
     out = tmp_path / "nan"
-    result = run_command(command(out, "thin", 1, 0), HF_VIT_REDUCTION_TEST_NAN_AT_STEP="11")
-    assert result.returncode == 1
-    message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith("error: non-finite loss (nan) at step 11; last good checkpoint:")
-    assert "step_00000009" in message
-    assert [p.name for p in C.checkpoints(out)] == [
-        "step_00000006",
-        "step_00000008",
-        "step_00000009",
-    ]
-    state = json.loads((out / C.CHECKPOINTS / "step_00000009" / C.TRAIN_STATE).read_text())
-    assert state["step"] == 9
+    with pytest.raises(SystemExit) as stop:
+        script.main([*TINY, "--output_dir", str(out)])
+    message = str(stop.value.code)
+    assert message.startswith("error: non-finite loss (nan) at step 5; last good checkpoint:")
+    assert message.endswith("step_00000004. Nothing was written after it.")
+    assert [p.name for p in checkpoints(out)] == ["step_00000002", "step_00000004"]
+    state = json.loads((out / CHECKPOINTS / "step_00000004" / TRAIN_STATE).read_text())
+    assert state["step"] == 4
     assert not (out / "results.json").exists() and not (out / "model.safetensors").exists()
+    # One log line per checkpoint, none of Accelerate's INFO lines.
+    saved = [r.getMessage() for r in caplog.records if r.getMessage().startswith("checkpoint ")]
+    assert saved == [f"checkpoint {out / CHECKPOINTS / name}" for name in ("step_00000002", "step_00000004")]
+    assert not [r for r in caplog.records if r.name.startswith("accelerate") and r.levelno < logging.WARNING]
 
 
+@pytest.mark.slow
 def test_a_previous_run_is_never_overwritten_silently(tmp_path):
     out = tmp_path / "run"
     assert run_command(command(out, "baseline", 1, 0, "--max_train_steps", "3")).returncode == 0
@@ -165,6 +221,6 @@ def test_a_previous_run_is_never_overwritten_silently(tmp_path):
 
 def test_resume_argument_errors(tmp_path):
     with pytest.raises(ValueError, match=r"no checkpoint in"):
-        C.resolve(tmp_path, "latest")
+        resolve(tmp_path, "latest")
     with pytest.raises(ValueError, match=r"is not a complete checkpoint folder"):
-        C.resolve(tmp_path, str(tmp_path / "nowhere"))
+        resolve(tmp_path, str(tmp_path / "nowhere"))

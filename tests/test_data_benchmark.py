@@ -4,16 +4,16 @@ import statistics
 
 import pytest
 
-from hf_vit_reduction import data_benchmark as B
+from hf_vit_reduction import data_benchmark
 
 
 def test_jpeg_folder_and_both_loaders(tmp_path):
     folder = tmp_path / "jpeg"
-    assert B.make_jpeg_folder(folder, size=48, limit=40) == 40
+    assert data_benchmark.make_jpeg_folder(folder, size=48, limit=40) == 40
     files = sorted(folder.glob("*/*.jpg"))
     assert len(files) == 40 and {f.parent.name for f in files} <= {str(d) for d in range(10)}
     out = tmp_path / "speed.json"
-    B.main(
+    data_benchmark.main(
         [
             "--folder",
             str(folder),
@@ -43,7 +43,7 @@ def test_jpeg_folder_and_both_loaders(tmp_path):
 
 
 def test_asking_for_more_batches_than_the_folder_holds_fails_first(tmp_path):
-    B.make_jpeg_folder(tmp_path, size=48, limit=20)
-    loader = B.our_loader(tmp_path, 0, 8, 32)  # 19 train images: 2 full batches
+    data_benchmark.make_jpeg_folder(tmp_path, size=48, limit=20)
+    loader = data_benchmark.our_loader(tmp_path, 0, 8, 32)  # 19 train images: 2 full batches
     with pytest.raises(ValueError, match=r"batches=3 \+ warmup=1 exceeds the 2 batches"):
-        B.images_per_second(loader, batches=3, warmup=1, seed=0)
+        data_benchmark.images_per_second(loader, batches=3, warmup=1, seed=0)

@@ -5,28 +5,22 @@ import time
 
 import pytest
 import torch
+from image_folders import truncated_jpeg, write_folder
 from PIL import Image
-from script_runs import ONE_PROCESS, TWO_PROCESSES, run_script
+from script_runs import ONE_PROCESS, TWO_PROCESSES, import_script, run_script
 from transformers import pipeline
 
 from hf_vit_reduction import REDUCTION_STRATEGIES, ViTReducedForImageClassification
+from hf_vit_reduction.arguments import parse_args
 
-SMOKE = [
-    "--max_train_samples",
-    "256",
-    "--max_eval_samples",
-    "37",
-    "--workers",
-    "0",
-    "--batch_size",
-    "32",
-]
+SMOKE = ["--max_train_samples", "256", "--max_eval_samples", "37", "--workers", "0", "--batch_size", "32"]
 
 
 def run(args, launcher=ONE_PROCESS):
     return run_script(args, launcher, timeout=240)
 
 
+@pytest.mark.slow
 def test_single_process_run_writes_results_models_and_curves(tmp_path):
     out = tmp_path / "run"
     token = "hf_test_token_that_must_not_leak_123"
@@ -48,13 +42,7 @@ def test_single_process_run_writes_results_models_and_curves(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    for key in (
-        "final_top1",
-        "final_top5",
-        "peak_top1",
-        "peak_epoch",
-        "delta_peak_final",
-    ):
+    for key in ("final_top1", "final_top5", "peak_top1", "peak_epoch", "delta_peak_final"):
         assert isinstance(results[key], (int, float)), key
     assert 0 <= results["final_top1"] <= 100 and results["delta_peak_final"] >= 0
     assert results["strategy"] == "grouped" and results["reported"] == "ema"
@@ -74,12 +62,16 @@ def test_single_process_run_writes_results_models_and_curves(tmp_path):
     prediction = classifier(Image.new("L", (8, 8), 128), top_k=2)
     assert len(prediction) == 2 and prediction[0]["label"] in [str(d) for d in range(10)]
 
-    assert "hub_token" not in json.loads((out / "args.json").read_text())
+    saved_args = json.loads((out / "args.json").read_text())
+    assert "hub_token" not in saved_args
+    assert saved_args["recipe"]["lr"] == {"value": 2e-3, "source": "digits recipe"}
+    assert saved_args["recipe"]["batch_size"] == {"value": 32, "source": "command line"}
     leaked = [p for p in out.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
     assert leaked == []
     assert token not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_embedded_digits_learn_in_a_short_run(tmp_path):
     # The CI-sized version of the README's figure: the default recipe, shortened to 12 epochs at 16 px.
     out = tmp_path / "digits"
@@ -109,21 +101,12 @@ def test_embedded_digits_learn_in_a_short_run(tmp_path):
     assert results["peak_top1"] >= 50.0, results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", REDUCTION_STRATEGIES)
 def test_two_process_cpu_run(tmp_path, strategy):
     out = tmp_path / strategy
     result = run(
-        [
-            "--strategy",
-            strategy,
-            "--output_dir",
-            str(out),
-            "--max_train_steps",
-            "3",
-            "--report_to",
-            "none",
-            *SMOKE,
-        ],
+        ["--strategy", strategy, "--output_dir", str(out), "--max_train_steps", "3", "--report_to", "none", *SMOKE],
         launcher=TWO_PROCESSES,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -132,21 +115,22 @@ def test_two_process_cpu_run(tmp_path, strategy):
     checksums = results["replica_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]  # identical weights on both ranks
     assert results["eval_samples"] == 37  # 37 over 2 ranks: the padded duplicate is not counted
+    # One line per evaluation and per checkpoint for the whole run, none of Accelerate's INFO lines.
+    lines = result.stderr.splitlines()
+    assert sum(" INFO epoch 0: top-1 " in line for line in lines) == 1
+    assert sum(" INFO checkpoint " in line for line in lines) == 1
+    assert not [line for line in lines if "Saving current state" in line or "saved in" in line]
+    assert "Writing model shards" not in result.stderr
     model = ViTReducedForImageClassification.from_pretrained(out)
     assert model.config.reduction_strategy == strategy
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, message",
     [
-        (
-            ["--train_dir", "/nonexistent/train"],
-            "train_dir='/nonexistent/train' does not exist",
-        ),
-        (
-            ["--dataset_name", "{tmp}/ds", "--validation_split", "dev"],
-            "validation_split='dev' does not exist",
-        ),
+        (["--train_dir", "/nonexistent/train"], "train_dir='/nonexistent/train' does not exist"),
+        (["--dataset_name", "{tmp}/ds", "--validation_split", "dev"], "validation_split='dev' does not exist"),
     ],
 )
 def test_bad_data_fails_before_training(tmp_path, args, message):
@@ -156,15 +140,7 @@ def test_bad_data_fails_before_training(tmp_path, args, message):
     rows = {"image": [Image.new("RGB", (4, 4))] * 2, "label": [0, 1]}
     datasets.DatasetDict(train=datasets.Dataset.from_dict(rows, features=features)).save_to_disk(str(tmp_path / "ds"))
     out = tmp_path / "out"
-    result = run(
-        [
-            *(a.format(tmp=tmp_path) for a in args),
-            "--output_dir",
-            str(out),
-            "--report_to",
-            "none",
-        ]
-    )
+    result = run([*(a.format(tmp=tmp_path) for a in args), "--output_dir", str(out), "--report_to", "none"])
     assert result.returncode != 0
     assert message in result.stderr
     assert not out.exists() or not any(out.iterdir())
@@ -172,6 +148,7 @@ def test_bad_data_fails_before_training(tmp_path, args, message):
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
+@pytest.mark.slow
 def test_model_name_or_path_starts_from_a_saved_model(tmp_path, make_model):
     start = make_model("thin")
     start.save_pretrained(tmp_path / "start")
@@ -209,6 +186,7 @@ def test_model_name_or_path_starts_from_a_saved_model(tmp_path, make_model):
     assert wrong.returncode != 0 and "reduction_strategy='grouped' but the checkpoint has 'thin'" in wrong.stderr
 
 
+@pytest.mark.slow
 def test_streaming_run(tmp_path):
     for split, per_class in (("train", 40), ("validation", 5)):
         for label in ("a", "b"):
@@ -247,6 +225,7 @@ def test_streaming_run(tmp_path):
     assert results["steps"] == 3 and results["eval_samples"] == 10 and results["reported"] == "model"
 
 
+@pytest.mark.slow
 def test_loop_benchmark_mode(tmp_path):
     out = tmp_path / "bench"
     result = run(
@@ -273,3 +252,95 @@ def test_loop_benchmark_mode(tmp_path):
     before, after = report["bare_step_images_per_s_before_and_after"]
     assert report["bare_step_images_per_s"] == pytest.approx((before + after) / 2)
     assert not (out / "results.json").exists()
+
+
+# In-process runs: main(argv) in this test's process, on tiny inputs.
+def test_a_folder_too_small_for_one_update_stops_before_the_model_and_says_which_flags_to_lower(tmp_path):
+    write_folder(tmp_path / "train", per_class=6)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        import_script().main(["--train_dir", str(tmp_path / "train"), "--output_dir", str(out), "--report_to", "none"])
+    message = str(stop.value.code)
+    # The paper's recipe: 128 x 4 images per update; 15% of the 12 images are held out for validation.
+    assert message.startswith("error: one update takes 512 training images per process (--batch_size 128 x ")
+    assert message.endswith("lower --batch_size or --grad_accum_steps so that their product is at most 10")
+    assert not out.exists()
+
+
+def test_a_tiny_folder_trains_with_the_flags_lowered_and_counts_each_bad_file_once(tmp_path):
+    write_folder(tmp_path / "train", per_class=7)
+    write_folder(tmp_path / "val", per_class=2)
+    truncated_jpeg(tmp_path / "train" / "cat" / "broken.jpg")
+    (tmp_path / "train" / "dog" / "empty.png").write_bytes(b"")
+    out = tmp_path / "out"
+    import_script().main(
+        [
+            *("--train_dir", str(tmp_path / "train"), "--validation_dir", str(tmp_path / "val")),
+            *("--batch_size", "4", "--grad_accum_steps", "1", "--epochs", "2", "--mixup", "0", "--cutmix", "0"),
+            *("--model_size", "digits", "--image_size", "8", "--workers", "0", "--report_to", "none"),
+            *("--output_dir", str(out)),
+        ]
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert (results["steps"], results["epochs"], results["eval_samples"]) == (8, 2, 4)
+    assert results["bad_train_images"] == 2  # two files, each drawn once per epoch
+    # 16 files a epoch, 2 of them unreadable: 2 x 14 images trained on.
+    assert results["train_images_per_s"] * results["wall_time_s"] == pytest.approx(28)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--model_name_or_path", "/no/such/model"],
+            "error: --model_name_or_path='/no/such/model' is neither a folder",
+        ),
+        (["--model_name_or_path", "someone/not-cached"], "is neither a folder holding a saved model nor a model in"),
+        (["--dataset_name", "someone/not-cached"], "error: dataset_name='someone/not-cached' is not a local dataset"),
+    ],
+)
+def test_missing_models_and_uncached_sources_are_one_error_line(tmp_path, argv, message):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        import_script().main([*argv, "--output_dir", str(out), "--report_to", "none", "--workers", "0"])
+    assert str(stop.value.code).startswith("error: ") and message in str(stop.value.code)
+    assert "\n" not in str(stop.value.code) and not out.exists()
+
+
+def test_image_size_with_a_saved_model_resizes_its_position_embeddings(tmp_path, make_model):
+    script = import_script()
+    saved = make_model("shallow")  # 32 px, patch 4: an 8 x 8 grid
+    saved.save_pretrained(tmp_path / "saved")
+    args = parse_args(["--model_name_or_path", str(tmp_path / "saved"), "--image_size", "16"])
+    model = script.load_model(args, [str(d) for d in range(10)]).eval()
+    assert model.config.image_size == 16 and model.config.reduction_strategy == "shallow"
+    assert model.vit.embeddings.position_embeddings.shape == (1, 1 + 4 * 4, 64)
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = saved(images, interpolate_pos_encoding=True).logits
+        assert torch.allclose(model(images).logits, expected, atol=1e-5)
+    with pytest.raises(ValueError, match=r"--image_size=18 is not valid .*a multiple of its patch size 4"):
+        script.load_model(parse_args(["--model_name_or_path", str(tmp_path / "saved"), "--image_size", "18"]), ["a"])
+
+
+@pytest.mark.slow
+def test_two_processes_count_each_bad_file_once_and_the_images_each_trained_on(tmp_path):
+    write_folder(tmp_path / "train", per_class=7)
+    write_folder(tmp_path / "val", per_class=2)
+    truncated_jpeg(tmp_path / "train" / "cat" / "broken.jpg")
+    (tmp_path / "train" / "dog" / "empty.png").write_bytes(b"")
+    out = tmp_path / "out"
+    result = run(
+        [
+            *("--train_dir", str(tmp_path / "train"), "--validation_dir", str(tmp_path / "val")),
+            *("--batch_size", "4", "--grad_accum_steps", "1", "--epochs", "2", "--mixup", "0", "--cutmix", "0"),
+            *("--model_size", "digits", "--image_size", "8", "--workers", "0", "--report_to", "none"),
+            *("--aug_repeats", "0", "--output_dir", str(out)),
+        ],
+        launcher=TWO_PROCESSES,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert (results["steps"], results["num_processes"]) == (4, 2)
+    assert results["bad_train_images"] == 2  # each process saw one part of the files
+    assert results["train_images_per_s"] * results["wall_time_s"] == pytest.approx(28)

@@ -1,167 +1,83 @@
-import itertools
 import json
-import math
 
 import pytest
 import torch
 from accelerate import Accelerator
-from torch.utils.data import DataLoader
 
-from hf_vit_reduction import training as T
-
-
-def test_no_weight_decay_on_biases_norms_position_embedding_and_cls_token(make_model):
-    model = make_model("grouped")
-    optimizer = T.optimizer_for(model, lr=1e-3, weight_decay=0.05)
-    names = {id(p): n for n, p in model.named_parameters()}
-    groups = {group["weight_decay"]: {names[id(p)] for p in group["params"]} for group in optimizer.param_groups}
-    assert set(groups) == {0.0, 0.05}
-    no_decay, decay = groups[0.0], groups[0.05]
-    assert {
-        "vit.embeddings.position_embeddings",
-        "vit.embeddings.cls_token",
-    } <= no_decay
-    assert all(n.endswith("bias") or "layernorm" in n or "embeddings." in n for n in no_decay)
-    assert decay == {n for n, p in model.named_parameters() if p.ndim > 1} - no_decay
-    assert "vit.layers.0.mlp.fc1.weight" in decay and "vit.embeddings.projection.weight" in decay
-    assert len(no_decay) + len(decay) == len(list(model.parameters()))
-    assert optimizer.defaults["lr"] == 1e-3
+from hf_vit_reduction.training import TrainState, UpdatePlan, gathered_loss_and_images
 
 
-def test_cosine_schedule_with_warmup_steps_per_update(make_model):
-    optimizer = T.optimizer_for(make_model(), lr=1e-3, weight_decay=0.05)
-    scheduler = T.scheduler_for(
-        optimizer,
-        epochs=10,
-        warmup_epochs=2,
-        updates_per_epoch=5,
-        min_lr=1e-5,
-        warmup_lr=1e-6,
+def plan(images=None, batch_size=32, grad_accum_steps=1, epochs=3, max_train_steps=None, num_processes=1):
+    return UpdatePlan.for_run(
+        images_per_process=images,
+        batch_size=batch_size,
+        grad_accum_steps=grad_accum_steps,
+        epochs=epochs,
+        max_train_steps=max_train_steps,
+        num_processes=num_processes,
     )
-    lrs = []
-    for step in range(51):
-        scheduler.step_update(step)
-        lrs.append(optimizer.param_groups[0]["lr"])
-    assert lrs[0] == pytest.approx(1e-6)
-    assert lrs[10] == pytest.approx(
-        1e-3 * 0.5 * (1 + math.cos(math.pi * 10 / 50)) + 1e-5 * (1 - 0.5 * (1 + math.cos(math.pi * 10 / 50))),
-        rel=1e-3,
-    )
-    assert max(lrs) <= 1e-3 and lrs[-1] == pytest.approx(1e-5)
-    assert all(a < b for a, b in itertools.pairwise(lrs[:11]))
 
 
-def test_mixup_targets_sum_to_one_and_include_smoothing():
-    mixup = T.mixup_for(0.8, 1.0, 0.1, num_classes=10)
-    torch.manual_seed(0)
-    images, labels = torch.randn(8, 3, 16, 16), torch.arange(8)
-    mixed, targets = mixup(images.clone(), labels)
-    assert targets.shape == (8, 10)
-    assert torch.allclose(targets.sum(-1), torch.ones(8))
-    assert targets.min().item() == pytest.approx(0.1 / 10)  # smoothing reaches every class
-    assert not torch.equal(mixed, images)
-    assert isinstance(T.train_criterion(mixup, 0.1), type(T.train_criterion(mixup, 0.0)))
-    assert type(T.train_criterion(mixup, 0.1)).__name__ == "SoftTargetCrossEntropy"
-    assert T.mixup_for(0.0, 0.0, 0.1, 10) is None
-    assert type(T.train_criterion(None, 0.1)).__name__ == "LabelSmoothingCrossEntropy"
+def test_an_epoch_holds_whole_accumulation_windows_of_full_batches():
+    # 1,000 images: 31 full batches of 32, 7 windows of 4; the 3 batches of a partial window are not drawn.
+    run = plan(1000, grad_accum_steps=4, epochs=3)
+    assert (run.updates_per_epoch, run.total_updates, run.num_epochs) == (7, 21, 3)
+    assert [run.epoch_end(epoch) for epoch in range(3)] == [7, 14, 21]
+    assert run.schedule_epochs == 3
 
 
-def test_ema_updates_each_shared_tensor_once(make_model):
-    model = make_model("grouped")
-    ema = T.ema_for(model, decay=0.5, warmup=False)
-    before = ema.module.vit.layers[0].mlp.fc1.weight.clone()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(1.0)
-    ema.update(model)
-    # Updated once: 0.5 * old + 0.5 * (old + 1) = old + 0.5. Twice (as walking aliased tensors would) gives + 0.75.
-    assert torch.allclose(ema.module.vit.layers[0].mlp.fc1.weight, before + 0.5)
-    assert len(ema.module.state_dict()) == len(dict(model.named_parameters())) + len(list(model.buffers()))
+def test_max_train_steps_ends_mid_epoch():
+    run = plan(1000, grad_accum_steps=4, max_train_steps=10)
+    assert (run.total_updates, run.num_epochs, run.epoch_end(1)) == (10, 2, 10)
+    assert run.schedule_epochs == pytest.approx(10 / 7)
 
 
-def test_evaluation_matches_a_direct_computation(make_model):
-    model = make_model()
-    torch.manual_seed(0)
-    pixels, labels = torch.randn(10, 3, 32, 32), torch.randint(0, 10, (10,))
-    labels[3] = -1  # an unreadable image's placeholder
-    batches = [{"pixel_values": pixels[i : i + 4], "labels": labels[i : i + 4]} for i in range(0, 10, 4)]
+def test_where_a_resume_starts():
+    run = plan(1000, grad_accum_steps=4, epochs=3)
+    assert (run.first_epoch(0), run.batches_to_skip(0, 0)) == (0, 0)
+    assert (run.first_epoch(9), run.batches_to_skip(1, 9)) == (1, 8)  # 2 updates of 4 batches into epoch 1
+    assert (run.first_epoch(7), run.batches_to_skip(1, 7)) == (1, 0)  # a checkpoint at an epoch's end
+    assert run.first_epoch(21) == 3  # finished: nothing left to do
+    assert run.batches_to_skip(2, 9) == 0  # never negative
+
+
+def test_a_stream_is_one_epoch_of_max_train_steps():
+    run = plan(None, max_train_steps=5)
+    assert (run.updates_per_epoch, run.total_updates, run.num_epochs) == (5, 5, 1)
+
+
+@pytest.mark.parametrize("images, batch_size, accum", [(20, 128, 4), (300, 128, 4), (31, 32, 1)])
+def test_too_little_data_for_one_update_names_the_flags_to_lower(images, batch_size, accum):
+    with pytest.raises(ValueError) as error:
+        plan(images, batch_size=batch_size, grad_accum_steps=accum)
+    message = str(error.value)
+    assert f"one update takes {batch_size * accum} training images per process" in message
+    assert f"gets {images} per epoch" in message and "lower --batch_size or --grad_accum_steps" in message
+
+
+def test_train_state_counts_each_unreadable_file_once_and_round_trips():
+    state = TrainState()
+    state.note_bad_images(["a.jpg", "b.jpg"])
+    state.record_batch(loss=2.0, images=8)
+    state.note_bad_images(["a.jpg"])  # drawn again in the next epoch
+    state.record_batch(loss=1.0, images=6)
+    assert state.bad_train_images == ["a.jpg", "b.jpg"]
+    assert (state.seen, state.mean_train_loss()) == (14, 1.5)
+    state.step = 3
+    saved = json.loads(json.dumps(state.state_dict()))
+    assert saved["bad_train_count"] == 2 and saved["bad_train_examples"] == ["a.jpg", "b.jpg"]
+    assert set(saved) >= {"step", "elapsed", "seen", "loss_sum", "loss_count", "history"}
+    restored = TrainState.from_state_dict(saved)
+    assert (restored.step, restored.seen, restored.bad_train_images) == (3, 14, ["a.jpg", "b.jpg"])
+    assert restored.wall_time() >= saved["elapsed"]
+    state.end_epoch()
+    assert (state.loss_sum, state.loss_count) == (0.0, 0)
+
+
+def test_gathered_loss_and_images_in_one_process():
     accelerator = Accelerator(cpu=True)
-    loader = accelerator.prepare(DataLoader(batches, batch_size=None))
-    result = T.evaluate_model(model, loader, accelerator)
-    with torch.no_grad():
-        logits = model(pixels).logits
-    valid = labels >= 0
-    top5 = logits.topk(5).indices
-    assert result["count"] == 9 and result["bad_images"] == 1
-    assert result["top1"] == pytest.approx(100 * (logits.argmax(-1) == labels)[valid].float().mean().item())
-    expected_top5 = (top5 == labels[:, None]).any(-1)[valid].float().mean().item()
-    assert result["top5"] == pytest.approx(100 * expected_top5)
-    loss = torch.nn.functional.cross_entropy(logits[valid], labels[valid]).item()
-    assert result["loss"] == pytest.approx(loss, rel=1e-5)
-
-
-def test_metric_module_loads_offline():
-    metric = T.top_k_metric()
-    result = metric.compute(
-        predictions=[[1, 2, 3, 4, 5], [0, 9, 8, 7, 6], [2, 3, 4, 5, 6]],
-        references=[1, 6, 9],
-    )
-    assert result == {
-        "top1": pytest.approx(1 / 3),
-        "top5": pytest.approx(2 / 3),
-        "count": 3,
-    }
-
-
-def test_history_tracks_peak_final_and_gap():
-    history = T.RunHistory()
-    for epoch, top1 in enumerate([50.0, 80.0, 82.5, 82.5, 79.0]):
-        history.add(
-            {
-                "epoch": epoch,
-                "top1": top1,
-                "top5": 90.0 + epoch,
-                "loss": 1.0,
-                "train_loss": 2.0,
-            }
-        )
-    summary = history.summary()
-    assert summary["peak_epoch"] == 2 and summary["peak_top1"] == 82.5
-    assert summary["final_top1"] == 79.0 and summary["final_top5"] == 94.0
-    assert summary["delta_peak_final"] == pytest.approx(3.5)
-    restored = T.RunHistory()
-    restored.load_state_dict(history.state_dict())
-    assert restored.summary() == summary
-
-
-def test_atomic_write_keeps_the_previous_file_on_failure(tmp_path):
-    path = tmp_path / "results.json"
-    T.write_json(path, {"top1": 1.0})
-    with pytest.raises(TypeError):
-        T.write_json(path, {"top1": object()})
-    assert json.loads(path.read_text()) == {"top1": 1.0}
-    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
-    assert path.stat().st_mode & 0o044  # readable by others, unlike mkstemp's default
-
-
-def test_plot_and_history_files(tmp_path):
-    history = T.RunHistory()
-    for epoch in range(3):
-        history.add(
-            {
-                "epoch": epoch,
-                "top1": 10.0 * epoch,
-                "top5": 50.0,
-                "loss": 1.0,
-                "train_loss": 2.0,
-            }
-        )
-    T.plot_history(tmp_path / "curves.png", history, "test")
-    T.write_history(tmp_path / "history.jsonl", history)
-    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    lines = (tmp_path / "history.jsonl").read_text().splitlines()
-    assert [json.loads(line)["top1"] for line in lines] == [0.0, 10.0, 20.0]
-
-
-def test_public_arguments_drop_secrets():
-    assert T.public_arguments({"hub_token": "hf_secret", "lr": 0.1, "HUB_TOKEN_FILE": "x"}) == {"lr": 0.1}
+    loss, images = gathered_loss_and_images(accelerator, torch.tensor(0.25, requires_grad=True), 31)
+    assert (loss, images) == (0.25, 31)
+    state = TrainState(bad_train_images=["x.png"])
+    state.gather(accelerator)
+    assert state.bad_train_images == ["x.png"]

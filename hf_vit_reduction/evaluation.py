@@ -1,0 +1,58 @@
+"""Evaluation: top-1/top-5 and loss over the validation split, every example counted once across processes."""
+
+from pathlib import Path
+
+import evaluate
+import torch
+
+TOP_K_METRIC = str(Path(__file__).parent / "metrics" / "top_k_accuracy")
+
+
+def top_k_metric():
+    """The metric module shipped in this package (`evaluate.load` of a Hub metric needs the network)."""
+    return evaluate.load(TOP_K_METRIC, keep_in_memory=True)
+
+
+@torch.no_grad()
+def evaluate_model(model, loader, accelerator, k: int = 5) -> dict:
+    """Top-1/top-5 (percent) and cross-entropy over every validation example exactly once across processes.
+
+    Unreadable images arrive as placeholders labelled -1 so that every process gathers equal shapes; they are
+    dropped after the gather and counted.
+    """
+    metric = top_k_metric()
+    was_training = model.training
+    model.eval()
+    loss_sum, bad = 0.0, 0
+    for batch in loader:
+        with accelerator.autocast():
+            logits = model(pixel_values=batch["pixel_values"]).logits.float()
+        ranked = logits.topk(min(k, logits.shape[-1]), dim=-1).indices
+        labels = batch["labels"]
+        losses = torch.nn.functional.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+        ranked, labels, losses = accelerator.gather_for_metrics((ranked, labels, losses))
+        valid = labels >= 0
+        bad += int((~valid).sum())
+        loss_sum += float(losses[valid].sum())
+        if valid.any():
+            metric.add_batch(predictions=ranked[valid].cpu().tolist(), references=labels[valid].cpu().tolist())
+    model.train(was_training)
+    result = metric.compute(k=min(k, ranked.shape[-1]))
+    top_k = next(key for key in result if key.startswith("top") and key != "top1")
+    return {
+        "top1": 100 * result["top1"],
+        "top5": 100 * result[top_k],
+        "loss": loss_sum / max(result["count"], 1),
+        "count": result["count"],
+        "bad_images": bad,
+    }
+
+
+def evaluate_model_and_ema(model, ema, loader, accelerator) -> dict:
+    """A history row's metrics: the model's, the EMA's, and the reported ones (the EMA's when on, as timm)."""
+    row = {f"model_{k}": v for k, v in evaluate_model(model, loader, accelerator).items()}
+    reported = {k.removeprefix("model_"): v for k, v in row.items()}
+    if ema is not None:
+        reported = evaluate_model(ema.module, loader, accelerator)
+        row |= {f"ema_{k}": v for k, v in reported.items()}
+    return row | {k: reported[k] for k in ("top1", "top5", "loss")}

@@ -1,0 +1,99 @@
+"""The training loop's speed against the bare step's (`run_image_classification.py --benchmark_loop`).
+
+The script's own loop (mixup, EMA, the non-finite check, progress bar, logging) runs on pre-decoded in-memory data;
+the bare step is forward, backward and AdamW on one fixed batch with nothing around it, timed just before and just
+after the loop so that the machine's drift cancels. The loop is timed by a callback, from the end of the
+`--benchmark_warmup`-th update to the end of the last.
+"""
+
+import logging
+import time
+
+import torch
+
+from . import loaders
+from .outputs import write_json
+
+logger = logging.getLogger(__name__)
+
+
+def in_memory(dataset) -> list[dict]:
+    """Every example transformed once and held as tensors, so that the loop itself is what gets timed."""
+    return [dataset[i] for i in range(len(dataset))]
+
+
+class LoopBenchmark:
+    """Swaps the run's training data for in-memory tensors, times the loop and the bare step, writes the report."""
+
+    def __init__(self, run):
+        self.run = run
+        self.marks = []  # (time, images seen) at the end of the warm-up and at the last update
+
+    def on_update(self, state) -> None:
+        if state.step in (self.run.args.benchmark_warmup, self.run.plan.total_updates):
+            self.marks.append((time.perf_counter(), state.seen))
+
+    def measure(self, train) -> dict:
+        """Run `train(run, callbacks)` between two timings of the bare step; write loop_benchmark.json."""
+        run, args, accelerator = self.run, self.run.args, self.run.accelerator
+        decoded = in_memory(
+            loaders.prepare_dataset(run.data.train, loaders.ExampleTransform(run.eval_transform, **run.columns))
+        )
+        world, rank = accelerator.num_processes, accelerator.process_index
+        run.train_sampler = loaders.train_sampler(
+            decoded, num_processes=world, process_index=rank, aug_repeats=args.aug_repeats, seed=args.seed
+        )
+        run.train_loader = loaders.build_train_loader(
+            decoded, args, sampler=run.train_sampler, num_processes=world, process_index=rank
+        )
+        bare_before = self.bare_step_speed()
+        train(run, callbacks=[self])
+        bare_after = self.bare_step_speed()
+        (start, seen_before), (end, seen_after) = self.marks
+        report = self.report((seen_after - seen_before) / (end - start), bare_before, bare_after)
+        if accelerator.is_main_process:
+            write_json(f"{args.output_dir}/loop_benchmark.json", report)
+        logger.info("loop benchmark: %s", report)
+        return report
+
+    def bare_step_speed(self) -> float:
+        """Images/s of forward, backward and AdamW on one fixed batch, with nothing around them."""
+        run, args, accelerator = self.run, self.run.args, self.run.accelerator
+        batch = next(iter(run.train_loader))
+        images, targets = run.augment(
+            batch["pixel_values"].to(accelerator.device), batch["labels"].to(accelerator.device)
+        )
+        run.model.train()
+
+        def step():
+            with accelerator.autocast():
+                loss = run.criterion(run.model(pixel_values=images).logits, targets)
+            accelerator.backward(loss)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+
+        for _ in range(args.benchmark_warmup):
+            step()
+        steps = (args.max_train_steps - args.benchmark_warmup) * args.grad_accum_steps
+        accelerator.wait_for_everyone()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return len(targets) * steps * accelerator.num_processes / (time.perf_counter() - start)
+
+    def report(self, loop_images_per_s: float, bare_before: float, bare_after: float) -> dict:
+        args = self.run.args
+        bare = (bare_before + bare_after) / 2
+        return {
+            "batch_size": args.batch_size,
+            "timed_updates": args.max_train_steps - args.benchmark_warmup,
+            "loop_images_per_s": loop_images_per_s,
+            "bare_step_images_per_s": bare,
+            "bare_step_images_per_s_before_and_after": [bare_before, bare_after],
+            "loop_vs_bare": loop_images_per_s / bare,
+            "device": str(self.run.accelerator.device),
+        }
