@@ -405,12 +405,12 @@ def build_ema(model: torch.nn.Module, args: argparse.Namespace, *, total_updates
     stale = args.model_ema_decay ** max(total_updates - 1, 0)
     if not args.model_ema_warmup and stale > EMA_STALE_SHARE:
         logger.warning(
-            "the EMA (decay %g, horizon ~%d updates) over %d updates ends %.0f%% the weights of the first update, "
-            "and the EMA is the model reported and saved; use --model_ema_warmup, a lower --model_ema_decay or "
-            "--no-model_ema",
+            "the EMA (decay %g, horizon ~%d updates) will still be %.0f%% the first update's weights after the "
+            "run's %d updates, and the EMA is the model reported and saved; use --model_ema_warmup, a lower "
+            "--model_ema_decay or --no-model_ema",
             args.model_ema_decay,
             round(1 / (1 - args.model_ema_decay)),
-            total_updates,
             100 * stale,
+            total_updates,
         )
     return ema

@@ -426,7 +426,7 @@ def test_an_ema_that_outlasts_the_run_is_reported_once(make_model, paper_args, c
     recipe.build_ema(make_model(), paper_args, total_updates=2_000)
     [record] = caplog.records
     share = 100 * 0.9998**1999
-    assert f"ends {share:.0f}% the weights of the first update" in record.getMessage()
+    assert f"will still be {share:.0f}% the first update's weights after the run's 2000 updates" in record.getMessage()
     assert "the EMA is the model reported and saved" in record.getMessage()
     caplog.clear()
     recipe.build_ema(make_model(), paper_args, total_updates=300 * UPDATES_PER_EPOCH)
