@@ -37,6 +37,7 @@ from hf_vit_reduction.recipe import (
     build_scheduler,
     build_train_criterion,
     build_transforms,
+    configure_torch_backends,
     mixed_precision,
 )
 from hf_vit_reduction.training import TrainState, UpdatePlan, gathered_loss_and_images
@@ -82,9 +83,10 @@ class Run:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    configure_torch_backends(args)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # also lets a MULTI_GPU config run gloo processes
-        mixed_precision=mixed_precision(args.mixed_precision, args.amp),
+        mixed_precision=mixed_precision(args.mixed_precision, args.amp, args.amp_dtype),
         gradient_accumulation_steps=args.grad_accum_steps,
         log_with=None if args.report_to == "none" else args.report_to.split(","),
         project_dir=args.output_dir,

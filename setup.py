@@ -20,7 +20,7 @@ setup(
         "datasets>=4",
         "accelerate>=1.0",
         "evaluate>=0.4",
-        "timm>=1.0",
+        "timm>=1.0.21",  # no-weight-decay names matched as patterns (position embedding, CLS token)
         "huggingface_hub>=1.0",
         "safetensors>=0.4",
         "scikit-learn>=1.3",

@@ -25,7 +25,7 @@ def test_config_parses(name):
     distributed_type, processes, machines = EXPECTED[name]
     assert config.distributed_type == distributed_type  # a str enum
     assert (config.num_processes, config.num_machines) == (processes, machines)
-    assert config.mixed_precision in ("bf16", "no")
+    assert config.mixed_precision in ("bf16", "fp16", "no")
 
 
 def test_scale_out_specifics():

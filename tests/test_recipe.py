@@ -1,96 +1,453 @@
-import argparse
-import itertools
-import math
+"""The paper recipe against timm itself: each part built here equals the one timm's train.py builds from the paper's
+command, and the defaults are timm's."""
 
+import argparse
+import logging
+import random
+import re
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from timm.data import FastCollateMixup, resolve_data_config
+from timm.data.random_erasing import RandomErasing
+from timm.data.transforms_factory import create_transform
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.models import get_pretrained_cfg
+from timm.models.vision_transformer import VisionTransformer
+from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.utils import ModelEmaV3
 
 from hf_vit_reduction import recipe
-from hf_vit_reduction.recipe import (
-    DIGITS_RECIPE,
-    PAPER_RECIPE,
-    build_batch_augmentation,
-    build_ema,
-    build_optimizer,
-    build_scheduler,
-    build_train_criterion,
+
+# timm's train.py (1.0.20-1.0.22, the paper's) as the seed's commands ran it: its argparse defaults for the fields
+# that shape training, overridden by the flags of those commands.
+TIMM_SEED_ARGS = SimpleNamespace(
+    # the seed's flags
+    batch_size=256,
+    grad_accum_steps=2,
+    opt="adamw",
+    lr=0.001,
+    weight_decay=0.05,
+    sched="cosine",
+    epochs=300,
+    warmup_epochs=5,
+    drop_path=0.1,
+    mixup=0.8,
+    cutmix=1.0,
+    reprob=0.25,
+    aa="rand-m9-mstd0.5-inc1",
+    aug_repeats=3,
+    amp=True,
+    channels_last=True,
+    model_ema=True,
+    model_ema_decay=0.9998,
+    seed=42,
+    # train.py's defaults
+    sched_on_updates=False,
+    min_lr=0.0,
+    warmup_lr=1e-5,
+    warmup_prefix=False,
+    cooldown_epochs=0,
+    decay_epochs=90,
+    decay_milestones=[90, 180, 270],
+    patience_epochs=10,
+    decay_rate=0.1,
+    lr_noise=None,
+    lr_noise_pct=0.67,
+    lr_noise_std=1.0,
+    lr_cycle_mul=1.0,
+    lr_cycle_decay=0.5,
+    lr_cycle_limit=1,
+    lr_k_decay=1.0,
+    eval_metric="top1",
+    momentum=0.9,
+    opt_eps=None,
+    opt_betas=None,
+    layer_decay=None,
+    smoothing=0.1,
+    mixup_prob=1.0,
+    mixup_switch_prob=0.5,
+    mixup_mode="batch",
+    cutmix_minmax=None,
+    train_interpolation="random",
+    scale=[0.08, 1.0],
+    ratio=[3.0 / 4.0, 4.0 / 3.0],
+    hflip=0.5,
+    vflip=0.0,
+    color_jitter=0.4,
+    remode="pixel",
+    recount=1,
+    model_ema_warmup=False,
+    amp_dtype="float16",
+)
+UPDATES_PER_EPOCH = 1251  # ImageNet-1k's 1,281,167 images, RepeatAugSampler over 2 GPUs, 256 x 2 per update
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dataset_name")
+    recipe.add_recipe_arguments(parser)
+    args = parser.parse_args(argv)
+    return args, recipe.apply_recipe(args)
+
+
+@pytest.fixture
+def paper_args():
+    return parse(["--dataset_name", "imagenet-1k"])[0]
+
+
+def test_a_data_source_takes_the_paper_recipe_and_its_sources_are_recorded():
+    args, sources = parse(["--dataset_name", "imagenet-1k", "--min-lr", "1e-6", "--no-model-ema", "--aa", "none"])
+    assert args.recipe == "paper"
+    assert (args.min_lr, sources["min_lr"]) == (1e-6, "command line")
+    assert (args.model_ema, sources["model_ema"]) == (False, "command line")
+    assert (args.aa, sources["aa"]) == (None, "command line")
+    assert (args.warmup_lr, sources["warmup_lr"]) == (1e-5, "paper recipe")
+    assert set(sources) == set(recipe.PAPER_RECIPE)
+    assert sum(source == "paper recipe" for source in sources.values()) == len(recipe.PAPER_RECIPE) - 3
+
+
+def test_the_paper_recipe_is_what_the_seed_command_ran_under_timm(paper_args):
+    timm_args = TIMM_SEED_ARGS
+    for field in (
+        *("lr", "min_lr", "warmup_lr", "warmup_epochs", "epochs", "weight_decay", "drop_path", "smoothing"),
+        *("mixup", "cutmix", "reprob", "aa", "hflip", "color_jitter", "train_interpolation", "aug_repeats"),
+        *("model_ema", "model_ema_decay", "model_ema_warmup", "amp", "amp_dtype", "sched_on_updates"),
+        *("batch_size", "grad_accum_steps", "channels_last"),
+    ):
+        assert getattr(paper_args, field) == getattr(timm_args, field), field
+    assert list(paper_args.scale) == timm_args.scale
+    data_config = resolve_data_config(pretrained_cfg=get_pretrained_cfg("vit_base_patch16_224").to_dict())
+    assert (paper_args.interpolation, paper_args.crop_pct) == (data_config["interpolation"], data_config["crop_pct"])
+    assert paper_args.random_erasing_stage == "batch"  # timm's prefetcher is on by default
+    assert paper_args.tf32 and paper_args.cudnn_benchmark
+
+
+def test_no_data_source_takes_the_digits_recipe_and_a_named_recipe_wins():
+    args, sources = parse([])
+    assert args.recipe == "digits" and sources["lr"] == "digits recipe" and args.model_size == "digits"
+    args, sources = parse(["--dataset_name", "x", "--recipe", "paper-modern"])
+    assert (args.amp_dtype, args.sched_on_updates) == ("bfloat16", True)
+    assert sources["amp_dtype"] == "paper-modern recipe"
+
+
+def test_transformers_and_timm_spellings_are_aliases():
+    argv = [
+        *("--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "48", "--learning_rate", "5e-4"),
+        *("--gradient_accumulation_steps", "3", "--warmup-lr", "2e-6", "--sched-on-updates"),
+        *("--amp-dtype", "bfloat16", "--train-interpolation", "bilinear", "--ema_shared_decay_per_use"),
+    ]
+    args, sources = parse(argv)
+    assert (args.batch_size, args.eval_batch_size, args.lr, args.grad_accum_steps) == (32, 48, 5e-4, 3)
+    assert (args.warmup_lr, args.sched_on_updates, args.amp_dtype) == (2e-6, True, "bfloat16")
+    assert (args.train_interpolation, args.ema_shared_decay_per_use) == ("bilinear", True)
+    assert sources["batch_size"] == sources["ema_shared_decay_per_use"] == "command line"
+
+
+def _learning_rates(scheduler, optimizer, epochs: int, updates_per_epoch: int, timm_order: bool) -> list[float]:
+    """The LR of every optimizer step, driving the scheduler as timm's train.py (epoch ends) or as our loop."""
+    rates, step, group = [], 0, optimizer.param_groups[0]
+    for epoch in range(epochs):
+        if not timm_order:
+            scheduler.step(epoch)
+        for _ in range(updates_per_epoch):
+            rates.append(group["lr"])
+            step += 1
+            scheduler.step_update(num_updates=step)
+        if timm_order:
+            scheduler.step(epoch + 1, 0.0)
+    return rates
+
+
+@pytest.mark.parametrize("variant", ["paper", "paper-modern"])
+def test_every_update_of_the_300_epoch_schedule_has_timm_train_py_learning_rate(variant):
+    args = parse(["--dataset_name", "imagenet-1k", "--recipe", variant])[0]
+    timm_args = SimpleNamespace(**{**vars(TIMM_SEED_ARGS), "sched_on_updates": args.sched_on_updates})
+    ours_optimizer = torch.optim.SGD([torch.zeros(1)], lr=args.lr)
+    timm_optimizer = torch.optim.SGD([torch.zeros(1)], lr=timm_args.lr)
+    ours = recipe.build_scheduler(ours_optimizer, args, num_epochs=300 * 1.0, updates_per_epoch=UPDATES_PER_EPOCH)
+    timm_scheduler, num_epochs = create_scheduler_v2(
+        timm_optimizer, **scheduler_kwargs(timm_args, decreasing_metric=False), updates_per_epoch=UPDATES_PER_EPOCH
+    )
+    assert num_epochs == 300
+    expected = _learning_rates(timm_scheduler, timm_optimizer, num_epochs, UPDATES_PER_EPOCH, timm_order=True)
+    got = _learning_rates(ours, ours_optimizer, num_epochs, UPDATES_PER_EPOCH, timm_order=False)
+    assert len(got) == 375_300
+    assert got == expected
+    # The paper's LR is constant within an epoch and reaches 0 only after the last epoch.
+    per_epoch = variant == "paper"
+    assert (got[1] == got[0]) is per_epoch
+    assert got[0] == 1e-5 and 0 < got[-1] < 1e-7
+
+
+def _timm_loader_transform(is_training: bool):
+    """What timm's create_loader builds from train.py's data config and the seed's flags (prefetcher on)."""
+    args = TIMM_SEED_ARGS
+    data_config = resolve_data_config(pretrained_cfg=get_pretrained_cfg("vit_base_patch16_224").to_dict())
+    common = {"mean": data_config["mean"], "std": data_config["std"], "use_prefetcher": True}
+    if not is_training:
+        return create_transform(
+            data_config["input_size"],
+            is_training=False,
+            interpolation=data_config["interpolation"],
+            crop_pct=data_config["crop_pct"],
+            **common,
+        )
+    return create_transform(
+        data_config["input_size"],
+        is_training=True,
+        scale=args.scale,
+        ratio=args.ratio,
+        hflip=args.hflip,
+        vflip=args.vflip,
+        color_jitter=args.color_jitter,
+        auto_augment=args.aa,
+        interpolation=args.train_interpolation,
+        re_prob=args.reprob,
+        re_mode=args.remode,
+        re_count=args.recount,
+        **common,
+    )
+
+
+@pytest.mark.parametrize("is_training", [True, False])
+def test_transforms_are_timm_create_loader_s(paper_args, is_training):
+    ours = recipe.build_transforms(paper_args, image_size=224, mean=(0.5,) * 3, std=(0.5,) * 3)[
+        0 if is_training else 1
+    ]
+    theirs = _timm_loader_transform(is_training)
+    # Same operations with the same parameters (interpolation included) up to the tensor; timm's prefetcher then
+    # normalizes on the device, which is the Normalize at the end of ours.
+    assert [repr(op) for op in ours.transforms[:-2]] == [repr(op) for op in theirs.transforms[:-1]]
+    assert [type(op).__name__ for op in ours.transforms[-2:]] == ["MaybeToTensor", "Normalize"]
+    assert type(theirs.transforms[-1]).__name__ == "MaybePILToTensor"
+    if is_training:
+        assert "interpolation=bilinear bicubic)" in repr(ours.transforms[0])  # timm's "random"
+        assert any(type(op).__name__ == "RandAugment" for op in ours.transforms)
+    pixels = np.random.default_rng(0).integers(0, 256, (200, 260, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    for seed in range(4):
+        outputs = []
+        for transform in (ours, theirs):
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            outputs.append(transform(image))
+        normalized = (outputs[1].float() - 127.5) / 127.5
+        torch.testing.assert_close(outputs[0], normalized, atol=1e-5, rtol=0)
+
+
+def test_random_erasing_runs_per_image_only_when_asked(paper_args):
+    train, _ = recipe.build_transforms(paper_args, image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    assert not any(isinstance(op, RandomErasing) for op in train.transforms)
+    digits = parse([])[0]
+    train, _ = recipe.build_transforms(digits, image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    erasing = train.transforms[-1]
+    assert isinstance(erasing, RandomErasing) and (erasing.probability, erasing.mode) == (0.1, "pixel")
+    assert "interpolation=bicubic" in repr(train.transforms[0]).replace(" ", "")
+
+
+def _seeded(seed, function, *args):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return function(*args)
+
+
+@pytest.mark.parametrize(("mixup", "cutmix"), [(0.8, 0.0), (0.0, 1.0)])
+def test_batch_augmentation_mixes_then_erases_as_timm_collate_and_prefetcher(paper_args, mixup, cutmix):
+    paper_args.mixup, paper_args.cutmix, paper_args.reprob = mixup, cutmix, 1.0  # erasing on every image
+    pixels = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (4, 3, 24, 24), dtype=np.uint8))
+    labels = torch.tensor([0, 1, 2, 3])
+    mean, std = 127.5, 127.5
+
+    def timm_pipeline():
+        # FastCollateMixup in the loader's collate, then PrefetchLoader: normalize, random erasing.
+        collate = FastCollateMixup(
+            mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=0.1, num_classes=5, prob=1.0, switch_prob=0.5
+        )
+        batch, targets = collate([(image, int(label)) for image, label in zip(pixels, labels)])
+        batch = batch.float().sub_(mean).div_(std)
+        return RandomErasing(1.0, mode="pixel", max_count=1, num_splits=0, device="cpu")(batch), targets
+
+    augmentation = recipe.build_batch_augmentation(paper_args, num_classes=5, device="cpu")
+    ours, ours_targets = _seeded(2, augmentation, (pixels.float() - mean) / std, labels)
+    theirs, their_targets = _seeded(2, timm_pipeline)
+    torch.testing.assert_close(ours_targets, their_targets)
+    # Equal up to the collate's rounding of a Mixup blend to whole grey levels (half a level at most).
+    torch.testing.assert_close(ours, theirs, atol=0.51 / std, rtol=0)
+
+    def erase_then_mix():
+        erased = RandomErasing(1.0, mode="pixel", device="cpu")((pixels.float() - mean) / std)
+        return augmentation.mixup(erased, labels.clone())[0]
+
+    # With this seed the erased boxes and the mixed (or cut) pixels overlap: the other order gives another batch.
+    differs = (_seeded(2, erase_then_mix) - theirs).abs() > 0.51 / std
+    assert differs.float().mean() > 0.05
+
+
+def test_batch_augmentation_is_the_identity_when_everything_is_off(paper_args):
+    paper_args.mixup = paper_args.cutmix = paper_args.reprob = 0.0
+    augmentation = recipe.build_batch_augmentation(paper_args, num_classes=5, device="cpu")
+    images, labels = torch.randn(3, 3, 8, 8), torch.tensor([0, 4, 2])
+    out_images, out_labels = augmentation(images.clone(), labels)
+    assert torch.equal(out_images, images) and torch.equal(out_labels, labels)
+    assert isinstance(recipe.build_train_criterion(paper_args), LabelSmoothingCrossEntropy)
+    paper_args.smoothing = 0.0
+    assert type(recipe.build_train_criterion(paper_args)) is torch.nn.CrossEntropyLoss
+
+
+def test_an_odd_batch_loses_its_last_image_to_mixup(paper_args):
+    augmentation = recipe.build_batch_augmentation(paper_args, num_classes=5, device="cpu")
+    images, targets = augmentation(torch.randn(5, 3, 8, 8), torch.tensor([0, 1, 2, 3, 4]))
+    assert images.shape[0] == targets.shape[0] == 4 and targets.shape[1] == 5
+    assert isinstance(recipe.build_train_criterion(paper_args), SoftTargetCrossEntropy)
+
+
+# timm's ViT parameter names -> ours; `{mlp}` is the block's MLP index in our model.
+TIMM_TO_OURS = (
+    (r"^cls_token$", "vit.embeddings.cls_token"),
+    (r"^pos_embed$", "vit.embeddings.position_embeddings"),
+    (r"^patch_embed\.proj\.", "vit.embeddings.projection."),
+    (r"^blocks\.(\d+)\.norm1\.", r"vit.layers.\1.layernorm_before."),
+    (r"^blocks\.(\d+)\.attn\.", r"vit.layers.\1.attention."),
+    (r"^blocks\.(\d+)\.norm2\.", r"vit.layers.\1.layernorm_after."),
+    # A shared MLP is named once, under its group's first block, by timm and by us alike.
+    (r"^blocks\.(\d+)\.mlp\.", r"vit.layers.\1.mlp."),
+    (r"^norm\.", "vit.layernorm."),
+    (r"^head\.", "classifier."),
 )
 
 
-def test_no_weight_decay_on_biases_norms_position_embedding_and_cls_token(make_model):
-    model = make_model("grouped")
-    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.05)
-    names = {id(p): n for n, p in model.named_parameters()}
-    groups = {group["weight_decay"]: {names[id(p)] for p in group["params"]} for group in optimizer.param_groups}
-    assert set(groups) == {0.0, 0.05}
-    no_decay, decay = groups[0.0], groups[0.05]
-    assert {"vit.embeddings.position_embeddings", "vit.embeddings.cls_token"} <= no_decay
-    assert all(n.endswith("bias") or "layernorm" in n or "embeddings." in n for n in no_decay)
-    assert decay == {n for n, p in model.named_parameters() if p.ndim > 1} - no_decay
-    assert "vit.mlps.0.fc1.weight" in decay and "vit.embeddings.projection.weight" in decay
-    assert len(no_decay) + len(decay) == len(list(model.parameters()))
-    assert optimizer.defaults["lr"] == 1e-3
-
-
-def test_cosine_schedule_with_warmup_steps_per_update(make_model):
-    optimizer = build_optimizer(make_model(), lr=1e-3, weight_decay=0.05)
-    args = argparse.Namespace(warmup_epochs=2, min_lr=1e-5, warmup_lr=1e-6)
-    scheduler = build_scheduler(optimizer, args, num_epochs=10, updates_per_epoch=5)
-    lrs = []
-    for step in range(51):  # as the loop calls it (and timm's train.py): step(epoch) at each epoch's start
-        if step % 5 == 0:
-            scheduler.step(step // 5)
-        scheduler.step_update(num_updates=step)
-        lrs.append(optimizer.param_groups[0]["lr"])
-    assert lrs[0] == pytest.approx(1e-6)
-    assert lrs[10] == pytest.approx(
-        1e-3 * 0.5 * (1 + math.cos(math.pi * 10 / 50)) + 1e-5 * (1 - 0.5 * (1 + math.cos(math.pi * 10 / 50))), rel=1e-3
+def _reference_timm_model(strategy: str) -> VisionTransformer:
+    """The digits preset as a timm ViT with the strategy applied as the paper's reference code applies it."""
+    model = VisionTransformer(
+        img_size=32,
+        patch_size=4,
+        embed_dim=64,
+        depth=4,
+        num_heads=4,
+        mlp_ratio=2.0 if strategy == "thin" else 4.0,
+        num_classes=10,
     )
-    assert max(lrs) <= 1e-3 and lrs[-1] == pytest.approx(1e-5)
-    assert all(a < b for a, b in itertools.pairwise(lrs[:11]))
+    for index, block in enumerate(model.blocks):
+        if strategy == "shallow":
+            with torch.no_grad():
+                block.mlp.fc1.weight = torch.nn.Parameter(block.mlp.fc1.weight[:128].clone())
+                block.mlp.fc1.bias = torch.nn.Parameter(block.mlp.fc1.bias[:128].clone())
+                block.mlp.fc2.weight = torch.nn.Parameter(block.mlp.fc2.weight[:, :128].clone())
+        if strategy == "grouped" and index % 2:
+            block.mlp = model.blocks[index - 1].mlp
+    return model
 
 
-def recipe_args(**overrides):
-    return argparse.Namespace(**{**PAPER_RECIPE, **overrides})
+def _our_name(timm_name: str) -> str:
+    for pattern, replacement in TIMM_TO_OURS:
+        if re.match(pattern, timm_name):
+            return re.sub(pattern, replacement, timm_name)
+    raise AssertionError(f"no mapping for {timm_name}")
 
 
-def test_mixup_targets_sum_to_one_and_include_smoothing():
-    augment = build_batch_augmentation(recipe_args(mixup=0.8, cutmix=1.0, smoothing=0.1), num_classes=10)
-    torch.manual_seed(0)
-    images, labels = torch.randn(8, 3, 16, 16), torch.arange(8)
-    mixed, targets = augment(images.clone(), labels)
-    assert targets.shape == (8, 10)
-    assert torch.allclose(targets.sum(-1), torch.ones(8))
-    assert targets.min().item() == pytest.approx(0.1 / 10)  # smoothing reaches every class
-    assert not torch.equal(mixed, images)
-    assert type(build_train_criterion(recipe_args(smoothing=0.0))).__name__ == "SoftTargetCrossEntropy"
-    plain = recipe_args(mixup=0.0, cutmix=0.0)
-    same_images, same_labels = build_batch_augmentation(plain, num_classes=10)(images, labels)
-    assert same_images is images and same_labels is labels
-    assert type(build_train_criterion(plain)).__name__ == "LabelSmoothingCrossEntropy"
-    assert type(build_train_criterion(recipe_args(mixup=0.0, cutmix=0.0, smoothing=0.0))) is torch.nn.CrossEntropyLoss
+def _groups_by_name(optimizer, names: dict) -> list[tuple[float, set[str]]]:
+    return sorted((group["weight_decay"], {names[id(p)] for p in group["params"]}) for group in optimizer.param_groups)
 
 
-def test_ema_updates_each_shared_tensor_once(make_model):
-    model = make_model("grouped")
-    ema = build_ema(model, recipe_args(model_ema_decay=0.5, model_ema_warmup=False), total_updates=10)
-    before = ema.module.vit.mlps[0].fc1.weight.clone()
+@pytest.mark.parametrize("strategy", ["baseline", "grouped", "shallow", "thin"])
+def test_optimizer_groups_are_timm_create_optimizer_v2_s(make_model, strategy):
+    overrides = {"reduction_mlp_ratio": 2.0} if strategy == "thin" else {}
+    model = make_model(strategy, **overrides)
+    reference = _reference_timm_model(strategy)
+    ours = recipe.build_optimizer(model, lr=1e-3, weight_decay=0.05, fused=False)
+    theirs = create_optimizer_v2(reference, **optimizer_kwargs(cfg=TIMM_SEED_ARGS))
+    our_names = {id(p): name for name, p in model.named_parameters()}
+    their_names = {id(p): _our_name(name) for name, p in reference.named_parameters()}
+    assert _groups_by_name(ours, our_names) == _groups_by_name(theirs, their_names)
+    no_decay = next(names for decay, names in _groups_by_name(ours, our_names) if decay == 0)
+    assert {"vit.embeddings.position_embeddings", "vit.embeddings.cls_token"} <= no_decay
+    assert type(ours) is type(theirs)
+    for key in ("lr", "betas", "eps", "amsgrad", "maximize"):
+        assert ours.defaults[key] == theirs.defaults[key], key
+
+
+def _moved_fraction(before: dict, after: dict, target: dict) -> dict:
+    """Per tensor, how far the EMA moved toward the model: 1 - decay**uses for one update."""
+    return {
+        key: float(((after[key] - before[key]) / (target[key] - before[key])).mean())
+        for key in before
+        if before[key].is_floating_point()
+    }
+
+
+def _one_ema_update(ema, model):
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(1.0)
-    ema.update(model)
-    # Updated once: 0.5 * old + 0.5 * (old + 1) = old + 0.5. Twice (as walking aliased tensors would) gives + 0.75.
-    assert torch.allclose(ema.module.vit.mlps[0].fc1.weight, before + 0.5)
-    assert len(ema.module.state_dict()) == len(dict(model.named_parameters())) + len(list(model.buffers()))
-    assert build_ema(model, recipe_args(model_ema=False), total_updates=10) is None
+    target = {k: v.clone() for k, v in model.state_dict().items()}
+    ema.update(model, step=None)  # the configured decay (timm's step 1 copies the model outright)
+    after = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    return _moved_fraction(before, after, target)
 
 
-def test_apply_recipe_fills_unset_fields_and_names_their_source():
-    args = argparse.Namespace(**dict.fromkeys(PAPER_RECIPE), dataset_name=None, train_dir="x", validation_dir=None)
-    args.lr, args.aa = 5e-4, "none"
-    sources = recipe.apply_recipe(args)
-    assert (args.lr, args.aa, args.epochs) == (5e-4, None, PAPER_RECIPE["epochs"])
-    assert sources["lr"] == "command line" and sources["epochs"] == "paper recipe"
-    digits = argparse.Namespace(**dict.fromkeys(PAPER_RECIPE), dataset_name=None, train_dir=None, validation_dir=None)
-    assert set(recipe.apply_recipe(digits).values()) == {"digits recipe"}
-    assert digits.model_size == DIGITS_RECIPE["model_size"] == "digits"
+@pytest.mark.parametrize("per_use", [False, True])
+def test_ema_decays_each_tensor_once_or_shared_ones_once_per_use(make_model, paper_args, per_use):
+    decay = 0.9
+    paper_args.model_ema_decay, paper_args.ema_shared_decay_per_use = decay, per_use
+    model = make_model("grouped")
+    moved = _one_ema_update(recipe.build_ema(model, paper_args, total_updates=10**6), model)
+    # Two shared MLPs (fc1/fc2 weight and bias), each listed under both blocks of its group.
+    shared = {key for key in moved if ".mlp." in key}
+    assert len(shared) == 16 and model.vit.layers[1].mlp is model.vit.layers[0].mlp
+    for key, fraction in moved.items():
+        expected = 1 - decay**2 if per_use and key in shared else 1 - decay
+        assert fraction == pytest.approx(expected, abs=1e-4), key
+
+
+def test_the_per_use_switch_reproduces_the_reference_ema_of_a_shared_mlp():
+    # The reference: timm's ModelEmaV3 on a timm ViT whose blocks 0 and 1 (2 and 3) hold one MLP module.
+    reference = _reference_timm_model("grouped")
+    moved = _one_ema_update(ModelEmaV3(reference, decay=0.9), reference)
+    assert moved["blocks.1.mlp.fc1.weight"] == pytest.approx(1 - 0.9**2, abs=1e-4)
+    assert moved["blocks.1.attn.qkv.weight"] == pytest.approx(1 - 0.9, abs=1e-4)
+
+
+def test_an_ema_that_outlasts_the_run_is_reported_once(make_model, paper_args, caplog):
+    caplog.set_level(logging.WARNING, logger="hf_vit_reduction.recipe")
+    recipe.build_ema(make_model(), paper_args, total_updates=2_000)
+    [record] = caplog.records
+    share = 100 * 0.9998**1999
+    assert f"will still be {share:.0f}% the first update's weights after the run's 2000 updates" in record.getMessage()
+    assert "the EMA is the model reported and saved" in record.getMessage()
+    caplog.clear()
+    recipe.build_ema(make_model(), paper_args, total_updates=300 * UPDATES_PER_EPOCH)
+    paper_args.model_ema_warmup = True
+    recipe.build_ema(make_model(), paper_args, total_updates=2_000)
+    assert caplog.records == []
+    paper_args.model_ema = False
+    assert recipe.build_ema(make_model(), paper_args, total_updates=2_000) is None
+
+
+def test_amp_is_timm_s_float16_with_loss_scaling_unless_asked(monkeypatch):
+    assert recipe.mixed_precision("bf16", amp=False) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert recipe.mixed_precision(None, amp=True) == "no"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert recipe.mixed_precision(None, amp=True) == "fp16"
+    assert recipe.mixed_precision(None, amp=True, amp_dtype="bfloat16") == "bf16"
+    assert recipe.mixed_precision(None, amp=False) == "no"
+
+
+def test_torch_backends_follow_timm_train_py(paper_args):
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark
+    try:
+        recipe.configure_torch_backends(paper_args)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.benchmark
+        paper_args.tf32 = paper_args.cudnn_benchmark = False
+        recipe.configure_torch_backends(paper_args)
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark = saved
