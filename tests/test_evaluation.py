@@ -40,7 +40,9 @@ def test_the_ema_is_reported_when_on(make_model):
     model = make_model()
     ema = build_ema(
         make_model(seed=1),
-        argparse.Namespace(model_ema=True, model_ema_decay=0.9, model_ema_warmup=False),
+        argparse.Namespace(
+            model_ema=True, model_ema_decay=0.9, model_ema_warmup=False, ema_shared_decay_per_use=False
+        ),
         total_updates=1,
     )
     torch.manual_seed(0)

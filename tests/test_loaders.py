@@ -119,11 +119,8 @@ def test_single_process_sampler_is_a_function_of_seed_and_epoch():
     assert list(again) == order
 
 
-def test_transforms_follow_timm_recipe():
-    train, evaluation = transforms(32, reprob=0.25)
-    names = [type(t).__name__ for t in train.transforms]
-    assert names[:2] == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip"]
-    assert "RandAugment" in names and names[-1] == "RandomErasing"
+def test_eval_transform_turns_any_image_into_a_normalized_square():
+    _, evaluation = transforms(32)
     out = evaluation(Image.new("RGB", (50, 40), (255, 255, 255)))
     assert out.shape == (3, 32, 32) and torch.allclose(out, torch.ones_like(out))
 

@@ -261,8 +261,8 @@ def test_a_folder_too_small_for_one_update_stops_before_the_model_and_says_which
     with pytest.raises(SystemExit) as stop:
         import_script().main(["--train_dir", str(tmp_path / "train"), "--output_dir", str(out), "--report_to", "none"])
     message = str(stop.value.code)
-    # The paper's recipe: 128 x 4 images per update; 15% of the 12 images are held out for validation.
-    assert message.startswith("error: one update takes 512 training images per process (--batch_size 128 x ")
+    # The paper's recipe: 256 x 2 images per update; 15% of the 12 images are held out for validation.
+    assert message.startswith("error: one update takes 512 training images per process (--batch_size 256 x ")
     assert message.endswith("lower --batch_size or --grad_accum_steps so that their product is at most 10")
     assert not out.exists()
 
