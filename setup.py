@@ -11,7 +11,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["hf_vit_reduction", "hf_vit_reduction.*"]),
-    package_data={"hf_vit_reduction": ["metrics/*/*.py"]},
+    package_data={"hf_vit_reduction": ["metrics/*/*.py", "templates/*.md"]},
     install_requires=[
         # Exact versions for these machines are pinned in .ci/constraints.txt.
         "torch>=2.4",
@@ -22,6 +22,7 @@ setup(
         "evaluate>=0.4",
         "timm>=1.0",
         "huggingface_hub>=1.0",
+        "jinja2>=3",  # model cards: huggingface_hub's ModelCard.from_template
         "safetensors>=0.4",
         "scikit-learn>=1.3",
         "scipy>=1.10",

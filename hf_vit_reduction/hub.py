@@ -315,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     push.add_argument("--revision", default=None, help="branch to push to (created when missing)")
     push.add_argument("--commit_message", default="Upload model with hf_vit_reduction")
     push.add_argument("--token", default=None, help="else HF_TOKEN or the login cache")
+    push.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds without an answer before failing")
     args = parser.parse_args(argv)
     try:
         outcome = push_to_hub(args.folder, args.repo_id, args.token, args.private, args.revision, args.commit_message)

@@ -15,12 +15,14 @@ serves the routes those clients call (found by running them against it) and noth
     GET  /api/models/{repo}/tree/{rev}[/{path}]  file listing
     HEAD|GET /{repo}/resolve/{rev}/{path}        file bytes with X-Repo-Commit, ETag, X-Linked-Etag/-Size
 
+Anything else is 404, e.g. `GET /api/agent-harnesses`, which `huggingface_hub` asks for once, best effort.
+
 It is strict so that a test cannot pass by accident: every route but the signed PUT needs a known token in
 `Authorization: Bearer ...` (401 otherwise; 403 to write with a read token or into another namespace), every
 uploaded object is checked against its sha256 and size, unknown routes, unknown JSON fields and unknown commit
 keys are refused (400/404 with the reason), and an LFS file can only be committed after its object was uploaded.
 Files are kept per commit (`server.files(repo_id)`, `server.commits(repo_id)`) for assertions, and every request is
-logged (`server.requests`). `fail(route, status)` and `stall(route)` make one route answer an error or never answer.
+logged (`server.requests`). `fail(route, status)` makes one route answer an error, `hold(route)` holds its requests until `release()`.
 """
 
 import base64
@@ -86,7 +88,7 @@ class HubServer:
         self.lock = threading.RLock()
         self._tickets: dict[str, tuple[str, str, int]] = {}  # signed PUT ticket -> (repo, sha256, size)
         self._failures: dict[str, list[int]] = {}
-        self._stalled: set[str] = set()
+        self._held: set[str] = set()
         self._release = threading.Event()
         self._oids = (hashlib.sha1(f"commit {n}".encode()).hexdigest() for n in itertools.count())
         self._http = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -109,15 +111,15 @@ class HubServer:
         with self.lock:
             self._failures.setdefault(route, []).extend([status] * times)
 
-    def stall(self, route: str) -> None:
-        """Requests to `route` are read and never answered (until `release()` or shutdown)."""
+    def hold(self, route: str) -> None:
+        """Requests to `route` wait unanswered until `release()` (or shutdown), then are served."""
         with self.lock:
-            self._stalled.add(route)
+            self._held.add(route)
             self._release.clear()
 
     def release(self) -> None:
         with self.lock:
-            self._stalled.clear()
+            self._held.clear()
         self._release.set()
 
     def commits(self, repo_id: str, branch: str = "main") -> list[Commit]:
@@ -143,11 +145,10 @@ class HubServer:
             if match is None or method not in route_method.split("|"):
                 continue
             with self.lock:
-                stalled = route in self._stalled
+                held = route in self._held
                 injected = self._failures.get(route, []) and self._failures[route].pop(0)
-            if stalled:
+            if held:
                 self._release.wait()
-                raise HubError(503, "the server was stopped")
             user = self._authenticate(headers) if needs_auth else None
             if injected:
                 raise HubError(injected, f"injected failure of {route}")
