@@ -111,6 +111,13 @@ class HubServer:
         with self.lock:
             self._failures.setdefault(route, []).extend([status] * times)
 
+    def clear_failures(self) -> list[tuple[str, int]]:
+        """Drop the injected failures no request consumed, and return them."""
+        with self.lock:
+            left = [(route, status) for route, statuses in self._failures.items() for status in statuses]
+            self._failures.clear()
+        return left
+
     def hold(self, route: str) -> None:
         """Requests to `route` wait unanswered until `release()` (or shutdown), then are served."""
         with self.lock:
