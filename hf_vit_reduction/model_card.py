@@ -1,11 +1,14 @@
 """Model cards (README.md) for ViTReduced model folders, in the Hub's metadata format.
 
+    python -m hf_vit_reduction.model_card FOLDER [--repo_id ID] [--run_dir DIR]
+
 `write_model_card(folder)` renders `templates/model_card.md` through `huggingface_hub`'s `ModelCard`,
 `ModelCardData` and `EvalResult` from what the folder holds: the config (strategy and cost), and, for a training
 run, `args.json`, `results.json`, `history.jsonl` and `training_curves.png`; for a converted model, the
 `conversion` facts its converter passes.
 """
 
+import argparse
 import json
 from importlib import resources
 from pathlib import Path
@@ -48,6 +51,8 @@ def render_model_card(
     """
     folder = Path(folder)
     run_dir = Path(run_dir) if run_dir is not None else folder
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} holds no config.json: not a saved model folder")
     config = ViTReducedConfig.from_pretrained(folder)
     cost = summarize(config)
     strategy = config.reduction_strategy or "baseline"
@@ -170,3 +175,20 @@ def _dataset(run_args: dict, results: dict | None) -> tuple[str, str]:
     if data.startswith("digits"):
         return "digits", "scikit-learn's handwritten digits"
     return "custom", data or "unrecorded data"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", help="a saved model folder")
+    parser.add_argument("--repo_id", default=None, help="the Hub repository the card's snippets load")
+    parser.add_argument("--run_dir", default=None, help="where args.json and results.json are (default: FOLDER)")
+    args = parser.parse_args(argv)
+    try:
+        path = write_model_card(args.folder, repo_id=args.repo_id, run_dir=args.run_dir)
+    except OSError as error:
+        raise SystemExit(f"error: {error}") from None
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -136,6 +136,8 @@ LOAD_AND_COMPARE = """
     from transformers import AutoModelForImageClassification, pipeline
 
     repo_id, expected_path, remote_code = sys.argv[1], sys.argv[2], sys.argv[3] == "remote"
+    if not remote_code:
+        import hf_vit_reduction  # registers the Auto classes, as the card's first snippet does
     expected = torch.load(expected_path)
     model = AutoModelForImageClassification.from_pretrained(repo_id, trust_remote_code=remote_code).eval()
     with torch.no_grad():

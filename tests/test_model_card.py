@@ -11,7 +11,7 @@ from huggingface_hub import ModelCard
 from transformers import ViTImageProcessor
 
 from hf_vit_reduction import REDUCTION_STRATEGIES, summarize
-from hf_vit_reduction.model_card import render_model_card, write_model_card
+from hf_vit_reduction.model_card import main, render_model_card, write_model_card
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,6 +140,17 @@ def test_card_of_a_converted_model_has_no_results(make_model, tmp_path, strategy
     assert "## Results" not in card.text and "## Training hyperparameters" not in card.text
     assert ("has not been trained after the reduction" in card.text) == (strategy != "baseline")
     assert f"| parameters | {model.num_parameters():,} |" in card.text
+
+
+def test_card_command(make_model, tmp_path, capsys):
+    run_folder(tmp_path, make_model("grouped"))
+    main([str(tmp_path), "--repo_id", "me/vit"])
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'README.md'}\n"
+    assert ModelCard.load(tmp_path / "README.md").data.model_name == "vit"
+    with pytest.raises(
+        SystemExit, match=f"^error: {tmp_path / 'missing'} holds no config.json: not a saved model folder$"
+    ):
+        main([str(tmp_path / "missing")])
 
 
 def test_best_model_subfolder_reads_the_run_outputs_from_its_parent(make_model, tmp_path):
