@@ -172,7 +172,7 @@ class HubPusher:
         self.repo_id, self.strategy = repo_id, strategy
         self._push = {"token": token, "private": private, "revision": revision, "timeout": timeout}
         self._lock = threading.Lock()
-        self._pending: tuple[Path, bool, str] | None = None  # (snapshot, holds a checkpoint, commit message)
+        self._pending: tuple[Path, Path, bool, str] | None = None  # (folder, snapshot, with checkpoint, message)
         self._worker: threading.Thread | None = None
         self.pushed: list[dict] = []  # outcomes of the background pushes
         self.failures: list[str] = []  # one line per failed background push
@@ -199,16 +199,22 @@ class HubPusher:
         """
         if self.strategy == "end":
             return
-        snapshot = Path(tempfile.mkdtemp(prefix="hf-vit-reduction-push-"))
-        shutil.copytree(folder, snapshot / "run", ignore=_ignore_for_copy, dirs_exist_ok=True)
         with_checkpoint = self.strategy == "checkpoint" and checkpoint is not None
-        if with_checkpoint:
-            # A finished checkpoint is never rewritten, so hard links are a faithful snapshot.
-            shutil.copytree(checkpoint, snapshot / LAST_CHECKPOINT, copy_function=_link_or_copy)
+        snapshot = Path(tempfile.mkdtemp(prefix="hf-vit-reduction-push-"))
+        try:
+            shutil.copytree(folder, snapshot / "run", ignore=_ignore_for_copy)
+            if with_checkpoint:
+                # A finished checkpoint is never rewritten, so hard links are a faithful snapshot.
+                shutil.copytree(checkpoint, snapshot / LAST_CHECKPOINT, copy_function=_link_or_copy)
+        except OSError as error:  # e.g. a full disk: this save is not pushed, training goes on
+            shutil.rmtree(snapshot, ignore_errors=True)
+            self.failures.append(f"copying {folder} aside to push it failed: {error}")
+            logger.warning("background push skipped (the next save retries it): %s", self.failures[-1])
+            return
         with self._lock:
             if self._pending is not None:
-                shutil.rmtree(self._pending[0], ignore_errors=True)
-            self._pending = (snapshot, with_checkpoint, message)
+                shutil.rmtree(self._pending[1], ignore_errors=True)
+            self._pending = (Path(folder), snapshot, with_checkpoint, message)
             if self._worker is None:
                 self._worker = threading.Thread(target=self._drain, name="hub-push", daemon=True)
                 self._worker.start()
@@ -220,7 +226,7 @@ class HubPusher:
                 if job is None:
                     self._worker = None
                     return
-            snapshot, with_checkpoint, message = job
+            folder, snapshot, with_checkpoint, message = job
             checkpoint = snapshot / LAST_CHECKPOINT if with_checkpoint else None
             try:
                 self.pushed.append(
@@ -230,8 +236,8 @@ class HubPusher:
                 )
             except Exception as error:  # noqa: BLE001 (a background push must never end the training run)
                 line = str(error) if isinstance(error, HubPushError) else f"{type(error).__name__}: {error}"
-                self.failures.append(line)
-                logger.warning("background push failed (the next save retries it): %s", line)
+                self.failures.append(line.replace(str(snapshot / "run"), str(folder)))
+                logger.warning("background push failed (the next save retries it): %s", self.failures[-1])
             finally:
                 shutil.rmtree(snapshot, ignore_errors=True)
 

@@ -12,6 +12,7 @@ import queue
 import socket
 import subprocess
 import sys
+import sysconfig
 import textwrap
 import threading
 from pathlib import Path
@@ -104,8 +105,8 @@ def client_env(endpoint: str, home: Path, token: str | None = WRITE_TOKEN, packa
     return env
 
 
-def run_client(code: str, env: dict, cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-c", textwrap.dedent(code), *args]
+def run_client(code: str, env: dict, cwd: Path, *args: str, python=sys.executable) -> subprocess.CompletedProcess:
+    command = [str(python), "-c", textwrap.dedent(code), *args]
     return subprocess.run(
         command, check=False, env=env, cwd=cwd, capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S
     )
@@ -165,6 +166,22 @@ def server():
     tokens = {WRITE_TOKEN: {"user": "me", "write": True}, READ_TOKEN: {"user": "me", "write": False}}
     with HubServer(tokens) as hub:
         yield hub
+
+
+@pytest.fixture(scope="module")
+def python_without_package(tmp_path_factory) -> Path:
+    """A Python that has torch and transformers but cannot import hf_vit_reduction.
+
+    A fresh virtual environment whose .pth lists this environment's site-packages: a plain path entry, which does
+    not activate the editable install's import finder (a .pth of its own in that folder).
+    """
+    venv = tmp_path_factory.mktemp("bare") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    site = Path(subprocess.check_output([python, "-c", purelib], text=True).strip())
+    (site / "shared_environment.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    return python
 
 
 @pytest.fixture(scope="module")
@@ -277,9 +294,12 @@ def test_hub_repository_loads_with_the_package(server, pushed):
 
 
 @pytest.mark.slow
-def test_hub_repository_loads_with_remote_code_where_the_package_is_not_importable(server, pushed):
+def test_hub_repository_loads_with_remote_code_where_the_package_is_not_importable(
+    server, pushed, python_without_package
+):
     env = client_env(server.url, pushed["root"] / "home-remote", package=False)
-    result = run_client(LOAD_AND_COMPARE, env, pushed["root"], "me/vit-grouped", str(pushed["expected"]), "remote")
+    arguments = ("me/vit-grouped", str(pushed["expected"]), "remote")
+    result = run_client(LOAD_AND_COMPARE, env, pushed["root"], *arguments, python=python_without_package)
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.splitlines()[-1])
     assert not loaded["package_importable"]
@@ -317,7 +337,7 @@ def test_second_push_of_a_changed_model_makes_a_second_commit(server, tmp_path):
 
 
 @pytest.mark.slow
-def test_transformers_push_to_hub_gives_a_loadable_repository(server, pushed, tmp_path):
+def test_transformers_push_to_hub_gives_a_loadable_repository(server, pushed, tmp_path, python_without_package):
     push = """
         import sys
         import hf_vit_reduction
@@ -343,7 +363,8 @@ def test_transformers_push_to_hub_gives_a_loadable_repository(server, pushed, tm
             print(torch.equal(model(pixel_values=expected["pixels"]).logits, expected["logits"]))
     """
     env = client_env(server.url, tmp_path / "home-remote", package=False)
-    result = run_client(load, env, tmp_path, "me/pushed-by-transformers", str(pushed["expected"]))
+    arguments = ("me/pushed-by-transformers", str(pushed["expected"]))
+    result = run_client(load, env, tmp_path, *arguments, python=python_without_package)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True"]
 
@@ -537,4 +558,5 @@ def test_failed_background_push_is_reported_and_retried_and_never_stops_training
     assert outcome["error"].endswith(f"--repo_id {repo_id}`")
     (failure,) = outcome["background_failures"]
     assert "the Hub had a server error (500: " in failure
+    assert f"The local folder {tmp_path / 'run'} is complete and unchanged" in failure
     assert server.clear_failures() == []
