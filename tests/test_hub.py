@@ -65,7 +65,7 @@ def build_model_folder(folder: Path, seed: int, results: dict | None = None) -> 
     (folder / "history.jsonl").write_text(json.dumps({"epoch": 4, "top1": 91.25, "top5": 99.5}) + "\n")
     (folder / "training_curves.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
     write_model_card(folder, repo_id="me/vit-grouped")
-    (folder / "checkpoints" / "step_00000110").mkdir(parents=True)
+    (folder / "checkpoints" / "step_00000110").mkdir(parents=True, exist_ok=True)
     (folder / "checkpoints" / "step_00000110" / "optimizer.bin").write_bytes(b"\0optimizer state")
     (folder / ".results.json.tmp").write_text("{}")
     return folder
@@ -442,7 +442,8 @@ def test_token_sources_and_no_token_written(server, tmp_path, source):
 
 
 # A training loop's saves, as run_image_classification.py makes them: the model and the run outputs at the top of
-# the output folder, and a checkpoint folder per save. It waits for a line on stdin before its final push.
+# the output folder, and a checkpoint folder per save. It waits for a line on stdin, writes results.json and
+# makes its final push.
 TRAINING_LOOP = """
     import hashlib, json, sys, time
     import torch
@@ -470,6 +471,8 @@ TRAINING_LOOP = """
             pusher.wait()
     print("loop done", flush=True)
     sys.stdin.readline()
+    with open(f"{run}/results.json", "w") as results:  # what the script writes before its final push
+        json.dump({"final_top1": 30.0}, results)
     print(json.dumps(pusher.finish(run)), flush=True)
 """
 
@@ -553,6 +556,7 @@ def test_failed_background_push_is_reported_and_retried_and_never_stops_training
     server.fail("commit", 503)  # and so does the final push
     outcome = finish_loop(loop, lines)
     assert [commit.summary for commit in server.commits(repo_id)] == ["initial commit", "step 2", "step 3"]
+    assert "results.json" not in server.files(repo_id)
     assert outcome["pushed"] is False and outcome["background_pushes"] == 2
     assert "while uploading" in outcome["error"] and "the Hub had a server error (503: " in outcome["error"]
     assert outcome["error"].endswith(f"--repo_id {repo_id}`")
