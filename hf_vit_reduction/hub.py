@@ -11,7 +11,6 @@ import argparse
 import fnmatch
 import logging
 import shutil
-import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -324,10 +323,18 @@ def main(argv: list[str] | None = None) -> None:
     push.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds without an answer before failing")
     args = parser.parse_args(argv)
     try:
-        outcome = push_to_hub(args.folder, args.repo_id, args.token, args.private, args.revision, args.commit_message)
+        outcome = push_to_hub(
+            args.folder,
+            args.repo_id,
+            args.token,
+            args.private,
+            args.revision,
+            args.commit_message,
+            timeout=args.timeout,
+        )
     except HubPushError as error:
         raise SystemExit(f"error: {error}") from None
-    print(f"pushed {args.folder} to {outcome['url']} (commit {outcome['commit']})", file=sys.stdout)
+    print(f"pushed {args.folder} to {outcome['url']} (commit {outcome['commit']})")
 
 
 if __name__ == "__main__":

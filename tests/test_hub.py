@@ -383,7 +383,7 @@ FAILURES = {  # case: (token, injected (route, status), what the line must say)
     "500": (WRITE_TOKEN, ("commit", 500), "while uploading 10 files: the Hub had a server error (500: "),
     "503": (WRITE_TOKEN, ("create", 503), "while creating the repository: the Hub had a server error (503: "),
     "refused": (WRITE_TOKEN, None, "while creating the repository: could not connect to http://127.0.0.1:"),
-    "timeout": (WRITE_TOKEN, None, "while creating the repository: no answer from http://127.0.0.1:"),
+    "timeout": (WRITE_TOKEN, None, "while creating the repository: no answer from http://127.0.0.1:"),  # in 3 s
 }
 
 
@@ -410,6 +410,7 @@ def test_failed_push_ends_in_one_line_and_changes_nothing(server, tmp_path, case
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith(f"error: pushing {folder} to me/fail-{case} failed ")
     assert expected in line
+    assert (" within 3 s. " in line) == (case == "timeout")
     assert line.endswith(
         f"The local folder {folder} is complete and unchanged; push it again with "
         f"`python -m hf_vit_reduction.hub push {folder} --repo_id me/fail-{case}`"
