@@ -320,7 +320,8 @@ def check_pipeline_and_card(loaded: dict) -> None:
 def test_second_push_of_a_changed_model_makes_a_second_commit(server, tmp_path):
     folder = build_model_folder(tmp_path / "run", seed=1)
     env = client_env(server.url, tmp_path / "home")
-    assert push_command(folder, "me/second", env).returncode == 0
+    assert push_command(folder, "me/second", env, "--private").returncode == 0
+    assert server.repos["me/second"].private
     first_weights = server.files("me/second")["model.safetensors"]
     build_model_folder(folder, seed=2)  # retrained: new weights, same card and curves
     requests_before = len(server.requests)
@@ -334,6 +335,31 @@ def test_second_push_of_a_changed_model_makes_a_second_commit(server, tmp_path):
     assert ("POST", "/api/repos/create", 409) in second_push  # the existing repository is accepted
     uploads = [request for request in second_push if request[0] == "PUT"]
     assert len(uploads) == 1  # only the changed weights; the unchanged curves are not sent again
+    main_files = server.files("me/second")
+    build_model_folder(folder, seed=5)
+    result = push_command(folder, "me/second", env, "--revision", "experiment")  # a new branch, from main
+    assert result.returncode == 0, result.stderr
+    assert server.commits("me/second", "experiment")[:3] == server.commits("me/second")
+    assert len(server.commits("me/second", "experiment")) == 4
+    assert server.files("me/second", "experiment") == {".gitattributes": b""} | pushed_files(folder)
+    assert server.files("me/second") == main_files
+
+
+@pytest.mark.slow
+def test_pusher_with_a_refused_token_fails_before_training(server, tmp_path):
+    create = """
+        from hf_vit_reduction.hub import HubPusher, HubPushError
+        try:
+            HubPusher("me/never-trained", token="hf_notAToken")
+        except HubPushError as error:
+            print(error)
+    """
+    result = run_client(create, client_env(server.url, tmp_path / "home", token=None), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(
+        "creating the Hub repository me/never-trained failed: the Hub refused the token (401"
+    )
+    assert "hf_notAToken" not in result.stdout and "me/never-trained" not in server.repos
 
 
 @pytest.mark.slow
