@@ -21,7 +21,7 @@ setup(
         "accelerate>=1.0",
         "evaluate>=0.4",
         "timm>=1.0",
-        "huggingface_hub>=1.0",
+        "huggingface_hub>=2.4",  # hub.py: its httpx2 client errors (2.4 is the version tested)
         "jinja2>=3",  # model cards: huggingface_hub's ModelCard.from_template
         "safetensors>=0.4",
         "scikit-learn>=1.3",
