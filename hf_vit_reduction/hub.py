@@ -50,7 +50,9 @@ def push_to_hub(
 
     Creates the repository (and the `revision` branch) when missing. Files are uploaded as they are, except those
     matching `IGNORE_PATTERNS`; files already on the Hub with the same content are not sent again, and files of
-    an older `last-checkpoint/` that the new one lacks are deleted in the same commit. Raises `HubPushError`.
+    an older `last-checkpoint/` that the new one lacks are deleted in the same commit. The card travels as the
+    folder's README.md (`ModelCard.push_to_hub` would validate it against the public Hub's address, whatever
+    HF_ENDPOINT says). Raises `HubPushError`.
     """
     folder = Path(folder)
     if not folder.is_dir():
