@@ -11,7 +11,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["hf_vit_reduction", "hf_vit_reduction.*"]),
-    package_data={"hf_vit_reduction": ["metrics/*/*.py"]},
+    package_data={"hf_vit_reduction": ["metrics/*/*.py", "templates/*.md"]},
     install_requires=[
         # Exact versions for these machines are pinned in .ci/constraints.txt.
         "torch>=2.4",
@@ -21,7 +21,8 @@ setup(
         "accelerate>=1.0",
         "evaluate>=0.4",
         "timm>=1.0.21",  # no-weight-decay names matched as patterns (position embedding, CLS token)
-        "huggingface_hub>=1.0",
+        "huggingface_hub>=2.4",  # hub.py: its httpx2 client errors (2.4 is the version tested)
+        "jinja2>=3",  # model cards: huggingface_hub's ModelCard.from_template
         "safetensors>=0.4",
         "scikit-learn>=1.3",
         "scipy>=1.10",

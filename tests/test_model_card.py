@@ -1,0 +1,203 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+from transformers import ViTImageProcessor
+
+from hf_vit_reduction import REDUCTION_STRATEGIES, summarize
+from hf_vit_reduction.model_card import main, render_model_card, write_model_card
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# results.json as the training script writes it (its keys; values of the shape a digits run gives).
+RESULTS = {
+    "final_top1": 96.38888888888889,
+    "final_top5": 99.72222222222223,
+    "peak_top1": 96.94444444444444,
+    "peak_top5": 100.0,
+    "peak_epoch": 37,
+    "delta_peak_final": 0.5555555555555571,
+    "strategy": "grouped",
+    "seed": 42,
+    "epochs": 40,
+    "steps": 880,
+    "wall_time_s": 135.2,
+    "train_images_per_s": 425.1,
+    "eval_samples": 360,
+    "data": "digits (scikit-learn, embedded)",
+    "reported": "ema",
+    "num_processes": 1,
+}
+
+
+def run_folder(folder: Path, model, results=RESULTS, run_args=None, curves=True) -> Path:
+    """A model folder laid out as the training script leaves its output folder."""
+    model.save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
+        folder
+    )
+    run_args = run_args or {"strategy": "grouped", "lr": 0.002, "seed": 42, "output_dir": str(folder)}
+    (folder / "args.json").write_text(json.dumps(run_args))
+    (folder / "results.json").write_text(json.dumps(results))
+    rows = [
+        {
+            "epoch": 36,
+            "top1": 96.1,
+            "top5": 99.7,
+            "ema_top1": 96.1,
+            "ema_top5": 99.7,
+            "model_top1": 95.0,
+            "model_top5": 99.4,
+        },
+        {
+            "epoch": 39,
+            "top1": 96.38888888888889,
+            "top5": 99.72222222222223,
+            "ema_top1": 96.38888888888889,
+            "ema_top5": 99.72222222222223,
+            "model_top1": 95.83333333333333,
+            "model_top5": 100.0,
+        },
+    ]
+    (folder / "history.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    if curves:
+        (folder / "training_curves.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    return folder
+
+
+def test_card_of_a_training_run_carries_its_numbers(make_model, tmp_path):
+    model = make_model("grouped")
+    folder = run_folder(tmp_path, model)
+    path = write_model_card(folder, repo_id="me/vit-grouped-digits")
+    card = ModelCard.load(path)  # parses its own output
+    data = card.data
+    assert data.library_name == "transformers"
+    assert data.pipeline_tag == "image-classification"
+    assert data.license == "apache-2.0"
+    assert data.tags == ["vision", "vit", "image-classification", "parameter-reduction", "grouped", "custom_code"]
+    metrics = {result.metric_type: result for result in data.eval_results}
+    assert metrics["accuracy"].metric_value == 96.39
+    assert metrics["top_5_accuracy"].metric_value == 99.72
+    assert metrics["accuracy"].dataset_split == "validation"
+    assert data.model_name == "vit-grouped-digits"
+    text = card.text
+    cost = summarize(model)
+    assert f"| parameters | {cost['num_parameters']:,} |" in text
+    assert f"| MLP parameters | {cost['mlp_parameters']:,} |" in text
+    assert "| unique MLPs | 2 of 4 blocks |" in text
+    assert "| final, raw weights | 95.83 | 100.00 |" in text
+    assert "| final, EMA | 96.39 | 99.72 |" in text
+    assert "| peak (epoch 37) | 96.94 | 100.00 |" in text
+    assert (
+        "Δ(P→F), the drop from the peak to the final top-1 that the paper uses as its stability figure: 0.56" in text
+    )
+    assert "![Training curves: losses and top-1 per epoch](training_curves.png)" in text
+    assert "425 training images per second" in text
+    assert "| `lr` | `0.002` |" in text
+    assert "output_dir" not in text  # where the run lived on its machine
+    assert 'from_pretrained("me/vit-grouped-digits", trust_remote_code=True)' in text
+    assert "A digits model is a demo, not an ImageNet model" in text
+    assert "eprint = {2512.01059}" in text
+
+
+def test_card_never_shows_a_token(make_model, tmp_path):
+    run_args = {"strategy": "grouped", "hub_token": "hf_secret_in_args", "seed": 0}
+    folder = run_folder(tmp_path, make_model("grouped"), run_args=run_args)
+    text = str(render_model_card(folder))
+    assert "hf_secret_in_args" not in text
+    assert "hub_token" not in text
+    assert "| `seed` | `0` |" in text
+
+
+def test_card_of_a_hub_dataset_names_it(make_model, tmp_path):
+    run_args = {"strategy": "shallow", "dataset_name": "imagenet-1k", "validation_split": "validation"}
+    results = RESULTS | {"data": "imagenet-1k", "strategy": "shallow"}
+    folder = run_folder(tmp_path, make_model("shallow"), results=results, run_args=run_args, curves=False)
+    card = render_model_card(folder, repo_id="me/vit-b16-shallow")
+    assert card.data.datasets == ["imagenet-1k"]
+    assert {result.dataset_type for result in card.data.eval_results} == {"imagenet-1k"}
+    assert "training_curves.png" not in card.text
+    assert "A digits model is a demo" not in card.text
+
+
+@pytest.mark.parametrize("strategy", REDUCTION_STRATEGIES)
+def test_card_of_a_converted_model_has_no_results(make_model, tmp_path, strategy):
+    model = make_model(strategy)
+    model.save_pretrained(tmp_path)
+    conversion = {"source": "timm vit_tiny_patch16_224", "method": f"{strategy}, prune_method=first"}
+    card = render_model_card(tmp_path, conversion=conversion, base_model="google/vit-base-patch16-224")
+    assert card.data.eval_results is None
+    assert card.data.base_model == "google/vit-base-patch16-224"
+    assert strategy in card.data.tags
+    assert f"the **{strategy}** MLP strategy" in card.text
+    assert "| source | timm vit_tiny_patch16_224 |" in card.text
+    assert "## Results" not in card.text and "## Training hyperparameters" not in card.text
+    assert ("has not been trained after the reduction" in card.text) == (strategy != "baseline")
+    assert f"| parameters | {model.num_parameters():,} |" in card.text
+
+
+def test_card_command(make_model, tmp_path, capsys):
+    run_folder(tmp_path, make_model("grouped"))
+    main([str(tmp_path), "--repo_id", "me/vit"])
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'README.md'}\n"
+    assert ModelCard.load(tmp_path / "README.md").data.model_name == "vit"
+    with pytest.raises(
+        SystemExit, match=f"^error: {tmp_path / 'missing'} holds no config.json: not a saved model folder$"
+    ):
+        main([str(tmp_path / "missing")])
+
+
+def test_best_model_subfolder_reads_the_run_outputs_from_its_parent(make_model, tmp_path):
+    run_folder(tmp_path, make_model("grouped"))
+    best = tmp_path / "best_model"
+    make_model("grouped").save_pretrained(best)
+    card = render_model_card(best, run_dir=tmp_path)
+    assert {result.metric_value for result in card.data.eval_results} == {96.39, 99.72}
+
+
+@pytest.mark.slow
+def test_template_is_found_when_installed_from_a_wheel(make_model, tmp_path):
+    """Build a wheel of this checkout, install it into a fresh virtual environment and render a card there."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("setup.py", "README.md", "pyproject.toml"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(
+        ROOT / "hf_vit_reduction", source / "hf_vit_reduction", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    wheels = tmp_path / "wheels"
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), "."]
+    subprocess.run(build, cwd=source, check=True, capture_output=True)
+    (wheel,) = wheels.glob("hf_vit_reduction-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = Path(
+        subprocess.check_output(
+            [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], text=True
+        ).strip()
+    )
+    # torch, transformers, ... from this environment, as plain path entries: the editable install's finder, a
+    # .pth of its own, is not activated by them, so the package can only come from the wheel.
+    (site / "shared_environment.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)]
+    subprocess.run(install, check=True, capture_output=True)
+    folder = run_folder(tmp_path / "run", make_model("grouped"))
+    render = (
+        "import sys, hf_vit_reduction\n"
+        "from hf_vit_reduction.model_card import write_model_card\n"
+        "print(hf_vit_reduction.__file__)\n"
+        f"write_model_card({str(folder)!r}, repo_id='me/from-wheel')\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    out = subprocess.run([python, "-c", render], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(site / "hf_vit_reduction" / "__init__.py")
+    card = ModelCard.load(folder / "README.md")
+    assert {result.metric_value for result in card.data.eval_results} == {96.39, 99.72}
+    assert 'from_pretrained("me/from-wheel")' in card.text
