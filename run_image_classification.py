@@ -10,6 +10,7 @@
 import argparse
 import logging
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +30,9 @@ from hf_vit_reduction.checkpointing import (
 )
 from hf_vit_reduction.data import LOADING_ARGUMENTS, ImageClassificationData, load_image_classification_data, take
 from hf_vit_reduction.evaluation import evaluate_model_and_ema
+from hf_vit_reduction.hub import HubPusher, HubPushError
 from hf_vit_reduction.loop_benchmark import LoopBenchmark
+from hf_vit_reduction.model_card import write_model_card
 from hf_vit_reduction.recipe import (
     build_batch_augmentation,
     build_ema,
@@ -68,6 +71,7 @@ class Run:
     saver: CheckpointSaver
     state: TrainState
     processor: object  # saved beside every model, for pipeline("image-classification")
+    pusher: HubPusher | None  # --push_to_hub, on the main process: pushes saves in the background
     summary: dict
     run_config: dict
 
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(accelerator)
     try:  # every bad path, source, split, column, size or checkpoint fails here, before any long work
         run = build(args, accelerator)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as error:
+    except (ValueError, FileNotFoundError, NotADirectoryError, HubPushError) as error:
         raise SystemExit(f"error: {error}") from None
     if args.benchmark_loop:  # this loop on in-memory data against the bare step, then stop
         LoopBenchmark(run).measure(train)
@@ -131,7 +135,7 @@ def train(run: Run, callbacks=()) -> None:
         if (epoch + 1) % args.eval_every == 0 or epoch == plan.num_epochs - 1:
             validate(run, epoch)
         state.end_epoch()
-        run.saver.save(state)
+        save_checkpoint(run)
     progress.close()
 
 
@@ -177,7 +181,7 @@ def train_one_epoch(run: Run, epoch: int, progress, callbacks) -> None:
         for callback in callbacks:
             callback.on_update(state)
         if run.saver.due(state.step) and state.step < epoch_end:
-            run.saver.save(state)
+            save_checkpoint(run)
     if state.step < epoch_end:
         logger.warning("the data ran out after %d of %d updates", state.step, epoch_end)
 
@@ -195,6 +199,13 @@ def validate(run: Run, epoch: int) -> None:
     if accelerator.is_main_process:
         outputs.write_history(f"{args.output_dir}/history.jsonl", state.history)
         outputs.plot_history(f"{args.output_dir}/training_curves.png", state.history, args.experiment)
+
+
+def save_checkpoint(run: Run) -> None:
+    """A checkpoint, and with --push_to_hub the run folder pushed in the background (the loop does not wait)."""
+    checkpoint = run.saver.save(run.state)
+    if checkpoint is not None and run.pusher is not None:
+        run.pusher.on_save(run.args.output_dir, checkpoint=checkpoint, message=f"step {run.state.step}")
 
 
 def finish(run: Run) -> None:
@@ -222,6 +233,9 @@ def finish(run: Run) -> None:
         )
     if accelerator.is_main_process:
         outputs.write_json(f"{args.output_dir}/results.json", results)
+        write_model_card(args.output_dir, repo_id=args.hub_model_id)
+        if os.path.isdir(f"{args.output_dir}/best_model"):
+            write_model_card(f"{args.output_dir}/best_model", repo_id=args.hub_model_id, run_dir=args.output_dir)
     logger.info(
         "final top-1 %.2f%%, peak %.2f%% at epoch %d",
         results["final_top1"],
@@ -229,6 +243,13 @@ def finish(run: Run) -> None:
         results["peak_epoch"],
     )
     accelerator.end_training()
+    if run.pusher is not None:
+        # The final push waits; its outcome is recorded locally (the pushed results.json predates it).
+        results["hub"] = run.pusher.finish(args.output_dir)
+        outputs.write_json(f"{args.output_dir}/results.json", results)
+        if not results["hub"]["pushed"]:
+            raise SystemExit(f"error: {results['hub']['error']}")
+        logger.info("pushed to %s (commit %s)", results["hub"]["url"], results["hub"].get("commit"))
 
 
 def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
@@ -273,6 +294,16 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
     # The train loader stays unprepared: its sampler already shards (and repeats) per process.
     model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
     ema = build_ema(accelerator.unwrap_model(model), args, total_updates=plan.total_updates)
+    # Creating the pusher creates the repository, so a refused token or namespace stops the run before training.
+    pusher = None
+    if args.push_to_hub and accelerator.is_main_process:
+        pusher = HubPusher(
+            args.hub_model_id,
+            token=args.hub_token,
+            private=args.hub_private_repo,
+            strategy=args.hub_strategy,
+            revision=args.hub_revision,
+        )
     saver = CheckpointSaver(
         accelerator, args.output_dir, ema=ema, every=args.checkpointing_steps, keep=args.checkpoints_total_limit
     )
@@ -302,6 +333,7 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
         saver=saver,
         state=TrainState(),
         processor=outputs.image_processor_for(image_size, MEAN, STD),
+        pusher=pusher,
         summary=summarize(accelerator.unwrap_model(model)),
         run_config=run_config,
     )
@@ -381,10 +413,12 @@ def log_update(run: Run, progress, loss: float) -> None:
 
 def configure_logging(accelerator: Accelerator) -> None:
     """One line per event for the whole run: ours from the main process only, none of Accelerate's INFO lines
-    (five per checkpoint) nor Transformers' progress bar for every saved model."""
+    (five per checkpoint) or shared-tensor notes, nor Transformers' progress bar for every saved model."""
     level = logging.INFO if accelerator.is_main_process else logging.WARNING
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=level)
     logging.getLogger("accelerate").setLevel(logging.WARNING)
+    # A grouped model's shared MLP is listed under each block of its group; saving it once is what we want.
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
     transformers.utils.logging.disable_progress_bar()
 
 

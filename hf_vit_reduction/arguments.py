@@ -12,6 +12,7 @@ from accelerate.tracking import get_available_trackers
 from accelerate.utils import LoggerType
 
 from .configuration_vit_reduced import PRESETS, REDUCTION_STRATEGIES
+from .hub import add_hub_arguments, check_hub_arguments
 from .recipe import add_recipe_arguments, apply_recipe
 
 # timm's augmentation policy strings (timm.data.auto_augment): a kind, then `-`-separated sections `<key><number>`.
@@ -85,9 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="time the full loop on in-memory data against the bare step, then stop (hf_vit_reduction.loop_benchmark)",
     )
     run.add_argument("--benchmark_warmup", type=int, default=5)
-    run.add_argument("--push_to_hub", action="store_true")
-    run.add_argument("--hub_model_id", default=None)
-    run.add_argument("--hub_token", default=None, help="never written anywhere")
+    add_hub_arguments(parser.add_argument_group("Hub (🤗 Transformers' Trainer names)"))
     return parser
 
 
@@ -217,8 +216,5 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         fail("--checkpointing_steps", "an integer N >= 1, 'epoch' or 'no'")
     if args.streaming and args.max_train_steps is None:
         parser.error("--streaming needs --max_train_steps (a stream has no length to count epochs by)")
-    if args.push_to_hub and not args.hub_model_id:
-        parser.error("--push_to_hub needs --hub_model_id")
-    if args.push_to_hub:
-        # The seam for Hub publishing (model cards, upload), which is its own piece of work.
-        parser.error("--push_to_hub is not available yet; upload the output folder with `hf upload`")
+    if problem := check_hub_arguments(args):
+        parser.error(problem)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from accelerate import skip_first_batches
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 
 from .outputs import write_json
 from .training import TrainState
@@ -109,8 +109,8 @@ class CheckpointSaver:
         accelerator.save_state(str(temporary), safe_serialization=True)
         if accelerator.is_main_process:
             if self.ema is not None:
-                weights = {k: v.detach().cpu().contiguous() for k, v in self.ema.module.state_dict().items()}
-                save_file(weights, temporary / EMA_WEIGHTS)
+                # save_model stores a shared MLP once (a grouped model lists it under each block of its group).
+                save_model(self.ema.module, str(temporary / EMA_WEIGHTS), force_contiguous=True)
             write_json(temporary / TRAIN_STATE, state.state_dict())
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
@@ -132,9 +132,8 @@ class CheckpointSaver:
         """Restore model, optimizer, scaler, RNG states and EMA; return the saved train state."""
         self.accelerator.load_state(str(path))
         if self.ema is not None:
-            weights = load_file(path / EMA_WEIGHTS, device="cpu")
             module = self.ema.module
-            module.load_state_dict({k: v.to(module.state_dict()[k].device) for k, v in weights.items()})
+            load_model(module, str(path / EMA_WEIGHTS), device=str(next(module.parameters()).device))
         return TrainState.from_state_dict(json.loads((path / TRAIN_STATE).read_text()))
 
 

@@ -27,6 +27,7 @@ from .configuration_vit_reduced import ViTReducedConfig
 from .conversion import from_timm, from_transformers, reduce
 from .conversion.post_hoc import POST_HOC_STRATEGIES, PRUNE_METHODS, SHARE_METHODS, check_reduce_arguments
 from .conversion.transformers_vit import load_transformers_folder
+from .model_card import write_model_card
 
 __all__ = ["from_timm", "from_transformers", "main", "reduce"]
 
@@ -276,9 +277,16 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as error:
         parser.error(str(error))
 
+    conversion = {
+        "source": f"{args.source} {args.input}" + (f" ({args.timm_model})" if args.timm_model else ""),
+        "method": _describe_reduction(reduction),
+        "largest logit difference (converted baseline vs source, 2 random images)": f"{difference:.2e}",
+    }
+
     def write(folder: Path):
         model.save_pretrained(folder)
         write_processor(folder)
+        write_model_card(folder, conversion=conversion)
 
     _write_folder(args.output, write)
     print(
@@ -286,6 +294,12 @@ def main(argv: list[str] | None = None) -> None:
         f"The converted baseline's logits differ from the source's by at most {difference:.2e} "
         "on 2 random images."
     )
+
+
+def _describe_reduction(reduction: dict | None) -> str:
+    if reduction is None:
+        return "converted as is (baseline)"
+    return ", ".join(f"{key}={value}" for key, value in reduction.items() if value is not None)
 
 
 if __name__ == "__main__":

@@ -591,3 +591,68 @@ def test_failed_background_push_is_reported_and_retried_and_never_stops_training
     assert "the Hub had a server error (500: " in failure
     assert f"The local folder {tmp_path / 'run'} is complete and unchanged" in failure
     assert server.clear_failures() == []
+
+
+@pytest.mark.slow
+def test_the_training_script_pushes_a_run_that_loads_anywhere(server, tmp_path, python_without_package):
+    """`run_image_classification.py --push_to_hub`: saves pushed in the background, the final model with its card."""
+    run = tmp_path / "run"
+    env = client_env(server.url, tmp_path / "home")
+    command = [
+        sys.executable,
+        str(ROOT / "run_image_classification.py"),
+        "--strategy",
+        "grouped",
+        "--max_train_steps",
+        "6",
+        "--checkpointing_steps",
+        "3",
+        "--max_eval_samples",
+        "32",
+        "--workers",
+        "0",
+        "--report_to",
+        "none",
+        "--output_dir",
+        str(run),
+        "--push_to_hub",
+        "--hub_model_id",
+        "me/vit-grouped-script",
+        "--hub_strategy",
+        "checkpoint",
+    ]
+    result = subprocess.run(
+        command, check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S
+    )
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads((run / "results.json").read_text())["hub"]
+    commits = server.commits("me/vit-grouped-script")
+    assert outcome["pushed"] and outcome["commit"] == commits[-1].oid and outcome["background_failures"] == []
+    assert commits[-1].summary == "End of training" and {"step 3", "step 6"} & {c.summary for c in commits}
+    files = server.files("me/vit-grouped-script")
+    assert files["model.safetensors"] == (run / "model.safetensors").read_bytes()
+    assert {"config.json", "preprocessor_config.json", "modeling_vit_reduced.py", "README.md", "results.json"} <= set(
+        files
+    )
+    assert json.loads(files["last-checkpoint/train_state.json"])["step"] == 6
+    assert not [path for path in files if path.startswith("checkpoints/")]
+    assert b"me/vit-grouped-script" in files["README.md"] and b"model-index" in files["README.md"]
+    for path, data in files.items():
+        assert WRITE_TOKEN.encode() not in data, path
+    for path in run.rglob("*"):
+        assert not path.is_file() or WRITE_TOKEN.encode() not in path.read_bytes(), path
+    expected = expected_logits(run, tmp_path / "logits.pt")
+    bare = client_env(server.url, tmp_path / "home-remote", package=False)
+    loaded = run_client(
+        LOAD_AND_COMPARE,
+        bare,
+        tmp_path,
+        "me/vit-grouped-script",
+        str(expected),
+        "remote",
+        python=python_without_package,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    loaded = json.loads(loaded.stdout.splitlines()[-1])
+    assert not loaded["package_importable"] and loaded["identical_logits"]
+    assert loaded["metrics"]["accuracy"] == pytest.approx(json.loads((run / "results.json").read_text())["final_top1"])
