@@ -102,6 +102,7 @@ def test_card_of_a_training_run_carries_its_numbers(make_model, tmp_path):
     assert "| `lr` | `0.002` |" in text
     assert "output_dir" not in text  # where the run lived on its machine
     assert 'from_pretrained("me/vit-grouped-digits", trust_remote_code=True)' in text
+    assert "needs 🤗 Transformers 5 or newer" in text  # remote code fails to import in older releases
     assert "A digits model is a demo, not an ImageNet model" in text
     assert "eprint = {2512.01059}" in text
 
