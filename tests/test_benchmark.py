@@ -80,6 +80,7 @@ def test_benchmark_runs_on_cpu_and_writes_table_and_json(tmp_path, capsys, resto
     assert "batch 2 inference / 2 training" in table
 
 
+@pytest.mark.slow  # times real steps
 def test_benchmark_subset_without_anchors(capsys, restore_threads):
     results = main([*TINY, "--models", "shallow", "baseline", "--keep_freed_memory"])
     assert results["settings"]["keep_freed_memory"] is True

@@ -134,6 +134,7 @@ def test_command_converts_timm_names_and_state_dict_files(tmp_path):
                 assert max_difference(model(pixels).logits, expected) <= 1e-4
 
 
+@pytest.mark.slow  # builds and converts a ViT-B-sized timm model
 def test_command_converts_a_timm_state_dict_at_another_image_size(tmp_path, capsys):
     source = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, num_classes=3).eval()
     save_file(source.state_dict(), tmp_path / "weights.safetensors")

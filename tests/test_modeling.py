@@ -213,6 +213,7 @@ def test_interpolated_position_encoding_and_size_error(make_model):
         model(larger)
 
 
+@pytest.mark.slow  # compiling takes seconds
 def test_fullgraph_compile_has_no_graph_break(make_model):
     model = make_model("grouped", drop_path_rate=0.1)
     compiled = torch.compile(model, fullgraph=True, backend="eager")
@@ -267,7 +268,8 @@ def test_grouped_checkpoint_stores_each_shared_tensor_once(make_model, tmp_path)
 
 
 def test_auto_classes_after_import(make_model):
-    config = AutoConfig.for_model("vit_reduced", reduction_strategy="thin")
+    small = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256}
+    config = AutoConfig.for_model("vit_reduced", reduction_strategy="thin", **small)
     assert type(config) is ViTReducedConfig
     assert type(AutoModel.from_config(config)) is ViTReducedModel
     assert type(AutoModelForImageClassification.from_config(config)) is ViTReducedForImageClassification
