@@ -404,9 +404,17 @@ def closed_port() -> int:
 FAILURES = {  # case: (token, injected (route, status), what the line must say)
     "401": ("hf_unknownToken", None, "while creating the repository: the Hub refused the token (401: "),
     "403": (READ_TOKEN, None, "while creating the repository: the token may not write to me/fail-403 (403: "),
-    "404": (WRITE_TOKEN, ("commit", 404), "while uploading 10 files: me/fail-404 or its revision was not found (404"),
-    "409": (WRITE_TOKEN, ("commit", 409), "while uploading 10 files: a conflicting change reached me/fail-409 first"),
-    "500": (WRITE_TOKEN, ("commit", 500), "while uploading 10 files: the Hub had a server error (500: "),
+    "404": (
+        WRITE_TOKEN,
+        ("commit", 404),
+        "while uploading {files} files: me/fail-404 or its revision was not found (404",
+    ),
+    "409": (
+        WRITE_TOKEN,
+        ("commit", 409),
+        "while uploading {files} files: a conflicting change reached me/fail-409 first",
+    ),
+    "500": (WRITE_TOKEN, ("commit", 500), "while uploading {files} files: the Hub had a server error (500: "),
     "503": (WRITE_TOKEN, ("create", 503), "while creating the repository: the Hub had a server error (503: "),
     "refused": (WRITE_TOKEN, None, "while creating the repository: could not connect to http://127.0.0.1:"),
     "timeout": (WRITE_TOKEN, None, "while creating the repository: no answer from http://127.0.0.1:"),  # in 3 s
@@ -435,7 +443,7 @@ def test_failed_push_ends_in_one_line_and_changes_nothing(server, tmp_path, case
     assert "Traceback" not in result.stderr and "pushed" not in result.stdout
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith(f"error: pushing {folder} to me/fail-{case} failed ")
-    assert expected in line
+    assert expected.format(files=len(pushed_files(folder))) in line
     assert (" within 3 s. " in line) == (case == "timeout")
     assert line.endswith(
         f"The local folder {folder} is complete and unchanged; push it again with "
