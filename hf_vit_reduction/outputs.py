@@ -60,23 +60,28 @@ def image_processor_for(image_size: int, mean, std) -> ViTImageProcessor:
     )
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a file completely or not at all: a crash leaves the previous version, never half of a new one."""
+def replace_atomically(path: str | os.PathLike, write) -> None:
+    """Write a file completely or not at all: `write(temporary)` fills a file beside `path`, which is then renamed
+    into place, so a crash leaves the previous version, never half of a new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
+    os.close(handle)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; results are meant to be shared
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
+        write(temporary)
+        with open(temporary, "rb+") as stream:
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    replace_atomically(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
 
 
 def write_json(path, data) -> None:
@@ -122,10 +127,8 @@ def plot_history(path, history: RunHistory, title: str) -> None:
     accuracy.legend()
     figure.suptitle(title)
     figure.tight_layout()
-    temporary = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    figure.savefig(temporary, dpi=100)
+    replace_atomically(path, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))
     plt.close(figure)
-    os.replace(temporary, path)
 
 
 def replica_checksums(model: torch.nn.Module, accelerator) -> list[float]:

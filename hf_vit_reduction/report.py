@@ -11,9 +11,7 @@ epoch count, a second run of the same strategy and seed) are named with the reas
 import argparse
 import json
 import math
-import os
 import statistics
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 from scipy.stats import ttest_rel
 
 from .configuration_vit_reduced import REDUCTION_STRATEGIES, ViTReducedConfig
+from .outputs import replace_atomically, write_atomic
 from .summary import summarize
 
 FIGURES = ("final_top1", "final_top5", "peak_top1", "peak_epoch", "delta_peak_final")
@@ -427,23 +426,6 @@ def results_section(report: dict, image_prefix: str = "", heading: str = "###") 
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Write through a temporary file renamed into place, so a crash never leaves half a file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: Path, text: str) -> None:
-    _write_atomic(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
-
-
 def plot(report: dict, output_dir: Path) -> None:
     import matplotlib
 
@@ -502,7 +484,7 @@ def _save(figure, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure.tight_layout()
-    _write_atomic(path, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))
+    replace_atomically(path, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))
     plt.close(figure)
 
 
@@ -527,9 +509,9 @@ def write_report(report: dict, output_dir) -> Path:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     plot(report, output_dir)
-    write_text(output_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+    write_atomic(output_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
     markdown = "## Results\n\n" + results_section(report)
-    write_text(output_dir / "report.md", markdown)
+    write_atomic(output_dir / "report.md", markdown)
     return output_dir / "report.md"
 
 

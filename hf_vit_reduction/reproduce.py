@@ -19,7 +19,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .configuration_vit_reduced import REDUCTION_STRATEGIES
-from .report import RunProblem, load_run, report_runs, results_section, write_text
+from .outputs import write_atomic
+from .report import RunProblem, load_run, report_runs, results_section
 
 SCRIPT = Path(__file__).resolve().parent.parent / "run_image_classification.py"
 SEEDS = (0, 1)
@@ -103,7 +104,7 @@ def reproduce(output, strategies, seeds, training_arguments, script=SCRIPT) -> d
     runs, logs = output / "runs", output / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     runs.mkdir(exist_ok=True)
-    write_text(output / SETTINGS, json.dumps({"training_arguments": training_arguments}, indent=2) + "\n")
+    write_atomic(output / SETTINGS, json.dumps({"training_arguments": training_arguments}, indent=2) + "\n")
     plan = [(strategy, seed) for seed in seeds for strategy in strategies]
     with tqdm(total=len(plan), desc="reproduction", unit="run") as progress:
         for strategy, seed in plan:
