@@ -19,21 +19,27 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from hf_vit_reduction import ViTReducedConfig, ViTReducedForImageClassification, loaders, outputs, summarize
-from hf_vit_reduction.arguments import effective_recipe, parse_args
-from hf_vit_reduction.checkpointing import (
+from hf_vit_reduction import ViTReducedConfig, ViTReducedForImageClassification, summarize
+from hf_vit_reduction.hub.model_card import write_model_card
+from hf_vit_reduction.hub.pushing import HubPusher, HubPushError
+from hf_vit_reduction.training import loaders, outputs
+from hf_vit_reduction.training.arguments import effective_recipe, parse_args
+from hf_vit_reduction.training.checkpointing import (
     CheckpointSaver,
     check_output_dir,
     remove_partial_checkpoints,
     resolve,
     skip_batches,
 )
-from hf_vit_reduction.data import LOADING_ARGUMENTS, ImageClassificationData, load_image_classification_data, take
-from hf_vit_reduction.evaluation import evaluate_model_and_ema
-from hf_vit_reduction.hub import HubPusher, HubPushError
-from hf_vit_reduction.loop_benchmark import LoopBenchmark
-from hf_vit_reduction.model_card import write_model_card
-from hf_vit_reduction.recipe import (
+from hf_vit_reduction.training.data import (
+    LOADING_ARGUMENTS,
+    ImageClassificationData,
+    load_image_classification_data,
+    take,
+)
+from hf_vit_reduction.training.evaluation import evaluate_model_and_ema
+from hf_vit_reduction.training.loop_benchmark import LoopBenchmark
+from hf_vit_reduction.training.recipe import (
     build_batch_augmentation,
     build_ema,
     build_optimizer,
@@ -43,7 +49,7 @@ from hf_vit_reduction.recipe import (
     configure_torch_backends,
     mixed_precision,
 )
-from hf_vit_reduction.training import TrainState, UpdatePlan, gathered_loss_and_images
+from hf_vit_reduction.training.state import TrainState, UpdatePlan, gathered_loss_and_images
 
 logger = logging.getLogger(__name__)
 MEAN = STD = (0.5, 0.5, 0.5)  # timm's ViT normalization

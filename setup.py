@@ -11,7 +11,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["hf_vit_reduction", "hf_vit_reduction.*"]),
-    package_data={"hf_vit_reduction": ["metrics/*/*.py", "templates/*.md"]},
+    package_data={"hf_vit_reduction": ["training/metrics/*/*.py", "hub/templates/*.md"]},
     install_requires=[
         # Exact versions for these machines are pinned in .ci/constraints.txt.
         "torch>=2.4",

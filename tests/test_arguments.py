@@ -1,8 +1,8 @@
 import pytest
 
-from hf_vit_reduction import arguments
-from hf_vit_reduction.arguments import augmentation_problem, effective_recipe, parse_args
-from hf_vit_reduction.recipe import DIGITS_RECIPE, PAPER_RECIPE
+from hf_vit_reduction.training import arguments
+from hf_vit_reduction.training.arguments import augmentation_problem, effective_recipe, parse_args
+from hf_vit_reduction.training.recipe import DIGITS_RECIPE, PAPER_RECIPE
 
 
 def test_no_data_source_takes_the_digits_recipe():

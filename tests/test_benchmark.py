@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from hf_vit_reduction.benchmark import MODELS, main
+from hf_vit_reduction.study.benchmark import MODELS, main
 
 # Tiny and single-threaded: two OpenMP threads on a shared two-core machine cost milliseconds per op.
 TINY = [

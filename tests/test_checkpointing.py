@@ -22,7 +22,7 @@ from script_runs import (
     script_command,
 )
 
-from hf_vit_reduction.checkpointing import CHECKPOINTS, TRAIN_STATE, checkpoints, resolve
+from hf_vit_reduction.training.checkpointing import CHECKPOINTS, TRAIN_STATE, checkpoints, resolve
 
 # Mixup, EMA and (under two processes) repeated augmentation on; 8 updates per epoch, 2 epochs.
 RUN = (

@@ -14,7 +14,7 @@ from transformers import (
 )
 
 from hf_vit_reduction import ViTReducedConfig, ViTReducedForImageClassification
-from hf_vit_reduction.convert import from_transformers, main, reduce
+from hf_vit_reduction.conversion.convert import from_transformers, main, reduce
 
 
 def test_command_converts_a_transformers_folder(tmp_path, capsys):

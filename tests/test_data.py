@@ -4,7 +4,7 @@ import pytest
 from image_folders import write_folder
 from PIL import Image
 
-from hf_vit_reduction.data import load_digits, load_image_classification_data
+from hf_vit_reduction.training.data import load_digits, load_image_classification_data
 
 
 @pytest.fixture(scope="module")

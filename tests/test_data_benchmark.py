@@ -4,7 +4,7 @@ import statistics
 
 import pytest
 
-from hf_vit_reduction import data_benchmark
+from hf_vit_reduction.study import data_benchmark
 
 
 def test_jpeg_folder_and_both_loaders(tmp_path):

@@ -1,7 +1,7 @@
 import pytest
 
 from hf_vit_reduction import REDUCTION_STRATEGIES
-from hf_vit_reduction.export import export_onnx, main, max_onnx_logit_difference
+from hf_vit_reduction.conversion.export import export_onnx, main, max_onnx_logit_difference
 
 
 @pytest.mark.slow  # about 10 s per strategy on 2 cores

@@ -1,6 +1,6 @@
 import pytest
 
-from hf_vit_reduction.history import RunHistory
+from hf_vit_reduction.training.history import RunHistory
 
 
 def test_history_tracks_peak_final_and_gap():

@@ -24,8 +24,15 @@ from hub_server import HubServer
 from transformers import ViTImageProcessor
 
 from hf_vit_reduction import ViTReducedConfig, ViTReducedForImageClassification
-from hf_vit_reduction.hub import HubPusher, HubPushError, add_hub_arguments, check_hub_arguments, main, push_to_hub
-from hf_vit_reduction.model_card import write_model_card
+from hf_vit_reduction.hub.model_card import write_model_card
+from hf_vit_reduction.hub.pushing import (
+    HubPusher,
+    HubPushError,
+    add_hub_arguments,
+    check_hub_arguments,
+    main,
+    push_to_hub,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITE_TOKEN = "hf_loopbackWriteToken7Q2x9"
@@ -348,7 +355,7 @@ def test_second_push_of_a_changed_model_makes_a_second_commit(server, tmp_path):
 @pytest.mark.slow
 def test_pusher_with_a_refused_token_fails_before_training(server, tmp_path):
     create = """
-        from hf_vit_reduction.hub import HubPusher, HubPushError
+        from hf_vit_reduction.hub.pushing import HubPusher, HubPushError
         try:
             HubPusher("me/never-trained", token="hf_notAToken")
         except HubPushError as error:
@@ -483,7 +490,7 @@ TRAINING_LOOP = """
     import hashlib, json, sys, time
     import torch
     from hf_vit_reduction import ViTReducedConfig, ViTReducedForImageClassification
-    from hf_vit_reduction.hub import HubPusher
+    from hf_vit_reduction.hub.pushing import HubPusher
 
     run, repo_id, strategy, wait_each = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "wait"
     pusher = HubPusher(repo_id, strategy=strategy)

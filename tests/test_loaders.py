@@ -9,10 +9,10 @@ import torch
 from image_folders import truncated_jpeg, write_folder
 from PIL import Image
 
-from hf_vit_reduction import loaders
-from hf_vit_reduction.data import load_digits, load_image_classification_data
-from hf_vit_reduction.loop_benchmark import in_memory
-from hf_vit_reduction.recipe import PAPER_RECIPE, build_transforms
+from hf_vit_reduction.training import loaders
+from hf_vit_reduction.training.data import load_digits, load_image_classification_data
+from hf_vit_reduction.training.loop_benchmark import in_memory
+from hf_vit_reduction.training.recipe import PAPER_RECIPE, build_transforms
 
 
 def transforms(size, **recipe):
@@ -174,7 +174,7 @@ def test_loaders_keep_their_workers_heap(digits):
 
 HEAP_PROBE = """
 import ctypes, sys
-from hf_vit_reduction.loaders import retain_worker_heap
+from hf_vit_reduction.training.loaders import retain_worker_heap
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]

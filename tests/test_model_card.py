@@ -11,7 +11,7 @@ from huggingface_hub import ModelCard
 from transformers import ViTImageProcessor
 
 from hf_vit_reduction import REDUCTION_STRATEGIES, summarize
-from hf_vit_reduction.model_card import main, render_model_card, write_model_card
+from hf_vit_reduction.hub.model_card import main, render_model_card, write_model_card
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -192,7 +192,7 @@ def test_template_is_found_when_installed_from_a_wheel(make_model, tmp_path):
     folder = run_folder(tmp_path / "run", make_model("grouped"))
     render = (
         "import sys, hf_vit_reduction\n"
-        "from hf_vit_reduction.model_card import write_model_card\n"
+        "from hf_vit_reduction.hub.model_card import write_model_card\n"
         "print(hf_vit_reduction.__file__)\n"
         f"write_model_card({str(folder)!r}, repo_id='me/from-wheel')\n"
     )

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from hf_vit_reduction import outputs
-from hf_vit_reduction.history import RunHistory
+from hf_vit_reduction.training import outputs
+from hf_vit_reduction.training.history import RunHistory
 
 
 def test_atomic_write_keeps_the_previous_file_on_failure(tmp_path):

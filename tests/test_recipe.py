@@ -21,7 +21,7 @@ from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import ModelEmaV3
 
-from hf_vit_reduction import recipe
+from hf_vit_reduction.training import recipe
 
 # timm's train.py (1.0.20-1.0.22, the paper's) as the seed's commands ran it: its argparse defaults for the fields
 # that shape training, overridden by the flags of those commands.
@@ -416,7 +416,7 @@ def test_the_per_use_switch_reproduces_the_reference_ema_of_a_shared_mlp():
 
 
 def test_an_ema_that_outlasts_the_run_is_reported_once(make_model, paper_args, caplog):
-    caplog.set_level(logging.WARNING, logger="hf_vit_reduction.recipe")
+    caplog.set_level(logging.WARNING, logger="hf_vit_reduction.training.recipe")
     recipe.build_ema(make_model(), paper_args, total_updates=2_000)
     [record] = caplog.records
     share = 100 * 0.9998**1999

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from hf_vit_reduction import reduction_quality
+from hf_vit_reduction.study import reduction_quality
 
 
 @pytest.mark.slow  # tens of seconds on 2 cores: the slow tier

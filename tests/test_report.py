@@ -5,7 +5,7 @@ import pytest
 from scipy.stats import ttest_rel
 
 from hf_vit_reduction import ViTReducedConfig, summarize
-from hf_vit_reduction.report import PLOTS, build_report, collect_runs, main, report_runs, results_section
+from hf_vit_reduction.study.report import PLOTS, build_report, collect_runs, main, report_runs, results_section
 
 DIGITS = "digits (scikit-learn, embedded)"
 

@@ -5,8 +5,8 @@ import sys
 import pytest
 from test_report import CURVES, make_run
 
-from hf_vit_reduction import reproduce as reproduce_module
-from hf_vit_reduction.reproduce import SCRIPT, main, reproduce, training_command
+from hf_vit_reduction.study import reproduce as reproduce_module
+from hf_vit_reduction.study.reproduce import SCRIPT, main, reproduce, training_command
 
 TINY = ["--max_train_steps", "2", "--workers", "0", "--max_eval_samples", "64"]
 

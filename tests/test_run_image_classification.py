@@ -11,7 +11,7 @@ from script_runs import ONE_PROCESS, TWO_PROCESSES, import_script, run_script
 from transformers import pipeline
 
 from hf_vit_reduction import REDUCTION_STRATEGIES, ViTReducedForImageClassification
-from hf_vit_reduction.arguments import parse_args
+from hf_vit_reduction.training.arguments import parse_args
 
 SMOKE = ["--max_train_samples", "256", "--max_eval_samples", "37", "--workers", "0", "--batch_size", "32"]
 

@@ -11,8 +11,8 @@ import re
 from accelerate.tracking import get_available_trackers
 from accelerate.utils import LoggerType
 
-from .configuration_vit_reduced import PRESETS, REDUCTION_STRATEGIES
-from .hub import add_hub_arguments, check_hub_arguments
+from ..configuration_vit_reduced import PRESETS, REDUCTION_STRATEGIES
+from ..hub.pushing import add_hub_arguments, check_hub_arguments
 from .recipe import add_recipe_arguments, apply_recipe
 
 # timm's augmentation policy strings (timm.data.auto_augment): a kind, then `-`-separated sections `<key><number>`.

@@ -4,7 +4,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from hf_vit_reduction.training import TrainState, UpdatePlan, gathered_loss_and_images
+from hf_vit_reduction.training.state import TrainState, UpdatePlan, gathered_loss_and_images
 
 
 def plan(images=None, batch_size=32, grad_accum_steps=1, epochs=3, max_train_steps=None, num_processes=1):

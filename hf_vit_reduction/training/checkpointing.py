@@ -19,7 +19,7 @@ from accelerate import skip_first_batches
 from safetensors.torch import load_model, save_model
 
 from .outputs import write_json
-from .training import TrainState
+from .state import TrainState
 
 CHECKPOINTS = "checkpoints"
 TRAIN_STATE = "train_state.json"

@@ -1,0 +1,306 @@
+"""The conversion command: a pretrained ViT in, a ready ViTReduced model folder out.
+
+Converts a 🤗 Transformers or timm ViT to a baseline whose logits equal the source's (`hf_vit_reduction.conversion`),
+optionally reduces it after the fact to `shallow` or `grouped`, and writes weights, config, code and image processor:
+
+    python -m hf_vit_reduction.convert --from transformers --input vit-folder --output out
+    python -m hf_vit_reduction.convert --from timm --input vit_base_patch16_224 --output out --strategy shallow
+    python -m hf_vit_reduction.convert --from timm --input weights.safetensors --timm_model vit_base_patch16_224 \\
+        --output out --strategy grouped --share_method mean
+
+A timm model name builds that architecture with random weights (nothing is downloaded). `from_transformers`,
+`from_timm` and `reduce` are importable from here as from `hf_vit_reduction.conversion`.
+"""
+
+import argparse
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from transformers import ViTImageProcessor
+from transformers.image_utils import PILImageResampling
+
+from ..configuration_vit_reduced import ViTReducedConfig
+from ..hub.model_card import write_model_card
+from . import from_timm, from_transformers, reduce
+from .post_hoc import POST_HOC_STRATEGIES, PRUNE_METHODS, SHARE_METHODS, check_reduce_arguments
+from .transformers_vit import load_transformers_folder
+
+__all__ = ["from_timm", "from_transformers", "main", "reduce"]
+
+
+def _image_processor_for(config: ViTReducedConfig, mean, std, resample=None):
+    """A ViTImageProcessor resizing to the model's size and normalizing by `mean` and `std`."""
+    channels = config.num_channels
+    kwargs = {} if resample is None else {"resample": resample}
+    return ViTImageProcessor(
+        size={"height": config.image_size, "width": config.image_size},
+        image_mean=list(mean)[:channels] if len(mean) >= channels else [0.5] * channels,
+        image_std=list(std)[:channels] if len(std) >= channels else [0.5] * channels,
+        **kwargs,
+    )
+
+
+def _load_timm_source(path: str, timm_model: str | None, image_size: int | None):
+    """A timm model from a model name (random weights) or a state dict file of `timm_model`'s architecture.
+
+    `image_size` builds the architecture at another size than its name's (timm's `img_size`), e.g. for weights
+    fine-tuned at 384 px under a 224 px name.
+    """
+    size = {} if image_size is None else {"img_size": image_size}
+    if os.path.isfile(path):
+        if not timm_model:
+            raise ValueError(
+                f"--input {path} is a weights file; pass --timm_model NAME (e.g. vit_base_patch16_224) to give "
+                "its architecture"
+            )
+        state = _read_state_dict(path)
+        num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
+        model = _create_timm_model(timm_model, "--timm_model", num_classes=num_classes, **size)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            raise ValueError(
+                f"The weights in {path} do not fit the timm model {timm_model!r}"
+                + (f" at --image_size {image_size}" if image_size else " (at another image size, pass --image_size)")
+                + ": "
+                + " ".join(str(error).splitlines()[:3])
+            ) from error
+        return model.eval()
+    if timm_model:
+        raise ValueError(
+            "--timm_model names the architecture of a weights file; with a model name as --input, leave it out"
+        )
+    return _create_timm_model(path, "--input", **size).eval()
+
+
+def _create_timm_model(name: str, flag: str, **kwargs):
+    import timm
+
+    if not timm.is_model(name):
+        raise ValueError(
+            f"{flag} {name!r} is not a timm model name (e.g. vit_base_patch16_224)"
+            + (" nor a file" if flag == "--input" else "")
+        )
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def _read_state_dict(path: str) -> dict:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    # Training checkpoints wrap the weights; DataParallel prefixes them.
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+    return {key.removeprefix("module."): value for key, value in state.items() if isinstance(value, torch.Tensor)}
+
+
+def _check_output(output: Path, overwrite: bool):
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output {output} is a file; allowed: a folder")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise ValueError(f"--output {output} exists and is not empty; pass --overwrite to replace it")
+
+
+def _write_folder(output: Path, write):
+    """Run `write(folder)` on a staging folder beside `output`, then put it in place: nothing partial is left."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private
+        write(staging)
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@torch.no_grad()
+def _max_logit_difference(source_logits, model) -> float:
+    """Largest difference between the logits of the source and of the converted model on 2 random images."""
+    config, weight = model.config, next(model.parameters())
+    pixels = torch.randn(
+        2,
+        config.num_channels,
+        config.image_size,
+        config.image_size,
+        generator=torch.Generator().manual_seed(0),
+    ).to(weight)  # a bfloat16 checkpoint stays bfloat16
+    expected = source_logits(pixels).float()
+    return (model(pixels).logits.float() - expected).abs().max().item()
+
+
+def _convert_transformers_input(args):
+    """(converted model, source's logits function, image processor writer) of a Transformers folder."""
+    source = load_transformers_folder(args.input)
+    model = from_transformers(source, drop_pooler=args.drop_pooler)
+
+    def source_logits(pixels):
+        output = source(pixels)
+        if hasattr(output, "logits"):
+            return output.logits
+        return output.last_hidden_state[:, 0]
+
+    processor_file = Path(args.input) / "preprocessor_config.json"
+    # The folder's own processor where it has one; else Transformers' ViT normalization at the model's size.
+    processor = _image_processor_for(model.config, [0.5], [0.5])
+
+    def write_processor(folder: Path):
+        if processor_file.is_file():
+            shutil.copy(processor_file, folder / processor_file.name)
+        else:
+            processor.save_pretrained(folder)
+
+    return model, source_logits, write_processor
+
+
+def _convert_timm_input(args):
+    """(converted model, source's logits function, image processor writer) of a timm name or weights file."""
+    source = _load_timm_source(args.input, args.timm_model, args.image_size)
+    model = from_timm(source)
+    pretrained_cfg = getattr(source, "pretrained_cfg", None) or {}
+    resample = {
+        "bicubic": PILImageResampling.BICUBIC,
+        "bilinear": PILImageResampling.BILINEAR,
+        "nearest": PILImageResampling.NEAREST,
+    }.get(pretrained_cfg.get("interpolation"))
+    processor = _image_processor_for(
+        model.config,
+        pretrained_cfg.get("mean", [0.5]),
+        pretrained_cfg.get("std", [0.5]),
+        resample,
+    )
+    return model, source, processor.save_pretrained
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m hf_vit_reduction.convert",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        choices=("transformers", "timm"),
+        help="library of the input model",
+    )
+    parser.add_argument(
+        "--input",
+        required=True,
+        help="transformers: a local model folder; timm: a model name (random weights) or a .safetensors/.pth "
+        "state dict (with --timm_model)",
+    )
+    parser.add_argument("--output", required=True, type=Path, help="folder to write")
+    parser.add_argument("--timm_model", help="timm architecture of a state dict given as --input")
+    parser.add_argument(
+        "--image_size",
+        type=int,
+        help="timm: build the architecture at this image size (default: its name's, e.g. 224), for weights "
+        "trained at another size",
+    )
+    parser.add_argument(
+        "--strategy",
+        default="baseline",
+        # thin is accepted here only to be refused with the reason.
+        choices=("baseline", *POST_HOC_STRATEGIES, "thin"),
+        help="baseline converts only; shallow and grouped reduce the converted model",
+    )
+    parser.add_argument(
+        "--reduction_mlp_ratio",
+        type=float,
+        help="shallow: fraction of the MLP's hidden units kept (default 0.5)",
+    )
+    parser.add_argument(
+        "--prune_method",
+        default="first",
+        choices=PRUNE_METHODS,
+        help="shallow: first units (the paper) or largest ||fc1 row||*||fc2 column||",
+    )
+    parser.add_argument(
+        "--share_method",
+        default="leader",
+        choices=SHARE_METHODS,
+        help="grouped: the group's first MLP (the paper) or the mean of its MLPs",
+    )
+    parser.add_argument("--mlp_share_group_size", type=int, help="grouped: blocks per MLP (default 2)")
+    parser.add_argument(
+        "--drop_pooler",
+        action="store_true",
+        help="transformers: convert a ViTModel without its pooler",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    args = parser.parse_args(argv)
+
+    try:
+        _check_output(args.output, args.overwrite)
+        reduction = None
+        if args.strategy != "baseline":
+            reduction = {
+                "strategy": args.strategy,
+                "reduction_mlp_ratio": args.reduction_mlp_ratio,
+                "prune_method": args.prune_method,
+                "share_method": args.share_method,
+                "mlp_share_group_size": args.mlp_share_group_size,
+            }
+            check_reduce_arguments(**reduction)
+        else:
+            for flag in ("reduction_mlp_ratio", "mlp_share_group_size"):
+                if getattr(args, flag) is not None:
+                    raise ValueError(f"--{flag} needs --strategy shallow or grouped")
+        if args.source != "timm" and args.timm_model:
+            raise ValueError("--timm_model applies to --from timm only")
+        if args.image_size is not None:
+            if args.source != "timm":
+                raise ValueError("--image_size applies to --from timm only (a Transformers folder records its size)")
+            if args.image_size < 1:
+                raise ValueError(f"--image_size {args.image_size} is not valid; allowed: an integer >= 1")
+        if args.source != "transformers" and args.drop_pooler:
+            raise ValueError("--drop_pooler applies to --from transformers only")
+
+        convert = _convert_transformers_input if args.source == "transformers" else _convert_timm_input
+        model, source_logits, write_processor = convert(args)
+        difference = _max_logit_difference(source_logits, model)
+        if reduction:
+            model = reduce(model, **reduction)
+    except ValueError as error:
+        parser.error(str(error))
+
+    conversion = {
+        "source": f"{args.source} {args.input}" + (f" ({args.timm_model})" if args.timm_model else ""),
+        "method": _describe_reduction(reduction),
+        "largest logit difference (converted baseline vs source, 2 random images)": f"{difference:.2e}",
+    }
+
+    def write(folder: Path):
+        model.save_pretrained(folder)
+        write_processor(folder)
+        write_model_card(folder, conversion=conversion)
+
+    _write_folder(args.output, write)
+    print(
+        f"Wrote {args.output}: {model.config.reduction_strategy}, {model.num_parameters():,} parameters. "
+        f"The converted baseline's logits differ from the source's by at most {difference:.2e} "
+        "on 2 random images."
+    )
+
+
+def _describe_reduction(reduction: dict | None) -> str:
+    if reduction is None:
+        return "converted as is (baseline)"
+    return ", ".join(f"{key}={value}" for key, value in reduction.items() if value is not None)
+
+
+if __name__ == "__main__":
+    main()

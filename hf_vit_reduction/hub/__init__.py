@@ -1,0 +1,1 @@
+"""Publishing to the Hub: pushes (final and in the background during training) and model cards."""

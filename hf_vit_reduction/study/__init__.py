@@ -1,0 +1,1 @@
+"""Study tools: the paper's report, the small-scale reproduction, benchmarks and post-hoc reduction quality."""

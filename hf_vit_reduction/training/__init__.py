@@ -1,0 +1,2 @@
+"""The training engine behind `run_image_classification.py`: recipe, data and loaders, state, checkpoints,
+evaluation and outputs."""
