@@ -117,3 +117,34 @@ def test_cores_are_shared_by_the_processes_of_a_launch(monkeypatch):
     assert arguments.cores_per_process() == 8
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
     assert arguments.cores_per_process() == 1
+
+
+@pytest.mark.parametrize(
+    "extra, images, fitted, sources",
+    [
+        # The paper's 256 x 2 on 10 images: one batch of 10 (even, for mixup), no accumulation.
+        ([], 10, (10, 1), ("fitted to the dataset", "fitted to the dataset")),
+        ([], 11, (10, 1), ("fitted to the dataset", "fitted to the dataset")),
+        ([], 300, (256, 1), ("paper recipe", "fitted to the dataset")),
+        ([], 512, (256, 2), ("paper recipe", "paper recipe")),
+        (["--mixup", "0", "--cutmix", "0"], 11, (11, 1), ("fitted to the dataset", "fitted to the dataset")),
+        # An explicit value is kept: the plan then says which flag to lower.
+        (["--batch_size", "64"], 40, (64, 2), ("command line", "paper recipe")),
+        (["--grad_accum_steps", "2"], 40, (20, 2), ("fitted to the dataset", "command line")),
+    ],
+)
+def test_a_recipe_batch_larger_than_the_data_is_fitted_to_it(extra, images, fitted, sources):
+    args = parse_args(["--dataset_name", "imagenet-1k", *extra])
+    line = arguments.fit_to_dataset(args, images)
+    assert (args.batch_size, args.grad_accum_steps) == fitted
+    recipe = effective_recipe(args)
+    assert (recipe["batch_size"]["source"], recipe["grad_accum_steps"]["source"]) == sources
+    if sources == ("paper recipe", "paper recipe") or "--batch_size" in extra:
+        assert line is None
+    else:
+        assert line == (
+            f"fitted to the dataset: --batch_size {fitted[0]}, --grad_accum_steps {fitted[1]} (the paper recipe's "
+            "256 x 2 images "
+            f"per update exceed the {images} training images each process gets)"
+        )
+    assert arguments.fit_to_dataset(parse_args(["--dataset_name", "x"]), None) is None  # a stream: no length

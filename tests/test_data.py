@@ -4,7 +4,7 @@ import pytest
 from image_folders import write_folder
 from PIL import Image
 
-from hf_vit_reduction.training.data import load_digits, load_image_classification_data
+from hf_vit_reduction.training.data import check_readable, load_digits, load_image_classification_data
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +109,41 @@ def test_a_source_that_is_neither_local_nor_cached_is_one_line(name):
     message = str(error.value)
     assert message.startswith(f"dataset_name={name!r} is not a local dataset folder, data files, or a Hub dataset")
     assert "offline mode is on" in message and "\n" not in message
+
+
+def test_a_folder_of_one_class_says_a_classifier_needs_two(tmp_path):
+    write_folder(tmp_path / "one", classes=("cat",), per_class=4)
+    with pytest.raises(ValueError) as error:
+        load_image_classification_data(train_dir=str(tmp_path / "one"))
+    assert str(error.value) == (
+        f"a classifier needs at least two classes, but train_dir={str(tmp_path / 'one')!r} (one sub-folder per "
+        "class) has 1 (cat)"
+    )
+    images = [Image.new("RGB", (4, 4)) for _ in range(2)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["only"])})
+    path = save_local_dataset(tmp_path / "ds", features, {"train": {"image": images, "label": [0, 0]}})
+    with pytest.raises(ValueError, match=r"^a classifier needs at least two classes, but label_column='label' of "):
+        load_image_classification_data(dataset_name=path)
+
+
+def write_unreadable(folder, classes=("cat", "dog"), per_class=2):
+    for name in classes:
+        (folder / name).mkdir(parents=True)
+        for i in range(per_class):
+            (folder / name / f"{i}.png").write_bytes(b"not an image")
+
+
+@pytest.mark.parametrize("broken", ["train", "validation"])
+def test_a_split_without_one_readable_image_is_refused(tmp_path, broken):
+    write_folder(tmp_path / "train", per_class=3)
+    write_folder(tmp_path / "val", per_class=2)
+    (tmp_path / "train" / "cat" / "broken.png").write_bytes(b"")  # one bad file among good ones is fine
+    data = load_image_classification_data(train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val"))
+    check_readable(data)
+    folder = tmp_path / ("train" if broken == "train" else "val")
+    for path in folder.rglob("*.png"):
+        path.write_bytes(b"not an image")
+    data = load_image_classification_data(train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val"))
+    count = 7 if broken == "train" else 4
+    with pytest.raises(ValueError, match=rf"^none of the {count} images of the {broken} split of imagefolder:"):
+        check_readable(data)

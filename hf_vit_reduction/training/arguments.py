@@ -121,6 +121,39 @@ def effective_recipe(args: argparse.Namespace) -> dict:
     return {key: {"value": getattr(args, key), "source": source} for key, source in args.recipe_sources.items()}
 
 
+FITTED = "fitted to the dataset"
+
+
+def fit_to_dataset(args: argparse.Namespace, images_per_process: int | None) -> str | None:
+    """Shrink a recipe's batch (and accumulation) that is larger than the data, so that a small folder trains.
+
+    Only values the recipe chose are fitted (their source becomes `FITTED`); values given on the command line are
+    kept, and `UpdatePlan` then says which flags to lower. Returns the one line to log, or None when nothing changed.
+    """
+    batch_size, grad_accum_steps = args.batch_size, args.grad_accum_steps
+    if images_per_process is None or batch_size * grad_accum_steps <= images_per_process:
+        return None
+    sources = args.recipe_sources
+    if sources.get("grad_accum_steps") != "command line":
+        grad_accum_steps = max(1, min(grad_accum_steps, images_per_process // batch_size))
+    if sources.get("batch_size") != "command line":
+        batch_size = min(batch_size, images_per_process // grad_accum_steps)
+        if args.mixup > 0 or args.cutmix > 0:
+            batch_size -= batch_size % 2  # mixup pairs each image with another
+    if not 1 <= batch_size * grad_accum_steps <= images_per_process:
+        return None  # an explicit value cannot fit: UpdatePlan's error names it
+    line = (
+        f"{FITTED}: --batch_size {batch_size}, --grad_accum_steps {grad_accum_steps} (the {args.recipe} recipe's "
+        f"{args.batch_size} x {args.grad_accum_steps} images per update exceed the {images_per_process} training "
+        "images each process gets)"
+    )
+    for key, value in (("batch_size", batch_size), ("grad_accum_steps", grad_accum_steps)):
+        if value != getattr(args, key):
+            setattr(args, key, value)
+            sources[key] = FITTED
+    return line
+
+
 def augmentation_problem(policy: str) -> str | None:
     """Why timm cannot use this RandAugment/AutoAugment/AugMix string, or None when it can."""
     kind, *sections = policy.split("-")

@@ -46,7 +46,9 @@ def remove_partial_checkpoints(output_dir) -> list[Path]:
 
 
 def check_output_dir(output_dir, resume_from_checkpoint, overwrite_output_dir) -> None:
-    """Refuse to start over a previous run's checkpoints unless told to resume or to overwrite."""
+    """Refuse a file as the output folder, and a previous run's checkpoints unless told to resume or to overwrite."""
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise ValueError(f"--output_dir={str(output_dir)!r} is a file; allowed: a folder (new, or a previous run's)")
     existing = checkpoints(output_dir)
     if not existing or resume_from_checkpoint:
         return

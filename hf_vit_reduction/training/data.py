@@ -8,6 +8,8 @@ import datasets
 import numpy as np
 from PIL import Image
 
+from .loaders import UNREADABLE_IMAGE_ERRORS, decode_image, image_description
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 DIGITS_VALIDATION_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
@@ -49,6 +51,30 @@ def take(dataset, count: int):
     return dataset.select(range(min(count, len(dataset))))
 
 
+def check_readable(data: ImageClassificationData) -> None:
+    """Raise when not one image of a split can be read: a run would train on nothing, or evaluate nothing.
+
+    Stops at the first readable image, so a healthy split costs one decode; only a wholly broken one is read through.
+    """
+    for flag, split in (("train", data.train), ("validation", data.validation)):
+        encoded = split.cast_column(data.image_column, datasets.Image(decode=False))
+        first_error, count = None, 0
+        for example in encoded:
+            try:
+                decode_image(example[data.image_column])
+                break
+            except UNREADABLE_IMAGE_ERRORS as error:
+                count += 1
+                first_error = first_error or f"{image_description(example[data.image_column])}: {error}"
+        else:
+            if count == 0:
+                raise ValueError(f"the {flag} split of {data.source} holds no examples")
+            raise ValueError(
+                f"none of the {count} images of the {flag} split of {data.source} can be read (the first: "
+                f"{first_error}); allowed: image files PIL can open (JPEG, PNG, ...)"
+            )
+
+
 def load_digits() -> datasets.DatasetDict:
     """scikit-learn's bundled handwritten digits (1,797 8x8 images, 10 classes) with a fixed stratified split."""
     from sklearn.datasets import load_digits as sklearn_digits
@@ -82,6 +108,26 @@ def _check_image_folder(path: str, flag: str) -> None:
         if any(os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS for name in files):
             return
     raise ValueError(f"{flag}={path!r} holds no image files (expected <class>/<image> as in ImageNet's layout)")
+
+
+def _class_folders(path: str) -> list[str]:
+    """The sub-folders of an image folder that hold images: its classes in ImageNet's layout."""
+    names = []
+    for entry in sorted(os.scandir(path), key=lambda entry: entry.name):
+        if entry.is_dir() and any(
+            os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+            for _, _, files in os.walk(entry.path)
+            for name in files
+        ):
+            names.append(entry.name)
+    return names
+
+
+def _too_few_classes(names: list[str], where: str) -> ValueError:
+    return ValueError(
+        f"a classifier needs at least two classes, but {where} has {len(names)}"
+        + (f" ({', '.join(names[:10])})" if names else "")
+    )
 
 
 def _split_names(dataset_name: str, config_name: str | None, cache_dir: str | None) -> list[str]:
@@ -182,6 +228,9 @@ def load_image_classification_data(
     image_column = _detect_column(
         validation, image_column, datasets.Image, ("image", "img", "pixel_values"), "image", "image_column"
     )
+    if train_dir and label_column is None and "label" not in (validation.column_names or []):
+        # 🤗 Datasets' imagefolder makes no label column of a single class folder (or of files without folders).
+        raise _too_few_classes(_class_folders(train_dir), f"train_dir={train_dir!r} (one sub-folder per class)")
     label_column = _detect_column(
         validation, label_column, datasets.ClassLabel, ("label", "labels", "target"), "label", "label_column"
     )
@@ -191,5 +240,5 @@ def load_image_classification_data(
     else:
         label_names = [str(i) for i in range(int(max(validation[label_column])) + 1)]
     if len(label_names) < 2:
-        raise ValueError(f"label_column={label_column!r} has {len(label_names)} class(es); at least 2 are needed")
+        raise _too_few_classes(label_names, f"label_column={label_column!r} of {source}")
     return ImageClassificationData(train, validation, image_column, label_column, label_names, source)

@@ -13,6 +13,9 @@ from PIL import Image, UnidentifiedImageError
 from timm.data.distributed_sampler import RepeatAugSampler
 from torch.utils.data import DataLoader, DistributedSampler, default_collate
 
+# What PIL raises for a file that is not an image, is truncated or is empty.
+UNREADABLE_IMAGE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
+
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode to 8-bit RGB: 16/32-bit grey is rescaled, transparency is composited on white."""
@@ -72,7 +75,7 @@ class ExampleTransform:
         for value in batch[self.image_column]:
             try:
                 image = decode_image(value)
-            except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+            except UNREADABLE_IMAGE_ERRORS as error:
                 if self.on_bad_image == "error":
                     raise ValueError(f"cannot read image {image_description(value)}: {error}") from error
                 size = self.placeholder_size
