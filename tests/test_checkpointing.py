@@ -1,5 +1,6 @@
 """Fault tolerance: exact resume after SIGKILL, atomic checkpoints, the non-finite guard, no leaked secrets."""
 
+import errno
 import itertools
 import json
 import logging
@@ -8,8 +9,11 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
+import torch
+from accelerate import Accelerator
 from safetensors.torch import load_file
 from script_runs import (
     ONE_PROCESS,
@@ -22,7 +26,16 @@ from script_runs import (
     script_command,
 )
 
-from hf_vit_reduction.training.checkpointing import CHECKPOINTS, TRAIN_STATE, checkpoints, resolve
+from hf_vit_reduction.training.checkpointing import (
+    CHECKPOINTS,
+    TRAIN_STATE,
+    CheckpointSaver,
+    check_output_dir,
+    checkpoints,
+    resolve,
+)
+from hf_vit_reduction.training.outputs import DiskFullError
+from hf_vit_reduction.training.state import TrainState
 
 # Mixup, EMA and (under two processes) repeated augmentation on; 8 updates per epoch, 2 epochs.
 RUN = (
@@ -224,3 +237,47 @@ def test_resume_argument_errors(tmp_path):
         resolve(tmp_path, "latest")
     with pytest.raises(ValueError, match=r"is not a complete checkpoint folder"):
         resolve(tmp_path, str(tmp_path / "nowhere"))
+
+
+def test_a_checkpoint_onto_a_full_disk_keeps_the_previous_one_complete(tmp_path, monkeypatch, make_model):
+    accelerator = Accelerator(cpu=True)
+    model = make_model("grouped")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    saver = CheckpointSaver(accelerator, tmp_path, ema=None, every="2", keep=3)
+    first = saver.save(TrainState(step=2))
+    saved = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    model(pixel_values=torch.randn(2, 3, 32, 32)).logits.sum().backward()
+    optimizer.step()
+
+    def fill_the_disk(self, output_dir=None, **kwargs):
+        (Path(output_dir) / "model.safetensors").write_bytes(b"\0" * 1000)  # what fit before the disk filled
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Accelerator, "save_state", fill_the_disk)
+    with pytest.raises(DiskFullError) as error:
+        saver.save(TrainState(step=4))
+    size = sum(p.stat().st_size for p in first.rglob("*") if p.is_file())
+    assert str(error.value).startswith(
+        f"no space left in {tmp_path / CHECKPOINTS} for checkpoint step_00000004: it needs about "
+        f"{size / 1000:.1f} KB (the size of step_00000002), "
+    )
+    assert checkpoints(tmp_path) == [first] and not list((tmp_path / CHECKPOINTS).glob(".*"))
+    monkeypatch.undo()
+    assert saver.load(first).step == 2
+    for name, tensor in model.state_dict().items():
+        assert tensor.equal(saved[name]), name
+    # Without a previous checkpoint, what was written before the disk filled is the lower bound.
+    monkeypatch.setattr(Accelerator, "save_state", fill_the_disk)
+    with pytest.raises(DiskFullError, match=r"for checkpoint step_00000002: it needs more than the 1.0 KB written"):
+        CheckpointSaver(accelerator, tmp_path / "fresh", ema=None, every="2", keep=3).save(TrainState(step=2))
+
+
+def test_an_output_dir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError) as error:
+        check_output_dir(tmp_path / "notes.txt", None, False)
+    assert str(error.value) == (
+        f"--output_dir={str(tmp_path / 'notes.txt')!r} is a file; allowed: a folder (new, or a previous run's)"
+    )
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -1,4 +1,7 @@
+import errno
 import json
+import os
+import shutil
 
 import pytest
 
@@ -29,3 +32,42 @@ def test_plot_and_history_files(tmp_path):
 
 def test_public_arguments_drop_secrets():
     assert outputs.public_arguments({"hub_token": "hf_secret", "lr": 0.1, "HUB_TOKEN_FILE": "x"}) == {"lr": 0.1}
+
+
+def enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_keeps_the_previous_file_and_says_what_was_needed(tmp_path, monkeypatch):
+    path = tmp_path / "results.json"
+    outputs.write_json(path, {"top1": 1.0})
+    text = json.dumps({"top1": 2.0, "note": "x" * 1500}, indent=2) + "\n"
+    monkeypatch.setattr(outputs.Path, "write_bytes", enospc)
+    with pytest.raises(outputs.DiskFullError) as error:
+        outputs.write_json(path, {"top1": 2.0, "note": "x" * 1500})
+    free = shutil.disk_usage(tmp_path).free
+    assert str(error.value) == (
+        f"no space left in {tmp_path} for results.json: it needs {len(text) / 1000:.1f} KB, "
+        f"{outputs.human_size(free)} is free there"
+    )
+    assert json.loads(path.read_text()) == {"top1": 1.0}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_what_counts_as_a_full_disk(tmp_path, monkeypatch):
+    assert outputs.is_no_space(OSError(errno.ENOSPC, "x"), tmp_path)
+    assert outputs.is_no_space(OSError(errno.EDQUOT, "x"), tmp_path)
+    assert not outputs.is_no_space(OSError(errno.EACCES, "x"), tmp_path)
+    # safetensors words it; torch.save's zip writer does not, so the disk is asked.
+    assert outputs.is_no_space(RuntimeError("I/O error: No space left on device (os error 28)"), tmp_path)
+    assert not outputs.is_no_space(RuntimeError("unexpected pos 576 vs 534"), tmp_path)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: usage._replace(free=4096))
+    assert outputs.is_no_space(RuntimeError("unexpected pos 576 vs 534"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("count", "text"), [(0, "0 bytes"), (999, "999 bytes"), (1500, "1.5 KB"), (2_345_678, "2.3 MB")]
+)
+def test_human_sizes(count, text):
+    assert outputs.human_size(count) == text

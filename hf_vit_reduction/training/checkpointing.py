@@ -18,7 +18,7 @@ import torch
 from accelerate import skip_first_batches
 from safetensors.torch import load_model, save_model
 
-from .outputs import write_json
+from .outputs import folder_size, human_size, write_json, write_together
 from .state import TrainState
 
 CHECKPOINTS = "checkpoints"
@@ -104,17 +104,31 @@ class CheckpointSaver:
         state.gather(accelerator)
         final = self.folder / f"step_{state.step:08d}"
         temporary = self.folder / f".tmp-step_{state.step:08d}"
-        if accelerator.is_main_process:
-            shutil.rmtree(temporary, ignore_errors=True)
-            temporary.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(temporary), safe_serialization=True)
-        if accelerator.is_main_process:
-            if self.ema is not None:
-                # save_model stores a shared MLP once (a grouped model lists it under each block of its group).
-                save_model(self.ema.module, str(temporary / EMA_WEIGHTS), force_contiguous=True)
-            write_json(temporary / TRAIN_STATE, state.state_dict())
-        accelerator.wait_for_everyone()
+
+        def make_folder():
+            if accelerator.is_main_process:
+                shutil.rmtree(temporary, ignore_errors=True)
+                temporary.mkdir(parents=True)
+
+        def write():
+            accelerator.save_state(str(temporary), safe_serialization=True)
+            if accelerator.is_main_process:
+                if self.ema is not None:
+                    # save_model stores a shared MLP once (a grouped model lists it under each block of its group).
+                    save_model(self.ema.module, str(temporary / EMA_WEIGHTS), force_contiguous=True)
+                write_json(temporary / TRAIN_STATE, state.state_dict())
+
+        # Each step is agreed by every process (a barrier as well): a full disk stops all of them together, the
+        # half-written folder is removed and the previous checkpoint stays as it was.
+        try:
+            for step in (make_folder, write):
+                write_together(
+                    accelerator, step, folder=self.folder, what=f"checkpoint {final.name}", needed=self._needed
+                )
+        except BaseException:
+            if accelerator.is_main_process:
+                shutil.rmtree(temporary, ignore_errors=True)
+            raise
         if accelerator.is_main_process:
             if final.exists():
                 shutil.rmtree(final)
@@ -124,6 +138,14 @@ class CheckpointSaver:
             logger.info("checkpoint %s", final)
         accelerator.wait_for_everyone()
         return final
+
+    def _needed(self) -> str:
+        """The space a checkpoint needs: the previous one's size, else more than what this one wrote before failing."""
+        previous = self.latest()
+        if previous is not None:
+            return f"about {human_size(folder_size(previous))} (the size of {previous.name})"
+        written = sum(folder_size(p) for p in self.folder.glob(".tmp-*"))
+        return f"more than the {human_size(written)} written before the disk filled"
 
     def _remove_old(self, best_step: int | None) -> None:
         for old in checkpoints(self.folder.parent)[: -self.keep]:

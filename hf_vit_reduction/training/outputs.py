@@ -1,8 +1,10 @@
 """What a run writes: args.json, history.jsonl, training_curves.png, results.json and the models, all atomically."""
 
+import errno
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,6 +13,71 @@ from PIL import Image
 from transformers import ViTImageProcessor
 
 from .history import RunHistory
+
+# What a write onto a full disk (or past a quota) raises: OSError with one of these codes; safetensors says it in
+# words; torch.save's zip writer only raises RuntimeError("... unexpected pos ..."), so for it the disk is asked.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NO_SPACE_WORDS = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
+NEARLY_FULL_BYTES = 1 << 20
+
+
+class DiskFullError(RuntimeError):
+    """A write that found no space left; the message names the folder, the space needed and the space free."""
+
+    def __init__(self, folder, what: str, needed: str):
+        self.folder = Path(folder)
+        free = shutil.disk_usage(_existing(self.folder)).free
+        super().__init__(
+            f"no space left in {self.folder} for {what}: it needs {needed}, {human_size(free)} is free there"
+        )
+
+
+def human_size(count: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError  # the loop always returns
+
+
+def folder_size(path) -> int:
+    return sum(file.stat().st_size for file in Path(path).rglob("*") if file.is_file())
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def is_no_space(error: BaseException, folder) -> bool:
+    """Whether a failed write failed for want of space in `folder` (ask while its partial files still exist)."""
+    if isinstance(error, DiskFullError):
+        return True
+    if isinstance(error, OSError):
+        return error.errno in NO_SPACE
+    if any(words in str(error) for words in NO_SPACE_WORDS):
+        return True
+    return isinstance(error, RuntimeError) and shutil.disk_usage(_existing(Path(folder))).free < NEARLY_FULL_BYTES
+
+
+def write_together(accelerator, write, *, folder, what: str, needed) -> None:
+    """Run `write()` on every process; when any of them finds the disk full, raise `DiskFullError` on all of them.
+
+    The processes agree in one collective, so none raises alone and leaves the others waiting in the next one.
+    `needed` gives the space it needed, as words, once the write failed.
+    """
+    failed = False
+    try:
+        write()
+    except Exception as error:
+        if not is_no_space(error, folder):
+            raise
+        failed = True
+    if accelerator.num_processes > 1:
+        failed = bool(accelerator.reduce(torch.tensor([float(failed)], device=accelerator.device), "sum").item())
+    if failed:
+        raise DiskFullError(folder, what, needed())
 
 
 def results(*, history: RunHistory, summary: dict, state, model, args, source: str) -> dict:
@@ -38,15 +105,24 @@ def results(*, history: RunHistory, summary: dict, state, model, args, source: s
 
 
 def save_model(accelerator, model, processor, path) -> None:
-    """`save_pretrained` from every process (each holds its shard under FSDP), the image processor beside it."""
-    accelerator.unwrap_model(model).save_pretrained(
-        path,
-        state_dict=accelerator.get_state_dict(model),
-        is_main_process=accelerator.is_main_process,
-        save_function=accelerator.save,
-    )
-    if accelerator.is_main_process:
-        processor.save_pretrained(path)
+    """`save_pretrained` from every process (each holds its shard under FSDP), the image processor beside it.
+
+    Raises `DiskFullError` on every process when the disk is full.
+    """
+    state_dict = accelerator.get_state_dict(model)
+
+    def write():
+        accelerator.unwrap_model(model).save_pretrained(
+            path, state_dict=state_dict, is_main_process=accelerator.is_main_process, save_function=accelerator.save
+        )
+        if accelerator.is_main_process:
+            processor.save_pretrained(path)
+
+    def needed() -> str:
+        unique = {t.untyped_storage().data_ptr(): t.numel() * t.element_size() for t in state_dict.values()}
+        return f"about {human_size(sum(unique.values()))} (its weights)"
+
+    write_together(accelerator, write, folder=path, what="the model", needed=needed)
 
 
 def image_processor_for(image_size: int, mean, std) -> ViTImageProcessor:
@@ -60,9 +136,10 @@ def image_processor_for(image_size: int, mean, std) -> ViTImageProcessor:
     )
 
 
-def replace_atomically(path: str | os.PathLike, write) -> None:
+def replace_atomically(path: str | os.PathLike, write, *, size: int | None = None) -> None:
     """Write a file completely or not at all: `write(temporary)` fills a file beside `path`, which is then renamed
-    into place, so a crash leaves the previous version, never half of a new one."""
+    into place, so a crash leaves the previous version, never half of a new one. A full disk raises
+    `DiskFullError` (the previous version stays); `size`, when known, is what the file needs."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
@@ -75,13 +152,19 @@ def replace_atomically(path: str | os.PathLike, write) -> None:
         with open(temporary, "rb+") as stream:
             os.fsync(stream.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
+        written = Path(temporary).stat().st_size if Path(temporary).exists() else 0
+        no_space = isinstance(error, Exception) and is_no_space(error, path.parent)
         Path(temporary).unlink(missing_ok=True)
+        if no_space:
+            needed = human_size(size) if size is not None else f"more than the {human_size(written)} written"
+            raise DiskFullError(path.parent, path.name, needed) from error
         raise
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:
-    replace_atomically(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
+    data = text.encode("utf-8")
+    replace_atomically(path, lambda temporary: Path(temporary).write_bytes(data), size=len(data))
 
 
 def write_json(path, data) -> None:
