@@ -23,6 +23,8 @@ uploaded object is checked against its sha256 and size, unknown routes, unknown 
 keys are refused (400/404 with the reason), and an LFS file can only be committed after its object was uploaded.
 Files are kept per commit (`server.files(repo_id)`, `server.commits(repo_id)`) for assertions, and every request is
 logged (`server.requests`). `fail(route, status)` makes one route answer an error, `hold(route)` holds its requests until `release()`.
+`stall(route, seconds)` delays one answer; `drop(route)` makes the server go away in the middle of a request: it reads half of the body, then closes the
+connection without an answer. `max_in_flight[route]` is the most requests to a route it served at once.
 """
 
 import base64
@@ -31,6 +33,7 @@ import itertools
 import json
 import re
 import secrets
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -43,6 +46,7 @@ import yaml
 # over 10 MB, goes to LFS too.
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".pkl", ".png", ".jpg", ".npy", ".tfevents")
 LFS_THRESHOLD = 10 * 1024 * 1024
+DROP = 0  # an injected "failure" that closes the connection instead of answering
 
 
 def git_blob_oid(data: bytes) -> str:
@@ -87,7 +91,10 @@ class HubServer:
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
         self.lock = threading.RLock()
         self._tickets: dict[str, tuple[str, str, int]] = {}  # signed PUT ticket -> (repo, sha256, size)
-        self._failures: dict[str, list[int]] = {}
+        self._failures: dict[str, list[int]] = {}  # route -> statuses to answer, DROP to close the connection
+        self._stalls: dict[str, list[float]] = {}
+        self._in_flight: dict[str, int] = {}
+        self.max_in_flight: dict[str, int] = {}
         self._held: set[str] = set()
         self._release = threading.Event()
         self._oids = (hashlib.sha1(f"commit {n}".encode()).hexdigest() for n in itertools.count())
@@ -111,11 +118,34 @@ class HubServer:
         with self.lock:
             self._failures.setdefault(route, []).extend([status] * times)
 
+    def stall(self, route: str, seconds: float, times: int = 1) -> None:
+        """The next `times` requests to `route` are answered `seconds` late (a client's time-out)."""
+        with self.lock:
+            self._stalls.setdefault(route, []).extend([seconds] * times)
+
+    def drop(self, route: str, times: int = 1) -> None:
+        """The next `times` requests to `route` are cut off halfway through their body, without an answer."""
+        self.fail(route, DROP, times)
+
+    def dropped(self, method: str, target: str) -> bool:
+        """Whether this request is one to cut off (the injected drop is used up)."""
+        path = urlsplit(target).path
+        for route, (route_method, pattern, _) in ROUTES.items():
+            if re.fullmatch(pattern, path) and method in route_method.split("|"):
+                with self.lock:
+                    if (self._failures.get(route) or [None])[0] == DROP:
+                        self._failures[route].pop(0)
+                        return True
+                return False
+        return False
+
     def clear_failures(self) -> list[tuple[str, int]]:
         """Drop the injected failures no request consumed, and return them."""
         with self.lock:
             left = [(route, status) for route, statuses in self._failures.items() for status in statuses]
+            left += [(route, f"stall {seconds:g} s") for route, stalls in self._stalls.items() for seconds in stalls]
             self._failures.clear()
+            self._stalls.clear()
         return left
 
     def hold(self, route: str) -> None:
@@ -154,13 +184,23 @@ class HubServer:
             with self.lock:
                 held = route in self._held
                 injected = self._failures.get(route, []) and self._failures[route].pop(0)
-            if held:
-                self._release.wait()
-            user = self._authenticate(headers) if needs_auth else None
-            if injected:
-                raise HubError(injected, f"injected failure of {route}")
-            parts = {key: unquote(value) for key, value in match.groupdict().items() if value is not None}
-            return getattr(self, f"_{route.replace('-', '_')}")(user, parts, query, headers, body)
+                stall = self._stalls.get(route, []) and self._stalls[route].pop(0)
+            with self.lock:
+                self._in_flight[route] = self._in_flight.get(route, 0) + 1
+                self.max_in_flight[route] = max(self.max_in_flight.get(route, 0), self._in_flight[route])
+            try:
+                if held:
+                    self._release.wait()
+                if stall:
+                    time.sleep(stall)
+                user = self._authenticate(headers) if needs_auth else None
+                if injected:
+                    raise HubError(injected, f"injected failure of {route}")
+                parts = {key: unquote(value) for key, value in match.groupdict().items() if value is not None}
+                return getattr(self, f"_{route.replace('-', '_')}")(user, parts, query, headers, body)
+            finally:
+                with self.lock:
+                    self._in_flight[route] -= 1
         raise HubError(404, f"no route for {method} {path}")
 
     def _authenticate(self, headers) -> dict:
@@ -469,6 +509,13 @@ def _handler_for(server: HubServer):
 
         def _serve(self):
             length = int(self.headers.get("Content-Length") or 0)
+            if server.dropped(self.command, self.path):
+                self.rfile.read(length // 2)
+                with server.lock:
+                    server.requests.append((self.command, self.path, DROP))
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
             body = self.rfile.read(length) if length else b""
             try:
                 status, headers, payload = server.handle(self.command, self.path, self.headers, body)

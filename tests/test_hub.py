@@ -15,15 +15,18 @@ import sys
 import sysconfig
 import textwrap
 import threading
+import time
 from pathlib import Path
 
+import httpx2
 import huggingface_hub
 import pytest
 import torch
-from hub_server import HubServer
+from hub_server import DROP, HubServer
 from transformers import ViTImageProcessor
 
 from hf_vit_reduction import ViTReducedConfig, ViTReducedForImageClassification
+from hf_vit_reduction.hub import pushing
 from hf_vit_reduction.hub.model_card import write_model_card
 from hf_vit_reduction.hub.pushing import (
     HubPusher,
@@ -240,6 +243,46 @@ def test_hub_argument_problems_are_one_line(no_token):
     assert check_hub_arguments(parse_hub_arguments(with_token)) is None
 
 
+def test_retry_flags_are_checked():
+    base = ["--push_to_hub", "--hub_model_id", "me/vit", "--hub_token", "hf_x"]
+    args = parse_hub_arguments(base)
+    assert (args.hub_push_attempts, args.hub_push_max_wait) == (5, 120.0)
+    assert check_hub_arguments(parse_hub_arguments([*base, "--hub_push_attempts", "0"])) == (
+        "--hub_push_attempts=0 is not valid; allowed: an integer >= 1"
+    )
+    assert check_hub_arguments(parse_hub_arguments([*base, "--hub_push_max_wait", "-1"])) == (
+        "--hub_push_max_wait=-1.0 is not valid; allowed: a number of seconds >= 0"
+    )
+
+
+def test_retries_double_their_wait_within_both_bounds_and_only_for_failures_that_may_pass(tmp_path, monkeypatch):
+    waits, calls = [], []
+    monkeypatch.setattr(pushing.time, "sleep", waits.append)
+
+    def refused(self, *args, **kwargs):
+        calls.append(kwargs)
+        raise httpx2.ConnectError("connection refused")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", refused)
+    with pytest.raises(HubPushError) as error:
+        push_to_hub(tmp_path, "me/vit", token="hf_x", attempts=10, max_wait=20)
+    assert waits == [2, 4, 8] and len(calls) == 4  # a fourth wait of 16 s would pass 20 s in all
+    assert "(attempt 4 of at most 10, after 14 s of waiting)." in str(error.value)
+    waits.clear()
+    with pytest.raises(HubPushError, match=r"\(attempt 2 of at most 2, after 2 s of waiting\)"):
+        push_to_hub(tmp_path, "me/vit", token="hf_x", attempts=2, max_wait=100)
+    assert waits == [2]
+
+    def invalid(self, *args, **kwargs):
+        raise ValueError("not a valid repository")
+
+    waits.clear()
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", invalid)
+    with pytest.raises(HubPushError, match=r"ValueError: not a valid repository\. The local folder"):
+        push_to_hub(tmp_path, "me/vit", token="hf_x", attempts=10, max_wait=100)
+    assert waits == []
+
+
 def test_push_of_a_missing_folder_fails_before_any_request(tmp_path):
     with pytest.raises(HubPushError, match=r"^.*missing is not a folder; nothing was pushed$"):
         push_to_hub(tmp_path / "missing", "me/vit", token="hf_x")
@@ -441,7 +484,13 @@ def test_failed_push_ends_in_one_line_and_changes_nothing(server, tmp_path, case
         server.hold("create")
     try:
         result = push_command(
-            folder, f"me/fail-{case}", client_env(endpoint, tmp_path / "home", token), "--timeout", "3"
+            folder,
+            f"me/fail-{case}",
+            client_env(endpoint, tmp_path / "home", token),
+            "--timeout",
+            "3",
+            "--attempts",
+            "1",
         )
     finally:
         server.release()
@@ -461,6 +510,74 @@ def test_failed_push_ends_in_one_line_and_changes_nothing(server, tmp_path, case
     assert snapshot(folder) == before
     if case != "refused":
         assert f"me/fail-{case}" not in server.repos or len(server.commits(f"me/fail-{case}")) == 1
+
+
+@pytest.mark.slow
+def test_a_push_outlasts_a_time_out_a_server_error_and_a_dropped_connection(server, tmp_path):
+    folder = build_model_folder(tmp_path / "run", seed=5)
+    server.stall("create", 5)  # the client gives up after 2 s
+    server.fail("commit", 500)
+    server.drop("commit")  # the server goes away halfway through the commit request
+    env = client_env(server.url, tmp_path / "home")
+    start = time.monotonic()
+    result = push_command(folder, "me/retried", env, "--timeout", "2", "--attempts", "4", "--max_wait", "20")
+    assert result.returncode == 0, result.stderr
+    assert server.clear_failures() == []
+    retries = [line for line in result.stderr.splitlines() if "push to me/retried failed" in line]
+    assert len(retries) == 3
+    assert "(no answer from http://127.0.0.1:" in retries[0] and retries[0].endswith("attempt 2 in 2 s")
+    assert "(the Hub had a server error (500: " in retries[1] and retries[1].endswith("attempt 3 in 4 s")
+    assert retries[2].endswith("attempt 4 in 8 s")
+    assert time.monotonic() - start >= 2 + 2 + 4 + 8  # the time-out and the three waits
+    assert [commit.summary for commit in server.commits("me/retried")][-1] == "Upload model with hf_vit_reduction"
+    assert server.files("me/retried")["model.safetensors"] == (folder / "model.safetensors").read_bytes()
+
+
+@pytest.mark.slow
+def test_a_server_that_goes_away_leaves_the_previous_commit_and_the_command_to_push_later(server, tmp_path):
+    folder = build_model_folder(tmp_path / "run", seed=6)
+    env = client_env(server.url, tmp_path / "home")
+    assert push_command(folder, "me/goes-away", env, "--revision", "dev").returncode == 0
+    before = server.commits("me/goes-away", branch="dev")
+    build_model_folder(folder, seed=7)  # a new model to push
+    server.drop("commit", times=2)
+    result = push_command(folder, "me/goes-away", env, "--revision", "dev", "--attempts", "2", "--max_wait", "5")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert server.clear_failures() == []
+    assert server.commits("me/goes-away", branch="dev") == before  # nothing half-committed
+    line = result.stderr.strip().splitlines()[-1]
+    assert "failed while uploading" in line and "(attempt 2 of at most 2, after 2 s of waiting)" in line
+    assert line.endswith(
+        f"push it again with `python -m hf_vit_reduction.hub push {folder} --repo_id me/goes-away --revision dev`"
+    )
+    # The same command once the server is back: the new model lands in one commit.
+    result = push_command(folder, "me/goes-away", env, "--revision", "dev")
+    assert result.returncode == 0, result.stderr
+    assert len(server.commits("me/goes-away", branch="dev")) == len(before) + 1
+    assert server.files("me/goes-away", "dev")["model.safetensors"] == (folder / "model.safetensors").read_bytes()
+
+
+@pytest.mark.slow
+def test_an_upload_cut_off_midway_never_reaches_the_branch(server, tmp_path):
+    folder = build_model_folder(tmp_path / "run", seed=8)
+    env = client_env(server.url, tmp_path / "home")
+    assert push_command(folder, "me/cut-off", env).returncode == 0
+    before = server.commits("me/cut-off")
+    build_model_folder(folder, seed=9)
+    # The server goes away halfway through an object's upload (huggingface_hub sends it again) and is still failing
+    # when the commit comes.
+    server.drop("lfs-upload")
+    server.fail("commit", 503)
+    result = push_command(folder, "me/cut-off", env, "--attempts", "1")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert server.clear_failures() == []
+    assert ("PUT", DROP) in {(method, status) for method, _, status in server.requests}
+    assert server.commits("me/cut-off") == before
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith(f"`python -m hf_vit_reduction.hub push {folder} --repo_id me/cut-off`")
+    )
 
 
 @pytest.mark.slow
@@ -493,7 +610,7 @@ TRAINING_LOOP = """
     from hf_vit_reduction.hub.pushing import HubPusher
 
     run, repo_id, strategy, wait_each = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "wait"
-    pusher = HubPusher(repo_id, strategy=strategy)
+    pusher = HubPusher(repo_id, strategy=strategy, attempts=int(sys.argv[5]))
     config = ViTReducedConfig.from_preset("digits", reduction_strategy="grouped", num_labels=10)
     for step in (1, 2, 3):
         torch.manual_seed(step)
@@ -519,11 +636,13 @@ TRAINING_LOOP = """
 """
 
 
-def start_loop(server, tmp_path, repo_id: str, strategy: str, wait_each: bool) -> tuple[subprocess.Popen, queue.Queue]:
+def start_loop(
+    server, tmp_path, repo_id: str, strategy: str, wait_each: bool, attempts: int = 5
+) -> tuple[subprocess.Popen, queue.Queue]:
     run = tmp_path / "run"
     run.mkdir()
     command = [sys.executable, "-c", textwrap.dedent(TRAINING_LOOP), str(run), repo_id, strategy]
-    command.append("wait" if wait_each else "no-wait")
+    command += ["wait" if wait_each else "no-wait", str(attempts)]
     env = client_env(server.url, tmp_path / "home")
     loop = subprocess.Popen(command, env=env, cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     lines: queue.Queue = queue.Queue()
@@ -569,6 +688,7 @@ def test_background_pushes_leave_the_saves_on_the_server_while_training_goes_on(
         # Step 2 came while step 1's push was running and was superseded by step 3 before its turn.
         assert [commit.summary for commit in commits] == ["initial commit", "step 1", "step 3", "End of training"]
         assert outcome["background_pushes"] == 2
+        assert server.max_in_flight["commit"] == 1  # pushes one after the other, never two at once
         for commit, save in zip(commits[1:3], (saves[0], saves[2])):
             assert hashlib.sha256(commit.files["model.safetensors"]).hexdigest() == save["weights"]
         assert (
@@ -592,7 +712,7 @@ def test_background_pushes_leave_the_saves_on_the_server_while_training_goes_on(
 def test_failed_background_push_is_reported_and_retried_and_never_stops_training(server, tmp_path):
     repo_id = "me/loop-failures"
     server.fail("commit", 500)  # the first background push fails
-    loop, lines = start_loop(server, tmp_path, repo_id, "every_save", wait_each=True)
+    loop, lines = start_loop(server, tmp_path, repo_id, "every_save", wait_each=True, attempts=1)
     saves = read_until_loop_done(lines)
     assert [save["step"] for save in saves] == [1, 2, 3]
     server.fail("commit", 503)  # and so does the final push

@@ -13,6 +13,7 @@ import logging
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import httpx2
@@ -30,6 +31,11 @@ LAST_CHECKPOINT = "last-checkpoint"
 # huggingface_hub's HTTP client has no timeout, so a stalled connection would hang a push (and a training run's
 # final push) forever: seconds without a byte received before a request fails.
 TIMEOUT_S = 60.0
+# A push that fails for a reason that may pass (a 5xx or 429 answer, a dropped connection, a time-out) is tried again
+# after 2, 4, 8, ... s, at most this many times in all and while the waits add up to at most this many seconds.
+PUSH_ATTEMPTS = 5
+PUSH_MAX_WAIT_S = 120.0
+FIRST_WAIT_S = 2.0
 
 
 class HubPushError(RuntimeError):
@@ -45,8 +51,14 @@ def push_to_hub(
     commit_message: str = "Upload model with hf_vit_reduction",
     checkpoint: str | Path | None = None,
     timeout: float = TIMEOUT_S,
+    attempts: int = PUSH_ATTEMPTS,
+    max_wait: float = PUSH_MAX_WAIT_S,
 ) -> dict:
     """Push `folder` (and `checkpoint` as `last-checkpoint/`) to `repo_id` in one commit; return the outcome.
+
+    A failure that may pass (see `_may_pass`) is retried with a doubling wait, up to `attempts` tries and `max_wait`
+    seconds of waiting in all. The commit is the Hub's one atomic step: a push cut off before it, however far its
+    uploads got, leaves the repository at its previous commit.
 
     Creates the repository (and the `revision` branch) when missing. Files are uploaded as they are, except those
     matching `IGNORE_PATTERNS`; files already on the Hub with the same content are not sent again, and files of
@@ -67,25 +79,39 @@ def push_to_hub(
         )
     api = HfApi(token=token)
     get_session().timeout = timeout
-    stage = "creating the repository"
-    try:
-        repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
-        if revision is not None:
-            stage = f"creating the branch {revision!r}"
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        stage = "listing the repository"
-        operations = _upload_operations(folder, checkpoint, api, repo_id, revision)
-        stage = f"uploading {len(operations)} files"
-        commit = api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision)
-    except (HfHubHTTPError, httpx2.HTTPError, OfflineModeIsEnabled, OSError, ValueError, RuntimeError) as error:
-        raise HubPushError(
-            _one_line(
-                f"pushing {folder} to {repo_id} failed while {stage}: {_reason(error, repo_id, timeout)}. The local "
-                f"folder {folder} is complete and unchanged; push it again with "
-                f"`python -m hf_vit_reduction.hub push {folder} --repo_id {repo_id}`",
-                token,
-            )
-        ) from None
+    waited, wait, attempt = 0.0, FIRST_WAIT_S, 1
+    while True:
+        stage = "creating the repository"
+        try:
+            repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
+            if revision is not None:
+                stage = f"creating the branch {revision!r}"
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            stage = "listing the repository"
+            operations = _upload_operations(folder, checkpoint, api, repo_id, revision)
+            stage = f"uploading {len(operations)} files"
+            commit = api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision)
+            break
+        except (HfHubHTTPError, httpx2.HTTPError, OfflineModeIsEnabled, OSError, ValueError, RuntimeError) as error:
+            reason = _reason(error, repo_id, timeout)
+            if _may_pass(error) and attempt < attempts and waited + wait <= max_wait:
+                logger.warning(
+                    "%s", _one_line(f"push to {repo_id} failed ({reason}); attempt {attempt + 1} in {wait:g} s", token)
+                )
+                time.sleep(wait)
+                waited, wait, attempt = waited + wait, 2 * wait, attempt + 1
+                continue
+            tries = f" (attempt {attempt} of at most {attempts}, after {waited:g} s of waiting)" if attempt > 1 else ""
+            again = f"python -m hf_vit_reduction.hub push {folder} --repo_id {repo_id}"
+            again += f" --revision {revision}" if revision is not None else ""
+            again += " --private" if private else ""
+            raise HubPushError(
+                _one_line(
+                    f"pushing {folder} to {repo_id} failed while {stage}: {reason}{tries}. The local folder {folder} "
+                    f"is complete and unchanged; push it again with `{again}`",
+                    token,
+                )
+            ) from None
     return {
         "repo_id": repo_id,
         "url": str(repo_url),
@@ -118,11 +144,24 @@ def _files(folder: Path, ignore_patterns) -> list[tuple[str, str]]:
     return files
 
 
-def _reason(error: Exception, repo_id: str, timeout: float) -> str:
-    """What went wrong, in words: the HTTP status and the Hub's message, or the network failure."""
+def _cause(error: Exception) -> Exception:
     cause = error
     while cause.__cause__ is not None and not isinstance(cause, (HfHubHTTPError, httpx2.HTTPError)):
         cause = cause.__cause__  # huggingface_hub wraps a failed LFS upload in a RuntimeError
+    return cause
+
+
+def _may_pass(error: Exception) -> bool:
+    """A server error, too many requests, a dropped or refused connection, or a time-out: worth another try."""
+    cause = _cause(error)
+    if isinstance(cause, HfHubHTTPError) and cause.response is not None:
+        return cause.response.status_code >= 500 or cause.response.status_code == 429
+    return isinstance(cause, (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError))
+
+
+def _reason(error: Exception, repo_id: str, timeout: float) -> str:
+    """What went wrong, in words: the HTTP status and the Hub's message, or the network failure."""
+    cause = _cause(error)
     if isinstance(cause, HfHubHTTPError) and cause.response is not None:
         status = cause.response.status_code
         said = f"{status}: {cause.server_message or cause.response.reason_phrase}"
@@ -167,11 +206,20 @@ class HubPusher:
         strategy: str = "every_save",
         revision: str | None = None,
         timeout: float = TIMEOUT_S,
+        attempts: int = PUSH_ATTEMPTS,
+        max_wait: float = PUSH_MAX_WAIT_S,
     ):
         if strategy not in HUB_STRATEGIES:
             raise ValueError(f"strategy={strategy!r} is not valid; allowed: {', '.join(HUB_STRATEGIES)}")
         self.repo_id, self.strategy = repo_id, strategy
-        self._push = {"token": token, "private": private, "revision": revision, "timeout": timeout}
+        self._push = {
+            "token": token,
+            "private": private,
+            "revision": revision,
+            "timeout": timeout,
+            "attempts": attempts,
+            "max_wait": max_wait,
+        }
         self._lock = threading.Lock()
         self._pending: tuple[Path, Path, bool, str] | None = None  # (folder, snapshot, with checkpoint, message)
         self._worker: threading.Thread | None = None
@@ -292,12 +340,39 @@ def add_hub_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--hub_revision", default=None, help="branch to push to (created when missing)")
     parser.add_argument("--hub_token", default=None, help="else HF_TOKEN or the login cache; never written anywhere")
+    _add_retry_arguments(parser, attempts="--hub_push_attempts", max_wait="--hub_push_max_wait")
+
+
+def _add_retry_arguments(parser, *, attempts: str, max_wait: str) -> None:
+    parser.add_argument(
+        attempts,
+        type=int,
+        default=PUSH_ATTEMPTS,
+        help="tries of a push that fails with a 5xx, a dropped connection or a time-out (1: no retry)",
+    )
+    parser.add_argument(
+        max_wait,
+        type=float,
+        default=PUSH_MAX_WAIT_S,
+        help=f"seconds of waiting between those tries, in all (waits double from {FIRST_WAIT_S:g} s)",
+    )
+
+
+def _retry_problem(attempts: int, max_wait: float, *, names: tuple[str, str]) -> str | None:
+    if attempts < 1:
+        return f"{names[0]}={attempts!r} is not valid; allowed: an integer >= 1"
+    if max_wait < 0:
+        return f"{names[1]}={max_wait!r} is not valid; allowed: a number of seconds >= 0"
+    return None
 
 
 def check_hub_arguments(args: argparse.Namespace) -> str | None:
     """The one-line problem with the Hub flags (for `parser.error`), or None; checked before any training."""
     if not args.push_to_hub:
         return None
+    names = ("--hub_push_attempts", "--hub_push_max_wait")
+    if problem := _retry_problem(args.hub_push_attempts, args.hub_push_max_wait, names=names):
+        return problem
     if not args.hub_model_id:
         return "--push_to_hub needs --hub_model_id (e.g. your-name/vit-grouped)"
     try:
@@ -323,7 +398,10 @@ def main(argv: list[str] | None = None) -> None:
     push.add_argument("--commit_message", default="Upload model with hf_vit_reduction")
     push.add_argument("--token", default=None, help="else HF_TOKEN or the login cache")
     push.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds without an answer before failing")
+    _add_retry_arguments(push, attempts="--attempts", max_wait="--max_wait")
     args = parser.parse_args(argv)
+    if problem := _retry_problem(args.attempts, args.max_wait, names=("--attempts", "--max_wait")):
+        parser.error(problem)
     try:
         outcome = push_to_hub(
             args.folder,
@@ -333,6 +411,8 @@ def main(argv: list[str] | None = None) -> None:
             args.revision,
             args.commit_message,
             timeout=args.timeout,
+            attempts=args.attempts,
+            max_wait=args.max_wait,
         )
     except HubPushError as error:
         raise SystemExit(f"error: {error}") from None
