@@ -27,7 +27,7 @@ from hf_vit_reduction import ViTReducedConfig, ViTReducedForImageClassification,
 from hf_vit_reduction.hub.model_card import write_model_card
 from hf_vit_reduction.hub.pushing import HubPusher, HubPushError
 from hf_vit_reduction.training import loaders, outputs
-from hf_vit_reduction.training.arguments import effective_recipe, parse_args
+from hf_vit_reduction.training.arguments import effective_recipe, fit_to_dataset, parse_args
 from hf_vit_reduction.training.checkpointing import (
     CheckpointSaver,
     check_output_dir,
@@ -38,11 +38,13 @@ from hf_vit_reduction.training.checkpointing import (
 from hf_vit_reduction.training.data import (
     LOADING_ARGUMENTS,
     ImageClassificationData,
+    check_readable,
     load_image_classification_data,
     take,
 )
 from hf_vit_reduction.training.evaluation import evaluate_model_and_ema
 from hf_vit_reduction.training.loop_benchmark import LoopBenchmark
+from hf_vit_reduction.training.outputs import DiskFullError
 from hf_vit_reduction.training.recipe import (
     BatchAugmentation,
     SharedWeightsModelEma,
@@ -115,8 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.benchmark_loop:  # this loop on in-memory data against the bare step, then stop
         LoopBenchmark(run).measure(train)
         return
-    train(run)
-    finish(run)
+    try:
+        train(run)
+        finish(run)
+    except DiskFullError as error:  # raised on every process together; the last complete checkpoint stays
+        raise SystemExit(f"error: {error}. {run.saver.resume_hint()}") from None
 
 
 def train(run: Run, callbacks=()) -> None:
@@ -334,6 +339,9 @@ def plan_updates(
         aug_repeats=args.aug_repeats,
         seed=args.seed,
     )
+    if fitted := fit_to_dataset(args, None if sampler is None else len(sampler)):
+        logger.info(fitted)
+        accelerator.gradient_accumulation_steps = args.grad_accum_steps
     plan = UpdatePlan.for_run(
         images_per_process=None if sampler is None else len(sampler),
         batch_size=args.batch_size,
@@ -380,6 +388,8 @@ def start_pusher(args: argparse.Namespace, accelerator: Accelerator) -> HubPushe
         private=args.hub_private_repo,
         strategy=args.hub_strategy,
         revision=args.hub_revision,
+        attempts=args.hub_push_attempts,
+        max_wait=args.hub_push_max_wait,
     )
 
 
@@ -402,6 +412,7 @@ def load_data(args: argparse.Namespace) -> ImageClassificationData:
         data.train = take(data.train, args.max_train_samples)
     if args.max_eval_samples:
         data.validation = take(data.validation, args.max_eval_samples)
+    check_readable(data)
     return data
 
 

@@ -281,3 +281,87 @@ def test_an_output_dir_that_is_a_file_is_refused(tmp_path):
         f"--output_dir={str(tmp_path / 'notes.txt')!r} is a file; allowed: a folder (new, or a previous run's)"
     )
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def fail_for_want_of_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("what", ["checkpoint", pytest.param("results.json", marks=pytest.mark.slow)])
+def test_a_full_disk_ends_in_one_line_and_the_run_resumes_once_space_is_freed(tmp_path, monkeypatch, what):
+    script = import_script()
+    out = tmp_path / "run"
+    if what == "checkpoint":
+        save_state = Accelerator.save_state
+
+        def disk_fills_in_checkpoint_4(self, output_dir=None, **kwargs):
+            if output_dir.endswith("step_00000004"):
+                (Path(output_dir) / "model.safetensors").write_bytes(b"\0" * 1000)
+                fail_for_want_of_space()
+            return save_state(self, output_dir, **kwargs)
+
+        monkeypatch.setattr(Accelerator, "save_state", disk_fills_in_checkpoint_4)
+    else:
+        write_bytes = Path.write_bytes
+
+        def disk_full_for_results(self, data):
+            if self.name.startswith(".results.json."):
+                fail_for_want_of_space()
+            return write_bytes(self, data)
+
+        monkeypatch.setattr(Path, "write_bytes", disk_full_for_results)
+    with pytest.raises(SystemExit) as stop:
+        script.main([*TINY, "--output_dir", str(out)])
+    message = str(stop.value.code)
+    last = "step_00000002" if what == "checkpoint" else "step_00000008"
+    where = f"{out / CHECKPOINTS} for checkpoint step_00000004" if what == "checkpoint" else f"{out} for results.json"
+    assert message.startswith(f"error: no space left in {where}: it needs ") and "\n" not in message
+    assert message.endswith(
+        f"is free there. The last complete checkpoint is {out / CHECKPOINTS / last}: free space, then rerun the same "
+        "command with --resume_from_checkpoint latest"
+    )
+    assert checkpoints(out)[-1].name == last and not list((out / CHECKPOINTS).glob(".*"))
+    assert not (out / "results.json").exists()
+    monkeypatch.undo()
+    script.main([*TINY, "--output_dir", str(out), "--resume_from_checkpoint", "latest"])
+    assert json.loads((out / "results.json").read_text())["steps"] == 8
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A real 3 MB filesystem (tmpfs, mounted as root): room for one checkpoint of TINY's model (2.3 MB), not two."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(folder)]
+    mounted = subprocess.run(mount, check=False, capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_keeps_the_last_checkpoint_and_the_run_resumes_exactly(tmp_path, small_filesystem):
+    reference = tmp_path / "reference"
+    assert run_command(script_command([*TINY, "--output_dir", str(reference)])).returncode == 0
+    out = small_filesystem / "run"
+    result = run_command(script_command([*TINY, "--output_dir", str(out)]))
+    assert result.returncode == 1
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(
+        f"error: no space left in {out / CHECKPOINTS} for checkpoint step_00000004: it needs about "
+    )
+    assert "(the size of step_00000002)" in line and "Traceback" not in result.stderr
+    assert line.endswith(
+        f"The last complete checkpoint is {out / CHECKPOINTS / 'step_00000002'}: free space, then rerun the same "
+        "command with --resume_from_checkpoint latest"
+    )
+    assert [p.name for p in (out / CHECKPOINTS).iterdir()] == ["step_00000002"]  # nothing half-written left
+    # Space is freed (the filesystem grows), the same command resumes and ends as the uninterrupted run.
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_filesystem)], check=True)
+    result = run_command(script_command([*TINY, "--output_dir", str(out), "--resume_from_checkpoint", "latest"]))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stderr
+    assert_same_run(reference, out)

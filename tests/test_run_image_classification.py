@@ -1,6 +1,7 @@
 """End-to-end runs of run_image_classification.py in real processes (one, and two under accelerate launch)."""
 
 import json
+import logging
 import time
 
 import pytest
@@ -255,16 +256,72 @@ def test_loop_benchmark_mode(tmp_path):
 
 
 # In-process runs: main(argv) in this test's process, on tiny inputs.
-def test_a_folder_too_small_for_one_update_stops_before_the_model_and_says_which_flags_to_lower(tmp_path):
+def test_a_dozen_images_train_with_the_recipe_batch_fitted_to_them(tmp_path, caplog):
+    write_folder(tmp_path / "train", per_class=6)
+    out = tmp_path / "out"
+    caplog.set_level(logging.INFO)
+    # The paper's recipe (256 x 2 images per update); only the model is made small and the run short.
+    small = ("--model_size", "digits", "--image_size", "8", "--epochs", "2", "--workers", "0", "--report_to", "none")
+    import_script().main(["--train_dir", str(tmp_path / "train"), "--output_dir", str(out), *small])
+    # 15% of the 12 images are held out for validation: 10 train, one batch of 10 per update, one update an epoch.
+    fitted = "fitted to the dataset: --batch_size 10, --grad_accum_steps 1 (the paper recipe's 256 x 2 images per "
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith(fitted)] == [
+        fitted + "update exceed the 10 training images each process gets)"
+    ]
+    recipe = json.loads((out / "args.json").read_text())["recipe"]
+    assert recipe["batch_size"] == {"value": 10, "source": "fitted to the dataset"}
+    assert recipe["grad_accum_steps"] == {"value": 1, "source": "fitted to the dataset"}
+    assert recipe["lr"] == {"value": 1e-3, "source": "paper recipe"}
+    results = json.loads((out / "results.json").read_text())
+    assert (results["steps"], results["epochs"], results["eval_samples"]) == (2, 2, 2)
+    assert results["train_images_per_s"] * results["wall_time_s"] == pytest.approx(20)
+
+
+def test_an_explicit_batch_too_large_for_the_data_says_which_flags_to_lower(tmp_path):
     write_folder(tmp_path / "train", per_class=6)
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as stop:
-        import_script().main(["--train_dir", str(tmp_path / "train"), "--output_dir", str(out), "--report_to", "none"])
+        import_script().main(
+            [
+                "--train_dir",
+                str(tmp_path / "train"),
+                "--batch_size",
+                "16",
+                "--output_dir",
+                str(out),
+                "--report_to",
+                "none",
+            ]
+        )
     message = str(stop.value.code)
-    # The paper's recipe: 256 x 2 images per update; 15% of the 12 images are held out for validation.
-    assert message.startswith("error: one update takes 512 training images per process (--batch_size 256 x ")
+    assert message.startswith("error: one update takes 32 training images per process (--batch_size 16 x ")
     assert message.endswith("lower --batch_size or --grad_accum_steps so that their product is at most 10")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["train unreadable", "validation unreadable", "one class", "output_dir a file"])
+def test_data_that_cannot_train_a_classifier_is_one_error_line_before_training(tmp_path, case):
+    write_folder(tmp_path / "train", classes=("cat",) if case == "one class" else ("cat", "dog"), per_class=4)
+    write_folder(tmp_path / "val", per_class=2)
+    broken = {"train unreadable": "train", "validation unreadable": "val"}.get(case)
+    if broken:
+        for path in (tmp_path / broken).rglob("*.png"):
+            path.write_bytes(b"not an image")
+    out = tmp_path / "out"
+    if case == "output_dir a file":
+        out.write_text("my notes")
+    argv = ["--train_dir", str(tmp_path / "train"), "--validation_dir", str(tmp_path / "val"), "--workers", "0"]
+    with pytest.raises(SystemExit) as stop:
+        import_script().main([*argv, "--model_size", "digits", "--output_dir", str(out), "--report_to", "none"])
+    message = str(stop.value.code)
+    expected = {
+        "train unreadable": f"error: none of the 8 images of the train split of imagefolder:{tmp_path / 'train'} can",
+        "validation unreadable": f"error: none of the 4 images of the validation split of imagefolder:{tmp_path}",
+        "one class": "error: a classifier needs at least two classes, but train_dir=",
+        "output_dir a file": f"error: --output_dir={str(out)!r} is a file; allowed: a folder",
+    }[case]
+    assert message.startswith(expected) and "\n" not in message
+    assert out.is_file() if case == "output_dir a file" else not out.exists()
 
 
 def test_a_tiny_folder_trains_with_the_flags_lowered_and_counts_each_bad_file_once(tmp_path):

@@ -96,6 +96,16 @@ class CheckpointSaver:
         existing = checkpoints(self.folder.parent)
         return existing[-1] if existing else None
 
+    def resume_hint(self) -> str:
+        """What to do after a run stopped early (a full disk): where it can go on from."""
+        latest = self.latest()
+        if latest is None:
+            return "No checkpoint was written: free space, then start the run again"
+        return (
+            f"The last complete checkpoint is {latest}: free space, then rerun the same command with "
+            "--resume_from_checkpoint latest"
+        )
+
     def save(self, state: TrainState) -> Path | None:
         """Write checkpoint `state.step` under a temporary name and rename it when every process is done."""
         if not self.enabled:

@@ -183,6 +183,10 @@ def load_image_classification_data(
         raise ValueError(f"validation_dir={validation_dir!r} needs train_dir as well")
     if train_dir:
         _check_image_folder(train_dir, "train_dir")
+        # Counted here: 🤗 Datasets' imagefolder makes no label column of one class folder, and leaves the labels
+        # of a one-class train folder empty when the validation folder has more.
+        if len(classes := _class_folders(train_dir)) < 2:
+            raise _too_few_classes(classes, f"train_dir={train_dir!r} (one sub-folder per class)")
         data_files = {train_split: os.path.join(train_dir, "**")}
         if validation_dir:
             _check_image_folder(validation_dir, "validation_dir")
@@ -228,9 +232,6 @@ def load_image_classification_data(
     image_column = _detect_column(
         validation, image_column, datasets.Image, ("image", "img", "pixel_values"), "image", "image_column"
     )
-    if train_dir and label_column is None and "label" not in (validation.column_names or []):
-        # 🤗 Datasets' imagefolder makes no label column of a single class folder (or of files without folders).
-        raise _too_few_classes(_class_folders(train_dir), f"train_dir={train_dir!r} (one sub-folder per class)")
     label_column = _detect_column(
         validation, label_column, datasets.ClassLabel, ("label", "labels", "target"), "label", "label_column"
     )
