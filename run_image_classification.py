@@ -29,8 +29,10 @@ from hf_vit_reduction.hub.pushing import HubPusher, HubPushError
 from hf_vit_reduction.training import loaders, outputs
 from hf_vit_reduction.training.arguments import effective_recipe, fit_to_dataset, parse_args
 from hf_vit_reduction.training.checkpointing import (
+    AUTO,
     CheckpointSaver,
     check_output_dir,
+    check_same_run,
     remove_partial_checkpoints,
     resolve,
     skip_batches,
@@ -45,6 +47,7 @@ from hf_vit_reduction.training.data import (
 from hf_vit_reduction.training.evaluation import evaluate_model_and_ema
 from hf_vit_reduction.training.loop_benchmark import LoopBenchmark
 from hf_vit_reduction.training.outputs import DiskFullError
+from hf_vit_reduction.training.preemption import PreemptionWatch
 from hf_vit_reduction.training.recipe import (
     BatchAugmentation,
     SharedWeightsModelEma,
@@ -86,6 +89,7 @@ class Run:
     state: TrainState
     processor: BaseImageProcessor  # saved beside every model, for pipeline("image-classification")
     pusher: HubPusher | None  # --push_to_hub, on the main process: pushes saves in the background
+    preemption: PreemptionWatch  # SIGTERM/SIGUSR1: a checkpoint at the next update, then exit status 75
     summary: dict
     run_config: dict
 
@@ -114,14 +118,16 @@ def main(argv: list[str] | None = None) -> None:
         run = build(args, accelerator)
     except (ValueError, FileNotFoundError, NotADirectoryError, HubPushError) as error:
         raise SystemExit(f"error: {error}") from None
-    if args.benchmark_loop:  # this loop on in-memory data against the bare step, then stop
-        LoopBenchmark(run).measure(train)
-        return
     try:
+        if args.benchmark_loop:  # this loop on in-memory data against the bare step, then stop
+            LoopBenchmark(run).measure(train)
+            return
         train(run)
         finish(run)
     except DiskFullError as error:  # raised on every process together; the last complete checkpoint stays
         raise SystemExit(f"error: {error}. {run.saver.resume_hint()}") from None
+    finally:
+        run.preemption.close()
 
 
 def train(run: Run, callbacks=()) -> None:
@@ -156,6 +162,7 @@ def train(run: Run, callbacks=()) -> None:
             write_progress(run)
         state.end_epoch()
         save_checkpoint(run)
+        run.preemption.stop_if_requested(run.saver, state)
     progress.close()
 
 
@@ -199,6 +206,8 @@ def train_one_epoch(run: Run, epoch: int, progress, callbacks) -> None:
             callback.on_update(state)
         if run.saver.due(state.step) and state.step < epoch_end:
             save_checkpoint(run)
+        if state.step < epoch_end:  # an epoch's last update is followed by its evaluation and checkpoint first
+            run.preemption.stop_if_requested(run.saver, state)
     if state.step < epoch_end:
         logger.warning("the data ran out after %d of %d updates", state.step, epoch_end)
 
@@ -317,6 +326,7 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
         state=TrainState(),
         processor=outputs.image_processor_for(model.config.image_size, MEAN, STD),
         pusher=pusher,
+        preemption=PreemptionWatch(accelerator),
         summary=summarize(accelerator.unwrap_model(model)),
         run_config=run_config,
     )
@@ -398,6 +408,8 @@ def start_outputs(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     the trackers. Returns the run's configuration as args.json records it."""
     run_config = outputs.public_arguments({k: v for k, v in vars(args).items() if k != "recipe_sources"})
     run_config |= {"num_processes": accelerator.num_processes, "recipe": effective_recipe(args)}
+    if args.resume_from_checkpoint == AUTO:
+        check_same_run(args.output_dir, run_config)
     if accelerator.is_main_process:
         remove_partial_checkpoints(args.output_dir)
         outputs.write_json(f"{args.output_dir}/args.json", run_config)

@@ -35,6 +35,7 @@ from hf_vit_reduction.training.checkpointing import (
     resolve,
 )
 from hf_vit_reduction.training.outputs import DiskFullError
+from hf_vit_reduction.training.preemption import PREEMPTED_EXIT_STATUS
 from hf_vit_reduction.training.state import TrainState
 
 # Mixup, EMA and (under two processes) repeated augmentation on; 8 updates per epoch, 2 epochs.
@@ -365,3 +366,42 @@ def test_a_real_full_disk_keeps_the_last_checkpoint_and_the_run_resumes_exactly(
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stderr
     assert_same_run(reference, out)
+
+
+def signal_at_step(script, monkeypatch, step: int, number=signal.SIGTERM):
+    """The process gets `number` while update `step` is being logged, as from a scheduler."""
+    log_update = script.log_update
+
+    def log_then_signal(run, progress, loss):
+        log_update(run, progress, loss)
+        if run.state.step == step:
+            os.kill(os.getpid(), number)
+
+    monkeypatch.setattr(script, "log_update", log_then_signal)
+
+
+@pytest.mark.parametrize("number", [signal.SIGUSR1, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
+def test_a_signal_ends_the_run_with_a_checkpoint_and_status_75_and_auto_resumes_it(tmp_path, monkeypatch, number):
+    script = import_script()
+    out = tmp_path / "run"
+    argv = [*TINY, "--checkpointing_steps", "no", "--output_dir", str(out)]  # a signal is reason enough to save
+    signal_at_step(script, monkeypatch, 3, number)
+    previous = signal.getsignal(number)
+    with pytest.raises(SystemExit) as stop:
+        script.main([*argv, "--resume_from_checkpoint", "auto"])  # nothing to resume yet: a fresh start
+    assert stop.value.code == PREEMPTED_EXIT_STATUS == 75
+    assert [p.name for p in checkpoints(out)] == ["step_00000003"]  # the update under way was finished
+    assert not (out / "results.json").exists()
+    assert signal.getsignal(number) is previous  # the handler is given back
+    monkeypatch.undo()
+    # The requeued job runs the same command.
+    script.main([*argv, "--resume_from_checkpoint", "auto"])
+    assert json.loads((out / "results.json").read_text())["steps"] == 8
+    # Another run's folder is refused in one line, before anything is written.
+    before = (out / "args.json").read_text()
+    with pytest.raises(SystemExit) as stop:
+        script.main([*argv, "--lr", "0.5", "--resume_from_checkpoint", "auto"])
+    assert str(stop.value.code).startswith(
+        f"error: --resume_from_checkpoint auto: {out} holds checkpoints of another run (lr 0.002 there, 0.5 here, "
+    )
+    assert (out / "args.json").read_text() == before

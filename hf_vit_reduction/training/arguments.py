@@ -74,7 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpointing_steps", default="epoch", help="N: every N updates and at each epoch's end; 'epoch'; or 'no'"
     )
     run.add_argument("--checkpoints_total_limit", type=int, default=3, help="the newest kept, plus the best")
-    run.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
+    run.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help="a checkpoint folder; 'latest'; or 'auto': this run's latest checkpoint if --output_dir holds one, "
+        "else a fresh start (a requeued job's command needs no edit)",
+    )
     run.add_argument(
         "--overwrite_output_dir",
         action="store_true",

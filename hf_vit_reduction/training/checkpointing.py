@@ -18,7 +18,7 @@ import torch
 from accelerate import skip_first_batches
 from safetensors.torch import load_model, save_model
 
-from .outputs import folder_size, human_size, write_json, write_together
+from .outputs import folder_size, human_size, jsonable, write_json, write_together
 from .state import TrainState
 
 CHECKPOINTS = "checkpoints"
@@ -51,7 +51,7 @@ def check_output_dir(output_dir, resume_from_checkpoint, overwrite_output_dir) -
         raise ValueError(f"--output_dir={str(output_dir)!r} is a file; allowed: a folder (new, or a previous run's)")
     existing = checkpoints(output_dir)
     if not existing or resume_from_checkpoint:
-        return
+        return  # "auto" compares the runs once this one's configuration is known (check_same_run)
     if overwrite_output_dir:
         shutil.rmtree(Path(output_dir) / CHECKPOINTS, ignore_errors=True)  # every process may get here
         return
@@ -62,7 +62,16 @@ def check_output_dir(output_dir, resume_from_checkpoint, overwrite_output_dir) -
     )
 
 
-def resolve(output_dir, resume_from_checkpoint: str) -> Path:
+AUTO = "auto"
+# Flags that manage a run without changing what it computes: a requeued command may differ in these.
+RUN_MANAGEMENT = ("resume_from_checkpoint", "overwrite_output_dir")
+
+
+def resolve(output_dir, resume_from_checkpoint: str) -> Path | None:
+    """The checkpoint to resume: a folder, the latest, or with "auto" the latest if any (None: start fresh)."""
+    if resume_from_checkpoint == AUTO:
+        existing = checkpoints(output_dir)
+        return existing[-1] if existing else None
     if resume_from_checkpoint == "latest":
         existing = checkpoints(output_dir)
         if not existing:
@@ -72,6 +81,26 @@ def resolve(output_dir, resume_from_checkpoint: str) -> Path:
     if not (path / TRAIN_STATE).is_file():
         raise ValueError(f"--resume_from_checkpoint={resume_from_checkpoint!r} is not a complete checkpoint folder")
     return path
+
+
+def check_same_run(output_dir, run_config: dict) -> None:
+    """For --resume_from_checkpoint auto: refuse checkpoints that another run (another args.json) wrote."""
+    saved_path = Path(output_dir) / "args.json"
+    if not checkpoints(output_dir) or not saved_path.is_file():
+        return
+    saved, current = json.loads(saved_path.read_text()), jsonable(run_config)
+    differing = sorted(
+        key
+        for key in saved.keys() | current.keys()
+        if key not in RUN_MANAGEMENT and saved.get(key) != current.get(key)
+    )
+    if differing:
+        shown = ", ".join(f"{key} {saved.get(key)!r} there, {current.get(key)!r} here" for key in differing[:3])
+        raise ValueError(
+            f"--resume_from_checkpoint auto: {output_dir} holds checkpoints of another run ({shown}"
+            f"{', ...' if len(differing) > 3 else ''}); choose another --output_dir, pass --resume_from_checkpoint "
+            "latest to continue it with these flags, or --overwrite_output_dir to start over"
+        )
 
 
 class CheckpointSaver:
@@ -106,9 +135,16 @@ class CheckpointSaver:
             "--resume_from_checkpoint latest"
         )
 
-    def save(self, state: TrainState) -> Path | None:
-        """Write checkpoint `state.step` under a temporary name and rename it when every process is done."""
-        if not self.enabled:
+    def saved(self, step: int) -> Path | None:
+        """The complete checkpoint of update `step`, if there is one."""
+        path = self.folder / f"step_{step:08d}"
+        return path if path in checkpoints(self.folder.parent) else None
+
+    def save(self, state: TrainState, *, force: bool = False) -> Path | None:
+        """Write checkpoint `state.step` under a temporary name and rename it when every process is done.
+
+        Nothing with --checkpointing_steps no, unless `force` (a preemption)."""
+        if not (self.enabled or force):
             return None
         accelerator = self.accelerator
         state.gather(accelerator)

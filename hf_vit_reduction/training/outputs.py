@@ -167,6 +167,11 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
     replace_atomically(path, lambda temporary: Path(temporary).write_bytes(data), size=len(data))
 
 
+def jsonable(data):
+    """`data` as it reads back from a JSON file (tuples as lists, paths as strings)."""
+    return json.loads(json.dumps(data, default=_json_default))
+
+
 def write_json(path, data) -> None:
     write_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
 
