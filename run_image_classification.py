@@ -51,7 +51,7 @@ from hf_vit_reduction.training.data import (
 from hf_vit_reduction.training.evaluation import evaluate_model_and_ema
 from hf_vit_reduction.training.loop_benchmark import LoopBenchmark
 from hf_vit_reduction.training.outputs import DiskFullError
-from hf_vit_reduction.training.preemption import PreemptionWatch
+from hf_vit_reduction.training.preemption import PreemptionWatch, lost_process
 from hf_vit_reduction.training.recipe import (
     BatchAugmentation,
     SharedWeightsModelEma,
@@ -129,7 +129,10 @@ def main(argv: list[str] | None = None) -> None:
         train(run)
         finish(run)
     except DiskFullError as error:  # raised on every process together; the last complete checkpoint stays
-        raise SystemExit(f"error: {error}. {run.saver.resume_hint()}") from None
+        raise SystemExit(f"error: {error}. {run.saver.resume_hint('free space')}") from None
+    except torch.distributed.DistError as error:  # another process died: this one ends instead of waiting
+        hint = run.saver.resume_hint("find out why it ended (the launcher names it)")
+        raise SystemExit(f"error: {lost_process(error, step=run.state.step)}. {hint}") from None
     finally:
         run.preemption.close()
 

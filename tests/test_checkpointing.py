@@ -1,5 +1,6 @@
 """Fault tolerance: exact resume after SIGKILL, atomic checkpoints, the non-finite guard, no leaked secrets."""
 
+import contextlib
 import errno
 import itertools
 import json
@@ -11,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from accelerate import Accelerator
@@ -18,6 +20,7 @@ from safetensors.torch import load_file
 from script_runs import (
     ONE_PROCESS,
     ROOT,
+    SCRIPT,
     TWO_PROCESSES,
     environment,
     import_script,
@@ -405,3 +408,68 @@ def test_a_signal_ends_the_run_with_a_checkpoint_and_status_75_and_auto_resumes_
         f"error: --resume_from_checkpoint auto: {out} holds checkpoints of another run (lr 0.002 there, 0.5 here, "
     )
     assert (out / "args.json").read_text() == before
+
+
+def start_and_wait_for_checkpoint(cmd, out, step):
+    process = subprocess.Popen(
+        cmd, cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 240
+    while not (out / CHECKPOINTS / f"step_{step:08d}").is_dir():
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    return process
+
+
+def worker(launcher: subprocess.Popen, rank: int) -> psutil.Process:
+    """The training process of `rank` that `accelerate launch` started."""
+    for child in psutil.Process(launcher.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.environ().get("RANK") == str(rank) and SCRIPT in child.cmdline():
+                return child
+    raise AssertionError(f"no process of rank {rank}")
+
+
+@pytest.fixture(scope="module")
+def two_process_reference(tmp_path_factory):
+    """The uninterrupted two-process run that interrupted ones must end as, bit for bit."""
+    out = tmp_path_factory.mktemp("two") / "reference"
+    result = run_command(command(out, "grouped", 2, 0))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_of_two_processes_checkpoints_both_and_resumes_exactly(tmp_path, two_process_reference):
+    out = tmp_path / "run"
+    launch = start_and_wait_for_checkpoint(command(out, "grouped", 2, 0), out, 3)
+    worker(launch, rank=1).send_signal(signal.SIGTERM)  # as a scheduler would, to one process only
+    stderr = launch.communicate(timeout=120)[1]
+    # The processes exit 75 once the checkpoint is complete (torchrun may end the second one first, with SIGTERM,
+    # as it stops every process when one exits); torchrun (accelerate launch) reports any of that as status 1.
+    assert launch.returncode == 1 and "exitcode  : 75" in stderr
+    (line,) = [line for line in stderr.splitlines() if "preempted (a signal on another process) at step" in line]
+    step = int(line.split(" at step ")[1].split(":")[0])
+    assert 3 <= step < 14 and checkpoints(out)[-1].name == f"step_{step:08d}"
+    assert not (out / "results.json").exists()
+    result = run_command(command(out, "grouped", 2, 0, "--resume_from_checkpoint", "auto"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed from {out / CHECKPOINTS / f'step_{step:08d}'} at step {step}" in result.stderr
+    assert_same_run(two_process_reference, out)
+
+
+@pytest.mark.slow
+def test_a_lost_process_ends_the_other_in_seconds_and_the_run_resumes_exactly(tmp_path, two_process_reference):
+    out = tmp_path / "run"
+    launch = start_and_wait_for_checkpoint(command(out, "grouped", 2, 0), out, 3)
+    survivor = worker(launch, rank=0)
+    worker(launch, rank=1).kill()  # SIGKILL, as the kernel's OOM killer would
+    start = time.monotonic()
+    stderr = launch.communicate(timeout=60)[1]
+    assert time.monotonic() - start < 60 and not survivor.is_running()
+    assert launch.returncode == 1
+    assert "exitcode  : -9" in stderr and "Signal 9 (SIGKILL) received by PID" in stderr  # torchrun's report
+    result = run_command(command(out, "grouped", 2, 0, "--resume_from_checkpoint", "latest"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_run(two_process_reference, out)

@@ -125,13 +125,12 @@ class CheckpointSaver:
         existing = checkpoints(self.folder.parent)
         return existing[-1] if existing else None
 
-    def resume_hint(self) -> str:
-        """What to do after a run stopped early (a full disk): where it can go on from."""
+    def resume_hint(self, first: str) -> str:
+        """Where a run that stopped early goes on from, after `first` (what the user does about the cause)."""
         latest = self.latest()
         if latest is None:
-            return "No checkpoint was written: free space, then start the run again"
-        return (
-            f"The last complete checkpoint is {latest}: free space, then rerun the same command with "
+            return f"No checkpoint was written: {first}, then start the run again"
+        return f"The last complete checkpoint is {latest}: {first}, then rerun the same command with " + (
             "--resume_from_checkpoint latest"
         )
 

@@ -6,6 +6,7 @@ update boundary (one all-reduce) to write a checkpoint together and exit with `P
 """
 
 import logging
+import re
 import signal
 
 import torch
@@ -16,6 +17,14 @@ import torch
 PREEMPTED_EXIT_STATUS = 75
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 logger = logging.getLogger(__name__)
+
+
+def lost_process(error: Exception, *, step: int) -> str:
+    """One line for a collective that failed because another process of the run is gone (killed, out of memory).
+
+    gloo notices at once (the peer's socket closes); its message starts with the C++ source location."""
+    reason = re.sub(r"^\[[^\]]*\]\s*", "", str(error).strip().splitlines()[0]).split(". This is typically")[0]
+    return f"another process of the run was lost after update {step} ({type(error).__name__}: {reason})"
 
 
 class Preempted(SystemExit):
