@@ -15,6 +15,7 @@ import argparse
 import logging
 import math
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,7 +52,7 @@ from hf_vit_reduction.training.data import (
 from hf_vit_reduction.training.evaluation import evaluate_model_and_ema
 from hf_vit_reduction.training.loop_benchmark import LoopBenchmark
 from hf_vit_reduction.training.outputs import DiskFullError
-from hf_vit_reduction.training.preemption import PreemptionWatch, lost_process
+from hf_vit_reduction.training.preemption import PreemptionWatch, is_lost_process, lost_process
 from hf_vit_reduction.training.recipe import (
     BatchAugmentation,
     SharedWeightsModelEma,
@@ -130,9 +131,13 @@ def main(argv: list[str] | None = None) -> None:
         finish(run)
     except DiskFullError as error:  # raised on every process together; the last complete checkpoint stays
         raise SystemExit(f"error: {error}. {run.saver.resume_hint('free space')}") from None
-    except torch.distributed.DistError as error:  # another process died: this one ends instead of waiting
+    except RuntimeError as error:
+        if not is_lost_process(error):
+            raise
+        # Another process died: this one ends instead of waiting, and says so at once (a launcher stops it soon).
         hint = run.saver.resume_hint("find out why it ended (the launcher names it)")
-        raise SystemExit(f"error: {lost_process(error, step=run.state.step)}. {hint}") from None
+        print(f"error: {lost_process(error, step=run.state.step)}. {hint}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     finally:
         run.preemption.close()
 

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -473,3 +474,51 @@ def test_a_lost_process_ends_the_other_in_seconds_and_the_run_resumes_exactly(tm
     result = run_command(command(out, "grouped", 2, 0, "--resume_from_checkpoint", "latest"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_run(two_process_reference, out)
+
+
+@pytest.mark.slow
+def test_without_a_launcher_the_survivor_of_a_lost_process_ends_on_its_own_with_one_line(tmp_path):
+    """Ranks started one by one (as SLURM's srun does), no torchrun agent to stop the survivor: gloo notices."""
+    out = tmp_path / "run"
+    port = str(free_port())
+    ranks = [
+        subprocess.Popen(
+            command(out, "grouped", 1, 0),
+            cwd=ROOT,
+            env=environment(
+                RANK=str(rank),
+                LOCAL_RANK=str(rank),
+                WORLD_SIZE="2",
+                LOCAL_WORLD_SIZE="2",
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=port,
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    deadline = time.time() + 240
+    while not (out / CHECKPOINTS / "step_00000003").is_dir():
+        assert ranks[0].poll() is None, ranks[0].stderr.read()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    ranks[1].kill()
+    start = time.monotonic()
+    stderr = ranks[0].communicate(timeout=60)[1]
+    assert time.monotonic() - start < 60
+    ranks[1].wait()
+    assert ranks[0].returncode == 1 and "Traceback" not in stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("error: another process of the run was lost after update ")
+    assert line.endswith(
+        f"The last complete checkpoint is {checkpoints(out)[-1]}: find out why it ended (the launcher names it), "
+        "then rerun the same command with --resume_from_checkpoint latest"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

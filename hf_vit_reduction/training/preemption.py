@@ -19,6 +19,11 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 logger = logging.getLogger(__name__)
 
 
+def is_lost_process(error: Exception) -> bool:
+    """Whether a failure is a collective's that lost its peer: torch raises DistError, or gloo's RuntimeError."""
+    return isinstance(error, torch.distributed.DistError) or "/gloo/" in str(error)
+
+
 def lost_process(error: Exception, *, step: int) -> str:
     """One line for a collective that failed because another process of the run is gone (killed, out of memory).
 
