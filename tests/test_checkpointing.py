@@ -315,10 +315,11 @@ def test_a_full_disk_ends_in_one_line_and_the_run_resumes_once_space_is_freed(tm
             return write_bytes(self, data)
 
         monkeypatch.setattr(Path, "write_bytes", disk_full_for_results)
+    argv = [*TINY, "--max_train_steps", "5", "--output_dir", str(out)]  # checkpoints 2, 4 and 5 (the last)
     with pytest.raises(SystemExit) as stop:
-        script.main([*TINY, "--output_dir", str(out)])
+        script.main(argv)
     message = str(stop.value.code)
-    last = "step_00000002" if what == "checkpoint" else "step_00000008"
+    last = "step_00000002" if what == "checkpoint" else "step_00000005"
     where = f"{out / CHECKPOINTS} for checkpoint step_00000004" if what == "checkpoint" else f"{out} for results.json"
     assert message.startswith(f"error: no space left in {where}: it needs ") and "\n" not in message
     assert message.endswith(
@@ -328,8 +329,8 @@ def test_a_full_disk_ends_in_one_line_and_the_run_resumes_once_space_is_freed(tm
     assert checkpoints(out)[-1].name == last and not list((out / CHECKPOINTS).glob(".*"))
     assert not (out / "results.json").exists()
     monkeypatch.undo()
-    script.main([*TINY, "--output_dir", str(out), "--resume_from_checkpoint", "latest"])
-    assert json.loads((out / "results.json").read_text())["steps"] == 8
+    script.main([*argv, "--resume_from_checkpoint", "latest"])
+    assert json.loads((out / "results.json").read_text())["steps"] == 5
 
 
 @pytest.fixture
@@ -388,7 +389,8 @@ def signal_at_step(script, monkeypatch, step: int, number=signal.SIGTERM):
 def test_a_signal_ends_the_run_with_a_checkpoint_and_status_75_and_auto_resumes_it(tmp_path, monkeypatch, number):
     script = import_script()
     out = tmp_path / "run"
-    argv = [*TINY, "--checkpointing_steps", "no", "--output_dir", str(out)]  # a signal is reason enough to save
+    # A signal is reason enough to save.
+    argv = [*TINY, "--checkpointing_steps", "no", "--max_train_steps", "4", "--output_dir", str(out)]
     signal_at_step(script, monkeypatch, 3, number)
     previous = signal.getsignal(number)
     with pytest.raises(SystemExit) as stop:
@@ -400,7 +402,7 @@ def test_a_signal_ends_the_run_with_a_checkpoint_and_status_75_and_auto_resumes_
     monkeypatch.undo()
     # The requeued job runs the same command.
     script.main([*argv, "--resume_from_checkpoint", "auto"])
-    assert json.loads((out / "results.json").read_text())["steps"] == 8
+    assert json.loads((out / "results.json").read_text())["steps"] == 4
     # Another run's folder is refused in one line, before anything is written.
     before = (out / "args.json").read_text()
     with pytest.raises(SystemExit) as stop:
