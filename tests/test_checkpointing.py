@@ -35,6 +35,7 @@ from hf_vit_reduction.training.checkpointing import (
     TRAIN_STATE,
     CheckpointSaver,
     check_output_dir,
+    check_same_run,
     checkpoints,
     resolve,
 )
@@ -408,7 +409,7 @@ def test_a_signal_ends_the_run_with_a_checkpoint_and_status_75_and_auto_resumes_
     with pytest.raises(SystemExit) as stop:
         script.main([*argv, "--lr", "0.5", "--resume_from_checkpoint", "auto"])
     assert str(stop.value.code).startswith(
-        f"error: --resume_from_checkpoint auto: {out} holds checkpoints of another run (lr 0.002 there, 0.5 here, "
+        f"error: --resume_from_checkpoint auto: {out} holds checkpoints of another run (lr 0.002 there, 0.5 here); "
     )
     assert (out / "args.json").read_text() == before
 
@@ -524,3 +525,20 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def test_auto_resume_tells_this_run_from_another(tmp_path):
+    (tmp_path / CHECKPOINTS / "step_00000004").mkdir(parents=True)
+    config = {"lr": 0.002, "scale": (0.6, 1.0), "workers": 2, "resume_from_checkpoint": None, "recipe": {"lr": {}}}
+    (tmp_path / "args.json").write_text(json.dumps(config))
+    requeued = config | {"workers": 8, "resume_from_checkpoint": "auto", "recipe": {"lr": {"source": "x"}}}
+    check_same_run(tmp_path, requeued)  # another machine's cores: the same run
+    with pytest.raises(ValueError) as error:
+        check_same_run(tmp_path, config | {"lr": 0.5, "seed": 1})
+    assert str(error.value) == (
+        f"--resume_from_checkpoint auto: {tmp_path} holds checkpoints of another run (lr 0.002 there, 0.5 here, seed "
+        "None there, 1 here); choose another --output_dir, pass --resume_from_checkpoint latest to continue it with "
+        "these flags, or --overwrite_output_dir to start over"
+    )
+    assert resolve(tmp_path, "auto") == tmp_path / CHECKPOINTS / "step_00000004"
+    assert resolve(tmp_path / "fresh", "auto") is None

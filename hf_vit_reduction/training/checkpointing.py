@@ -63,8 +63,9 @@ def check_output_dir(output_dir, resume_from_checkpoint, overwrite_output_dir) -
 
 
 AUTO = "auto"
-# Flags that manage a run without changing what it computes: a requeued command may differ in these.
-RUN_MANAGEMENT = ("resume_from_checkpoint", "overwrite_output_dir")
+# Flags that manage a run rather than define it: a requeued command may differ in these (the workers follow the
+# cores of the machine it lands on).
+RUN_MANAGEMENT = ("resume_from_checkpoint", "overwrite_output_dir", "workers", "pin_mem", "report_to")
 
 
 def resolve(output_dir, resume_from_checkpoint: str) -> Path | None:
@@ -88,12 +89,8 @@ def check_same_run(output_dir, run_config: dict) -> None:
     saved_path = Path(output_dir) / "args.json"
     if not checkpoints(output_dir) or not saved_path.is_file():
         return
-    saved, current = json.loads(saved_path.read_text()), jsonable(run_config)
-    differing = sorted(
-        key
-        for key in saved.keys() | current.keys()
-        if key not in RUN_MANAGEMENT and saved.get(key) != current.get(key)
-    )
+    saved, current = (_defining(config) for config in (json.loads(saved_path.read_text()), jsonable(run_config)))
+    differing = sorted(key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key))
     if differing:
         shown = ", ".join(f"{key} {saved.get(key)!r} there, {current.get(key)!r} here" for key in differing[:3])
         raise ValueError(
@@ -101,6 +98,12 @@ def check_same_run(output_dir, run_config: dict) -> None:
             f"{', ...' if len(differing) > 3 else ''}); choose another --output_dir, pass --resume_from_checkpoint "
             "latest to continue it with these flags, or --overwrite_output_dir to start over"
         )
+
+
+def _defining(config: dict) -> dict:
+    """A run's configuration without the flags that only manage it. The recipe's values are flags as well, so its
+    record of where each came from is left out too."""
+    return {key: value for key, value in config.items() if key not in (*RUN_MANAGEMENT, "recipe")}
 
 
 class CheckpointSaver:
