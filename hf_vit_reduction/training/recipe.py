@@ -313,6 +313,11 @@ class Normalize:
         return images.float().div_(255).sub_(self.mean).div_(self.std)
 
 
+def mixes_pairs(args: argparse.Namespace) -> bool:
+    """Mixup or CutMix is on: each training image is blended with another of its batch."""
+    return args.mixup > 0 or args.cutmix > 0
+
+
 class BatchAugmentation:
     """What timm applies to a whole training batch, in timm's order: Mixup/CutMix, then random erasing.
 
@@ -346,7 +351,7 @@ class BatchAugmentation:
 def build_batch_augmentation(args: argparse.Namespace, *, num_classes: int, device) -> BatchAugmentation:
     """Mixup/CutMix (label smoothing folded into the soft targets) and random erasing, after mixing by default."""
     mixup = None
-    if args.mixup > 0 or args.cutmix > 0:
+    if mixes_pairs(args):
         mixup = Mixup(
             mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing, num_classes=num_classes
         )
@@ -360,7 +365,7 @@ def build_batch_augmentation(args: argparse.Namespace, *, num_classes: int, devi
 
 def build_train_criterion(args: argparse.Namespace) -> torch.nn.Module:
     """Soft-target cross-entropy with Mixup/CutMix (which carry the smoothing), else smoothed or plain CE, as timm."""
-    if args.mixup > 0 or args.cutmix > 0:
+    if mixes_pairs(args):
         return SoftTargetCrossEntropy()
     if args.smoothing > 0:
         return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
