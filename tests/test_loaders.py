@@ -1,6 +1,7 @@
 import argparse
 import functools
 import io
+import itertools
 import random
 import subprocess
 import sys
@@ -339,7 +340,7 @@ def photo_examples():
     return loaders.prepare_dataset(photos, loaders.ExampleTransform(train, image_column="image", label_column="label"))
 
 
-def test_an_example_s_augmentation_is_a_function_of_seed_epoch_and_index(photo_examples):
+def test_an_example_s_augmentation_is_a_function_of_seed_and_its_place_in_the_epoch(photo_examples):
     sampler, loader = seeded_photo_loader(photo_examples, workers=0)
     state = random.getstate(), np.random.get_state()[1].tolist(), torch.get_rng_state()
     first = epoch_batches(sampler, loader, 0)
@@ -348,14 +349,29 @@ def test_an_example_s_augmentation_is_a_function_of_seed_epoch_and_index(photo_e
     assert all(torch.equal(a, b) for a, b in zip(first, epoch_batches(sampler, loader, 0)))
     second = epoch_batches(sampler, loader, 1)
     assert not any(torch.equal(a, b) for a, b in zip(first, second))
-    # The same example (found by its order in epoch 1) gets its own augmentation, not the one of its position.
+    # Each example read alone with the key of its place (epoch 0, rank 0, position) is the batch's example.
     sampler.set_epoch(0)
-    order = list(sampler)
-    reseeded = loaders.SeededExamples(photo_examples, seed=0)
-    for position, index in enumerate(order[:4]):
-        assert torch.equal(reseeded[(0, index)]["pixel_values"], first[position // 4][position % 4])
+    seeded_examples = loaders.SeededExamples(photo_examples, seed=0)
+    for position, index in enumerate(list(sampler)[:4]):
+        example = seeded_examples[((0, 0, position), index)]
+        assert torch.equal(example["pixel_values"], first[0][position])
     _, other_seed = seeded_photo_loader(photo_examples, workers=0, seed=1)
     assert not torch.equal(next(iter(other_seed))["pixel_values"], first[0])
+
+
+def test_repeated_copies_of_an_image_are_augmented_each_its_own_way(photo_examples):
+    """Repeated augmentation deals an image to both ranks (and twice to one): every copy gets its own draws."""
+    seeded_examples = loaders.SeededExamples(photo_examples, seed=0)
+    copies = {}
+    for rank in range(2):
+        sampler = loaders.train_sampler(photo_examples, num_processes=2, process_index=rank, aug_repeats=3, seed=0)
+        sampler.set_epoch(0)
+        for key, index in loaders.DrawSampler(sampler):
+            assert key[:2] == (0, rank)
+            copies.setdefault(index, []).append(seeded_examples[(key, index)]["pixel_values"])
+    assert any(len(images) >= 2 for images in copies.values())
+    for images in copies.values():
+        assert all(not torch.equal(a, b) for a, b in itertools.combinations(images, 2))
 
 
 @pytest.mark.slow

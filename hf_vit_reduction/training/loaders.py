@@ -225,27 +225,31 @@ def retain_worker_heap(worker_id: int) -> None:
     mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
-class EpochIndexSampler(Sampler):
-    """A sampler's indices as (epoch, index): the epoch read from the sampler (`set_epoch`) when an epoch starts."""
+class DrawSampler(Sampler):
+    """A sampler's indices, each with the key of its random draws: (epoch, rank, position in the rank's epoch).
+
+    The epoch is read from the sampler (`set_epoch`) when an epoch starts. Keys differ between the copies of an
+    image that repeated augmentation deals to several ranks or twice to one, so each copy is augmented its own way.
+    """
 
     def __init__(self, sampler):
         self.sampler = sampler
 
     def __iter__(self):
-        epoch = self.sampler.epoch
-        return ((epoch, index) for index in self.sampler)
+        epoch, rank = self.sampler.epoch, getattr(self.sampler, "rank", 0)
+        return (((epoch, rank, position), index) for position, index in enumerate(self.sampler))
 
     def __len__(self) -> int:
         return len(self.sampler)
 
 
 class SeededExamples(torch.utils.data.Dataset):
-    """Reads `dataset[index]` for an (epoch, index) key with Python's, NumPy's and torch's RNGs seeded from
-    (seed, epoch, index), restoring them after.
+    """Reads `dataset[index]` for a `DrawSampler` item with Python's, NumPy's and torch's RNGs seeded from the run's
+    seed and the draw's key, restoring them after.
 
-    An example's random augmentation is then a function of the run's seed, the epoch and the example alone: the
-    same whichever worker draws it, however many workers there are, and whether they were started for this epoch or
-    kept from the last (persistent workers), so a resumed run draws exactly what the uninterrupted one did.
+    An example's random augmentation is then a function of the run's seed and its place in the epoch alone: the same
+    whichever worker draws it, however many workers there are, and whether they were started for this epoch or kept
+    from the last (persistent workers), so a resumed run draws exactly what the uninterrupted one did.
     """
 
     def __init__(self, dataset, *, seed: int):
@@ -255,10 +259,10 @@ class SeededExamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, index = key
+    def __getitem__(self, item: tuple[tuple[int, int, int], int]):
+        key, index = item
         states = random.getstate(), np.random.get_state(), torch.default_generator.get_state()
-        python_seed, numpy_seed = np.random.SeedSequence((self.seed, epoch, index)).generate_state(2)
+        python_seed, numpy_seed = np.random.SeedSequence((self.seed, *key)).generate_state(2)
         random.seed(int(python_seed))
         np.random.seed(numpy_seed)
         torch.default_generator.manual_seed(int(python_seed) << 32 | int(numpy_seed))  # not CUDA's: kept as is
@@ -271,11 +275,12 @@ class SeededExamples(torch.utils.data.Dataset):
 
 
 def train_loader(dataset, *, batch_size: int, sampler, workers: int, pin_memory: bool, seed: int) -> DataLoader:
-    """Batches of uint8 images. With a sampler, each example's augmentation is seeded from (seed, epoch, index) and
-    the workers persist across epochs; a stream (no sampler) draws from worker seeds, its workers started per epoch.
+    """Batches of uint8 images. With a sampler, each example's augmentation is seeded from the run's seed and its
+    (epoch, rank, position) and the workers persist across epochs; a stream (no sampler) draws from worker seeds,
+    its workers started per epoch.
     """
     if sampler is not None:
-        dataset, sampler = SeededExamples(dataset, seed=seed), EpochIndexSampler(sampler)
+        dataset, sampler = SeededExamples(dataset, seed=seed), DrawSampler(sampler)
     return DataLoader(
         dataset,
         batch_size=batch_size,
