@@ -70,8 +70,8 @@ class ReducedDecodeResizedCrop:
     with timm's draw after it, so the random draws and the boxes are timm's. A JPEG whose box spans at least 2x the
     output size is then decoded at the largest DCT scale (1/2, 1/4, 1/8) that keeps at least the output resolution
     over the box, and the box is resized from there; anything else is decoded whole and cropped and resized exactly
-    as timm does. The reduced decode differs from the full one by a few grey levels (measured in
-    tests/test_loaders.py); a 12-megapixel photo decodes about 8x faster at 1/4 scale.
+    as timm does. The reduced decode differs from the full one by a few grey levels (bounded in tests/test_loaders.py,
+    measured by data_benchmark); a 12-megapixel JPEG decodes 3-4x faster at 1/2 to 1/8 scale than whole.
     """
 
     def __init__(self, crop: RandomResizedCropAndInterpolation):
