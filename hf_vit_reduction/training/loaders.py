@@ -1,6 +1,7 @@
 """From examples to batches: decoding any image to RGB (a JPEG only as far as its crop needs), unreadable images,
 per-example random draws, collation of uint8 images, samplers and DataLoaders."""
 
+import contextlib
 import ctypes
 import ctypes.util
 import hashlib
@@ -261,14 +262,29 @@ class SeededExamples(torch.utils.data.Dataset):
 
     def __getitem__(self, item: tuple[tuple[int, int, int], int]):
         key, index = item
-        states = random.getstate(), np.random.get_state(), torch.default_generator.get_state()
-        python_seed, numpy_seed = np.random.SeedSequence((self.seed, *key)).generate_state(2)
-        random.seed(int(python_seed))
-        np.random.seed(numpy_seed)
-        torch.default_generator.manual_seed(int(python_seed) << 32 | int(numpy_seed))  # not CUDA's: kept as is
-        try:
+        digest = hashlib.blake2b(repr((self.seed, *key)).encode(), digest_size=8).digest()
+        with rngs_seeded(int.from_bytes(digest, "little")):
             return self.dataset[index]
-        finally:
+
+
+@contextlib.contextmanager
+def rngs_seeded(seed: int):
+    """Python's, NumPy's and torch's CPU RNGs seeded from `seed` (64 bits) for the block.
+
+    In the main process (no workers) they are restored after, so the training loop's own draws are untouched; a
+    worker's RNGs serve only its examples and are left as they are (saving NumPy's state alone costs ~0.2-0.4 ms,
+    a tenth of an image's augmentation).
+    """
+    in_main_process = torch.utils.data.get_worker_info() is None
+    if in_main_process:
+        states = random.getstate(), np.random.get_state(), torch.default_generator.get_state()
+    random.seed(seed)
+    np.random.seed(seed & 0xFFFFFFFF)
+    torch.default_generator.manual_seed(seed)  # not CUDA's, which the main process's training draws from
+    try:
+        yield
+    finally:
+        if in_main_process:
             random.setstate(states[0])
             np.random.set_state(states[1])
             torch.default_generator.set_state(states[2])
