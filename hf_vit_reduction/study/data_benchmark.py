@@ -16,7 +16,8 @@ rand-m9-mstd0.5-inc1, Mixup/CutMix, random erasing) and deliver normalized float
   (`FastCollateMixup`), then its prefetcher normalizing and erasing. Its prefetcher's CUDA stream needs a GPU;
   without one the same normalization and erasing run on the CPU, in the main process, as ours do.
 
-The two loaders alternate, `--rounds` times each, so that the load of the machine hits both alike; each round
+The main process runs its batch work on one thread, as each worker does. The two loaders alternate, `--rounds`
+times each, so that the load of the machine hits both alike; each round
 times every batch after `--warmup` of one pass over the folder (worker start excluded). Also measured for ours: how
 long an epoch waits for its first batch with workers started for it (before this project kept its workers) and
 with persistent workers; and, per folder, how far the reduced-scale decode's crops are from decoding whole.
@@ -254,6 +255,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs per loader")
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args(argv)
+    # One thread for the main process's batch work, as DataLoader gives each worker: with more, OpenMP's threads
+    # spin against the workers for the same cores (on a loaded 2-core machine a batch's stack took 0.7 s, not 9 ms).
+    torch.set_num_threads(1)
     if args.photos is None and not args.folder:
         parser.error("give --photos DIR or --folder DIR ...")
     if min(args.workers) < 0:
