@@ -17,10 +17,10 @@ rand-m9-mstd0.5-inc1, Mixup/CutMix, random erasing) and deliver normalized float
   without one the same normalization and erasing run on the CPU, in the main process, as ours do.
 
 The main process runs its batch work on one thread, as each worker does. The two loaders alternate, `--rounds`
-times each, so that the load of the machine hits both alike; each round
-times every batch after `--warmup` of one pass over the folder (worker start excluded). Also measured for ours: how
-long an epoch waits for its first batch with workers started for it (before this project kept its workers) and
-with persistent workers; and, per folder, how far the reduced-scale decode's crops are from decoding whole.
+times each, so that the load of the machine hits both alike; each round times every batch after `--warmup` of one
+pass over the folder (worker start excluded). Also measured for ours: how long an epoch waits for its first batch
+with workers started for it (before this project kept its workers) and with persistent workers; and, per folder,
+how far the reduced-scale decode's crops are from decoding whole.
 """
 
 import argparse
