@@ -1,8 +1,9 @@
 """Parameter-reduced Vision Transformers (arXiv 2512.01059) as a 🤗 Transformers model."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 from .configuration_vit_reduced import PRESETS, REDUCTION_STRATEGIES, ViTReducedConfig
+from .image_processing_vit_reduced import ViTReducedImageProcessor, ViTReducedImageProcessorPil
 from .modeling_vit_reduced import (
     ViTReducedForImageClassification,
     ViTReducedModel,
@@ -12,12 +13,19 @@ from .modeling_vit_reduced import (
 AutoConfig.register(ViTReducedConfig.model_type, ViTReducedConfig, exist_ok=True)
 AutoModel.register(ViTReducedConfig, ViTReducedModel, exist_ok=True)
 AutoModelForImageClassification.register(ViTReducedConfig, ViTReducedForImageClassification, exist_ok=True)
+AutoImageProcessor.register(
+    ViTReducedConfig,
+    image_processor_classes={"torchvision": ViTReducedImageProcessor, "pil": ViTReducedImageProcessorPil},
+    exist_ok=True,
+)
 
 __all__ = [
     "PRESETS",
     "REDUCTION_STRATEGIES",
     "ViTReducedConfig",
     "ViTReducedForImageClassification",
+    "ViTReducedImageProcessor",
+    "ViTReducedImageProcessorPil",
     "ViTReducedModel",
     "ViTReducedPreTrainedModel",
     "summarize",
