@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     def write(folder: Path):
         model.save_pretrained(folder)
         write_processor(folder)
-        write_model_card(folder, conversion=conversion)
+        write_model_card(folder, conversion=conversion, final_folder=args.output)
 
     _write_folder(args.output, write)
     print(
