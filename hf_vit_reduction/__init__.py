@@ -1,9 +1,9 @@
 """Parameter-reduced Vision Transformers (arXiv 2512.01059) as a 🤗 Transformers model."""
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+from transformers.utils import is_vision_available
 
 from .configuration_vit_reduced import PRESETS, REDUCTION_STRATEGIES, ViTReducedConfig
-from .image_processing_vit_reduced import ViTReducedImageProcessor, ViTReducedImageProcessorPil
 from .modeling_vit_reduced import (
     ViTReducedForImageClassification,
     ViTReducedModel,
@@ -13,23 +13,26 @@ from .modeling_vit_reduced import (
 AutoConfig.register(ViTReducedConfig.model_type, ViTReducedConfig, exist_ok=True)
 AutoModel.register(ViTReducedConfig, ViTReducedModel, exist_ok=True)
 AutoModelForImageClassification.register(ViTReducedConfig, ViTReducedForImageClassification, exist_ok=True)
-AutoImageProcessor.register(
-    ViTReducedConfig,
-    image_processor_classes={"torchvision": ViTReducedImageProcessor, "pil": ViTReducedImageProcessorPil},
-    exist_ok=True,
-)
 
 __all__ = [
     "PRESETS",
     "REDUCTION_STRATEGIES",
     "ViTReducedConfig",
     "ViTReducedForImageClassification",
-    "ViTReducedImageProcessor",
-    "ViTReducedImageProcessorPil",
     "ViTReducedModel",
     "ViTReducedPreTrainedModel",
     "summarize",
 ]
+
+if is_vision_available():  # the image processors need Pillow; the model itself does not
+    from .image_processing_vit_reduced import ViTReducedImageProcessor, ViTReducedImageProcessorPil
+
+    AutoImageProcessor.register(
+        ViTReducedConfig,
+        image_processor_classes={"torchvision": ViTReducedImageProcessor, "pil": ViTReducedImageProcessorPil},
+        exist_ok=True,
+    )
+    __all__ += ["ViTReducedImageProcessor", "ViTReducedImageProcessorPil"]
 
 
 def __getattr__(name):

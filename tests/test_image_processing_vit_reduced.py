@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from card_checks import check_card
 from image_folders import sample_photos, write_photo_folder
 from PIL import Image
 from script_runs import environment, run_script
@@ -153,6 +154,7 @@ def test_pipeline_predicts_what_evaluation_did_for_a_trained_model(tmp_path, rec
     for folder in (out, out / "best_model"):
         model = AutoModelForImageClassification.from_pretrained(folder)
         _check_pipeline_top1_equals_evaluation(folder, images, _timm_evaluation_of(out, model.config))
+        check_card(folder / "README.md", folder)  # its preprocessing section states this processor's numbers
 
 
 @pytest.mark.slow  # a ViT-Ti conversion and its pipeline at 224 px

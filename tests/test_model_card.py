@@ -7,11 +7,11 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from card_checks import RUN_ONLY_FLAGS, check_card
 from conversion_sources import transformers_vit
 from huggingface_hub import ModelCard
 from image_folders import write_folder
-from PIL import Image
-from transformers import AutoImageProcessor, ViTImageProcessor
+from transformers import ViTImageProcessor
 
 from hf_vit_reduction import REDUCTION_STRATEGIES, summarize
 from hf_vit_reduction.conversion.convert import main as convert
@@ -48,24 +48,6 @@ RESULTS = {
     "reported": "ema",
     "num_processes": 1,
 }
-
-
-# Flags that only mattered on the machine that ran: never on a card (issue 20).
-RUN_ONLY_FLAGS = (
-    "benchmark_loop",
-    "benchmark_warmup",
-    "overwrite_output_dir",
-    "report_to",
-    "push_to_hub",
-    "hub_private_repo",
-    "hub_strategy",
-    "checkpointing_steps",
-    "checkpoints_total_limit",
-    "eval_every",
-    "workers",
-    "pin_mem",
-    "output_dir",
-)
 
 
 def script_args(argv: list[str], num_processes: int = 1) -> dict:
@@ -146,32 +128,6 @@ def test_card_of_a_training_run_carries_its_numbers(make_model, tmp_path):
     assert "needs 🤗 Transformers 5 or newer" in text  # remote code fails to import in older releases
     assert "A digits model is a demo, not an ImageNet model" in text
     assert "eprint = {2512.01059}" in text
-
-
-def table_cells(text: str) -> list[str]:
-    return [cell.strip() for line in text.splitlines() if line.startswith("|") for cell in line.strip("|").split("|")]
-
-
-def check_card(path: Path, folder: Path) -> str:
-    """What every card must satisfy; returns its text."""
-    card = ModelCard.load(path)  # the model-index too: metadata that does not parse fails here
-    text = card.text
-    assert max(len(cell) for cell in table_cells(text)) <= 200
-    for flag in RUN_ONLY_FLAGS:
-        assert flag not in text, flag
-    # The preprocessing section states the saved processor's numbers.
-    processor = AutoImageProcessor.from_pretrained(folder)
-    size, crop = processor.size, processor.crop_size
-    interpolation = Image.Resampling(processor.resample).name.lower()
-    if size.get("shortest_edge"):
-        assert f"| resize | shorter side to {size['shortest_edge']} px, aspect ratio kept; {interpolation} " in text
-        assert f"| centre crop | {crop['width']} × {crop['height']} px |" in text
-    else:
-        assert f"| resize | {size['width']} × {size['height']} px (width × height), aspect ratio not kept; " in text
-        assert "centre crop" not in text
-    mean, std = (", ".join(f"{value:g}" for value in values) for values in (processor.image_mean, processor.image_std))
-    assert f"| normalize | mean ({mean}), std ({std}) |" in text
-    return text
 
 
 def test_card_of_a_digits_run(make_model, tmp_path):
