@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from transformers import ViTImageProcessor
 
+from ..command_line import CommandParser
 from ..configuration_vit_reduced import ViTReducedConfig
 from ..hub.model_card import write_model_card
 from ..image_processing_vit_reduced import image_processor_for
@@ -181,7 +182,7 @@ def _convert_timm_input(args):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m hf_vit_reduction.convert",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
