@@ -30,6 +30,7 @@ from transformers import BaseImageProcessor
 from hf_vit_reduction import ViTReducedConfig, ViTReducedForImageClassification, summarize
 from hf_vit_reduction.hub.model_card import write_model_card
 from hf_vit_reduction.hub.pushing import HubPusher, HubPushError
+from hf_vit_reduction.image_processing_vit_reduced import image_processor_for
 from hf_vit_reduction.training import loaders, outputs
 from hf_vit_reduction.training.arguments import effective_recipe, parse_args
 from hf_vit_reduction.training.checkpointing import (
@@ -315,7 +316,9 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
             accelerator, args.output_dir, ema=ema, every=args.checkpointing_steps, keep=args.checkpoints_total_limit
         ),
         state=TrainState(),
-        processor=outputs.image_processor_for(image_size, MEAN, STD),
+        processor=image_processor_for(
+            image_size, crop_pct=args.crop_pct, interpolation=args.interpolation, mean=MEAN, std=STD
+        ),
         pusher=pusher,
         summary=summarize(accelerator.unwrap_model(model)),
         run_config=run_config,

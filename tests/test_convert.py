@@ -77,7 +77,8 @@ def test_command_converts_timm_names_and_state_dict_files(tmp_path):
         ]
     )
     processor = AutoImageProcessor.from_pretrained(tmp_path / "named")
-    assert processor.size == {"height": 224, "width": 224}
+    # timm's pretrained_cfg of vit_tiny_patch16_224: crop_pct 0.9, bicubic, mean and std 0.5.
+    assert processor.size == {"shortest_edge": 248} and processor.crop_size == {"height": 224, "width": 224}
     assert list(processor.image_mean) == [0.5, 0.5, 0.5]
     assert processor.resample == 3  # timm's bicubic
     named = ViTReducedForImageClassification.from_pretrained(tmp_path / "named")
@@ -144,7 +145,8 @@ def test_command_converts_a_timm_state_dict_at_another_image_size(tmp_path, caps
     main([*argv, "--image_size", "64", "--output", str(tmp_path / "out")])
     model = ViTReducedForImageClassification.from_pretrained(tmp_path / "out")
     assert model.config.image_size == 64
-    assert AutoImageProcessor.from_pretrained(tmp_path / "out").size == {"height": 64, "width": 64}
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "out")
+    assert processor.size == {"shortest_edge": 71} and processor.crop_size == {"height": 64, "width": 64}  # 64 / 0.9
     pixels = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert max_difference(model(pixels).logits, source(pixels)) <= 1e-4
