@@ -218,7 +218,8 @@ def test_gradient_checkpointing_recomputes_each_block_in_backward_and_gives_the_
 
 @pytest.mark.parametrize("height, width", [(48, 40), (16, 16)])
 def test_interpolated_position_encoding_is_timm_s_bicubic_resample(make_model, height, width):
-    embeddings = make_model().vit.embeddings  # 32 px, patch 4: an 8 x 8 grid
+    model = make_model()
+    embeddings = model.vit.embeddings  # 32 px, patch 4: an 8 x 8 grid
     with torch.no_grad():
         embeddings.position_embeddings.copy_(torch.randn(1, 65, 64, generator=torch.Generator().manual_seed(0)))
         resized = embeddings.interpolate_pos_encoding(height, width)
@@ -233,6 +234,10 @@ def test_interpolated_position_encoding_is_timm_s_bicubic_resample(make_model, h
     )
     assert resized.shape == expected.shape == (1, 1 + (height // 4) * (width // 4), 64)
     assert torch.allclose(resized, expected, atol=1e-6)
+    if height == width:  # --image_size: the model itself at another size, classifier and encoder alike
+        for at_size in (model.at_image_size(height).vit, model.vit.at_image_size(height)):
+            assert at_size.config.image_size == height
+            assert torch.allclose(at_size.embeddings.position_embeddings, expected, atol=1e-6)
 
 
 def test_interpolated_position_encoding_and_size_error(make_model):
