@@ -11,7 +11,6 @@ checkpointing, trackers, Hub pushes, benchmarks) stays in `args.json`, which tra
 """
 
 import argparse
-import json
 import math
 from importlib import resources
 from pathlib import Path
@@ -24,6 +23,7 @@ from PIL import Image
 from ..command_line import CommandParser
 from ..configuration_vit_reduced import ViTReducedConfig
 from ..summary import summarize
+from .run_folder import read_history, read_json
 
 TEMPLATE = "model_card.md"
 STRATEGY_DESCRIPTIONS = {
@@ -101,9 +101,9 @@ def render_model_card(
     config = ViTReducedConfig.from_pretrained(folder)
     cost = summarize(config)
     strategy = config.reduction_strategy or "baseline"
-    run_args = _read_json(run_dir / "args.json") or {}
-    results = _read_json(run_dir / "results.json")
-    history = _read_history(run_dir / "history.jsonl")
+    run_args = read_json(run_dir / "args.json") or {}
+    results = read_json(run_dir / "results.json")
+    history = read_history(run_dir / "history.jsonl")
     location = str(final_folder if final_folder is not None else folder)
     model_name = repo_id.split("/")[-1] if repo_id else Path(location).resolve().name
     dataset_id, dataset_description = _dataset(run_args, results)
@@ -188,10 +188,6 @@ def write_model_card(folder: str | Path, **kwargs) -> Path:
     return path
 
 
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
 def _strategy_parameter(config: ViTReducedConfig) -> str:
     """The strategy with the parameter that sizes it, in words."""
     strategy, ratio = config.reduction_strategy or "baseline", config.reduction_mlp_ratio
@@ -209,7 +205,7 @@ def _strategy_parameter(config: ViTReducedConfig) -> str:
 
 def _preprocessing(folder: Path) -> list[tuple[str, str]] | None:
     """What the saved image processor does, step by step, in numbers; None without one."""
-    processor = _read_json(folder / "preprocessor_config.json")
+    processor = read_json(folder / "preprocessor_config.json")
     if processor is None:
         return None
     steps = []
@@ -290,12 +286,6 @@ def _provenance(conversion: dict | None) -> dict:
     return {"conversion": conversion}
 
 
-def _read_history(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def _is_hub_id(name: str | None) -> bool:
     if not name or Path(name).exists():
         return False
@@ -328,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         path = write_model_card(args.folder, repo_id=args.repo_id, run_dir=args.run_dir)
-    except OSError as error:
+    except (OSError, ValueError) as error:  # a folder without a model, a corrupt run file
         raise SystemExit(f"error: {error}") from None
     print(f"wrote {path}")
 
