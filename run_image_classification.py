@@ -7,6 +7,10 @@
 `main` reads top to bottom: parse, build the run, train (`train_one_epoch`, `validate`, checkpoint), finish.
 """
 
+from hf_vit_reduction.command_line import require_extra
+
+require_extra("train", command="run_image_classification.py")  # before the imports it guards: one line, not a trace
+
 import argparse
 import logging
 import math
@@ -26,6 +30,7 @@ from transformers import BaseImageProcessor
 from hf_vit_reduction import ViTReducedConfig, ViTReducedForImageClassification, summarize
 from hf_vit_reduction.hub.model_card import write_model_card
 from hf_vit_reduction.hub.pushing import HubPusher, HubPushError
+from hf_vit_reduction.image_processing_vit_reduced import image_processor_for
 from hf_vit_reduction.training import loaders, outputs
 from hf_vit_reduction.training.arguments import effective_recipe, parse_args
 from hf_vit_reduction.training.checkpointing import (
@@ -278,8 +283,9 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
     # The sampler only counts and orders the split, so too little data for one update is known before the model.
     sampler, plan = plan_updates(args, data, accelerator)
     model = load_model(args, data.label_names)
+    image_size = model.config.image_size
     train_loader, eval_loader, eval_transform, columns = build_loaders(
-        args, data, sampler=sampler, image_size=model.config.image_size, accelerator=accelerator
+        args, data, sampler=sampler, image_size=image_size, accelerator=accelerator
     )
     optimizer = build_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, fused=torch.cuda.is_available())
     scheduler = build_scheduler(
@@ -313,7 +319,9 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
             accelerator, args.output_dir, ema=ema, every=args.checkpointing_steps, keep=args.checkpoints_total_limit
         ),
         state=TrainState(),
-        processor=outputs.image_processor_for(model.config.image_size, MEAN, STD),
+        processor=image_processor_for(
+            image_size, crop_pct=args.crop_pct, interpolation=args.interpolation, mean=MEAN, std=STD
+        ),
         pusher=pusher,
         summary=summarize(accelerator.unwrap_model(model)),
         run_config=run_config,

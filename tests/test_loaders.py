@@ -115,10 +115,16 @@ def test_single_process_sampler_is_a_function_of_seed_and_epoch():
     sampler = loaders.train_sampler(list(range(100)), num_processes=1, process_index=0, aug_repeats=3, seed=5)
     sampler.set_epoch(3)
     order = list(sampler)
-    assert sorted(order) == list(range(100))
+    # --aug_repeats applies only when distributed (timm's create_loader refuses repeats in one process): an epoch is
+    # one pass over the dataset, shuffled as torch's DistributedSampler does, by a generator seeded with seed + epoch.
+    assert order == torch.randperm(100, generator=torch.Generator().manual_seed(5 + 3)).tolist()
+    assert sorted(order) == list(range(100)) and order != list(range(100))
     again = loaders.train_sampler(list(range(100)), num_processes=1, process_index=0, aug_repeats=3, seed=5)
     again.set_epoch(3)
     assert list(again) == order
+    sampler.set_epoch(4)
+    next_epoch = list(sampler)
+    assert sorted(next_epoch) == list(range(100)) and next_epoch != order
 
 
 def test_eval_transform_turns_any_image_into_a_uint8_square():
@@ -127,20 +133,31 @@ def test_eval_transform_turns_any_image_into_a_uint8_square():
     assert out.shape == (3, 32, 32) and out.dtype == torch.uint8 and bool((out == 255).all())
 
 
+def _folder_image(pixels: torch.Tensor, label: int) -> tuple[int, int]:
+    """(class, index) of a write_folder image from its normalized (mean = std = 0.5) pixels and label."""
+    red, green, _ = (round(float(value) * 127.5 + 127.5) for value in pixels[:, 0, 0])
+    assert red == 40 * label and green % 10 == 0
+    return label, green // 10
+
+
 def test_streaming_reads_train_as_a_stream_sharded_across_processes(tmp_path):
     write_folder(tmp_path / "ds" / "train", per_class=8)
     write_folder(tmp_path / "ds" / "validation", per_class=2)
     data = load_image_classification_data(dataset_name=str(tmp_path / "ds"), streaming=True)
     assert isinstance(data.train, datasets.IterableDataset)
     assert isinstance(data.validation, datasets.Dataset) and len(data.validation) == 4
-    train_transform, _ = transforms(16)
+    # The evaluation transform keeps each one-colour image's colour, so the colour names the image a rank read.
+    _, eval_transform = transforms(16)
     stream = loaders.prepare_dataset(
-        data.train, loaders.ExampleTransform(train_transform, image_column="image", label_column="label")
+        data.train, loaders.ExampleTransform(eval_transform, image_column="image", label_column="label")
     )
     parts = [loaders.shard_stream(stream, num_processes=2, process_index=rank, seed=0) for rank in range(2)]
     assert loaders.train_sampler(parts[0], num_processes=2, process_index=0, aug_repeats=3, seed=0) is None
-    colors = [[tuple(e["pixel_values"][:, 0, 0].tolist()) + (e["labels"],) for e in part] for part in parts]
-    assert len(colors[0]) + len(colors[1]) == 16
+    read = [[_folder_image(e["pixel_values"], e["labels"]) for e in part] for part in parts]
+    assert len(set(read[0])) == len(read[0]) and len(set(read[1])) == len(read[1])
+    assert set(read[0]).isdisjoint(read[1])
+    # write_folder's image i of class c is coloured (40 * c, 10 * i, 0).
+    assert set(read[0]) | set(read[1]) == {(c, i) for c in range(2) for i in range(8)}
     with pytest.raises(ValueError, match=r"validation_split='dev' does not exist"):
         load_image_classification_data(dataset_name=str(tmp_path / "ds"), streaming=True, validation_split="dev")
 

@@ -442,12 +442,30 @@ def test_ema_decays_each_tensor_once_or_shared_ones_once_per_use(make_model, pap
         assert fraction == pytest.approx(expected, abs=1e-4), key
 
 
-def test_the_per_use_switch_reproduces_the_reference_ema_of_a_shared_mlp():
-    # The reference: timm's ModelEmaV3 on a timm ViT whose blocks 0 and 1 (2 and 3) hold one MLP module.
+def test_the_per_use_switch_reproduces_the_reference_ema_of_a_shared_mlp(make_model, paper_args):
+    # The reference: timm's ModelEmaV3 on a timm ViT whose blocks 0 and 1 (2 and 3) hold one MLP module, as the
+    # paper's code builds it; ours: build_ema with --ema_shared_decay_per_use on our grouped model, same weights.
+    model = make_model("grouped")
     reference = _reference_timm_model("grouped")
-    moved = _one_ema_update(ModelEmaV3(reference, decay=0.9), reference)
-    assert moved["blocks.1.mlp.fc1.weight"] == pytest.approx(1 - 0.9**2, abs=1e-4)
-    assert moved["blocks.1.attn.qkv.weight"] == pytest.approx(1 - 0.9, abs=1e-4)
+    weights = model.state_dict()
+    reference.load_state_dict({name: weights[_our_name(name)] for name in reference.state_dict()})
+    paper_args.model_ema_decay, paper_args.ema_shared_decay_per_use = 0.9, True
+    ours = recipe.build_ema(model, paper_args, total_updates=10**6)
+    theirs = ModelEmaV3(reference, decay=0.9)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        # The same random training step on both models, then one EMA update each at the configured decay.
+        with torch.no_grad():
+            for name, parameter in reference.named_parameters():
+                step = torch.randn(parameter.shape, generator=generator)
+                parameter.add_(step)
+                model.get_parameter(_our_name(name)).add_(step)
+        ours.update(model, step=None)
+        theirs.update(reference, step=None)
+    ours_state, theirs_state = ours.module.state_dict(), theirs.module.state_dict()
+    assert {_our_name(name) for name in theirs_state} == set(ours_state)
+    for name, value in theirs_state.items():
+        assert torch.allclose(ours_state[_our_name(name)], value, atol=1e-6), name
 
 
 def test_an_ema_that_outlasts_the_run_is_reported_once(make_model, paper_args, caplog):
