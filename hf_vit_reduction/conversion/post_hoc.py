@@ -55,6 +55,7 @@ def check_reduce_arguments(strategy, reduction_mlp_ratio, prune_method, share_me
 def reduce(
     model,
     strategy: str,
+    *,
     reduction_mlp_ratio: float | None = None,
     prune_method: str = "first",
     share_method: str = "leader",
