@@ -48,9 +48,10 @@ def test_a_missing_extra_names_the_extra_and_the_missing_modules(monkeypatch):
 def test_every_extra_module_is_what_setup_py_installs():
     # EXTRAS lists import names; each must belong to a distribution that setup.py's extra requires.
     setup_text = (ROOT / "setup.py").read_text()
+    installed = importlib.metadata.packages_distributions()
     for extra, modules in command_line.EXTRAS.items():
         for module in modules:
-            distributions = importlib.metadata.packages_distributions()[module]
+            distributions = installed[module]
             assert any(f'"{name}' in setup_text for name in distributions), (extra, module, distributions)
 
 
