@@ -11,13 +11,17 @@ import argparse
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from timm.scheduler.scheduler import Scheduler
+from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
+from transformers import BaseImageProcessor
 
 from hf_vit_reduction import ViTReducedConfig, ViTReducedForImageClassification, summarize
 from hf_vit_reduction.hub.model_card import write_model_card
@@ -40,6 +44,8 @@ from hf_vit_reduction.training.data import (
 from hf_vit_reduction.training.evaluation import evaluate_model_and_ema
 from hf_vit_reduction.training.loop_benchmark import LoopBenchmark
 from hf_vit_reduction.training.recipe import (
+    BatchAugmentation,
+    SharedWeightsModelEma,
     build_batch_augmentation,
     build_ema,
     build_optimizer,
@@ -63,20 +69,20 @@ class Run:
     accelerator: Accelerator
     data: ImageClassificationData
     columns: dict  # how the loaders read an example: image and label columns, what to do with a bad image
-    eval_transform: object
-    train_sampler: object
-    train_loader: torch.utils.data.DataLoader
-    eval_loader: torch.utils.data.DataLoader
+    eval_transform: Callable  # a PIL image to the evaluation tensor
+    train_sampler: Sampler | None  # None for a stream, which shards itself
+    train_loader: DataLoader
+    eval_loader: DataLoader
     model: torch.nn.Module  # as prepared by Accelerate
-    ema: object
+    ema: SharedWeightsModelEma | None
     optimizer: torch.optim.Optimizer
-    scheduler: object
+    scheduler: Scheduler
     criterion: torch.nn.Module
-    augment: object  # (images, labels) -> (images, targets): Mixup/CutMix or nothing
+    augment: BatchAugmentation  # (images, labels) -> (images, targets): Mixup/CutMix and erasing, or nothing
     plan: UpdatePlan
     saver: CheckpointSaver
     state: TrainState
-    processor: object  # saved beside every model, for pipeline("image-classification")
+    processor: BaseImageProcessor  # saved beside every model, for pipeline("image-classification")
     pusher: HubPusher | None  # --push_to_hub, on the main process: pushes saves in the background
     summary: dict
     run_config: dict
@@ -139,7 +145,10 @@ def train(run: Run, callbacks=()) -> None:
         run.scheduler.step(epoch)
         train_one_epoch(run, epoch, progress, callbacks)
         if (epoch + 1) % args.eval_every == 0 or epoch == plan.num_epochs - 1:
-            validate(run, epoch)
+            row = validate(run, epoch)
+            if state.history.add(row):  # a new peak: keep it as the best model
+                outputs.save_model(run.accelerator, run.reported_model, run.processor, f"{args.output_dir}/best_model")
+            write_progress(run)
         state.end_epoch()
         save_checkpoint(run)
     progress.close()
@@ -150,7 +159,6 @@ def train_one_epoch(run: Run, epoch: int, progress, callbacks) -> None:
     (run.train_sampler or run.train_loader.dataset).set_epoch(epoch)
     run.train_loader.generator.manual_seed(args.seed + epoch)  # worker seeds: a function of the epoch
     epoch_end = run.plan.epoch_end(epoch)
-    mixes_pairs = args.mixup > 0 or args.cutmix > 0
     model.train()
     for batch in skip_batches(run.train_loader, run.plan.batches_to_skip(epoch, state.step)):
         if state.step >= epoch_end:
@@ -158,11 +166,9 @@ def train_one_epoch(run: Run, epoch: int, progress, callbacks) -> None:
         state.note_bad_images(batch["bad_images"])
         images = batch["pixel_values"].to(accelerator.device, non_blocking=True)
         labels = batch["labels"].to(accelerator.device, non_blocking=True)
-        if mixes_pairs and len(labels) % 2:
-            images, labels = images[:-1], labels[:-1]  # a skipped image left an odd batch
-        if len(labels) == 0:
-            continue
-        images, targets = run.augment(images, labels)
+        images, targets = run.augment(images, labels)  # drops the odd image out of a Mixup pair
+        if len(targets) == 0:
+            continue  # every image of the batch was unreadable
         if args.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with accelerator.accumulate(model), accelerator.autocast():
@@ -170,7 +176,7 @@ def train_one_epoch(run: Run, epoch: int, progress, callbacks) -> None:
             accelerator.backward(loss)
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
-        loss_value, images_seen = gathered_loss_and_images(accelerator, loss, len(labels))
+        loss_value, images_seen = gathered_loss_and_images(accelerator, loss, len(targets))
         if not math.isfinite(loss_value):  # before the EMA, a checkpoint or a log sees the step
             raise SystemExit(
                 f"error: non-finite loss ({loss_value}) at step {state.step + 1}; last good checkpoint: "
@@ -192,19 +198,21 @@ def train_one_epoch(run: Run, epoch: int, progress, callbacks) -> None:
         logger.warning("the data ran out after %d of %d updates", state.step, epoch_end)
 
 
-def validate(run: Run, epoch: int) -> None:
-    """Evaluate the model and its EMA, record the row, keep the best model, write the history and the curves."""
-    args, accelerator, state = run.args, run.accelerator, run.state
-    row = {"epoch": epoch, "step": state.step, "train_loss": state.mean_train_loss()}
-    row |= evaluate_model_and_ema(run.model, run.ema, run.eval_loader, accelerator)
-    if state.history.add(row):
-        outputs.save_model(accelerator, run.reported_model, run.processor, f"{args.output_dir}/best_model")
-    if accelerator.log_with:
-        accelerator.log({f"eval/{k}": v for k, v in row.items() if k not in ("epoch", "step")}, step=state.step)
+def validate(run: Run, epoch: int) -> dict:
+    """The epoch's row: training loss, the model's and its EMA's top-1/top-5 and loss, the reported figures."""
+    row = {"epoch": epoch, "step": run.state.step, "train_loss": run.state.mean_train_loss()}
+    row |= evaluate_model_and_ema(run.model, run.ema, run.eval_loader, run.accelerator)
+    if run.accelerator.log_with:
+        run.accelerator.log({f"eval/{k}": v for k, v in row.items() if k not in ("epoch", "step")}, step=row["step"])
     logger.info("epoch %d: top-1 %.2f%%, top-5 %.2f%%", epoch, row["top1"], row["top5"])
-    if accelerator.is_main_process:
-        outputs.write_history(f"{args.output_dir}/history.jsonl", state.history)
-        outputs.plot_history(f"{args.output_dir}/training_curves.png", state.history, args.experiment)
+    return row
+
+
+def write_progress(run: Run) -> None:
+    """history.jsonl and the curves, rewritten after each evaluation so that a running job can be followed."""
+    if run.accelerator.is_main_process:
+        outputs.write_history(f"{run.args.output_dir}/history.jsonl", run.state.history)
+        outputs.plot_history(f"{run.args.output_dir}/training_curves.png", run.state.history, run.args.experiment)
 
 
 def save_checkpoint(run: Run) -> None:
@@ -259,37 +267,17 @@ def finish(run: Run) -> None:
 
 
 def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
-    """Data, model, loaders, optimizer, schedule and checkpoints; a resumed run's state. Raises on bad input."""
+    """Every check first (paths, data, sizes, checkpoint, Hub repository), then the first writes; a resumed run's
+    state. Raises on bad input, before any long work."""
     set_seed(args.seed)
     check_output_dir(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
     resume = args.resume_from_checkpoint and resolve(args.output_dir, args.resume_from_checkpoint)
     data = load_data(args)
-    world, rank = accelerator.num_processes, accelerator.process_index
     # The sampler only counts and orders the split, so too little data for one update is known before the model.
-    sampler = loaders.train_sampler(
-        data.train, num_processes=world, process_index=rank, aug_repeats=args.aug_repeats, seed=args.seed
-    )
-    plan = UpdatePlan.for_run(
-        images_per_process=None if sampler is None else len(sampler),
-        batch_size=args.batch_size,
-        grad_accum_steps=args.grad_accum_steps,
-        epochs=args.epochs,
-        max_train_steps=args.max_train_steps,
-        num_processes=world,
-    )
+    sampler, plan = plan_updates(args, data, accelerator)
     model = load_model(args, data.label_names)
-    image_size = model.config.image_size
-    train_transform, eval_transform = build_transforms(args, image_size=image_size, mean=MEAN, std=STD)
-    columns = {"image_column": data.image_column, "label_column": data.label_column, "on_bad_image": args.on_bad_image}
-    train_set = loaders.prepare_dataset(data.train, loaders.ExampleTransform(train_transform, **columns))
-    train_loader = loaders.build_train_loader(
-        train_set, args, sampler=sampler, num_processes=world, process_index=rank
-    )
-    eval_set = loaders.prepare_dataset(
-        data.validation, loaders.ExampleTransform(eval_transform, **columns, placeholder_size=image_size)
-    )
-    eval_loader = loaders.eval_loader(
-        eval_set, batch_size=args.eval_batch_size, workers=args.workers, pin_memory=args.pin_mem
+    train_loader, eval_loader, eval_transform, columns = build_loaders(
+        args, data, sampler=sampler, image_size=model.config.image_size, accelerator=accelerator
     )
     optimizer = build_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, fused=torch.cuda.is_available())
     scheduler = build_scheduler(
@@ -300,26 +288,8 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
     # The train loader stays unprepared: its sampler already shards (and repeats) per process.
     model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
     ema = build_ema(accelerator.unwrap_model(model), args, total_updates=plan.total_updates)
-    # Creating the pusher creates the repository, so a refused token or namespace stops the run before training.
-    pusher = None
-    if args.push_to_hub and accelerator.is_main_process:
-        pusher = HubPusher(
-            args.hub_model_id,
-            token=args.hub_token,
-            private=args.hub_private_repo,
-            strategy=args.hub_strategy,
-            revision=args.hub_revision,
-        )
-    saver = CheckpointSaver(
-        accelerator, args.output_dir, ema=ema, every=args.checkpointing_steps, keep=args.checkpoints_total_limit
-    )
-    run_config = outputs.public_arguments({k: v for k, v in vars(args).items() if k != "recipe_sources"})
-    run_config |= {"num_processes": world, "recipe": effective_recipe(args)}
-    if accelerator.is_main_process:
-        remove_partial_checkpoints(args.output_dir)
-        outputs.write_json(f"{args.output_dir}/args.json", run_config)
-    if accelerator.log_with:
-        accelerator.init_trackers(args.experiment, {k: str(v) for k, v in run_config.items()})
+    pusher = start_pusher(args, accelerator)
+    run_config = start_outputs(args, accelerator)
     run = Run(
         args=args,
         accelerator=accelerator,
@@ -336,19 +306,94 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
         criterion=build_train_criterion(args),
         augment=build_batch_augmentation(args, num_classes=len(data.label_names), device=accelerator.device),
         plan=plan,
-        saver=saver,
+        saver=CheckpointSaver(
+            accelerator, args.output_dir, ema=ema, every=args.checkpointing_steps, keep=args.checkpoints_total_limit
+        ),
         state=TrainState(),
-        processor=outputs.image_processor_for(image_size, MEAN, STD),
+        processor=outputs.image_processor_for(model.config.image_size, MEAN, STD),
         pusher=pusher,
         summary=summarize(accelerator.unwrap_model(model)),
         run_config=run_config,
     )
     if resume:
-        run.state = saver.load(resume)
+        run.state = run.saver.load(resume)
         logger.info("resumed from %s at step %d", resume, run.state.step)
     else:
-        set_seed(args.seed + rank)  # distinct mixup and drop-path draws per process
+        set_seed(args.seed + accelerator.process_index)  # distinct mixup and drop-path draws per process
     return run
+
+
+def plan_updates(
+    args: argparse.Namespace, data: ImageClassificationData, accelerator: Accelerator
+) -> tuple[Sampler | None, UpdatePlan]:
+    """This process's share of the training split, and how many updates each epoch and the run make of it."""
+    sampler = loaders.train_sampler(
+        data.train,
+        num_processes=accelerator.num_processes,
+        process_index=accelerator.process_index,
+        aug_repeats=args.aug_repeats,
+        seed=args.seed,
+    )
+    plan = UpdatePlan.for_run(
+        images_per_process=None if sampler is None else len(sampler),
+        batch_size=args.batch_size,
+        grad_accum_steps=args.grad_accum_steps,
+        epochs=args.epochs,
+        max_train_steps=args.max_train_steps,
+        num_processes=accelerator.num_processes,
+    )
+    return sampler, plan
+
+
+def build_loaders(
+    args: argparse.Namespace, data: ImageClassificationData, *, sampler, image_size: int, accelerator: Accelerator
+) -> tuple[DataLoader, DataLoader, Callable, dict]:
+    """The recipe's transforms applied as examples are read; the training and evaluation loaders, the evaluation
+    transform and how an example's columns are read."""
+    train_transform, eval_transform = build_transforms(args, image_size=image_size, mean=MEAN, std=STD)
+    columns = {"image_column": data.image_column, "label_column": data.label_column, "on_bad_image": args.on_bad_image}
+    train_set = loaders.prepare_dataset(data.train, loaders.ExampleTransform(train_transform, **columns))
+    eval_set = loaders.prepare_dataset(
+        data.validation, loaders.ExampleTransform(eval_transform, **columns, placeholder_size=image_size)
+    )
+    train_loader = loaders.build_train_loader(
+        train_set,
+        args,
+        sampler=sampler,
+        num_processes=accelerator.num_processes,
+        process_index=accelerator.process_index,
+    )
+    eval_loader = loaders.eval_loader(
+        eval_set, batch_size=args.eval_batch_size, workers=args.workers, pin_memory=args.pin_mem
+    )
+    return train_loader, eval_loader, eval_transform, columns
+
+
+def start_pusher(args: argparse.Namespace, accelerator: Accelerator) -> HubPusher | None:
+    """With --push_to_hub, on the main process: creating the pusher creates the repository, so a refused token or
+    namespace stops the run before training."""
+    if not (args.push_to_hub and accelerator.is_main_process):
+        return None
+    return HubPusher(
+        args.hub_model_id,
+        token=args.hub_token,
+        private=args.hub_private_repo,
+        strategy=args.hub_strategy,
+        revision=args.hub_revision,
+    )
+
+
+def start_outputs(args: argparse.Namespace, accelerator: Accelerator) -> dict:
+    """The run's first writes, once every check has passed: partial checkpoints of a killed run removed, args.json,
+    the trackers. Returns the run's configuration as args.json records it."""
+    run_config = outputs.public_arguments({k: v for k, v in vars(args).items() if k != "recipe_sources"})
+    run_config |= {"num_processes": accelerator.num_processes, "recipe": effective_recipe(args)}
+    if accelerator.is_main_process:
+        remove_partial_checkpoints(args.output_dir)
+        outputs.write_json(f"{args.output_dir}/args.json", run_config)
+    if accelerator.log_with:
+        accelerator.init_trackers(args.experiment, {k: str(v) for k, v in run_config.items()})
+    return run_config
 
 
 def load_data(args: argparse.Namespace) -> ImageClassificationData:
@@ -386,27 +431,8 @@ def load_model(args: argparse.Namespace, label_names: list[str]) -> ViTReducedFo
             f"in the local Hub cache: {reason}"
         ) from None
     if args.image_size and args.image_size != model.config.image_size:
-        model = at_image_size(model, args.image_size)
+        model = model.at_image_size(args.image_size)
     return model
-
-
-def at_image_size(model: ViTReducedForImageClassification, image_size: int) -> ViTReducedForImageClassification:
-    """The model for another input size: its position embeddings resized as `interpolate_pos_encoding` does
-    (bicubic over the patch grid, the CLS token's kept), everything else unchanged."""
-    patch_size = model.config.patch_size
-    if image_size % patch_size:
-        raise ValueError(
-            f"--image_size={image_size} is not valid for {model.name_or_path}: allowed: a multiple of its patch size "
-            f"{patch_size} (it was trained at {model.config.image_size})"
-        )
-    weights = model.state_dict()
-    weights["vit.embeddings.position_embeddings"] = model.vit.embeddings.interpolate_pos_encoding(
-        image_size, image_size
-    ).detach()
-    config = ViTReducedConfig.from_dict({**model.config.to_dict(), "image_size": image_size})
-    resized = ViTReducedForImageClassification(config)
-    resized.load_state_dict(weights)
-    return resized
 
 
 def log_update(run: Run, progress, loss: float) -> None:

@@ -284,6 +284,24 @@ class ViTReducedPreTrainedModel(PreTrainedModel):
         self.config.auto_map = dict(AUTO_MAP)
         return super().save_pretrained(save_directory, *args, **kwargs)
 
+    def at_image_size(self, image_size: int) -> "ViTReducedPreTrainedModel":
+        """This model for another input size (to fine-tune or predict there): the position embeddings resized as
+        `interpolate_pos_encoding` does (bicubic over the patch grid, the CLS token's kept), all else unchanged."""
+        patch_size = self.config.patch_size
+        if image_size % patch_size:
+            raise ValueError(
+                f"image_size={image_size} is not valid for {self.name_or_path}: allowed: a multiple of its patch "
+                f"size {patch_size} (it was trained at {self.config.image_size})"
+            )
+        weights = self.state_dict()
+        prefix = "" if self.base_model is self else f"{self.base_model_prefix}."
+        weights[f"{prefix}embeddings.position_embeddings"] = self.base_model.embeddings.interpolate_pos_encoding(
+            image_size, image_size
+        ).detach()
+        resized = type(self)(type(self.config).from_dict({**self.config.to_dict(), "image_size": image_size}))
+        resized.load_state_dict(weights)
+        return resized
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """As `PreTrainedModel.from_pretrained`, but a checkpoint of another strategy or shape is an error.

@@ -9,6 +9,7 @@ import json
 
 import torch
 
+from .command_line import CommandParser
 from .configuration_vit_reduced import REDUCTION_STRATEGIES, ViTReducedConfig
 from .modeling_vit_reduced import ViTReducedForImageClassification, ViTReducedModel
 
@@ -70,7 +71,7 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "models",
         nargs="*",

@@ -249,7 +249,7 @@ def test_a_previous_report_is_replaced(runs_dir, report, tmp_path):
         (["{runs}"], "error: the following arguments are required: --output"),
     ],
 )
-def test_bad_inputs_end_in_one_error_line(arguments, message, runs_dir, tmp_path):
+def test_bad_inputs_end_in_one_error_line(arguments, message, runs_dir, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
@@ -258,7 +258,8 @@ def test_bad_inputs_end_in_one_error_line(arguments, message, runs_dir, tmp_path
     argv = [a.format(tmp=tmp_path, runs=runs_dir) for a in arguments]
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
-    text = str(exit_info.value)
-    assert text.startswith(message.format(tmp=tmp_path, runs=runs_dir)) and "\n" not in text
+    text = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert text.startswith(message.format(tmp=tmp_path, runs=runs_dir)) and text.count("\n") == 1
     assert not (tmp_path / "out").exists()
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"

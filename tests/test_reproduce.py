@@ -69,15 +69,16 @@ def test_finished_runs_are_kept_and_reported(tmp_path, monkeypatch):
         (["--strategies", "thin"], "error: the following arguments are required: --output"),
     ],
 )
-def test_bad_inputs_end_in_one_error_line(arguments, message, tmp_path):
+def test_bad_inputs_end_in_one_error_line(arguments, message, tmp_path, capsys):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     (tmp_path / "earlier").mkdir()
     (tmp_path / "earlier" / "reproduce.json").write_text(json.dumps({"training_arguments": ["--epochs", "5"]}))
     with pytest.raises(SystemExit) as exit_info:
         main([a.format(tmp=tmp_path) for a in arguments])
-    text = str(exit_info.value)
-    assert text.startswith(message.format(tmp=tmp_path)) and "\n" not in text
+    text = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert text.startswith(message.format(tmp=tmp_path)) and text.count("\n") == 1
     assert not (tmp_path / "new").exists() and (tmp_path / "busy" / "notes.txt").read_text() == "mine"
 
 

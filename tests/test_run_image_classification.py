@@ -319,7 +319,7 @@ def test_image_size_with_a_saved_model_resizes_its_position_embeddings(tmp_path,
     with torch.no_grad():
         expected = saved(images, interpolate_pos_encoding=True).logits
         assert torch.allclose(model(images).logits, expected, atol=1e-5)
-    with pytest.raises(ValueError, match=r"--image_size=18 is not valid .*a multiple of its patch size 4"):
+    with pytest.raises(ValueError, match=r"image_size=18 is not valid .*a multiple of its patch size 4"):
         script.load_model(parse_args(["--model_name_or_path", str(tmp_path / "saved"), "--image_size", "18"]), ["a"])
 
 

@@ -23,6 +23,7 @@ import torch
 from transformers import ViTImageProcessor
 from transformers.image_utils import PILImageResampling
 
+from ..command_line import CommandParser
 from ..configuration_vit_reduced import ViTReducedConfig
 from ..hub.model_card import write_model_card
 from . import from_timm, from_transformers, reduce
@@ -184,7 +185,7 @@ def _convert_timm_input(args):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m hf_vit_reduction.convert",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..command_line import CommandParser
 from ..modeling_vit_reduced import ViTReducedForImageClassification
 
 
@@ -65,7 +66,7 @@ def max_onnx_logit_difference(model: ViTReducedForImageClassification, path, bat
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m hf_vit_reduction.export",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

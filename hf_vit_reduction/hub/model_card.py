@@ -17,6 +17,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from ..command_line import CommandParser
 from ..configuration_vit_reduced import ViTReducedConfig
 from ..summary import summarize
 
@@ -178,7 +179,7 @@ def _dataset(run_args: dict, results: dict | None) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="a saved model folder")
     parser.add_argument("--repo_id", default=None, help="the Hub repository the card's snippets load")
     parser.add_argument("--run_dir", default=None, help="where args.json and results.json are (default: FOLDER)")

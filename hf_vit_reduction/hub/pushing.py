@@ -20,6 +20,8 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, co
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
 from huggingface_hub.utils import get_session, validate_repo_id
 
+from ..command_line import CommandParser
+
 logger = logging.getLogger(__name__)
 
 HUB_STRATEGIES = ("end", "every_save", "checkpoint")
@@ -313,7 +315,7 @@ def check_hub_arguments(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     push = commands.add_parser("push", help="push a model folder (a finished run, a converted model)")
     push.add_argument("folder")

@@ -26,6 +26,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from ..command_line import CommandParser
 from ..configuration_vit_reduced import PRESETS, REDUCTION_STRATEGIES, ViTReducedConfig
 from ..modeling_vit_reduced import ViTReducedForImageClassification
 from ..summary import summarize
@@ -362,7 +363,7 @@ def _positive(kind):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m hf_vit_reduction.benchmark",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

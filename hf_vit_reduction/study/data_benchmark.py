@@ -21,6 +21,7 @@ from timm.data import create_dataset, create_loader
 from timm.data.loader import _worker_init as timm_worker_init
 from torch.utils.data import DataLoader
 
+from ..command_line import CommandParser
 from ..training.arguments import parse_args
 from ..training.data import load_digits, load_image_classification_data
 from ..training.loaders import ExampleTransform, prepare_dataset, train_loader, train_sampler
@@ -161,7 +162,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folder", required=True, help="an ImageNet-layout folder of images")
     parser.add_argument("--make", action="store_true", help="first write the digits there as 256 px JPEGs")
     parser.add_argument("--workers", type=int, nargs="+", default=[1])

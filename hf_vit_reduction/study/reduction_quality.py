@@ -7,7 +7,6 @@ accuracy, top-1 agreement with the converted baseline, and the mean cosine simil
     python -m hf_vit_reduction.reduction_quality [--seeds 0 1 2] [--epochs 60] [--json out.json]
 """
 
-import argparse
 import json
 import math
 import time
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from ..command_line import CommandParser
 from ..conversion import from_timm, reduce
 
 
@@ -97,7 +97,7 @@ REDUCTIONS = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser()
+    parser = CommandParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--json")

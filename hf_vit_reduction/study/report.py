@@ -18,6 +18,7 @@ from pathlib import Path
 
 from scipy.stats import ttest_rel
 
+from ..command_line import CommandParser
 from ..configuration_vit_reduced import REDUCTION_STRATEGIES, ViTReducedConfig
 from ..summary import summarize
 from ..training.outputs import replace_atomically, write_atomic
@@ -543,13 +544,8 @@ def report_runs(run_dirs, output_dir, benchmark_json: str | None = None) -> dict
     return report
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, as every bad input of this project
-        raise SystemExit(f"error: {message}")
-
-
 def main(argv: list[str] | None = None) -> dict:
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", help="run folders (output_dir of run_image_classification.py)")
     parser.add_argument("--output", required=True, help="report folder: new, empty, or a previous report's")
     parser.add_argument("--benchmark_json", help="throughput from `python -m hf_vit_reduction.benchmark`")
@@ -557,7 +553,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         report = report_runs(args.runs, args.output, args.benchmark_json)
     except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+        parser.error(str(error))
     print(results_section(report))
     print(f"wrote {Path(args.output) / 'report.md'}, report.json and {len(PLOTS)} plots")
     return report

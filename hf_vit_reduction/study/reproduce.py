@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..command_line import CommandParser
 from ..configuration_vit_reduced import REDUCTION_STRATEGIES
 from ..training.outputs import write_atomic
 from .report import RunProblem, load_run, report_runs, results_section
@@ -126,16 +127,11 @@ def reproduce(output, strategies, seeds, training_arguments, script=SCRIPT) -> d
     return report_runs([runs / run_name(strategy, seed) for strategy, seed in plan], output / "report")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, as every bad input of this project
-        raise SystemExit(f"error: {message}")
-
-
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     split = argv.index("--") if "--" in argv else len(argv)
     ours, training_arguments = argv[:split], argv[split + 1 :]
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True, help="folder for runs, logs and report (continued if rerun)")
     parser.add_argument("--strategies", nargs="+", choices=REDUCTION_STRATEGIES, default=list(REDUCTION_STRATEGIES))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
@@ -148,7 +144,9 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--strategies {args.strategies} / --seeds {args.seeds} repeat a value; give each once")
     try:
         report = reproduce(args.output, args.strategies, args.seeds, training_arguments, args.script)
-    except (ValueError, RuntimeError) as error:
+    except ValueError as error:
+        parser.error(str(error))
+    except RuntimeError as error:  # a training run failed
         raise SystemExit(f"error: {error}") from None
     print(results_section(report, image_prefix="report/"))
     print(f"wrote {Path(args.output) / 'report' / 'report.md'}")

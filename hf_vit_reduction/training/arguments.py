@@ -11,9 +11,10 @@ import re
 from accelerate.tracking import get_available_trackers
 from accelerate.utils import LoggerType
 
+from ..command_line import CommandParser
 from ..configuration_vit_reduced import PRESETS, REDUCTION_STRATEGIES
 from ..hub.pushing import add_hub_arguments, check_hub_arguments
-from .recipe import add_recipe_arguments, apply_recipe
+from .recipe import add_recipe_arguments, apply_recipe, mixes_pairs
 
 # timm's augmentation policy strings (timm.data.auto_augment): a kind, then `-`-separated sections `<key><number>`.
 # timm skips a section without a number and stops at an unknown key only sometimes, so they are checked here.
@@ -30,7 +31,7 @@ _SECTION = re.compile(r"^([a-z]+)(\d+(?:\.\d+)?)$")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         description="Train a parameter-reduced ViT (arXiv 2512.01059) with timm's recipe on Accelerate.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -202,7 +203,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         )
     if problem := tracker_problem(args.report_to):
         fail("--report_to", f"Accelerate trackers, comma separated, or 'none'; {problem}")
-    if args.batch_size % 2 and (args.mixup > 0 or args.cutmix > 0):
+    if args.batch_size % 2 and mixes_pairs(args):
         fail("--batch_size", "an even number with mixup/cutmix (they pair each image with another)")
     if args.benchmark_loop:
         if args.max_train_steps is None or args.max_train_steps <= args.benchmark_warmup:

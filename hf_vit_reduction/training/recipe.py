@@ -303,6 +303,11 @@ def build_transforms(args: argparse.Namespace, *, image_size: int, mean, std):
     return train, evaluation
 
 
+def mixes_pairs(args: argparse.Namespace) -> bool:
+    """Mixup or CutMix is on: each training image is blended with another of its batch."""
+    return args.mixup > 0 or args.cutmix > 0
+
+
 class BatchAugmentation:
     """What timm applies to a whole training batch, in timm's order: Mixup/CutMix, then random erasing.
 
@@ -330,7 +335,7 @@ class BatchAugmentation:
 def build_batch_augmentation(args: argparse.Namespace, *, num_classes: int, device) -> BatchAugmentation:
     """Mixup/CutMix (label smoothing folded into the soft targets) and, by default, random erasing on the batch."""
     mixup = None
-    if args.mixup > 0 or args.cutmix > 0:
+    if mixes_pairs(args):
         mixup = Mixup(
             mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing, num_classes=num_classes
         )
@@ -342,7 +347,7 @@ def build_batch_augmentation(args: argparse.Namespace, *, num_classes: int, devi
 
 def build_train_criterion(args: argparse.Namespace) -> torch.nn.Module:
     """Soft-target cross-entropy with Mixup/CutMix (which carry the smoothing), else smoothed or plain CE, as timm."""
-    if args.mixup > 0 or args.cutmix > 0:
+    if mixes_pairs(args):
         return SoftTargetCrossEntropy()
     if args.smoothing > 0:
         return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
