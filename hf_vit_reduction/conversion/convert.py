@@ -31,12 +31,12 @@ from transformers.image_utils import PILImageResampling
 
 from ..command_line import CommandParser
 from ..configuration_vit_reduced import ViTReducedConfig
-from ..modeling_vit_reduced import ViTReducedForImageClassification
 from ..hub.model_card import write_model_card
+from ..modeling_vit_reduced import ViTReducedForImageClassification
 from . import from_timm, from_transformers, reduce
 from .calibration import DEFAULT_CALIBRATION_SAMPLES, load_calibration
-from .provenance import write_provenance
 from .post_hoc import POST_HOC_STRATEGIES, PRUNE_METHODS, SHARE_METHODS, check_reduce_arguments, needs_calibration
+from .provenance import write_provenance
 from .transformers_vit import load_transformers_folder
 
 __all__ = ["from_timm", "from_transformers", "main", "reduce"]
