@@ -1,8 +1,10 @@
+import json
 import math
 
 import pytest
 import torch
 from script_runs import import_script
+from test_hub import python_without_package, server  # noqa: F401 (fixtures)
 
 from hf_vit_reduction.training.arguments import parse_args
 from hf_vit_reduction.training.distillation import (
@@ -103,3 +105,112 @@ def test_a_missing_or_mismatched_teacher_stops_the_script_before_training(tmp_pa
             )
         assert str(stop.value.code).startswith("error: ") and message in str(stop.value.code)
         assert not out.exists()
+
+
+def save_digits_teacher(make_model, folder):
+    teacher = make_model(seed=7, id2label={d: str(d) for d in range(10)})
+    teacher.save_pretrained(folder)
+    image_processor_for(32, (0.5,) * 3, (0.5,) * 3).save_pretrained(folder)
+    return teacher
+
+
+@pytest.mark.slow
+def test_resume_with_a_teacher_after_sigkill_is_exact_and_the_teacher_is_nowhere_saved(tmp_path, make_model):
+    from safetensors.torch import load_file
+    from script_runs import run_command
+    from test_checkpointing import assert_same_run, command, kill_after_checkpoint
+
+    save_digits_teacher(make_model, tmp_path / "teacher")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "teacher").iterdir()}
+    flags = ("--teacher_model_name_or_path", str(tmp_path / "teacher"), "--distillation_temperature", "2")
+    reference = tmp_path / "reference"
+    result = run_command(command(reference, "shallow", 1, 2, *flags))
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = tmp_path / "resumed"
+    kill_after_checkpoint(command(resumed, "shallow", 1, 2, *flags), resumed, 3)
+    result = run_command(command(resumed, "shallow", 1, 2, *flags, "--resume_from_checkpoint", "latest"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stderr
+    assert_same_run(reference, resumed)
+    # The teacher's folder is untouched; no checkpoint or saved model holds more tensors than the student has.
+    assert {p.name: p.read_bytes() for p in (tmp_path / "teacher").iterdir()} == before
+    student_keys = set(load_file(resumed / "model.safetensors"))
+    assert not any("teacher" in key for key in student_keys)
+    for weights in resumed.rglob("*.safetensors"):
+        assert set(load_file(weights)) <= student_keys, weights
+    assert json.loads((resumed / "args.json").read_text())["distillation"] == "soft"
+
+
+@pytest.mark.slow
+def test_a_transformers_vit_cut_with_calibration_distilled_pushed_and_loaded_with_remote_code(
+    tmp_path,
+    server,  # noqa: F811 (test_hub's loopback Hub)
+    python_without_package,  # noqa: F811
+):
+    import subprocess
+    import sys
+
+    from conversion_sources import transformers_vit
+    from script_runs import ROOT
+    from test_hub import CLIENT_TIMEOUT_S, LOAD_AND_COMPARE, client_env, expected_logits, run_client
+    from transformers import ViTImageProcessor
+
+    source = transformers_vit()  # 32 px, 5 labels: relabelled as the digits'
+    source.config.id2label = {d: str(d) for d in range(10)}
+    source.config.label2id = {str(d): d for d in range(10)}
+    source.classifier = torch.nn.Linear(32, 10)
+    source.config.num_labels = 10
+    source.save_pretrained(tmp_path / "source")
+    ViTImageProcessor(
+        size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3, resample=3
+    ).save_pretrained(tmp_path / "source")
+    env = client_env(server.url, tmp_path / "home")
+
+    def python(*argv):
+        result = subprocess.run(
+            [sys.executable, *argv],
+            check=False,
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=CLIENT_TIMEOUT_S,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    reduced, run = tmp_path / "reduced", tmp_path / "run"
+    python(
+        *("-m", "hf_vit_reduction.convert", "--from", "transformers", "--input", str(tmp_path / "source")),
+        *(
+            "--output",
+            str(reduced),
+            "--strategy",
+            "shallow",
+            "--prune_method",
+            "taylor",
+            "--calibration_samples",
+            "64",
+        ),
+    )
+    python(
+        str(ROOT / "run_image_classification.py"),
+        *("--model_name_or_path", str(reduced), "--teacher_model_name_or_path", str(tmp_path / "source")),
+        *("--distillation", "hard", "--recipe", "finetune", "--max_train_steps", "2", "--max_eval_samples", "32"),
+        *("--workers", "0", "--report_to", "none", "--output_dir", str(run)),
+        *("--push_to_hub", "--hub_model_id", "me/vit-recovered"),
+    )
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert provenance["cut"]["prune_method"] == "taylor" and provenance["cut"]["calibration"]["samples"] == 64
+    assert provenance["distillation"]["distillation"] == "hard"
+    assert provenance["distillation"]["teacher"] == str(tmp_path / "source")
+    results = json.loads((run / "results.json").read_text())
+    assert provenance["top1_after"] == results["final_top1"] and 0 <= provenance["top1_before"] <= 100
+    assert server.files("me/vit-recovered")["provenance.json"] == (run / "provenance.json").read_bytes()
+    expected = expected_logits(run, tmp_path / "logits.pt")
+    bare = client_env(server.url, tmp_path / "home-remote", package=False)
+    loaded = run_client(
+        LOAD_AND_COMPARE, bare, tmp_path, "me/vit-recovered", str(expected), "remote", python=python_without_package
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    loaded = json.loads(loaded.stdout.splitlines()[-1])
+    assert not loaded["package_importable"] and loaded["identical_logits"]
