@@ -7,6 +7,10 @@
 `main` reads top to bottom: parse, build the run, train (`train_one_epoch`, `validate`, checkpoint), finish.
 """
 
+from hf_vit_reduction.command_line import require_extra
+
+require_extra("train", command="run_image_classification.py")  # before the imports it guards: one line, not a trace
+
 import argparse
 import logging
 import math
@@ -293,18 +297,19 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
     # The sampler only counts and orders the split, so too little data for one update is known before the model.
     sampler, plan = plan_updates(args, data, accelerator)
     model = load_model(args, data.label_names)
+    image_size = model.config.image_size
     teacher = None
     if args.teacher_model_name_or_path:  # checked against the data and the model before any long work
         teacher = load_teacher(
             args.teacher_model_name_or_path,
             label_names=data.label_names,
-            image_size=model.config.image_size,
+            image_size=image_size,
             mean=MEAN,
             std=STD,
             device=accelerator.device,
         )
     train_loader, eval_loader, eval_transform, columns = build_loaders(
-        args, data, sampler=sampler, image_size=model.config.image_size, accelerator=accelerator
+        args, data, sampler=sampler, image_size=image_size, accelerator=accelerator
     )
     optimizer = build_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, fused=torch.cuda.is_available())
     scheduler = build_scheduler(
@@ -342,7 +347,7 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
             accelerator, args.output_dir, ema=ema, every=args.checkpointing_steps, keep=args.checkpoints_total_limit
         ),
         state=TrainState(),
-        processor=outputs.image_processor_for(model.config.image_size, MEAN, STD),
+        processor=outputs.image_processor_for(image_size, MEAN, STD),
         pusher=pusher,
         summary=summarize(accelerator.unwrap_model(model)),
         run_config=run_config,

@@ -2,6 +2,25 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+# The training script, conversion, cards and the study tools (hf_vit_reduction.command_line.EXTRAS names their
+# modules, so that a command started without them says which extra to install).
+TRAIN = [
+    "torchvision>=0.19",
+    "datasets>=4",
+    "accelerate>=1.0",
+    "evaluate>=0.4",
+    "timm>=1.0.21",  # no-weight-decay names matched as patterns (position embedding, CLS token)
+    "jinja2>=3",  # model cards: huggingface_hub's ModelCard.from_template
+    "scikit-learn>=1.3",
+    "scipy>=1.10",
+    "matplotlib>=3.7",
+    "tensorboard>=2.14",
+    "tqdm>=4.66",
+]
+PEFT = ["peft>=0.17"]
+# torch.onnx's exporter (dynamo) needs onnx and onnxscript; onnxruntime checks the exported logits.
+ONNX = ["onnx>=1.17", "onnxscript>=0.3", "onnxruntime>=1.20"]
+
 setup(
     name="hf-vit-reduction",
     version="0.1.0",
@@ -12,38 +31,21 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["hf_vit_reduction", "hf_vit_reduction.*"]),
     package_data={"hf_vit_reduction": ["training/metrics/*/*.py", "hub/templates/*.md"]},
+    # The core is what loading and running a model needs (from_pretrained, pipeline); each extra adds a part.
     install_requires=[
         # Exact versions for these machines are pinned in .ci/constraints.txt.
         "torch>=2.4",
-        "torchvision>=0.19",
         "transformers>=5.0,<6",
-        "datasets>=4",
-        "accelerate>=1.0",
-        "evaluate>=0.4",
-        "timm>=1.0.21",  # no-weight-decay names matched as patterns (position embedding, CLS token)
-        "huggingface_hub>=2.4",  # hub.py: its httpx2 client errors (2.4 is the version tested)
-        "jinja2>=3",  # model cards: huggingface_hub's ModelCard.from_template
+        "huggingface_hub>=2.4",  # hub/pushing.py: its httpx2 client errors (2.4 is the version tested)
         "safetensors>=0.4",
-        "scikit-learn>=1.3",
-        "scipy>=1.10",
-        "matplotlib>=3.7",
-        "tensorboard>=2.14",
-        "tqdm>=4.66",
         # Pillow 13 rejects posterize(bits=0), which timm's RandAugment asks for at full magnitude.
         "pillow>=10,<13",
     ],
     extras_require={
-        "peft": ["peft>=0.17"],
-        # torch.onnx's exporter (dynamo) needs onnx and onnxscript; onnxruntime checks the exported logits.
-        "onnx": ["onnx>=1.17", "onnxscript>=0.3", "onnxruntime>=1.20"],
-        "test": [
-            "pytest>=8",
-            "pytest-xdist>=3",
-            "ruff==0.17.6",
-            "peft>=0.17",
-            "onnx>=1.17",
-            "onnxscript>=0.3",
-            "onnxruntime>=1.20",
-        ],
+        "train": TRAIN,
+        "study": TRAIN,
+        "peft": PEFT,
+        "onnx": ONNX,
+        "test": [*TRAIN, *PEFT, *ONNX, "pytest>=8", "pytest-xdist>=3", "ruff==0.17.6"],
     },
 )

@@ -1,6 +1,6 @@
 """`python -m hf_vit_reduction.benchmark`: the command lives in `hf_vit_reduction.study.benchmark`."""
 
-from .study.benchmark import main
+from .command_line import run_command
 
 if __name__ == "__main__":
-    main()
+    run_command("study.benchmark", extra="study")

@@ -1,6 +1,6 @@
 """`python -m hf_vit_reduction.convert`: the command lives in `hf_vit_reduction.conversion.convert`."""
 
-from .conversion.convert import main
+from .command_line import run_command
 
 if __name__ == "__main__":
-    main()
+    run_command("conversion.convert", extra="train")

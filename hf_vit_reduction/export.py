@@ -1,6 +1,6 @@
 """`python -m hf_vit_reduction.export`: the command lives in `hf_vit_reduction.conversion.export`."""
 
-from .conversion.export import main
+from .command_line import run_command
 
 if __name__ == "__main__":
-    main()
+    run_command("conversion.export", extra="onnx")

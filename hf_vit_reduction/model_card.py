@@ -1,6 +1,6 @@
 """`python -m hf_vit_reduction.model_card`: the command lives in `hf_vit_reduction.hub.model_card`."""
 
-from .hub.model_card import main
+from .command_line import run_command
 
 if __name__ == "__main__":
-    main()
+    run_command("hub.model_card", extra=None)

@@ -1,6 +1,6 @@
 """`python -m hf_vit_reduction.report`: the command lives in `hf_vit_reduction.study.report`."""
 
-from .study.report import main
+from .command_line import run_command
 
 if __name__ == "__main__":
-    main()
+    run_command("study.report", extra="study")

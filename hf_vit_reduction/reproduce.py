@@ -1,6 +1,6 @@
 """`python -m hf_vit_reduction.reproduce`: the command lives in `hf_vit_reduction.study.reproduce`."""
 
-from .study.reproduce import main
+from .command_line import run_command
 
 if __name__ == "__main__":
-    main()
+    run_command("study.reproduce", extra="study")

@@ -63,11 +63,11 @@ def needs_calibration(prune_method: str = "first", share_method: str = "leader")
 def reduce(
     model,
     strategy: str,
+    *,
     reduction_mlp_ratio: float | None = None,
     prune_method: str = "first",
     share_method: str = "leader",
     mlp_share_group_size: int | None = None,
-    *,
     calibration: Calibration | None = None,
 ):
     """A new model: the baseline `model` reduced to `strategy` after the fact. `model` is left as it is.

@@ -37,6 +37,7 @@ TAGS = ["vision", "vit", "image-classification", "parameter-reduction"]
 
 def render_model_card(
     folder: str | Path,
+    *,
     repo_id: str | None = None,
     run_dir: str | Path | None = None,
     conversion: dict | None = None,

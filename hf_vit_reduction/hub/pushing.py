@@ -41,6 +41,7 @@ class HubPushError(RuntimeError):
 def push_to_hub(
     folder: str | Path,
     repo_id: str,
+    *,
     token: str | None = None,
     private: bool = False,
     revision: str | None = None,
@@ -330,10 +331,10 @@ def main(argv: list[str] | None = None) -> None:
         outcome = push_to_hub(
             args.folder,
             args.repo_id,
-            args.token,
-            args.private,
-            args.revision,
-            args.commit_message,
+            token=args.token,
+            private=args.private,
+            revision=args.revision,
+            commit_message=args.commit_message,
             timeout=args.timeout,
         )
     except HubPushError as error:

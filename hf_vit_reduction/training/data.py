@@ -113,6 +113,7 @@ def _detect_column(dataset, wanted: str | None, feature_type, fallbacks: tuple[s
 
 
 def load_image_classification_data(
+    *,
     dataset_name: str | None = None,
     dataset_config_name: str | None = None,
     train_dir: str | None = None,

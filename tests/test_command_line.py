@@ -1,0 +1,136 @@
+"""The shared command parser, the extras check, and the core install (torch, transformers, huggingface_hub,
+safetensors, pillow) that a Hub user gets from `pip install hf-vit-reduction`."""
+
+import importlib.metadata
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+from PIL import Image
+from transformers import ViTImageProcessor, pipeline
+
+from hf_vit_reduction import command_line
+from hf_vit_reduction.command_line import CommandParser, require_extra, run_command
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE = ("torch", "transformers", "huggingface_hub", "safetensors", "pillow")
+
+
+def test_a_bad_flag_is_one_line_with_the_usage_error_status(capsys):
+    parser = CommandParser(prog="x")
+    parser.add_argument("--size", type=int)
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--size", "big"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: argument --size: invalid int value: 'big'\n"
+
+
+def test_a_missing_extra_names_the_extra_and_the_missing_modules(monkeypatch):
+    installed = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name in ("timm", "scipy") else installed(name)
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        require_extra("study", command="python -m hf_vit_reduction.report")
+    assert str(exit_info.value) == (
+        "error: python -m hf_vit_reduction.report needs the 'study' extra, which is not installed "
+        "(missing: timm, scipy); install it with: pip install 'hf-vit-reduction[study]'"
+    )
+    require_extra("onnx", command="export")  # every module of that extra is installed here: no exit
+
+
+def test_every_extra_module_is_what_setup_py_installs():
+    # EXTRAS lists import names; each must belong to a distribution that setup.py's extra requires.
+    setup_text = (ROOT / "setup.py").read_text()
+    for extra, modules in command_line.EXTRAS.items():
+        for module in modules:
+            distributions = importlib.metadata.packages_distributions()[module]
+            assert any(f'"{name}' in setup_text for name in distributions), (extra, module, distributions)
+
+
+def test_run_command_runs_the_modules_main(monkeypatch):
+    called = []
+    monkeypatch.setattr("hf_vit_reduction.study.report.main", lambda: called.append("report"))
+    run_command("study.report", extra="study")
+    assert called == ["report"]
+
+
+def core_only_site(tmp_path: Path) -> Path:
+    """A folder holding, as links into this environment, only the distributions the core requirements pull in
+    (transitively, under this platform's markers): what `pip install hf-vit-reduction` gives a Hub user."""
+    environment = default_environment() | {"extra": ""}
+    wanted, seen = list(CORE), set()
+    while wanted:
+        name = wanted.pop()
+        key = name.lower().replace("_", "-")
+        if key in seen:
+            continue
+        seen.add(key)
+        distribution = importlib.metadata.distribution(name)
+        for requirement in map(Requirement, distribution.requires or ()):
+            if requirement.marker is None or requirement.marker.evaluate(environment):
+                wanted.append(requirement.name)
+        site = Path(distribution.locate_file(""))
+        for top in {Path(file).parts[0] for file in distribution.files or ()}:
+            link, target = tmp_path / "site" / top, site / top
+            if top != ".." and target.exists() and not link.exists():
+                link.parent.mkdir(exist_ok=True)
+                link.symlink_to(target)
+    return tmp_path / "site"
+
+
+@pytest.mark.slow
+def test_a_core_only_install_loads_a_model_runs_the_pipeline_and_names_the_extra_for_training(tmp_path, make_model):
+    site = core_only_site(tmp_path)
+    model = make_model("grouped")
+    model.config.id2label = {i: f"digit {i}" for i in range(10)}
+    model.save_pretrained(tmp_path / "model")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "model")
+    photo = tmp_path / "photo.png"
+    # At the model's size, so that the PIL processor here and the torchvision one there need not resize.
+    Image.radial_gradient("L").convert("RGB").resize((32, 32)).save(photo)
+    expected = pipeline("image-classification", model=str(tmp_path / "model"), top_k=3)(str(photo))
+
+    # -S: no site-packages of this environment, only the core's distributions and the repository.
+    environment = {"PYTHONPATH": f"{site}:{ROOT}", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    program = (
+        "import importlib.util, json, sys\n"
+        "extras = ['timm', 'datasets', 'accelerate', 'evaluate', 'sklearn', 'scipy', 'matplotlib', 'torchvision']\n"
+        "assert [m for m in extras if importlib.util.find_spec(m)] == [], 'an extra is importable'\n"
+        "import hf_vit_reduction\n"
+        "from transformers import AutoModelForImageClassification, pipeline\n"
+        f"model = AutoModelForImageClassification.from_pretrained({str(tmp_path / 'model')!r})\n"
+        "assert type(model).__name__ == 'ViTReducedForImageClassification'\n"
+        f"print(json.dumps(pipeline('image-classification', model={str(tmp_path / 'model')!r}, top_k=3)"
+        f"({str(photo)!r})))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", program],
+        check=False,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    predictions = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [p["label"] for p in predictions] == [p["label"] for p in expected]
+    assert [p["score"] for p in predictions] == pytest.approx([p["score"] for p in expected], abs=1e-5)
+
+    for command, extra in (
+        ([str(ROOT / "run_image_classification.py"), "--epochs", "1"], "train"),
+        (["-m", "hf_vit_reduction.report", "runs", "--output", str(tmp_path / "report")], "study"),
+        (["-m", "hf_vit_reduction.convert", "--help"], "train"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-S", *command], check=False, env=environment, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 1 and done.stdout == "", done.stderr
+        assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+        assert f"pip install 'hf-vit-reduction[{extra}]'" in done.stderr
+    assert not (tmp_path / "report").exists()
