@@ -19,6 +19,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from ..command_line import CommandParser
 from ..configuration_vit_reduced import ViTReducedConfig
+from ..conversion.provenance import read_provenance
 from ..summary import summarize
 
 TEMPLATE = "model_card.md"
@@ -112,7 +113,7 @@ def render_model_card(
     limitations.append(
         "The modeling code is this repository's own (`trust_remote_code=True`), or the `hf-vit-reduction` package."
     )
-    return ModelCard.from_template(
+    card = ModelCard.from_template(
         card_data,
         template_str=resources.files(__package__).joinpath("templates", TEMPLATE).read_text(encoding="utf-8"),
         model_name=model_name,
@@ -136,6 +137,39 @@ def render_model_card(
         conversion=conversion,
         limitations=limitations,
     )
+    provenance = read_provenance(folder)
+    if provenance:
+        card.text += how_it_was_made(provenance)
+    return card
+
+
+def how_it_was_made(provenance: dict) -> str:
+    """The card's section from a folder's provenance.json: the cut (a converter's record) and, for a training run
+    that started from a saved model, its recovery (teacher, distillation, epochs, top-1 before and after)."""
+    cut = provenance.get("cut", provenance) if "recovered_from" in provenance else provenance
+    lines = ["", "## How it was made", ""]
+    if cut:
+        method = cut.get("prune_method") if cut.get("strategy") == "shallow" else cut.get("share_method")
+        line = f"- Cut from `{cut.get('source')}` to `{cut.get('strategy')}` with `{method}`"
+        calibration = cut.get("calibration")
+        if calibration:
+            line += f", calibrated on {calibration['samples']} training images of {calibration['data']}"
+            line += f" (seed {calibration['seed']})"
+        lines.append(line + ".")
+    if "recovered_from" in provenance:
+        distillation = provenance.get("distillation")
+        how = "without distillation"
+        if distillation:
+            how = f"with {distillation['distillation']} distillation from `{distillation['teacher']}` (alpha "
+            how += f"{distillation['distillation_alpha']}"
+            if "distillation_temperature" in distillation:
+                how += f", temperature {distillation['distillation_temperature']}"
+            how += ")"
+        lines.append(
+            f"- Recovered from `{provenance['recovered_from']}` for {provenance['recovery_epochs']} epochs {how}: "
+            f"top-1 {provenance['top1_before']:.2f}% before, {provenance['top1_after']:.2f}% after."
+        )
+    return "\n".join(lines) + "\n"
 
 
 def write_model_card(folder: str | Path, **kwargs) -> Path:
