@@ -231,7 +231,6 @@ def test_command_cuts_a_saved_baseline_with_calibration(tmp_path, make_model):
         "source": f"vit_reduced {tmp_path / 'teacher'}",
         "strategy": "shallow",
         "prune_method": "activation",
-        "share_method": "leader",
         "calibration": {"samples": 24, "seed": 0, "data": "digits (scikit-learn, embedded)"},
     }
     assert "24 training images of digits" in (tmp_path / "out" / "README.md").read_text()

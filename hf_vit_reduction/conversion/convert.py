@@ -249,6 +249,10 @@ def _calibration_for(model, folder: Path, args):
     return calibration
 
 
+SHALLOW_KEYS = ("reduction_mlp_ratio", "prune_method")
+GROUPED_KEYS = ("share_method", "mlp_share_group_size")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = CommandParser(
         prog="python -m hf_vit_reduction.convert",
@@ -383,7 +387,12 @@ def main(argv: list[str] | None = None) -> None:
     provenance = {
         "source": conversion["source"],
         "strategy": model.config.reduction_strategy,
-        **{key: value for key, value in (reduction or {}).items() if key != "strategy" and value is not None},
+        # The method of the strategy only: a shallow cut has no sharing method, a grouped one no pruning method.
+        **{
+            key: value
+            for key, value in (reduction or {}).items()
+            if value is not None and key in {"shallow": SHALLOW_KEYS, "grouped": GROUPED_KEYS}[reduction["strategy"]]
+        },
     }
     if calibration is not None:
         provenance["calibration"] = {
