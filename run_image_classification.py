@@ -31,6 +31,7 @@ from hf_vit_reduction import ViTReducedConfig, ViTReducedForImageClassification,
 from hf_vit_reduction.conversion.provenance import recovery_provenance, write_provenance
 from hf_vit_reduction.hub.model_card import write_model_card
 from hf_vit_reduction.hub.pushing import HubPusher, HubPushError
+from hf_vit_reduction.image_processing_vit_reduced import image_processor_for
 from hf_vit_reduction.training import loaders, outputs
 from hf_vit_reduction.training.arguments import effective_recipe, parse_args
 from hf_vit_reduction.training.checkpointing import (
@@ -51,6 +52,7 @@ from hf_vit_reduction.training.evaluation import evaluate_model, evaluate_model_
 from hf_vit_reduction.training.loop_benchmark import LoopBenchmark
 from hf_vit_reduction.training.recipe import (
     BatchAugmentation,
+    Normalize,
     SharedWeightsModelEma,
     build_batch_augmentation,
     build_ema,
@@ -85,6 +87,7 @@ class Run:
     scheduler: Scheduler
     criterion: torch.nn.Module
     distiller: Distiller | None  # --teacher_model_name_or_path: adds the teacher's term to the loss
+    normalize: Normalize  # the loaders' uint8 images to the model's floats, on the device
     augment: BatchAugmentation  # (images, labels) -> (images, targets): Mixup/CutMix and erasing, or nothing
     plan: UpdatePlan
     saver: CheckpointSaver
@@ -165,14 +168,14 @@ def train(run: Run, callbacks=()) -> None:
 def train_one_epoch(run: Run, epoch: int, progress, callbacks) -> None:
     args, accelerator, model, state = run.args, run.accelerator, run.model, run.state
     (run.train_sampler or run.train_loader.dataset).set_epoch(epoch)
-    run.train_loader.generator.manual_seed(args.seed + epoch)  # worker seeds: a function of the epoch
+    run.train_loader.generator.manual_seed(args.seed + epoch)  # a stream's worker seeds: a function of the epoch
     epoch_end = run.plan.epoch_end(epoch)
     model.train()
     for batch in skip_batches(run.train_loader, run.plan.batches_to_skip(epoch, state.step)):
         if state.step >= epoch_end:
             break  # whole accumulation windows per epoch: updates never straddle epochs
         state.note_bad_images(batch["bad_images"])
-        images = batch["pixel_values"].to(accelerator.device, non_blocking=True)
+        images = run.normalize(batch["pixel_values"].to(accelerator.device, non_blocking=True))
         labels = batch["labels"].to(accelerator.device, non_blocking=True)
         images, targets = run.augment(images, labels)  # drops the odd image out of a Mixup pair
         if len(targets) == 0:
@@ -212,7 +215,7 @@ def train_one_epoch(run: Run, epoch: int, progress, callbacks) -> None:
 def validate(run: Run, epoch: int) -> dict:
     """The epoch's row: training loss, the model's and its EMA's top-1/top-5 and loss, the reported figures."""
     row = {"epoch": epoch, "step": run.state.step, "train_loss": run.state.mean_train_loss()}
-    row |= evaluate_model_and_ema(run.model, run.ema, run.eval_loader, run.accelerator)
+    row |= evaluate_model_and_ema(run.model, run.ema, run.eval_loader, run.accelerator, normalize=run.normalize)
     if run.accelerator.log_with:
         run.accelerator.log({f"eval/{k}": v for k, v in row.items() if k not in ("epoch", "step")}, step=row["step"])
     logger.info("epoch %d: top-1 %.2f%%, top-5 %.2f%%", epoch, row["top1"], row["top5"])
@@ -341,20 +344,23 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
         else Distiller(
             teacher, mode=args.distillation, alpha=args.distillation_alpha, temperature=args.distillation_temperature
         ),
+        normalize=Normalize(MEAN, STD, device=accelerator.device),
         augment=build_batch_augmentation(args, num_classes=len(data.label_names), device=accelerator.device),
         plan=plan,
         saver=CheckpointSaver(
             accelerator, args.output_dir, ema=ema, every=args.checkpointing_steps, keep=args.checkpoints_total_limit
         ),
         state=TrainState(),
-        processor=outputs.image_processor_for(image_size, MEAN, STD),
+        processor=image_processor_for(
+            image_size, crop_pct=args.crop_pct, interpolation=args.interpolation, mean=MEAN, std=STD
+        ),
         pusher=pusher,
         summary=summarize(accelerator.unwrap_model(model)),
         run_config=run_config,
         top1_before=None,
     )
     if args.model_name_or_path:  # what the recovery starts from; re-measured on resume, the RNG is reset below
-        run.top1_before = evaluate_model(run.model, run.eval_loader, accelerator)["top1"]
+        run.top1_before = evaluate_model(run.model, run.eval_loader, accelerator, normalize=run.normalize)["top1"]
     if resume:
         run.state = run.saver.load(resume)
         logger.info("resumed from %s at step %d", resume, run.state.step)
@@ -390,7 +396,7 @@ def build_loaders(
 ) -> tuple[DataLoader, DataLoader, Callable, dict]:
     """The recipe's transforms applied as examples are read; the training and evaluation loaders, the evaluation
     transform and how an example's columns are read."""
-    train_transform, eval_transform = build_transforms(args, image_size=image_size, mean=MEAN, std=STD)
+    train_transform, eval_transform = build_transforms(args, image_size=image_size, mean=MEAN)
     columns = {"image_column": data.image_column, "label_column": data.label_column, "on_bad_image": args.on_bad_image}
     train_set = loaders.prepare_dataset(data.train, loaders.ExampleTransform(train_transform, **columns))
     eval_set = loaders.prepare_dataset(

@@ -1,6 +1,7 @@
 """Parameter-reduced Vision Transformers (arXiv 2512.01059) as a 🤗 Transformers model."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+from transformers.utils import is_vision_available
 
 from .configuration_vit_reduced import PRESETS, REDUCTION_STRATEGIES, ViTReducedConfig
 from .modeling_vit_reduced import (
@@ -22,6 +23,16 @@ __all__ = [
     "ViTReducedPreTrainedModel",
     "summarize",
 ]
+
+if is_vision_available():  # the image processors need Pillow; the model itself does not
+    from .image_processing_vit_reduced import ViTReducedImageProcessor, ViTReducedImageProcessorPil
+
+    AutoImageProcessor.register(
+        ViTReducedConfig,
+        image_processor_classes={"torchvision": ViTReducedImageProcessor, "pil": ViTReducedImageProcessorPil},
+        exist_ok=True,
+    )
+    __all__ += ["ViTReducedImageProcessor", "ViTReducedImageProcessorPil"]
 
 
 def __getattr__(name):

@@ -1,4 +1,5 @@
 import pytest
+from accelerate.utils import LoggerType
 
 from hf_vit_reduction.training import arguments
 from hf_vit_reduction.training.arguments import augmentation_problem, effective_recipe, parse_args
@@ -62,7 +63,6 @@ def test_explicit_flags_override_the_recipe():
         (["--scale", "0.9,0.1"], "--scale='0.9,0.1' is not valid"),
         (["--scale", "a,b"], "--scale='a,b' is not valid"),
         (["--report_to", "tensorbord"], "--report_to='tensorbord' is not valid; allowed: Accelerate trackers"),
-        (["--report_to", "wandb"], "'wandb' is not installed"),
         (["--train_val_split", "1.5"], "--train_val_split=1.5 is not valid; allowed: a number in (0, 1)"),
         (["--image_size", "0"], "--image_size=0 is not valid"),
         (["--workers", "-1"], "--workers=-1 is not valid"),
@@ -73,6 +73,19 @@ def test_bad_values_exit_with_a_message_naming_the_flag(argv, message, capsys):
         parse_args(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_tracker_that_is_not_installed_is_named_with_how_to_install_it(monkeypatch, capsys):
+    # Whatever this machine has installed, here only TensorBoard is: wandb, a tracker Accelerate knows, is missing.
+    monkeypatch.setattr(arguments, "get_available_trackers", lambda: [LoggerType.TENSORBOARD])
+    for report_to in ("wandb", "tensorboard,wandb"):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_args(["--report_to", report_to])
+        assert exit_info.value.code == 2
+        message = capsys.readouterr().err
+        assert f"--report_to={report_to!r} is not valid; allowed: Accelerate trackers" in message
+        assert "'wandb' is not installed (pip install wandb)" in message
+    assert parse_args(["--report_to", "tensorboard"]).report_to == "tensorboard"
 
 
 def test_transformers_spellings_are_aliases():
@@ -104,10 +117,11 @@ def test_scale_is_parsed_and_recipe_sources_are_recorded():
 
 
 def test_recipe_workers_fit_the_cores_and_explicit_workers_are_kept(monkeypatch):
-    monkeypatch.setattr(arguments, "cores_per_process", lambda: 2)
+    # 3, not this machine's 2 cores: the cap must come from cores_per_process().
+    monkeypatch.setattr(arguments, "cores_per_process", lambda: 3)
     args = parse_args(["--dataset_name", "imagenet-1k"])  # the paper's 8 workers
-    assert args.workers == 2
-    assert effective_recipe(args)["workers"]["source"] == "paper recipe, capped at the 2 core(s) per process"
+    assert args.workers == 3
+    assert effective_recipe(args)["workers"]["source"] == "paper recipe, capped at the 3 core(s) per process"
     assert parse_args(["--dataset_name", "imagenet-1k", "--workers", "6"]).workers == 6
 
 

@@ -1,10 +1,14 @@
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from hf_vit_reduction import REDUCTION_STRATEGIES, ViTReducedConfig
+from hf_vit_reduction.study import benchmark
 from hf_vit_reduction.study.benchmark import MODELS, main
+from hf_vit_reduction.summary import summarize
 
 # Tiny and single-threaded: two OpenMP threads on a shared two-core machine cost milliseconds per op.
 TINY = [
@@ -78,6 +82,68 @@ def test_benchmark_runs_on_cpu_and_writes_table_and_json(tmp_path, capsys, resto
     assert "| ViTReduced shallow | eager |" in table
     assert "| timm vit_base_patch16_224 | eager |" in table
     assert "batch 2 inference / 2 training" in table
+
+
+# Seconds one (inference, training) step of each model takes on a planted clock.
+PLANTED_SECONDS = {
+    "baseline": (0.02, 0.1),
+    "shallow": (0.01, 0.05),
+    "grouped": (0.02, 0.08),
+    "thin": (0.016, 0.064),
+    "transformers": (0.025, 0.2),
+    "timm": (0.04, 0.16),
+}
+# By hand: images/s = batch / seconds, inference at batch 2, training at batch 4.
+PLANTED_RATES = {
+    "baseline": (100, 40),
+    "shallow": (200, 80),
+    "grouped": (100, 50),
+    "thin": (125, 62.5),
+    "transformers": (80, 20),
+    "timm": (50, 25),
+}
+# By hand: (inference, training) rate over the Transformers, timm and baseline rows' rates.
+PLANTED_RATIOS = {
+    "baseline": {"transformers": (1.25, 2.0), "timm": (2.0, 1.6), "baseline": (1.0, 1.0)},
+    "shallow": {"transformers": (2.5, 4.0), "timm": (4.0, 3.2), "baseline": (2.0, 2.0)},
+    "grouped": {"transformers": (1.25, 2.5), "timm": (2.0, 2.0), "baseline": (1.0, 1.25)},
+    "thin": {"transformers": (1.5625, 3.125), "timm": (2.5, 2.5), "baseline": (1.25, 1.5625)},
+    "transformers": {"transformers": (1.0, 1.0), "timm": (1.6, 0.8), "baseline": (0.8, 0.5)},
+    "timm": {"transformers": (0.625, 1.25), "timm": (1.0, 1.0), "baseline": (0.5, 0.625)},
+}
+
+
+def test_benchmark_rates_ratios_and_gmacs_from_a_planted_clock(monkeypatch, restore_threads):
+    now = [0.0]
+
+    def planted_step(kind):
+        def make(name, config, args, compiled):
+            seconds = PLANTED_SECONDS[name][kind]
+            # The warm-up step, then three timed repeats whose median is `seconds` (their mean is not).
+            durations = iter([100 * seconds, seconds, 3 * seconds, seconds / 2])
+            return lambda: now.__setitem__(0, now[0] + next(durations))
+
+        return make
+
+    monkeypatch.setattr(benchmark, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    # Full garbage collections between models only tidy memory (and cost up to a second each on a loaded machine).
+    monkeypatch.setattr(benchmark, "gc", SimpleNamespace(collect=lambda: 0))
+    monkeypatch.setattr(benchmark, "inference_step", planted_step(0))
+    monkeypatch.setattr(benchmark, "training_step", planted_step(1))
+    argv = [*TINY[:8], *("--batch_size", "2", "--train_batch_size", "4", "--warmup", "1", "--repeats", "3")]
+    rows = {row["model"]: row for row in main([*argv, "--steps", "1", "--threads", "1"])["rows"]}
+    assert list(rows) == list(MODELS)
+    for name, row in rows.items():
+        assert (row["inference_images_per_s"], row["training_images_per_s"]) == pytest.approx(PLANTED_RATES[name])
+        for reference, (inference, training) in PLANTED_RATIOS[name].items():
+            assert row[f"inference_vs_{reference}"] == pytest.approx(inference), (name, reference)
+            assert row[f"training_vs_{reference}"] == pytest.approx(training), (name, reference)
+        # The anchors are built at the baseline's architecture.
+        strategy = name if name in REDUCTION_STRATEGIES else "baseline"
+        config = ViTReducedConfig.from_preset("digits", reduction_strategy=strategy, image_size=16, num_labels=10)
+        summary = summarize(config)
+        assert row["gmacs"] == pytest.approx(summary["gmacs"]), name
+        assert row["parameters"] == summary["num_parameters"], name
 
 
 @pytest.mark.slow  # times real steps

@@ -12,10 +12,11 @@ import pytest
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from PIL import Image
-from transformers import ViTImageProcessor, pipeline
+from transformers import pipeline
 
 from hf_vit_reduction import command_line
 from hf_vit_reduction.command_line import CommandParser, require_extra, run_command
+from hf_vit_reduction.image_processing_vit_reduced import image_processor_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ("torch", "transformers", "huggingface_hub", "safetensors", "pillow")
@@ -90,7 +91,10 @@ def test_a_core_only_install_loads_a_model_runs_the_pipeline_and_names_the_extra
     model = make_model("grouped")
     model.config.id2label = {i: f"digit {i}" for i in range(10)}
     model.save_pretrained(tmp_path / "model")
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "model")
+    # The processor every saved model carries: without torchvision there, its PIL class.
+    image_processor_for(32, crop_pct=1.0, interpolation="bicubic", mean=[0.5] * 3, std=[0.5] * 3).save_pretrained(
+        tmp_path / "model"
+    )
     photo = tmp_path / "photo.png"
     # At the model's size, so that the PIL processor here and the torchvision one there need not resize.
     Image.radial_gradient("L").convert("RGB").resize((32, 32)).save(photo)
@@ -106,6 +110,8 @@ def test_a_core_only_install_loads_a_model_runs_the_pipeline_and_names_the_extra
         "from transformers import AutoModelForImageClassification, pipeline\n"
         f"model = AutoModelForImageClassification.from_pretrained({str(tmp_path / 'model')!r})\n"
         "assert type(model).__name__ == 'ViTReducedForImageClassification'\n"
+        f"processor = pipeline('image-classification', model={str(tmp_path / 'model')!r}).image_processor\n"
+        "assert type(processor).__name__ == 'ViTReducedImageProcessorPil', type(processor)\n"
         f"print(json.dumps(pipeline('image-classification', model={str(tmp_path / 'model')!r}, top_k=3)"
         f"({str(photo)!r})))\n"
     )

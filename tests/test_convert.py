@@ -16,7 +16,7 @@ from transformers import (
 from hf_vit_reduction import ViTReducedConfig, ViTReducedForImageClassification
 from hf_vit_reduction.conversion.calibration import load_calibration
 from hf_vit_reduction.conversion.convert import from_transformers, main, reduce
-from hf_vit_reduction.training.outputs import image_processor_for
+from hf_vit_reduction.image_processing_vit_reduced import image_processor_for
 
 
 def test_command_converts_a_transformers_folder(tmp_path, capsys):
@@ -58,8 +58,13 @@ def test_command_converts_a_transformers_folder(tmp_path, capsys):
     processor = AutoImageProcessor.from_pretrained(output)
     assert list(processor.image_mean) == [0.485, 0.456, 0.406]
     image = Image.fromarray(torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8).numpy())
-    predictions = pipeline("image-classification", model=str(output))(image, top_k=2)
+    predictions = pipeline("image-classification", model=str(output))(image, top_k=len(LABELS))
     assert {p["label"] for p in predictions} <= set(LABELS)
+    # The scores are the softmax of the converted model's logits on the saved processor's output.
+    with torch.no_grad():
+        probabilities = model(**processor(image, return_tensors="pt")).logits.softmax(-1)[0]
+    scores = {prediction["label"]: prediction["score"] for prediction in predictions}
+    assert scores == pytest.approx({LABELS[i]: float(p) for i, p in enumerate(probabilities)}, abs=1e-6)
     expected = from_transformers(source)
     expected = reduce(expected, "shallow", prune_method="magnitude")
     with torch.no_grad():
@@ -79,7 +84,8 @@ def test_command_converts_timm_names_and_state_dict_files(tmp_path):
         ]
     )
     processor = AutoImageProcessor.from_pretrained(tmp_path / "named")
-    assert processor.size == {"height": 224, "width": 224}
+    # timm's pretrained_cfg of vit_tiny_patch16_224: crop_pct 0.9, bicubic, mean and std 0.5.
+    assert processor.size == {"shortest_edge": 248} and processor.crop_size == {"height": 224, "width": 224}
     assert list(processor.image_mean) == [0.5, 0.5, 0.5]
     assert processor.resample == 3  # timm's bicubic
     named = ViTReducedForImageClassification.from_pretrained(tmp_path / "named")
@@ -134,9 +140,20 @@ def test_command_converts_timm_names_and_state_dict_files(tmp_path):
         if strategy == "baseline":
             with torch.no_grad():
                 assert max_difference(model(pixels).logits, expected) <= 1e-4
+        else:
+            # Each pair of blocks shares the mean of its two source MLPs; everything else is the source's own.
+            for index, layer in enumerate(model.vit.layers):
+                pair = source.blocks[index - index % 2], source.blocks[index - index % 2 + 1]
+                for name in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"):
+                    mean = (pair[0].mlp.get_parameter(name) + pair[1].mlp.get_parameter(name)) / 2
+                    assert torch.allclose(layer.mlp.get_parameter(name), mean, atol=1e-7), (index, name)
+                assert torch.equal(layer.attention.qkv.weight, source.blocks[index].attn.qkv.weight)
+                assert torch.equal(layer.layernorm_after.weight, source.blocks[index].norm2.weight)
+            assert torch.equal(model.vit.embeddings.position_embeddings, source.pos_embed)
+            assert torch.equal(model.classifier.weight, source.head.weight)
 
 
-@pytest.mark.slow  # builds and converts a ViT-B-sized timm model
+@pytest.mark.slow  # builds and converts a timm ViT-Tiny (12 blocks, width 192)
 def test_command_converts_a_timm_state_dict_at_another_image_size(tmp_path, capsys):
     source = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, num_classes=3).eval()
     save_file(source.state_dict(), tmp_path / "weights.safetensors")
@@ -146,7 +163,8 @@ def test_command_converts_a_timm_state_dict_at_another_image_size(tmp_path, caps
     main([*argv, "--image_size", "64", "--output", str(tmp_path / "out")])
     model = ViTReducedForImageClassification.from_pretrained(tmp_path / "out")
     assert model.config.image_size == 64
-    assert AutoImageProcessor.from_pretrained(tmp_path / "out").size == {"height": 64, "width": 64}
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "out")
+    assert processor.size == {"shortest_edge": 71} and processor.crop_size == {"height": 64, "width": 64}  # 64 / 0.9
     pixels = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert max_difference(model(pixels).logits, source(pixels)) <= 1e-4
@@ -219,7 +237,9 @@ def test_command_cuts_a_saved_baseline_with_calibration(tmp_path, make_model):
     baseline = make_model(seed=1)
     baseline.save_pretrained(tmp_path / "teacher")
     # As a training run saves it: bicubic, mean = std = 0.5; calibration images go through the same.
-    image_processor_for(32, [0.5] * 3, [0.5] * 3).save_pretrained(tmp_path / "teacher")
+    image_processor_for(32, crop_pct=1.0, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3).save_pretrained(
+        tmp_path / "teacher"
+    )
     base = ["--from", "vit_reduced", "--input", str(tmp_path / "teacher"), "--calibration_samples", "24"]
     main([*base, "--output", str(tmp_path / "out"), "--strategy", "shallow", "--prune_method", "activation"])
     calibration = load_calibration(samples=24, seed=0, image_size=32, mean=[0.5] * 3, std=[0.5] * 3)

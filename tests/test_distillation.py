@@ -6,6 +6,7 @@ import torch
 from script_runs import import_script
 from test_hub import python_without_package, server  # noqa: F401 (fixtures)
 
+from hf_vit_reduction.image_processing_vit_reduced import image_processor_for
 from hf_vit_reduction.training.arguments import parse_args
 from hf_vit_reduction.training.distillation import (
     Distiller,
@@ -13,7 +14,6 @@ from hf_vit_reduction.training.distillation import (
     load_teacher,
     soft_distillation_loss,
 )
-from hf_vit_reduction.training.outputs import image_processor_for
 
 STUDENT = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]])
 TEACHER = torch.tensor([[1.0, 1.5, 0.0], [-2.0, 0.5, 1.0]])
@@ -62,7 +62,9 @@ def test_teacher_must_match_the_runs_labels_size_and_normalization(tmp_path, mak
     digits = [str(d) for d in range(10)]
     good = {"label_names": digits, "image_size": 32, "mean": (0.5,) * 3, "std": (0.5,) * 3, "device": "cpu"}
     make_model(id2label=dict(enumerate(digits))).save_pretrained(tmp_path / "teacher")
-    image_processor_for(32, (0.5,) * 3, (0.5,) * 3).save_pretrained(tmp_path / "teacher")
+    image_processor_for(32, crop_pct=1.0, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3).save_pretrained(
+        tmp_path / "teacher"
+    )
     assert load_teacher(str(tmp_path / "teacher"), **good).config.num_labels == 10
     with pytest.raises(
         ValueError, match=r"predicts the labels \[0, 1, 2, 3, 4, 5, \.\.\.\] \(10\); allowed: .* \[1, 2, 3"
@@ -96,7 +98,9 @@ def test_bad_distillation_flags_are_one_error_line(argv, message, capsys):
 
 def test_a_missing_or_mismatched_teacher_stops_the_script_before_training(tmp_path, make_model):
     make_model(num_labels=5).save_pretrained(tmp_path / "five")
-    image_processor_for(32, (0.5,) * 3, (0.5,) * 3).save_pretrained(tmp_path / "five")
+    image_processor_for(32, crop_pct=1.0, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3).save_pretrained(
+        tmp_path / "five"
+    )
     for teacher, message in ((tmp_path / "missing", "is neither a folder"), (tmp_path / "five", "predicts the")):
         out = tmp_path / "out"
         with pytest.raises(SystemExit) as stop:
@@ -110,7 +114,9 @@ def test_a_missing_or_mismatched_teacher_stops_the_script_before_training(tmp_pa
 def save_digits_teacher(make_model, folder):
     teacher = make_model(seed=7, id2label={d: str(d) for d in range(10)})
     teacher.save_pretrained(folder)
-    image_processor_for(32, (0.5,) * 3, (0.5,) * 3).save_pretrained(folder)
+    image_processor_for(32, crop_pct=1.0, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3).save_pretrained(
+        folder
+    )
     return teacher
 
 

@@ -7,11 +7,25 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from card_checks import RUN_ONLY_FLAGS, check_card
+from conversion_sources import transformers_vit
 from huggingface_hub import ModelCard
+from image_folders import write_folder
 from transformers import ViTImageProcessor
 
 from hf_vit_reduction import REDUCTION_STRATEGIES, summarize
-from hf_vit_reduction.hub.model_card import main, render_model_card, write_model_card
+from hf_vit_reduction.conversion.convert import main as convert
+from hf_vit_reduction.hub.model_card import (
+    HYPERPARAMETER_GROUPS,
+    RUN_PLUMBING,
+    main,
+    render_model_card,
+    write_model_card,
+)
+from hf_vit_reduction.image_processing_vit_reduced import image_processor_for
+from hf_vit_reduction.training.arguments import effective_recipe, parse_args
+from hf_vit_reduction.training.outputs import public_arguments, write_json
+from hf_vit_reduction.training.recipe import RECIPES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,14 +50,22 @@ RESULTS = {
 }
 
 
-def run_folder(folder: Path, model, results=RESULTS, run_args=None, curves=True) -> Path:
+def script_args(argv: list[str], num_processes: int = 1) -> dict:
+    """args.json as the training script writes it for these flags (its `build` step, without training)."""
+    args = parse_args(argv)
+    run_config = public_arguments({key: value for key, value in vars(args).items() if key != "recipe_sources"})
+    return run_config | {"num_processes": num_processes, "recipe": effective_recipe(args)}
+
+
+def run_folder(folder: Path, model, results=RESULTS, run_args=None, curves=True, crop_pct=1.0) -> Path:
     """A model folder laid out as the training script leaves its output folder."""
     model.save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
-        folder
-    )
+    image_size = model.config.image_size
+    image_processor_for(
+        image_size, crop_pct=crop_pct, interpolation="bicubic", mean=[0.5] * 3, std=[0.5] * 3
+    ).save_pretrained(folder)
     run_args = run_args or {"strategy": "grouped", "lr": 0.002, "seed": 42, "output_dir": str(folder)}
-    (folder / "args.json").write_text(json.dumps(run_args))
+    write_json(folder / "args.json", run_args)
     (folder / "results.json").write_text(json.dumps(results))
     rows = [
         {
@@ -88,8 +110,9 @@ def test_card_of_a_training_run_carries_its_numbers(make_model, tmp_path):
     assert data.model_name == "vit-grouped-digits"
     text = card.text
     cost = summarize(model)
-    assert f"| parameters | {cost['num_parameters']:,} |" in text
-    assert f"| MLP parameters | {cost['mlp_parameters']:,} |" in text
+    assert f"| params (M) | {cost['num_parameters'] / 1e6:.2f} ({cost['num_parameters']:,}) |" in text
+    assert f"| MLP params (M) | {cost['mlp_parameters'] / 1e6:.2f} ({cost['mlp_parameters']:,}) |" in text
+    assert "| strategy | grouped: 2 blocks per MLP, the shared MLP's initial weights scaled by 0.707 |" in text
     assert "| unique MLPs | 2 of 4 blocks |" in text
     assert "| final, raw weights | 95.83 | 100.00 |" in text
     assert "| final, EMA | 96.39 | 99.72 |" in text
@@ -99,12 +122,89 @@ def test_card_of_a_training_run_carries_its_numbers(make_model, tmp_path):
     )
     assert "![Training curves: losses and top-1 per epoch](training_curves.png)" in text
     assert "425 training images per second" in text
-    assert "| `lr` | `0.002` |" in text
+    assert "| optimization | `lr` | 0.002 | `--lr` |" in text  # an args.json without the recipe's sources
     assert "output_dir" not in text  # where the run lived on its machine
     assert 'from_pretrained("me/vit-grouped-digits", trust_remote_code=True)' in text
     assert "needs 🤗 Transformers 5 or newer" in text  # remote code fails to import in older releases
     assert "A digits model is a demo, not an ImageNet model" in text
     assert "eprint = {2512.01059}" in text
+
+
+def test_card_of_a_digits_run(make_model, tmp_path):
+    run_args = script_args(["--strategy", "grouped", "--output_dir", str(tmp_path)])
+    folder = run_folder(tmp_path, make_model("grouped"), run_args=run_args)
+    text = check_card(write_model_card(folder), folder)
+    assert {result.metric_value for result in ModelCard.load(folder / "README.md").data.eval_results} == {96.39, 99.72}
+    assert "| resize | shorter side to 32 px, aspect ratio kept; bicubic interpolation |" in text
+    assert "| normalize | mean (0.5, 0.5, 0.5), std (0.5, 0.5, 0.5) |" in text
+    # The recipe once, each value with its source; the global batch computed.
+    for name, value in RECIPES["digits"].items():
+        if name not in RUN_PLUMBING:
+            shown = ", ".join(map(str, value)) if isinstance(value, tuple) else "none" if value is None else value
+            assert text.count(f"| `{name}` | {shown} | digits recipe |") == 1, name
+    assert "| optimization | `lr` | 0.002 | digits recipe |" in text
+    assert "| global batch (per device × accumulation × processes) | 64 = 64 × 1 × 1 | computed |" in text
+    assert "| `seed` | 42 | `--seed` |" in text
+    assert f'from_pretrained("{folder}")' in text  # not pushed: the folder
+
+
+def test_card_of_a_paper_recipe_run_on_two_processes(make_model, tmp_path):
+    data = write_folder(tmp_path / "photos")
+    argv = ["--strategy", "shallow", "--train_dir", str(data), "--lr", "0.0005", "--output_dir", str(tmp_path)]
+    argv += ["--hub_model_id", "me/vit-shallow", "--push_to_hub", "--hub_token", "hf_never_on_a_card"]
+    model = make_model("shallow", image_size=64)
+    folder = run_folder(tmp_path / "run", model, run_args=script_args(argv, num_processes=2), crop_pct=0.9)
+    text = check_card(write_model_card(folder, repo_id="me/vit-shallow"), folder)
+    assert "| resize | shorter side to 71 px, aspect ratio kept; bicubic interpolation |" in text  # floor(64 / 0.9)
+    assert "| centre crop | 64 × 64 px |" in text
+    assert "| optimization | `lr` | 0.0005 | command line |" in text
+    assert "| `weight_decay` | 0.05 | paper recipe |" in text
+    assert "| `aa` | rand-m9-mstd0.5-inc1 | paper recipe |" in text
+    assert "| `crop_pct` | 0.9 | paper recipe |" in text
+    assert "| global batch (per device × accumulation × processes) | 1,024 = 256 × 2 × 2 | computed |" in text
+    assert "| strategy | shallow: 0.5 of each MLP's hidden units kept |" in text
+    assert 'from_pretrained("me/vit-shallow")' in text and "hub_model_id" not in text
+    assert "hf_never_on_a_card" not in text
+
+
+@pytest.mark.parametrize(
+    "source",
+    [pytest.param("timm", marks=pytest.mark.slow), "transformers"],  # timm: builds a ViT-Ti, ~10 s
+)
+def test_card_of_a_converted_model(tmp_path, source):
+    if source == "timm":
+        convert(
+            [
+                "--from",
+                "timm",
+                "--input",
+                "vit_tiny_patch16_224",
+                "--image_size",
+                "32",
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
+    else:
+        transformers_vit().save_pretrained(tmp_path / "source")
+        processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        processor.save_pretrained(tmp_path / "source")
+        convert(["--from", "transformers", "--input", str(tmp_path / "source"), "--output", str(tmp_path / "out")])
+    folder = tmp_path / "out"
+    text = check_card(folder / "README.md", folder)
+    assert ModelCard.load(folder / "README.md").data.model_name == "out"  # not the staging folder's name
+    assert f'from_pretrained("{folder}")' in text
+    assert "## Training hyperparameters" not in text and "| source |" in text
+    if source == "timm":  # timm's pretrained_cfg of vit_tiny_patch16_224: crop_pct 0.9, bicubic
+        assert "| resize | shorter side to 35 px, aspect ratio kept; bicubic interpolation |" in text
+
+
+def test_every_recipe_field_is_on_the_card_or_run_plumbing():
+    grouped = [name for names in HYPERPARAMETER_GROUPS.values() for name in names]
+    assert len(grouped) == len(set(grouped))
+    for recipe in RECIPES.values():
+        assert set(recipe) <= set(grouped) | set(RUN_PLUMBING)
+    assert not set(RUN_ONLY_FLAGS) & set(grouped)
 
 
 def test_card_never_shows_a_token(make_model, tmp_path):
@@ -113,7 +213,7 @@ def test_card_never_shows_a_token(make_model, tmp_path):
     text = str(render_model_card(folder))
     assert "hf_secret_in_args" not in text
     assert "hub_token" not in text
-    assert "| `seed` | `0` |" in text
+    assert "| `seed` | 0 | `--seed` |" in text
 
 
 def test_card_of_a_hub_dataset_names_it(make_model, tmp_path):
@@ -140,7 +240,7 @@ def test_card_of_a_converted_model_has_no_results(make_model, tmp_path, strategy
     assert "| source | timm vit_tiny_patch16_224 |" in card.text
     assert "## Results" not in card.text and "## Training hyperparameters" not in card.text
     assert ("has not been trained after the reduction" in card.text) == (strategy != "baseline")
-    assert f"| parameters | {model.num_parameters():,} |" in card.text
+    assert f"({model.num_parameters():,}) |" in card.text
 
 
 def test_card_command(make_model, tmp_path, capsys):

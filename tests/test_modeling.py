@@ -7,11 +7,13 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from itertools import pairwise
 
 import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
+from timm.layers import resample_abs_pos_embed
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -189,20 +191,53 @@ def test_eager_and_sdpa_attention_agree(make_model):
     assert difference <= 1e-5
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(make_model):
+def test_gradient_checkpointing_recomputes_each_block_in_backward_and_gives_the_same_gradients(make_model):
     def gradients(model):
+        # Each block's attention runs inside the block's (checkpointed) forward: count its calls per block.
+        calls = [0] * len(model.vit.layers)
+        for index, layer in enumerate(model.vit.layers):
+            layer.attention.register_forward_hook(lambda *_, index=index: calls.__setitem__(index, calls[index] + 1))
         model.train()
-        model(PIXELS, labels=torch.tensor([0, 1, 2])).loss.backward()
-        return {name: p.grad.clone() for name, p in model.named_parameters()}
+        loss = model(PIXELS, labels=torch.tensor([0, 1, 2])).loss
+        in_forward = list(calls)
+        loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters()}, in_forward, calls
 
-    plain = gradients(make_model("grouped"))
+    plain, plain_forward, plain_total = gradients(make_model("grouped"))
+    assert plain_forward == plain_total == [1, 1, 1, 1]
     model = make_model("grouped")
     model.activation_checkpointing_enable()
     assert all(layer.gradient_checkpointing for layer in model.vit.layers)
-    checkpointed = gradients(model)
+    checkpointed, in_forward, in_total = gradients(model)
+    # Checkpointing keeps no block's activations: backward runs every block's forward once more.
+    assert in_forward == [1, 1, 1, 1] and in_total == [2, 2, 2, 2]
     assert plain.keys() == checkpointed.keys()
     for name in plain:
         assert torch.allclose(plain[name], checkpointed[name], atol=1e-6), name
+
+
+@pytest.mark.parametrize("height, width", [(48, 40), (16, 16)])
+def test_interpolated_position_encoding_is_timm_s_bicubic_resample(make_model, height, width):
+    model = make_model()
+    embeddings = model.vit.embeddings  # 32 px, patch 4: an 8 x 8 grid
+    with torch.no_grad():
+        embeddings.position_embeddings.copy_(torch.randn(1, 65, 64, generator=torch.Generator().manual_seed(0)))
+        resized = embeddings.interpolate_pos_encoding(height, width)
+    # timm's resize, without its antialiasing (which Transformers' ViT, and so ours, does not apply).
+    expected = resample_abs_pos_embed(
+        embeddings.position_embeddings.detach(),
+        new_size=[height // 4, width // 4],
+        old_size=[8, 8],
+        num_prefix_tokens=1,
+        interpolation="bicubic",
+        antialias=False,
+    )
+    assert resized.shape == expected.shape == (1, 1 + (height // 4) * (width // 4), 64)
+    assert torch.allclose(resized, expected, atol=1e-6)
+    if height == width:  # --image_size: the model itself at another size, classifier and encoder alike
+        for at_size in (model.at_image_size(height).vit, model.vit.at_image_size(height)):
+            assert at_size.config.image_size == height
+            assert torch.allclose(at_size.embeddings.position_embeddings, expected, atol=1e-6)
 
 
 def test_interpolated_position_encoding_and_size_error(make_model):
@@ -355,14 +390,18 @@ def test_pipeline_classifies_an_image(make_model, tmp_path):
         label2id={label: i for i, label in enumerate(labels)},
     )
     model.save_pretrained(tmp_path)
-    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
-        tmp_path
-    )
+    processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor.save_pretrained(tmp_path)
     classifier = pipeline("image-classification", model=str(tmp_path))
     image = Image.fromarray((PIXELS[0].permute(1, 2, 0).clamp(-1, 1).add(1).mul(127.5)).byte().numpy())
-    predictions = classifier(image, top_k=3)
-    assert len(predictions) == 3 and predictions[0]["label"] in labels
-    assert predictions[0]["score"] >= predictions[1]["score"] >= predictions[2]["score"] > 0
+    predictions = classifier(image, top_k=10)
+    assert len(predictions) == 10 and predictions[0]["label"] in labels
+    assert all(first["score"] >= second["score"] > 0 for first, second in pairwise(predictions))
+    # The scores are the softmax of the model's logits on the processor's output, each under its own label.
+    with torch.no_grad():
+        probabilities = model(**processor(image, return_tensors="pt")).logits.softmax(-1)[0]
+    scores = {prediction["label"]: prediction["score"] for prediction in predictions}
+    assert scores == pytest.approx({labels[i]: float(p) for i, p in enumerate(probabilities)}, abs=1e-6)
 
 
 def test_loading_another_strategy_or_shape_fails_clearly(make_model, tmp_path):
@@ -439,7 +478,9 @@ def test_each_block_owns_its_mlp_and_grouped_blocks_hold_the_same_one(make_model
         f"vit.layers.{i}.mlp.{p}" for i in (0, 2) for p in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
     ]
     state = grouped.state_dict()
-    assert state["vit.layers.1.mlp.fc1.weight"] is not None
+    assert [name for name in state if ".fc1." in name or ".fc2." in name] == [
+        f"vit.layers.{i}.mlp.{p}" for i in range(4) for p in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
+    ]
     assert state["vit.layers.1.mlp.fc1.weight"].data_ptr() == state["vit.layers.0.mlp.fc1.weight"].data_ptr()
     # Freezing a block freezes what it computes with, the shared MLP included (its group's other block uses it too).
     for parameter in grouped.vit.layers[1].parameters():
@@ -532,11 +573,15 @@ def test_pooler_output_is_the_final_cls_token_and_feeds_feature_extraction(make_
     assert torch.equal(output.pooler_output, output.last_hidden_state[:, 0])
     assert torch.allclose(model.classifier(output.pooler_output), model(PIXELS).logits)
     model.save_pretrained(tmp_path)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    processor.save_pretrained(tmp_path)
     extractor = pipeline("image-feature-extraction", model=str(tmp_path))
     image = Image.new("RGB", (40, 40), (200, 30, 30))
-    pooled = extractor(image, pool=True)
-    assert torch.tensor(pooled).shape == (1, 64)
+    pooled = torch.tensor(extractor(image, pool=True))
+    assert pooled.shape == (1, 64)
+    with torch.no_grad():
+        expected = model.vit(**processor(image, return_tensors="pt")).pooler_output
+    assert torch.allclose(pooled, expected, atol=1e-5)
 
 
 def test_set_input_embeddings_replaces_the_patch_projection(make_model):

@@ -1,5 +1,7 @@
 import json
 
+import matplotlib.image
+import numpy as np
 import pytest
 
 from hf_vit_reduction.training import outputs
@@ -23,6 +25,22 @@ def test_plot_and_history_files(tmp_path):
     outputs.plot_history(tmp_path / "curves.png", history, "test")
     outputs.write_history(tmp_path / "history.jsonl", history)
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = matplotlib.image.imread(tmp_path / "curves.png")[..., :3]
+    assert pixels.std() > 0.05  # not a blank canvas
+    # Matplotlib's first two line colours and the red peak marker; the loss panel left, the top-1 panel right.
+    half = pixels.shape[1] // 2
+    rows = {
+        (colour, side): np.nonzero((np.abs(pixels[:, columns] - rgb).max(-1) < 0.05).any(1))[0]
+        for colour, rgb in (
+            ("C0", (0x1F / 255, 0x77 / 255, 0xB4 / 255)),
+            ("C1", (1, 0x7F / 255, 0x0E / 255)),
+            ("red", (1, 0, 0)),
+        )
+        for side, columns in (("loss", slice(0, half)), ("top-1", slice(half, None)))
+    }
+    assert all(len(rows[key]) for key in (("C0", "loss"), ("C1", "loss"), ("C0", "top-1"), ("red", "top-1")))
+    # The train loss (2.0, first colour) is drawn above the validation loss (1.0): higher up means a smaller row.
+    assert np.median(rows["C0", "loss"]) < np.median(rows["C1", "loss"])
     lines = (tmp_path / "history.jsonl").read_text().splitlines()
     assert [json.loads(line)["top1"] for line in lines] == [0.0, 10.0, 20.0]
 

@@ -216,39 +216,74 @@ def _timm_loader_transform(is_training: bool):
 
 @pytest.mark.parametrize("is_training", [True, False])
 def test_transforms_are_timm_create_loader_s(paper_args, is_training):
-    ours = recipe.build_transforms(paper_args, image_size=224, mean=(0.5,) * 3, std=(0.5,) * 3)[
-        0 if is_training else 1
-    ]
+    ours = recipe.build_transforms(paper_args, image_size=224, mean=(0.5,) * 3)[0 if is_training else 1]
     theirs = _timm_loader_transform(is_training)
-    # Same operations with the same parameters (interpolation included) up to the tensor; timm's prefetcher then
-    # normalizes on the device, which is the Normalize at the end of ours.
-    assert [repr(op) for op in ours.transforms[:-2]] == [repr(op) for op in theirs.transforms[:-1]]
-    assert [type(op).__name__ for op in ours.transforms[-2:]] == ["MaybeToTensor", "Normalize"]
-    assert type(theirs.transforms[-1]).__name__ == "MaybePILToTensor"
+    # Same operations with the same parameters (interpolation included), down to the uint8 tensor timm's prefetcher
+    # then normalizes on the device.
+    assert [repr(op) for op in ours.transforms] == [repr(op) for op in theirs.transforms]
+    assert type(ours.transforms[-1]).__name__ == "MaybePILToTensor"
     if is_training:
         assert "interpolation=bilinear bicubic)" in repr(ours.transforms[0])  # timm's "random"
         assert any(type(op).__name__ == "RandAugment" for op in ours.transforms)
     pixels = np.random.default_rng(0).integers(0, 256, (200, 260, 3), dtype=np.uint8)
     image = Image.fromarray(pixels)
     for seed in range(4):
-        outputs = []
-        for transform in (ours, theirs):
-            random.seed(seed)
-            np.random.seed(seed)
-            torch.manual_seed(seed)
-            outputs.append(transform(image))
-        normalized = (outputs[1].float() - 127.5) / 127.5
-        torch.testing.assert_close(outputs[0], normalized, atol=1e-5, rtol=0)
+        outputs = [_seeded(seed, transform, image) for transform in (ours, theirs)]
+        assert outputs[0].dtype == torch.uint8 and torch.equal(outputs[0], outputs[1])
 
 
-def test_random_erasing_runs_per_image_only_when_asked(paper_args):
-    train, _ = recipe.build_transforms(paper_args, image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
-    assert not any(isinstance(op, RandomErasing) for op in train.transforms)
+@pytest.mark.parametrize("is_training", [True, False])
+def test_uint8_normalized_on_the_device_equals_timm_float_path(paper_args, is_training):
+    """The same draws through timm's no-prefetcher transform (ToTensor + Normalize in the worker) give the very
+    floats that our uint8 transform followed by `Normalize` on the batch gives."""
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    ours = recipe.build_transforms(paper_args, image_size=64, mean=mean)[0 if is_training else 1]
+    float_path = create_transform(
+        64,
+        is_training=is_training,
+        scale=paper_args.scale,
+        hflip=paper_args.hflip,
+        auto_augment=paper_args.aa if is_training else None,
+        interpolation=paper_args.train_interpolation if is_training else paper_args.interpolation,
+        crop_pct=None if is_training else paper_args.crop_pct,
+        mean=mean,
+        std=std,
+    )
+    assert type(float_path.transforms[-1]).__name__ == "Normalize"
+    normalize = recipe.Normalize(mean, std, device="cpu")
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8))
+    for seed in range(6):
+        uint8 = torch.stack([_seeded(seed * 10 + i, ours, image) for i in range(2)])
+        floats = torch.stack([_seeded(seed * 10 + i, float_path, image) for i in range(2)])
+        assert torch.equal(normalize(uint8), floats)
+
+
+def test_random_erasing_runs_on_the_batch_per_image_before_mixing_only_when_asked(paper_args):
+    for args in (paper_args, parse([])[0]):
+        train, _ = recipe.build_transforms(args, image_size=32, mean=(0.5,) * 3)
+        assert not any(isinstance(op, RandomErasing) for op in train.transforms)
+    augmentation = recipe.build_batch_augmentation(paper_args, num_classes=5, device="cpu")
+    assert augmentation.image_erasing is None and augmentation.random_erasing.probability == 0.25
     digits = parse([])[0]
-    train, _ = recipe.build_transforms(digits, image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
-    erasing = train.transforms[-1]
-    assert isinstance(erasing, RandomErasing) and (erasing.probability, erasing.mode) == (0.1, "pixel")
+    augmentation = recipe.build_batch_augmentation(digits, num_classes=10, device="cpu")
+    assert augmentation.random_erasing is None
+    erasing = augmentation.image_erasing
+    assert (erasing.probability, erasing.mode, erasing.max_count) == (0.1, "pixel", 1)
+    train, _ = recipe.build_transforms(digits, image_size=32, mean=(0.5,) * 3)
     assert "interpolation=bicubic" in repr(train.transforms[0]).replace(" ", "")
+    # Each image of the batch erased on its own (probability 1: all of them), then the erased images mixed.
+    digits.reprob = 1.0
+    augmentation = recipe.build_batch_augmentation(digits, num_classes=10, device="cpu")
+    images, labels = torch.zeros(4, 3, 16, 16), torch.arange(4)
+    erased = _seeded(3, augmentation.image_erasing, images.clone())
+    assert all((erased[i] != 0).any() for i in range(4))
+    assert not torch.equal(erased[0], erased[1])
+
+    def erase_then_mix():
+        return augmentation.mixup(augmentation.image_erasing(images.clone()), labels)
+
+    for got, expected in zip(_seeded(3, augmentation, images.clone(), labels), _seeded(3, erase_then_mix)):
+        assert torch.equal(got, expected)
 
 
 def _seeded(seed, function, *args):
@@ -407,12 +442,30 @@ def test_ema_decays_each_tensor_once_or_shared_ones_once_per_use(make_model, pap
         assert fraction == pytest.approx(expected, abs=1e-4), key
 
 
-def test_the_per_use_switch_reproduces_the_reference_ema_of_a_shared_mlp():
-    # The reference: timm's ModelEmaV3 on a timm ViT whose blocks 0 and 1 (2 and 3) hold one MLP module.
+def test_the_per_use_switch_reproduces_the_reference_ema_of_a_shared_mlp(make_model, paper_args):
+    # The reference: timm's ModelEmaV3 on a timm ViT whose blocks 0 and 1 (2 and 3) hold one MLP module, as the
+    # paper's code builds it; ours: build_ema with --ema_shared_decay_per_use on our grouped model, same weights.
+    model = make_model("grouped")
     reference = _reference_timm_model("grouped")
-    moved = _one_ema_update(ModelEmaV3(reference, decay=0.9), reference)
-    assert moved["blocks.1.mlp.fc1.weight"] == pytest.approx(1 - 0.9**2, abs=1e-4)
-    assert moved["blocks.1.attn.qkv.weight"] == pytest.approx(1 - 0.9, abs=1e-4)
+    weights = model.state_dict()
+    reference.load_state_dict({name: weights[_our_name(name)] for name in reference.state_dict()})
+    paper_args.model_ema_decay, paper_args.ema_shared_decay_per_use = 0.9, True
+    ours = recipe.build_ema(model, paper_args, total_updates=10**6)
+    theirs = ModelEmaV3(reference, decay=0.9)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        # The same random training step on both models, then one EMA update each at the configured decay.
+        with torch.no_grad():
+            for name, parameter in reference.named_parameters():
+                step = torch.randn(parameter.shape, generator=generator)
+                parameter.add_(step)
+                model.get_parameter(_our_name(name)).add_(step)
+        ours.update(model, step=None)
+        theirs.update(reference, step=None)
+    ours_state, theirs_state = ours.module.state_dict(), theirs.module.state_dict()
+    assert {_our_name(name) for name in theirs_state} == set(ours_state)
+    for name, value in theirs_state.items():
+        assert torch.allclose(ours_state[_our_name(name)], value, atol=1e-6), name
 
 
 def test_an_ema_that_outlasts_the_run_is_reported_once(make_model, paper_args, caplog):

@@ -26,12 +26,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from transformers import ViTImageProcessor
+from transformers import AutoImageProcessor, ViTImageProcessor
 from transformers.image_utils import PILImageResampling
 
 from ..command_line import CommandParser
 from ..configuration_vit_reduced import ViTReducedConfig
 from ..hub.model_card import write_model_card
+from ..image_processing_vit_reduced import image_processor_for
 from ..modeling_vit_reduced import ViTReducedForImageClassification
 from . import from_timm, from_transformers, reduce
 from .calibration import DEFAULT_CALIBRATION_SAMPLES, load_calibration
@@ -42,15 +43,12 @@ from .transformers_vit import load_transformers_folder
 __all__ = ["from_timm", "from_transformers", "main", "reduce"]
 
 
-def _image_processor_for(config: ViTReducedConfig, mean, std, resample=None):
-    """A ViTImageProcessor resizing to the model's size and normalizing by `mean` and `std`."""
-    channels = config.num_channels
-    kwargs = {} if resample is None else {"resample": resample}
+def _vit_image_processor_for(config: ViTReducedConfig) -> ViTImageProcessor:
+    """Transformers' ViT processor at the model's size (what a Transformers ViT folder without one is used with)."""
     return ViTImageProcessor(
         size={"height": config.image_size, "width": config.image_size},
-        image_mean=list(mean)[:channels] if len(mean) >= channels else [0.5] * channels,
-        image_std=list(std)[:channels] if len(std) >= channels else [0.5] * channels,
-        **kwargs,
+        image_mean=[0.5] * config.num_channels,
+        image_std=[0.5] * config.num_channels,
     )
 
 
@@ -163,7 +161,7 @@ def _convert_transformers_input(args):
 
     processor_file = Path(args.input) / "preprocessor_config.json"
     # The folder's own processor where it has one; else Transformers' ViT normalization at the model's size.
-    processor = _image_processor_for(model.config, [0.5], [0.5])
+    processor = _vit_image_processor_for(model.config)
 
     def write_processor(folder: Path):
         if processor_file.is_file():
@@ -176,19 +174,19 @@ def _convert_transformers_input(args):
 
 def _convert_timm_input(args):
     """(converted model, source's logits function, image processor writer) of a timm name or weights file."""
+    from timm.data import resolve_data_config
+
     source = _load_timm_source(args.input, args.timm_model, args.image_size)
     model = from_timm(source)
-    pretrained_cfg = getattr(source, "pretrained_cfg", None) or {}
-    resample = {
-        "bicubic": PILImageResampling.BICUBIC,
-        "bilinear": PILImageResampling.BILINEAR,
-        "nearest": PILImageResampling.NEAREST,
-    }.get(pretrained_cfg.get("interpolation"))
-    processor = _image_processor_for(
-        model.config,
-        pretrained_cfg.get("mean", [0.5]),
-        pretrained_cfg.get("std", [0.5]),
-        resample,
+    # timm's own evaluation settings for this model (its pretrained_cfg, timm's defaults where it has none).
+    data_config = resolve_data_config({}, model=source)
+    processor = image_processor_for(
+        model.config.image_size,
+        crop_pct=data_config["crop_pct"],
+        interpolation=data_config["interpolation"],
+        mean=data_config["mean"],
+        std=data_config["std"],
+        crop_mode=data_config.get("crop_mode") or "center",
     )
     return model, source, processor.save_pretrained
 
@@ -208,9 +206,9 @@ def _convert_vit_reduced_input(args):
         )
     processor_file = Path(args.input) / "preprocessor_config.json"
     processor = (
-        ViTImageProcessor.from_pretrained(args.input)
+        AutoImageProcessor.from_pretrained(args.input)
         if processor_file.is_file()
-        else _image_processor_for(model.config, [0.5], [0.5])
+        else _vit_image_processor_for(model.config)
     )
     return model, lambda pixels: model(pixels).logits, processor.save_pretrained
 
@@ -225,7 +223,7 @@ TIMM_INTERPOLATIONS = {
 
 def _calibration_for(model, folder: Path, args):
     """Calibration images transformed by the image processor written to `folder` (the converted model's own)."""
-    processor = ViTImageProcessor.from_pretrained(folder)
+    processor = AutoImageProcessor.from_pretrained(folder)
     calibration = load_calibration(
         samples=args.calibration_samples,
         seed=args.seed,
@@ -408,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
         model.save_pretrained(folder)
         write_processor(folder)
         write_provenance(folder, provenance)
-        write_model_card(folder, conversion=conversion)
+        write_model_card(folder, conversion=conversion, final_folder=args.output)
 
     _write_folder(args.output, write)
     print(

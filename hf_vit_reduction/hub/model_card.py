@@ -3,24 +3,28 @@
     python -m hf_vit_reduction.model_card FOLDER [--repo_id ID] [--run_dir DIR]
 
 `write_model_card(folder)` renders `templates/model_card.md` through `huggingface_hub`'s `ModelCard`,
-`ModelCardData` and `EvalResult` from what the folder holds: the config (strategy and cost), and, for a training
-run, `args.json`, `results.json`, `history.jsonl` and `training_curves.png`; for a converted model, the
-`conversion` facts its converter passes.
+`ModelCardData` and `EvalResult` from what the folder holds: the config (strategy and cost), the saved image
+processor (preprocessing), and, for a training run, `args.json` (the recipe's values and their sources),
+`results.json`, `history.jsonl` and `training_curves.png`; for a converted model, the `conversion` facts its
+converter passes. The card states the recipe once, grouped; how the run was driven on its machine (workers,
+checkpointing, trackers, Hub pushes, benchmarks) stays in `args.json`, which travels with the model.
 """
 
 import argparse
-import json
+import math
 from importlib import resources
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
+from PIL import Image
 
 from ..command_line import CommandParser
 from ..configuration_vit_reduced import ViTReducedConfig
 from ..conversion.provenance import read_provenance
 from ..summary import summarize
+from .run_folder import read_history, read_json
 
 TEMPLATE = "model_card.md"
 STRATEGY_DESCRIPTIONS = {
@@ -31,9 +35,46 @@ STRATEGY_DESCRIPTIONS = {
     "fewer parameters and less compute.",
     "thin": "Every block's MLP is built narrow from the start (MLP ratio 2 in the paper's ViT-B/16).",
 }
-# Where the run's files were on its machine: meaningless to a reader of the card.
-LOCAL_PATHS = ("output_dir", "cache_dir", "resume_from_checkpoint")
 TAGS = ["vision", "vit", "image-classification", "parameter-reduction"]
+PAPER = (
+    "[Parameter Reduction Improves Vision Transformers: A Comparative Study of Sharing and Width Reduction]"
+    "(https://arxiv.org/abs/2512.01059)"
+)
+
+# The training hyperparameters on the card, grouped as a reader thinks of them. Recipe fields (args.json's
+# `recipe`: value and source) and a few flags outside the recipe that change what is learned (shown when set).
+# Every recipe field is in one group or in RUN_PLUMBING; every other flag stays in args.json only.
+HYPERPARAMETER_GROUPS = {
+    "optimization": ("lr", "weight_decay"),
+    "schedule": ("epochs", "max_train_steps", "warmup_epochs", "warmup_lr", "min_lr", "sched_on_updates"),
+    "augmentation": (
+        "scale",
+        "hflip",
+        "color_jitter",
+        "aa",
+        "train_interpolation",
+        "mixup",
+        "cutmix",
+        "reprob",
+        "random_erasing_stage",
+        "aug_repeats",
+    ),
+    "regularization": ("drop_path", "smoothing"),
+    "EMA": ("model_ema", "model_ema_decay", "model_ema_warmup", "ema_shared_decay_per_use"),
+    "precision": ("mixed_precision", "amp", "amp_dtype", "tf32", "cudnn_benchmark", "channels_last"),
+    "data and batch": (
+        "model_size",
+        "batch_size",
+        "grad_accum_steps",
+        "max_train_samples",
+        "max_eval_samples",
+        "interpolation",
+        "crop_pct",
+        "seed",
+    ),
+}
+# Recipe fields that set how the run used its machine, not what it learned.
+RUN_PLUMBING = ("workers",)
 
 
 def render_model_card(
@@ -44,13 +85,15 @@ def render_model_card(
     conversion: dict | None = None,
     base_model: str | None = None,
     license: str = "apache-2.0",
+    final_folder: str | Path | None = None,
 ) -> ModelCard:
     """The card of the model in `folder`.
 
     `run_dir` holds the run's outputs (args.json, results.json, history.jsonl, training_curves.png); it defaults to
     `folder`, where the training script saves its final model. `conversion` is what a converter reports, e.g.
     `{"source": "timm vit_base_patch16_224", "method": "shallow, prune_method=first", "largest logit difference":
-    "3e-6"}`, rendered as given. `repo_id` is what the usage snippets load (the folder's name without one).
+    "3e-6"}`, rendered as given. The usage snippets load `repo_id` when the model is pushed, else the folder:
+    `final_folder` where the card is written in a staging folder that is then moved there, else `folder`.
     """
     folder = Path(folder)
     run_dir = Path(run_dir) if run_dir is not None else folder
@@ -59,10 +102,11 @@ def render_model_card(
     config = ViTReducedConfig.from_pretrained(folder)
     cost = summarize(config)
     strategy = config.reduction_strategy or "baseline"
-    run_args = _read_json(run_dir / "args.json") or {}
-    results = _read_json(run_dir / "results.json")
-    history = _read_history(run_dir / "history.jsonl")
-    model_name = repo_id.split("/")[-1] if repo_id else folder.resolve().name
+    run_args = read_json(run_dir / "args.json") or {}
+    results = read_json(run_dir / "results.json")
+    history = read_history(run_dir / "history.jsonl")
+    location = str(final_folder if final_folder is not None else folder)
+    model_name = repo_id.split("/")[-1] if repo_id else Path(location).resolve().name
     dataset_id, dataset_description = _dataset(run_args, results)
     split = run_args.get("validation_split", "validation")
 
@@ -117,37 +161,34 @@ def render_model_card(
         card_data,
         template_str=resources.files(__package__).joinpath("templates", TEMPLATE).read_text(encoding="utf-8"),
         model_name=model_name,
-        repo_id=repo_id or model_name,
+        location=repo_id or location,
         strategy=strategy,
         strategy_description=STRATEGY_DESCRIPTIONS[strategy],
+        strategy_parameter=_strategy_parameter(config),
+        paper=PAPER,
         cost=cost,
         image_size=config.image_size,
         patch_size=config.patch_size,
         num_labels=config.num_labels,
+        dataset_description=dataset_description if run_args or results else None,
+        preprocessing=_preprocessing(folder),
         results=results if eval_results else None,
         final_row=history[-1] if history else None,
-        dataset_description=dataset_description,
         split=split,
         curves=(folder / "training_curves.png").is_file(),
-        hyperparameters={
-            key: value
-            for key, value in run_args.items()
-            if value is not None and "token" not in key.lower() and key not in LOCAL_PATHS
-        },
-        conversion=conversion,
+        hyperparameters=_hyperparameters(run_args),
+        **_provenance(conversion, read_provenance(folder)),
         limitations=limitations,
     )
-    provenance = read_provenance(folder)
-    if provenance:
-        card.text += how_it_was_made(provenance)
     return card
 
 
-def how_it_was_made(provenance: dict) -> str:
-    """The card's section from a folder's provenance.json: the cut (a converter's record) and, for a training run
-    that started from a saved model, its recovery (teacher, distillation, epochs, top-1 before and after)."""
+def how_it_was_made(provenance: dict) -> list[str]:
+    """The lines of the card's section from a folder's provenance.json: the cut (a converter's record) and, for a
+    training run that started from a saved model, its recovery (teacher, distillation, epochs, top-1 before and
+    after)."""
     cut = provenance.get("cut", provenance) if "recovered_from" in provenance else provenance
-    lines = ["", "## How it was made", ""]
+    lines = []
     if cut:
         method = cut.get("prune_method") if cut.get("strategy") == "shallow" else cut.get("share_method")
         line = f"- Cut from `{cut.get('source')}` to `{cut.get('strategy')}` with `{method}`"
@@ -169,7 +210,7 @@ def how_it_was_made(provenance: dict) -> str:
             f"- Recovered from `{provenance['recovered_from']}` for {provenance['recovery_epochs']} epochs {how}: "
             f"top-1 {provenance['top1_before']:.2f}% before, {provenance['top1_after']:.2f}% after."
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def write_model_card(folder: str | Path, **kwargs) -> Path:
@@ -179,14 +220,99 @@ def write_model_card(folder: str | Path, **kwargs) -> Path:
     return path
 
 
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+def _strategy_parameter(config: ViTReducedConfig) -> str:
+    """The strategy with the parameter that sizes it, in words."""
+    strategy, ratio = config.reduction_strategy or "baseline", config.reduction_mlp_ratio
+    if strategy == "grouped":
+        return (
+            f"grouped: {config.mlp_share_group_size} blocks per MLP, the shared MLP's initial weights "
+            f"scaled by {ratio:.3g}"
+        )
+    if strategy == "shallow":
+        return f"shallow: {ratio:g} of each MLP's hidden units kept"
+    if strategy == "thin":
+        return f"thin: MLP ratio {ratio:g}"
+    return "baseline: every block has its own full-width MLP"
 
 
-def _read_history(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def _preprocessing(folder: Path) -> list[tuple[str, str]] | None:
+    """What the saved image processor does, step by step, in numbers; None without one."""
+    processor = read_json(folder / "preprocessor_config.json")
+    if processor is None:
+        return None
+    steps = []
+    if processor.get("do_convert_rgb"):
+        steps.append(("convert", "to RGB"))
+    if processor.get("do_resize", True):
+        size, resample = processor["size"], Image.Resampling(processor.get("resample", Image.Resampling.BILINEAR))
+        target = (
+            f"shorter side to {size['shortest_edge']} px, aspect ratio kept"
+            if "shortest_edge" in size
+            else f"{size['width']} × {size['height']} px (width × height), aspect ratio not kept"
+        )
+        steps.append(("resize", f"{target}; {resample.name.lower()} interpolation"))
+    if processor.get("do_center_crop"):
+        crop = processor["crop_size"]
+        steps.append(("centre crop", f"{crop['width']} × {crop['height']} px"))
+    if processor.get("do_rescale", True):
+        factor = processor.get("rescale_factor", 1 / 255)
+        steps.append(("rescale", "÷ 255 (to 0..1)" if math.isclose(factor, 1 / 255) else f"× {factor:g}"))
+    if processor.get("do_normalize", True):
+        steps.append(
+            ("normalize", f"mean {_numbers(processor['image_mean'])}, std {_numbers(processor['image_std'])}")
+        )
+    return steps
+
+
+def _numbers(values) -> str:
+    return "(" + ", ".join(f"{value:g}" for value in values) + ")"
+
+
+def _hyperparameters(run_args: dict) -> list[dict] | None:
+    """The card's hyperparameter rows: group, name, value and source, grouped; None for a folder without a run.
+
+    A recipe field's source is what args.json's `recipe` records ("paper recipe", "digits recipe", "command line");
+    the other flags are shown under their own name. The effective global batch closes the "data and batch" group.
+    """
+    if not run_args:
+        return None
+    recipe = run_args.get("recipe") or {}
+    rows = []
+    for group, names in HYPERPARAMETER_GROUPS.items():
+        for name in names:
+            if name in recipe:
+                value, source = recipe[name]["value"], recipe[name]["source"]
+            elif run_args.get(name) is not None:
+                value, source = run_args[name], f"`--{name}`"
+            else:
+                continue
+            rows.append({"group": group, "name": f"`{name}`", "value": _value(value), "source": source})
+        if group == "data and batch" and {"batch_size", "grad_accum_steps"} <= run_args.keys():
+            per_device, accumulation = run_args["batch_size"], run_args["grad_accum_steps"]
+            processes = run_args.get("num_processes", 1)
+            rows.append(
+                {
+                    "group": group,
+                    "name": "global batch (per device × accumulation × processes)",
+                    "value": f"{per_device * accumulation * processes:,} = {per_device} × {accumulation} × {processes}",
+                    "source": "computed",
+                }
+            )
+    for previous, row in zip([None, *rows], rows):
+        row["first"] = previous is None or previous["group"] != row["group"]
+    return rows
+
+
+def _value(value) -> str:
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value)
+    return "none" if value is None else str(value)
+
+
+def _provenance(conversion: dict | None, provenance: dict | None) -> dict:
+    """The template's provenance area: how a model that was not trained from scratch here was made: the
+    converter's facts, and the cut and recovery recorded in the folder's provenance.json."""
+    return {"conversion": conversion, "how_it_was_made": how_it_was_made(provenance) if provenance else None}
 
 
 def _is_hub_id(name: str | None) -> bool:
@@ -221,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         path = write_model_card(args.folder, repo_id=args.repo_id, run_dir=args.run_dir)
-    except OSError as error:
+    except (OSError, ValueError) as error:  # a folder without a model, a corrupt run file
         raise SystemExit(f"error: {error}") from None
     print(f"wrote {path}")
 

@@ -1,9 +1,26 @@
-"""Input-pipeline throughput: our 🤗 Datasets loader against timm's own, on one ImageNet-layout JPEG folder.
+"""Input-pipeline throughput: our 🤗 Datasets loader against timm's own, on folders of real photos.
 
-    python -m hf_vit_reduction.data_benchmark --folder /tmp/digits-jpeg --make --workers 1 2
+    python -m hf_vit_reduction.data_benchmark --photos /tmp/photos --workers 1 2 --output_json speed.json
 
-`--make` writes the embedded digits upscaled to 256 px as JPEGs (`<folder>/<label>/<n>.jpg`). Both loaders apply
-the same timm train transform (RandomResizedCrop 224, flip, RandAugment, RandomErasing) in DataLoader workers.
+`--photos DIR` writes (once) two folders of JPEGs (quality 90) made of random crops and scales of scikit-learn's two
+sample photos, in ImageNet's layout (`<photo>/<n>.jpg`), and measures both: `DIR/imagenet-sized` (400 of 500 x 375,
+batches of 32) and `DIR/camera-sized` (120 of 4032 x 3024, a phone's 12 megapixels, batches of 16). `--folder` adds
+folders of your own (batches of `--batch_size`).
+
+Both loaders run the paper's recipe (RandomResizedCrop 224 with random interpolation, flip, RandAugment
+rand-m9-mstd0.5-inc1, Mixup/CutMix, random erasing) and deliver normalized float batches ready for the model:
+
+* ours, as run_image_classification.py builds it: uint8 images from the workers (JPEGs decoded at a reduced scale
+  where the crop allows), then `Normalize` and the batch augmentation (Mixup/CutMix, erasing) in the main process;
+* timm's `create_loader` as its train.py runs it: uint8 images, Mixup/CutMix in the workers' collate
+  (`FastCollateMixup`), then its prefetcher normalizing and erasing. Its prefetcher's CUDA stream needs a GPU;
+  without one the same normalization and erasing run on the CPU, in the main process, as ours do.
+
+The main process runs its batch work on one thread, as each worker does. The two loaders alternate, `--rounds`
+times each, so that the load of the machine hits both alike; each round times every batch after `--warmup` of one
+pass over the folder (worker start excluded). Also measured for ours: how long an epoch waits for its first batch
+with workers started for it (before this project kept its workers) and with persistent workers; and, per folder,
+how far the reduced-scale decode's crops are from decoding whole.
 """
 
 import argparse
@@ -11,33 +28,49 @@ import json
 import random
 import statistics
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from timm.data import create_dataset, create_loader
-from timm.data.loader import _worker_init as timm_worker_init
-from torch.utils.data import DataLoader
+from timm.data import FastCollateMixup, create_dataset, create_loader
 
 from ..command_line import CommandParser
 from ..training.arguments import parse_args
-from ..training.data import load_digits, load_image_classification_data
-from ..training.loaders import ExampleTransform, prepare_dataset, train_loader, train_sampler
-from ..training.recipe import build_transforms
+from ..training.data import load_image_classification_data
+from ..training.loaders import (
+    ExampleTransform,
+    decode_image,
+    jpeg_reduction,
+    open_image,
+    prepare_dataset,
+    split_reduced_decode,
+    train_loader,
+    train_sampler,
+)
+from ..training.recipe import Normalize, build_batch_augmentation, build_transforms
 
 MEAN = STD = (0.5, 0.5, 0.5)
 
+# name: (size, count, batch size)
+PHOTO_FOLDERS = {"imagenet-sized": ((500, 375), 400, 32), "camera-sized": ((4032, 3024), 120, 16)}
 
-def make_jpeg_folder(folder, size: int = 256, limit: int | None = None) -> int:
-    """Write the digits as `size`-px RGB JPEGs in ImageNet's layout; returns the number of images."""
-    digits = load_digits()["train"]
-    count = len(digits) if limit is None else min(limit, len(digits))
+
+def make_photo_folder(folder, *, size: tuple[int, int], count: int, seed: int = 0) -> int:
+    """`count` JPEGs of `size` (w, h): random crops (a third to all of the width, the target's aspect ratio) of
+    scikit-learn's two sample photos, rescaled; `<folder>/<photo>/<n>.jpg`. Returns the number written."""
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images()
+    rng = random.Random(seed)
     for index in range(count):
-        example = digits[index]
-        image = example["image"].convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-        target = Path(folder) / str(example["label"]) / f"{index:05d}.jpg"
+        label = index % len(photos.images)
+        photo = Image.fromarray(photos.images[label])
+        width = rng.uniform(1 / 3, 1) * min(photo.width, photo.height * size[0] / size[1])
+        height = width * size[1] / size[0]
+        left, top = rng.uniform(0, photo.width - width), rng.uniform(0, photo.height - height)
+        image = photo.resize(size, Image.Resampling.BICUBIC, box=(left, top, left + width, top + height))
+        target = Path(folder) / Path(photos.filenames[label]).stem / f"{index:05d}.jpg"
         target.parent.mkdir(parents=True, exist_ok=True)
         image.save(target, quality=90)
     return count
@@ -48,137 +81,215 @@ def paper_recipe(folder) -> argparse.Namespace:
     return parse_args(["--train_dir", str(folder), "--report_to", "none"])
 
 
-def our_loader(folder, workers: int, batch_size: int, image_size: int) -> DataLoader:
-    """What run_image_classification.py builds for `--train_dir`."""
-    data = load_image_classification_data(train_dir=str(folder), train_val_split=0.01)
-    train_transform, _ = build_transforms(paper_recipe(folder), image_size=image_size, mean=MEAN, std=STD)
-    columns = {"image_column": data.image_column, "label_column": data.label_column}
-    dataset = prepare_dataset(data.train, ExampleTransform(train_transform, **columns))
-    sampler = train_sampler(dataset, num_processes=1, process_index=0, aug_repeats=0, seed=0)
-    return train_loader(dataset, batch_size=batch_size, sampler=sampler, workers=workers, pin_memory=False, seed=0)
+class OurPipeline:
+    """What run_image_classification.py builds for `--train_dir`, up to the batch the model takes."""
 
-
-def timm_loader(folder, workers: int, batch_size: int, image_size: int):
-    """timm's `create_loader` on its folder dataset, with the same transform."""
-    recipe = paper_recipe(folder)
-    dataset = create_dataset("", root=str(folder), is_training=True)
-    return create_loader(
-        dataset,
-        input_size=(3, image_size, image_size),
-        batch_size=batch_size,
-        is_training=True,
-        scale=recipe.scale,
-        hflip=recipe.hflip,
-        auto_augment=recipe.aa,
-        re_prob=recipe.reprob,
-        re_mode="pixel",
-        interpolation="bicubic",
-        mean=MEAN,
-        std=STD,
-        num_workers=workers,
-        use_prefetcher=False,
-        persistent_workers=False,
-        device="cpu",
-    )
-
-
-def images_per_second(loader, batches: int, warmup: int, seed: int) -> float:
-    """Throughput after `warmup` batches (worker start-up excluded).
-
-    Every RNG a worker or the main process draws from starts from `seed` (timm's worker seeding for both
-    loaders), so both loaders apply the same random augmentations in the same order: RandAugment's operations
-    differ several-fold in cost, and unequal draws would otherwise dominate the comparison.
-    """
-    if warmup + batches > len(loader):
-        raise ValueError(
-            f"batches={batches} + warmup={warmup} exceeds the {len(loader)} batches of one pass over the "
-            "folder; ask for fewer or use a larger folder"
+    def __init__(self, folder, workers: int, batch_size: int, image_size: int):
+        recipe = paper_recipe(folder)
+        data = load_image_classification_data(train_dir=str(folder), train_val_split=0.01)
+        train_transform, _ = build_transforms(recipe, image_size=image_size, mean=MEAN)
+        columns = {"image_column": data.image_column, "label_column": data.label_column}
+        dataset = prepare_dataset(data.train, ExampleTransform(train_transform, **columns))
+        self.sampler = train_sampler(dataset, num_processes=1, process_index=0, aug_repeats=0, seed=0)
+        self.loader = train_loader(
+            dataset, batch_size=batch_size, sampler=self.sampler, workers=workers, pin_memory=False, seed=0
         )
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    loader.generator = torch.Generator().manual_seed(seed)
-    loader.worker_init_fn = partial(seed_like_timm, loader.worker_init_fn)
-    iterator = iter(loader)
-    for _ in range(warmup):
-        next(iterator)
-    images, start = 0, time.perf_counter()
-    for _ in range(batches):
-        batch = next(iterator)
-        images += len(batch["pixel_values"] if isinstance(batch, dict) else batch[0])
+        self.normalize = Normalize(MEAN, STD, device="cpu")
+        self.augment = build_batch_augmentation(recipe, num_classes=len(data.label_names), device="cpu")
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def batches(self, epoch: int = 0):
+        self.sampler.set_epoch(epoch)
+        for batch in self.loader:
+            yield self.augment(self.normalize(batch["pixel_values"]), batch["labels"])
+
+
+class TimmPipeline:
+    """timm's `create_loader` on its folder dataset, as its train.py sets it up for the paper's flags."""
+
+    def __init__(self, folder, workers: int, batch_size: int, image_size: int):
+        recipe = paper_recipe(folder)
+        dataset = create_dataset("", root=str(folder), is_training=True)
+        mixup = FastCollateMixup(
+            mixup_alpha=recipe.mixup,
+            cutmix_alpha=recipe.cutmix,
+            label_smoothing=recipe.smoothing,
+            num_classes=len(dataset.reader.class_to_idx),
+        )
+        self.loader = create_loader(
+            dataset,
+            input_size=(3, image_size, image_size),
+            batch_size=batch_size,
+            is_training=True,
+            scale=recipe.scale,
+            hflip=recipe.hflip,
+            auto_augment=recipe.aa,
+            re_prob=recipe.reprob,
+            re_mode="pixel",
+            interpolation=recipe.train_interpolation,
+            mean=MEAN,
+            std=STD,
+            num_workers=workers,
+            collate_fn=mixup,
+            use_prefetcher=True,
+            device=torch.device("cpu"),
+        )
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def batches(self, epoch: int = 0):
+        return iter(self.loader)
+
+
+PIPELINES = {"ours": OurPipeline, "timm": TimmPipeline}
+
+
+def images_per_second(pipeline, *, warmup: int) -> float:
+    """Images/s over one pass after `warmup` batches (worker start-up excluded)."""
+    if warmup >= len(pipeline):
+        raise ValueError(
+            f"warmup={warmup} leaves none of the {len(pipeline)} batches of one pass over the folder to time; "
+            "ask for less warm-up or use a larger folder"
+        )
+    images, start = 0, None
+    for count, (batch, _) in enumerate(pipeline.batches()):
+        if count == warmup:
+            start = time.perf_counter()
+        if count >= warmup:
+            images += len(batch)
     return images / (time.perf_counter() - start)
 
 
-def seed_like_timm(worker_init_fn, worker_id: int) -> None:
-    """The loader's own worker set-up, then timm's worker seeding (NumPy included), for equal augmentations."""
-    if worker_init_fn is not None:
-        worker_init_fn(worker_id)
-    timm_worker_init(worker_id)
+def first_batch_seconds(folder, *, workers: int, batch_size: int, image_size: int) -> dict:
+    """Seconds an epoch of ours waits for its first batch: with workers started for it (what every epoch paid before
+    workers persisted) and with the workers kept from the epoch before."""
+    pipeline = OurPipeline(folder, workers, batch_size, image_size)
+    for _ in pipeline.batches(epoch=0):
+        pass
+    start = time.perf_counter()
+    next(pipeline.batches(epoch=1))
+    persistent = time.perf_counter() - start
+    restarted = OurPipeline(folder, workers, batch_size, image_size)
+    start = time.perf_counter()
+    next(restarted.batches(epoch=1))
+    return {"fresh_workers": time.perf_counter() - start, "persistent_workers": persistent}
 
 
-LOADERS = {"ours (🤗 Datasets imagefolder)": our_loader, "timm create_loader": timm_loader}
+def reduced_decode_difference(folder, *, image_size: int, crops: int = 48, seed: int = 0) -> dict:
+    """Over random crops of the folder's images: the share decoded at a reduced scale, and there the mean and the
+    99th percentile of |reduced - full decode| in grey levels (0-255), after the crop and resize."""
+    train, _ = build_transforms(paper_recipe(folder), image_size=image_size, mean=MEAN)
+    reduced_crop, _ = split_reduced_decode(train)
+    timm_crop = train.transforms[0]
+    files = sorted(Path(folder).glob("*/*"))
+    reduced, means, percentiles = 0, [], []
+    for index in range(crops):
+        path, decoded = files[index % len(files)], decode_image(files[index % len(files)])
+        random.seed(seed + index)
+        box = timm_crop.get_params(decoded, timm_crop.scale, timm_crop.ratio)
+        random.seed(seed + index)
+        ours = np.asarray(reduced_crop(open_image(path)), dtype=np.int16)
+        random.seed(seed + index)
+        difference = np.abs(ours - np.asarray(timm_crop(decoded), dtype=np.int16))
+        if jpeg_reduction((box[3], box[2]), (image_size, image_size)) > 1:
+            reduced += 1
+            means.append(float(difference.mean()))
+            percentiles.append(float(np.percentile(difference, 99)))
+    return {
+        "crops": crops,
+        "reduced_share": reduced / crops,
+        "mean_abs_difference": statistics.fmean(means) if means else 0.0,
+        "p99_abs_difference": statistics.fmean(percentiles) if percentiles else 0.0,
+    }
 
 
-def run(
-    folder,
-    workers: list[int],
-    batch_size: int,
-    batches: int,
-    warmup: int,
-    image_size: int,
-    rounds: int = 3,
-    seed: int = 0,
-) -> list[dict]:
+def run(folder, *, workers: list[int], batch_size: int, warmup: int, image_size: int, rounds: int) -> list[dict]:
     """Median images/s of each loader over `rounds`, the loaders alternating so that drifts hit both alike."""
     rows = []
     for count in workers:
-        speeds = {name: [] for name in LOADERS}
+        speeds = {name: [] for name in PIPELINES}
         for _ in range(rounds):
-            for name, build in LOADERS.items():
-                loader = build(folder, count, batch_size, image_size)
-                speeds[name].append(images_per_second(loader, batches, warmup, seed))
+            for name, build in PIPELINES.items():
+                speeds[name].append(images_per_second(build(folder, count, batch_size, image_size), warmup=warmup))
+        medians = {name: statistics.median(values) for name, values in speeds.items()}
         for name, values in speeds.items():
-            speed = statistics.median(values)
             rows.append(
                 {
+                    "folder": str(folder),
                     "loader": name,
                     "workers": count,
-                    "images_per_s": speed,
-                    "images_per_s_per_worker": speed / max(count, 1),
+                    "batch_size": batch_size,
+                    "images_per_s": medians[name],
+                    "images_per_s_per_worker": medians[name] / max(count, 1),
                     "images_per_s_each_round": values,
+                    "ours_over_timm": medians["ours"] / medians["timm"],
                 }
             )
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| loader | workers | images/s | images/s per worker |", "|---|---:|---:|---:|"]
-    for row in rows:
+    lines = [
+        "| folder | workers | ours img/s per worker | timm img/s per worker | ours / timm |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for ours, timm in zip(rows[::2], rows[1::2]):
         lines.append(
-            f"| {row['loader']} | {row['workers']} | {row['images_per_s']:.1f} | "
-            f"{row['images_per_s_per_worker']:.1f} |"
+            f"| {Path(ours['folder']).name} | {ours['workers']} | {ours['images_per_s_per_worker']:.1f} | "
+            f"{timm['images_per_s_per_worker']:.1f} | {ours['ours_over_timm']:.2f}x |"
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--folder", required=True, help="an ImageNet-layout folder of images")
-    parser.add_argument("--make", action="store_true", help="first write the digits there as 256 px JPEGs")
+    parser.add_argument("--photos", default=None, help="write (once) and measure DIR/imagenet-sized, DIR/camera-sized")
+    parser.add_argument("--folder", nargs="+", default=[], help="ImageNet-layout folders of your own images")
     parser.add_argument("--workers", type=int, nargs="+", default=[1])
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--batches", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch_size", type=int, default=32, help="for --folder")
+    parser.add_argument("--warmup", type=int, default=2, help="batches of each pass left out of the timing")
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs per loader")
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args(argv)
-    if args.make:
-        make_jpeg_folder(args.folder)
-    rows = run(args.folder, args.workers, args.batch_size, args.batches, args.warmup, args.image_size, args.rounds)
-    print(format_table(rows))
+    # One thread for the main process's batch work, as DataLoader gives each worker: with more, OpenMP's threads
+    # spin against the workers for the same cores (on a loaded 2-core machine a batch's stack took 0.7 s, not 9 ms).
+    torch.set_num_threads(1)
+    if args.photos is None and not args.folder:
+        parser.error("give --photos DIR or --folder DIR ...")
+    if min(args.workers) < 0:
+        parser.error(f"--workers {min(args.workers)} is not valid; allowed: 0 or more")
+    folders = [(Path(folder), args.batch_size) for folder in args.folder]
+    for name, (size, count, batch_size) in PHOTO_FOLDERS.items() if args.photos else ():
+        folder = Path(args.photos) / name
+        if not folder.is_dir():
+            make_photo_folder(folder, size=size, count=count)
+        folders.append((folder, batch_size))
+    report = {"speed": [], "epoch_start_seconds": {}, "reduced_decode": {}}
+    for folder, batch_size in folders:
+        common = {"batch_size": batch_size, "image_size": args.image_size}
+        report["speed"] += run(folder, workers=args.workers, warmup=args.warmup, rounds=args.rounds, **common)
+        report["reduced_decode"][str(folder)] = reduced_decode_difference(folder, image_size=args.image_size)
+        if max(args.workers) > 0:
+            start = first_batch_seconds(folder, workers=max(args.workers), **common)
+            report["epoch_start_seconds"][str(folder)] = start
+    print(format_table(report["speed"]))
+    for folder, start in report["epoch_start_seconds"].items():
+        print(
+            f"{Path(folder).name}: first batch of an epoch after {start['fresh_workers']:.2f} s with workers started "
+            f"for it, {start['persistent_workers']:.2f} s with persistent workers"
+        )
+    for folder, difference in report["reduced_decode"].items():
+        print(
+            f"{Path(folder).name}: {difference['reduced_share']:.0%} of crops decoded at a reduced scale; there "
+            f"|reduced - full| = {difference['mean_abs_difference']:.2f} grey levels on average, "
+            f"{difference['p99_abs_difference']:.1f} at the 99th percentile"
+        )
     if args.output_json:
-        Path(args.output_json).write_text(json.dumps(rows, indent=2) + "\n")
+        Path(args.output_json).write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

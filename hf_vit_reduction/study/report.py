@@ -10,7 +10,6 @@ epoch count, a second run of the same strategy and seed) are named with the reas
 
 import argparse
 import json
-import math
 import statistics
 from collections import Counter
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from scipy.stats import ttest_rel
 
 from ..command_line import CommandParser
 from ..configuration_vit_reduced import REDUCTION_STRATEGIES, ViTReducedConfig
+from ..hub.run_folder import CorruptRunFile, is_number, read_history, read_json
 from ..summary import summarize
 from ..training.outputs import replace_atomically, write_atomic
 
@@ -65,32 +65,6 @@ class Run:
         return self.results["seed"]
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise RunProblem(f"corrupt {path.name} ({error})") from None
-
-
-def _read_history(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise RunProblem("no history.jsonl")
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise RunProblem(f"corrupt history.jsonl line {number} ({error})") from None
-        if not isinstance(row, dict) or not all(_is_number(row.get(key)) for key in ("epoch", "top1")):
-            raise RunProblem(f"history.jsonl line {number} has no numeric epoch and top1")
-        rows.append(row)
-    return rows
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _newest_checkpoint_step(path: Path) -> int | None:
     steps = [int(p.name[5:]) for p in (path / "checkpoints").glob("step_*") if p.name[5:].isdigit()]
     return max(steps, default=None)
@@ -102,20 +76,24 @@ def is_run_folder(path: Path) -> bool:
 
 def load_run(path) -> Run:
     """Read a finished run, or raise RunProblem saying why it cannot be reported."""
-    path = Path(path)
+    try:
+        return _load_run(Path(path))
+    except CorruptRunFile as error:
+        raise RunProblem(str(error)) from None
+
+
+def _load_run(path: Path) -> Run:
     results_path = path / "results.json"
     if not results_path.is_file():
-        rows = _read_history(path / "history.jsonl") if (path / "history.jsonl").is_file() else []
+        rows = read_history(path / "history.jsonl")
         progress = f", last evaluated epoch {rows[-1].get('epoch')}" if rows else ""
         raise RunProblem(f"in progress or stopped: no results.json yet{progress}")
-    results = _read_json(results_path)
-    if not isinstance(results, dict):
-        raise RunProblem("corrupt results.json (not a JSON object)")
+    results = read_json(results_path)
     missing = [key for key in RESULT_KEYS if key not in results]
     if missing:
         raise RunProblem(f"results.json lacks {', '.join(missing)}")
     for key in (*FIGURES, "seed"):
-        if not _is_number(results[key]) or (key == "seed" and not isinstance(results[key], int)):
+        if not is_number(results[key]) or (key == "seed" and not isinstance(results[key], int)):
             raise RunProblem(
                 f"results.json: {key}={results[key]!r} is not a {'whole ' if key == 'seed' else ''}number"
             )
@@ -123,11 +101,13 @@ def load_run(path) -> Run:
     newest = _newest_checkpoint_step(path)
     if newest is not None and "steps" in results and newest > results["steps"]:
         raise RunProblem(f"in progress: checkpoint step {newest} is past the results' last step {results['steps']}")
-    history = _read_history(path / "history.jsonl")
+    if not (path / "history.jsonl").is_file():
+        raise RunProblem("no history.jsonl")
+    history = read_history(path / "history.jsonl")
     if not history or history[-1].get("top1") != results["final_top1"]:
         raise RunProblem("in progress: history.jsonl no longer ends with the final top-1 of results.json")
     if (path / "args.json").is_file() and "config" in results:
-        arguments = _read_json(path / "args.json")
+        arguments = read_json(path / "args.json")
         if arguments != results["config"]:
             raise RunProblem("in progress: args.json differs from the arguments recorded in results.json")
     if not (path / "config.json").is_file():

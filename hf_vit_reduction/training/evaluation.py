@@ -14,8 +14,10 @@ def top_k_metric():
 
 
 @torch.no_grad()
-def evaluate_model(model, loader, accelerator, k: int = 5) -> dict:
+def evaluate_model(model, loader, accelerator, *, normalize, k: int = 5) -> dict:
     """Top-1/top-5 (percent) and cross-entropy over every validation example exactly once across processes.
+
+    The loader's uint8 images are turned into the model's floats on the device by `normalize` (`recipe.Normalize`).
 
     Unreadable images arrive as placeholders labelled -1 so that every process gathers equal shapes; they are
     dropped after the gather and counted.
@@ -26,7 +28,7 @@ def evaluate_model(model, loader, accelerator, k: int = 5) -> dict:
     loss_sum, bad = 0.0, 0
     for batch in loader:
         with accelerator.autocast():
-            logits = model(pixel_values=batch["pixel_values"]).logits.float()
+            logits = model(pixel_values=normalize(batch["pixel_values"])).logits.float()
         ranked = logits.topk(min(k, logits.shape[-1]), dim=-1).indices
         labels = batch["labels"]
         losses = torch.nn.functional.cross_entropy(logits, labels.clamp(min=0), reduction="none")
@@ -48,11 +50,11 @@ def evaluate_model(model, loader, accelerator, k: int = 5) -> dict:
     }
 
 
-def evaluate_model_and_ema(model, ema, loader, accelerator) -> dict:
+def evaluate_model_and_ema(model, ema, loader, accelerator, *, normalize) -> dict:
     """A history row's metrics: the model's, the EMA's, and the reported ones (the EMA's when on, as timm)."""
-    row = {f"model_{k}": v for k, v in evaluate_model(model, loader, accelerator).items()}
+    row = {f"model_{k}": v for k, v in evaluate_model(model, loader, accelerator, normalize=normalize).items()}
     reported = {k.removeprefix("model_"): v for k, v in row.items()}
     if ema is not None:
-        reported = evaluate_model(ema.module, loader, accelerator)
+        reported = evaluate_model(ema.module, loader, accelerator, normalize=normalize)
         row |= {f"ema_{k}": v for k, v in reported.items()}
     return row | {k: reported[k] for k in ("top1", "top5", "loss")}

@@ -7,8 +7,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from PIL import Image
-from transformers import ViTImageProcessor
 
 from .history import RunHistory
 
@@ -47,17 +45,6 @@ def save_model(accelerator, model, processor, path) -> None:
     )
     if accelerator.is_main_process:
         processor.save_pretrained(path)
-
-
-def image_processor_for(image_size: int, mean, std) -> ViTImageProcessor:
-    """The processor saved beside a trained model, so `pipeline("image-classification")` sees what evaluation saw."""
-    return ViTImageProcessor(
-        do_resize=True,
-        size={"height": image_size, "width": image_size},
-        resample=Image.Resampling.BICUBIC,
-        image_mean=list(mean),
-        image_std=list(std),
-    )
 
 
 def replace_atomically(path: str | os.PathLike, write) -> None:

@@ -298,13 +298,14 @@ def build_scheduler(optimizer, args: argparse.Namespace, *, num_epochs: float, u
     return scheduler
 
 
-def build_transforms(args: argparse.Namespace, *, image_size: int, mean, std):
-    """timm's per-image train transform (crop, flip, RandAugment or colour jitter, tensor, normalization) and eval.
+def build_transforms(args: argparse.Namespace, *, image_size: int, mean):
+    """timm's per-image train transform (crop, flip, RandAugment or colour jitter) and eval, ending in uint8 tensors.
 
-    Random erasing is part of the per-image transform only with `random_erasing_stage="image"`; by default it runs
-    on the batch (`build_batch_augmentation`), after mixing, as timm's prefetcher does.
+    These are timm's transforms as its prefetcher runs them (`use_prefetcher=True`): a worker hands over uint8
+    images, and the conversion to float, the normalization (`Normalize`) and random erasing happen on the batch, on
+    the training device (`build_batch_augmentation`). `mean` is still needed here: RandAugment fills the corners of
+    a rotated or sheared image with it.
     """
-    per_image_erasing = args.reprob if args.random_erasing_stage == "image" else 0.0
     train = create_transform(
         input_size=image_size,
         is_training=True,
@@ -314,20 +315,29 @@ def build_transforms(args: argparse.Namespace, *, image_size: int, mean, std):
         auto_augment=args.aa or None,
         interpolation=args.train_interpolation,
         mean=mean,
-        std=std,
-        re_prob=per_image_erasing,
-        re_mode="pixel",
-        re_count=1,
+        use_prefetcher=True,
     )
     evaluation = create_transform(
         input_size=image_size,
         is_training=False,
         interpolation=args.interpolation,
-        mean=mean,
-        std=std,
         crop_pct=args.crop_pct,
+        mean=mean,
+        use_prefetcher=True,
     )
     return train, evaluation
+
+
+class Normalize:
+    """uint8 images to normalized floats on their device: the same operations, so the same floats, as torchvision's
+    `ToTensor` (a division by 255) followed by `Normalize` in a worker."""
+
+    def __init__(self, mean, std, *, device):
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float().div_(255).sub_(self.mean).div_(self.std)
 
 
 def mixes_pairs(args: argparse.Namespace) -> bool:
@@ -342,14 +352,20 @@ class BatchAugmentation:
     prefetcher normalizes and erases. Here the batch arrives normalized: a Mixup blend is convex and CutMix copies
     pixels, so both commute with the per-channel affine normalization, and the result equals timm's up to that
     uint8 rounding (at most half a grey level). Erasing fills with N(0, 1) noise on the normalized scale, as timm's.
-    Identity when both are off.
+    Per-image erasing (`random_erasing_stage="image"`, timm's --no-prefetcher order) erases each image with the
+    same probability before mixing. Identity when all are off.
     """
 
-    def __init__(self, mixup: Mixup | None, random_erasing: RandomErasing | None):
+    def __init__(
+        self, mixup: Mixup | None, random_erasing: RandomErasing | None, *, image_erasing: RandomErasing | None = None
+    ):
         self.mixup = mixup
         self.random_erasing = random_erasing
+        self.image_erasing = image_erasing
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.image_erasing is not None:
+            images = self.image_erasing(images)
         if self.mixup is not None:
             if len(labels) % 2:  # Mixup pairs image i with image n-1-i; a skipped unreadable image left one over
                 images, labels = images[:-1], labels[:-1]
@@ -360,16 +376,18 @@ class BatchAugmentation:
 
 
 def build_batch_augmentation(args: argparse.Namespace, *, num_classes: int, device) -> BatchAugmentation:
-    """Mixup/CutMix (label smoothing folded into the soft targets) and, by default, random erasing on the batch."""
+    """Mixup/CutMix (label smoothing folded into the soft targets) and random erasing, after mixing by default."""
     mixup = None
     if mixes_pairs(args):
         mixup = Mixup(
             mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing, num_classes=num_classes
         )
-    random_erasing = None
-    if args.reprob > 0 and args.random_erasing_stage == "batch":
-        random_erasing = RandomErasing(args.reprob, mode="pixel", max_count=1, num_splits=0, device=device)
-    return BatchAugmentation(mixup, random_erasing)
+    erasing = None
+    if args.reprob > 0:
+        erasing = RandomErasing(args.reprob, mode="pixel", max_count=1, num_splits=0, device=device)
+    if args.random_erasing_stage == "image":
+        return BatchAugmentation(mixup, None, image_erasing=erasing)
+    return BatchAugmentation(mixup, erasing)
 
 
 def build_train_criterion(args: argparse.Namespace) -> torch.nn.Module:
