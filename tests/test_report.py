@@ -282,11 +282,13 @@ def test_recovery_runs_are_tabled_beside_the_from_scratch_runs_of_their_strategy
         (tmp_path / name / "results.json").write_text(
             json.dumps(results | {"wall_time_s": 100.0 + 20 * results["seed"]})
         )
-    runs, left_out = collect_runs([tmp_path / "shallow-seed0", tmp_path / "shallow-seed1", recovered])
+    second = make_run(tmp_path / "recovered-again", "shallow", 1, [81.0, 88.0], provenance=provenance)
+    # Two recoveries of 2 epochs against two runs of 4: the from-scratch runs still set the comparison.
+    runs, left_out = collect_runs([recovered, second, tmp_path / "shallow-seed0", tmp_path / "shallow-seed1"])
     assert left_out == []  # 2 epochs against 4: a recovery is not an odd from-scratch run
     result = build_report(runs, left_out)
     assert result["strategies"]["shallow"]["seeds"] == [0, 1]
-    (row,) = result["recovery"]
+    row = result["recovery"][0]
     assert (row["cut"], row["distillation"], row["top1_before"], row["top1_after"]) == ("taylor", "soft", 60.0, 88.5)
     assert row["scratch_top1"] == (CURVES[("shallow", 0)][-1] + CURVES[("shallow", 1)][-1]) / 2
     assert row["scratch_wall_time_s"] == 110.0

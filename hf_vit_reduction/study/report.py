@@ -154,8 +154,10 @@ def collect_runs(paths) -> tuple[list[Run], list[dict]]:
     if not runs:
         return runs, left_out
     # The majority's dataset and length set the comparison; ties go to the first run given.
-    data = Counter(run.results["data"] for run in runs).most_common(1)[0][0]
-    epochs = Counter(run.results.get("epochs") for run in runs if run.results["data"] == data).most_common(1)[0][0]
+    # Recoveries of cut models are shorter by design: they do not vote.
+    voters = [run for run in runs if not run.results.get("provenance")] or runs
+    data = Counter(run.results["data"] for run in voters).most_common(1)[0][0]
+    epochs = Counter(run.results.get("epochs") for run in voters if run.results["data"] == data).most_common(1)[0][0]
     kept, seen, architecture = [], {}, {}
     for run in runs:
         if run.results.get("provenance"):  # a recovery of a cut model: its own table, beside the from-scratch runs
