@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from transformers import BaseImageProcessor
 
 from hf_vit_reduction import ViTReducedConfig, ViTReducedForImageClassification, summarize
+from hf_vit_reduction.conversion.provenance import recovery_provenance, write_provenance
 from hf_vit_reduction.hub.model_card import write_model_card
 from hf_vit_reduction.hub.pushing import HubPusher, HubPushError
 from hf_vit_reduction.image_processing_vit_reduced import image_processor_for
@@ -50,7 +51,8 @@ from hf_vit_reduction.training.data import (
     load_image_classification_data,
     take,
 )
-from hf_vit_reduction.training.evaluation import evaluate_model_and_ema
+from hf_vit_reduction.training.distillation import Distiller, load_teacher
+from hf_vit_reduction.training.evaluation import evaluate_model, evaluate_model_and_ema
 from hf_vit_reduction.training.loop_benchmark import LoopBenchmark
 from hf_vit_reduction.training.outputs import DiskFullError
 from hf_vit_reduction.training.preemption import PreemptionWatch, is_lost_process, lost_process
@@ -90,6 +92,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: Scheduler
     criterion: torch.nn.Module
+    distiller: Distiller | None  # --teacher_model_name_or_path: adds the teacher's term to the loss
     normalize: Normalize  # the loaders' uint8 images to the model's floats, on the device
     augment: BatchAugmentation  # (images, labels) -> (images, targets): Mixup/CutMix and erasing, or nothing
     plan: UpdatePlan
@@ -100,6 +103,7 @@ class Run:
     preemption: PreemptionWatch  # SIGTERM/SIGUSR1: a checkpoint at the next update, then exit status 75
     summary: dict
     run_config: dict
+    top1_before: float | None  # --model_name_or_path: the starting model's top-1, for the provenance
 
     @property
     def unwrapped_model(self) -> ViTReducedForImageClassification:
@@ -199,7 +203,10 @@ def train_one_epoch(run: Run, epoch: int, progress, callbacks) -> None:
         if args.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with accelerator.accumulate(model), accelerator.autocast():
-            loss = run.criterion(model(pixel_values=images).logits, targets)
+            logits = model(pixel_values=images).logits
+            loss = run.criterion(logits, targets)
+            if run.distiller is not None:
+                loss = run.distiller(loss, logits, images)
             accelerator.backward(loss)
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
@@ -274,8 +281,18 @@ def finish(run: Run) -> None:
         logger.warning(
             "skipped %d unreadable training images, e.g. %s", len(state.bad_train_images), state.bad_train_images[:10]
         )
+    if args.model_name_or_path:
+        results["provenance"] = recovery_provenance(
+            start=args.model_name_or_path,
+            distillation=run.distiller and run.distiller.describe(),
+            epochs=results["epochs"],
+            top1_before=run.top1_before,
+            top1_after=results["final_top1"],
+        )
     if accelerator.is_main_process:
         outputs.write_json(f"{args.output_dir}/results.json", results)
+        if args.model_name_or_path:
+            write_provenance(args.output_dir, results["provenance"])
         write_model_card(args.output_dir, repo_id=args.hub_model_id)
         if os.path.isdir(f"{args.output_dir}/best_model"):
             write_model_card(f"{args.output_dir}/best_model", repo_id=args.hub_model_id, run_dir=args.output_dir)
@@ -306,6 +323,16 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
     sampler, plan = plan_updates(args, data, accelerator)
     model = load_model(args, data.label_names)
     image_size = model.config.image_size
+    teacher = None
+    if args.teacher_model_name_or_path:  # checked against the data and the model before any long work
+        teacher = load_teacher(
+            args.teacher_model_name_or_path,
+            label_names=data.label_names,
+            image_size=image_size,
+            mean=MEAN,
+            std=STD,
+            device=accelerator.device,
+        )
     train_loader, eval_loader, eval_transform, columns = build_loaders(
         args, data, sampler=sampler, image_size=image_size, accelerator=accelerator
     )
@@ -334,6 +361,11 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
         optimizer=optimizer,
         scheduler=scheduler,
         criterion=build_train_criterion(args),
+        distiller=None
+        if teacher is None
+        else Distiller(
+            teacher, mode=args.distillation, alpha=args.distillation_alpha, temperature=args.distillation_temperature
+        ),
         normalize=Normalize(MEAN, STD, device=accelerator.device),
         augment=build_batch_augmentation(args, num_classes=len(data.label_names), device=accelerator.device),
         plan=plan,
@@ -348,7 +380,10 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
         preemption=PreemptionWatch(accelerator),
         summary=summarize(accelerator.unwrap_model(model)),
         run_config=run_config,
+        top1_before=None,
     )
+    if args.model_name_or_path:  # what the recovery starts from; re-measured on resume, the RNG is reset below
+        run.top1_before = evaluate_model(run.model, run.eval_loader, accelerator, normalize=run.normalize)["top1"]
     if resume:
         run.state = run.saver.load(resume)
         logger.info("resumed from %s at step %d", resume, run.state.step)

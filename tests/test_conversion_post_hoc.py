@@ -6,6 +6,8 @@ from conversion_sources import PIXELS, max_difference, transformers_vit, unique_
 
 from hf_vit_reduction import ViTReducedForImageClassification
 from hf_vit_reduction.conversion import reduce
+from hf_vit_reduction.conversion.calibration import Calibration
+from hf_vit_reduction.conversion.post_hoc import permuted_units
 
 
 def test_shallow_first_is_the_papers_slice(make_model):
@@ -69,6 +71,65 @@ def test_magnitude_pruning_keeps_the_units_with_the_largest_norm_product(make_mo
         assert torch.equal(small.fc2.bias, full.fc2.bias)
     first = reduce(baseline, "shallow", reduction_mlp_ratio=0.25)
     assert not torch.equal(unique_mlps(first)[0].fc1.weight, unique_mlps(pruned)[0].fc1.weight)
+
+
+def planted_calibration(count=16):
+    generator = torch.Generator().manual_seed(4)
+    return Calibration(
+        pixel_values=torch.randn(count, 3, 32, 32, generator=generator),
+        labels=torch.randint(0, 10, (count,), generator=generator),
+        batch_size=8,
+    )
+
+
+def test_activation_and_taylor_rank_planted_units_first(make_model):
+    baseline = make_model()
+    permutation = torch.randperm(256, generator=torch.Generator().manual_seed(0))
+    loud, useful = permutation[:64], permutation[64:128]
+    with torch.no_grad():
+        for mlp in unique_mlps(baseline):
+            mlp.fc1.weight.mul_(0.01)
+            mlp.fc1.bias.zero_()
+            mlp.fc1.bias[loud] = 3.0  # large activations...
+            mlp.fc2.weight.zero_()  # ...which nothing reads: no effect on the loss
+            mlp.fc1.bias[useful] = 1.0
+            mlp.fc2.weight[:, useful] = torch.randn(64, 64, generator=torch.Generator().manual_seed(1))
+            # Magnitude sees only weights: the useful units' fc1 rows are tiny, so it does not pick them.
+            mlp.fc1.weight[loud] *= 100
+    calibration = planted_calibration()
+    for method, planted in (("activation", loud), ("taylor", useful)):
+        pruned = reduce(baseline, "shallow", reduction_mlp_ratio=0.25, prune_method=method, calibration=calibration)
+        kept = planted.sort().values
+        for full, small in zip(unique_mlps(baseline), unique_mlps(pruned)):
+            assert torch.equal(small.fc1.weight, full.fc1.weight[kept]), method
+            assert torch.equal(small.fc2.weight, full.fc2.weight[:, kept]), method
+    with pytest.raises(ValueError, match="method 'taylor' ranks hidden units on data; pass calibration="):
+        reduce(baseline, "shallow", prune_method="taylor")
+
+
+def test_aligned_sharing_undoes_a_permutation_of_a_members_units(make_model):
+    baseline = make_model(seed=2)
+    permutation = torch.randperm(256, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        for block in baseline.vit.layers:  # attention adds nothing...
+            block.attention.proj.weight.zero_()
+            block.attention.proj.bias.zero_()
+        for leader in (0, 2):  # ...nor the leaders' MLPs: each member's MLP sees what its leader's sees
+            member = baseline.vit.layers[leader + 1].mlp
+            source = dict(baseline.vit.layers[leader].mlp.named_parameters())
+            for name, value in permuted_units(source, permutation).items():
+                member.get_parameter(name).copy_(value)
+            baseline.vit.layers[leader].mlp.fc2.weight.zero_()
+            baseline.vit.layers[leader].mlp.fc2.bias.zero_()
+            member.fc2.weight.copy_(source["fc2.weight"][:, permutation])
+    aligned = reduce(baseline, "grouped", share_method="aligned", calibration=planted_calibration())
+    mean = reduce(baseline, "grouped", share_method="mean")
+    for group, shared in enumerate(unique_mlps(aligned)):
+        leader = baseline.vit.layers[2 * group].mlp
+        # The member aligned back onto the leader: their average is the leader's fc1 exactly.
+        assert torch.equal(shared.fc1.weight, leader.fc1.weight)
+        assert torch.equal(shared.fc1.bias, leader.fc1.bias)
+        assert not torch.allclose(unique_mlps(mean)[group].fc1.weight, leader.fc1.weight)
 
 
 def test_grouped_leader_shares_the_first_mlp_unscaled(make_model):

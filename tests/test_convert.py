@@ -14,7 +14,9 @@ from transformers import (
 )
 
 from hf_vit_reduction import ViTReducedConfig, ViTReducedForImageClassification
+from hf_vit_reduction.conversion.calibration import load_calibration
 from hf_vit_reduction.conversion.convert import from_transformers, main, reduce
+from hf_vit_reduction.image_processing_vit_reduced import image_processor_for
 
 
 def test_command_converts_a_transformers_folder(tmp_path, capsys):
@@ -229,3 +231,47 @@ def test_command_writes_nothing_on_error_and_keeps_existing_output(tmp_path, cap
     assert list(processor.image_std) == [0.5, 0.5, 0.5]
     assert sorted(os.listdir(tmp_path)) == ["existing", "source"]
     assert ViTReducedConfig.from_pretrained(existing).layer_norm_eps == 1e-12
+
+
+def test_command_cuts_a_saved_baseline_with_calibration(tmp_path, make_model):
+    baseline = make_model(seed=1)
+    baseline.save_pretrained(tmp_path / "teacher")
+    # As a training run saves it: bicubic, mean = std = 0.5; calibration images go through the same.
+    image_processor_for(32, crop_pct=1.0, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3).save_pretrained(
+        tmp_path / "teacher"
+    )
+    base = ["--from", "vit_reduced", "--input", str(tmp_path / "teacher"), "--calibration_samples", "24"]
+    main([*base, "--output", str(tmp_path / "out"), "--strategy", "shallow", "--prune_method", "activation"])
+    calibration = load_calibration(samples=24, seed=0, image_size=32, mean=[0.5] * 3, std=[0.5] * 3)
+    expected = reduce(baseline, "shallow", prune_method="activation", calibration=calibration)
+    model = ViTReducedForImageClassification.from_pretrained(tmp_path / "out")
+    with torch.no_grad():
+        assert torch.equal(model(PIXELS).logits, expected(PIXELS).logits)
+    assert json.loads((tmp_path / "out" / "provenance.json").read_text()) == {
+        "source": f"vit_reduced {tmp_path / 'teacher'}",
+        "strategy": "shallow",
+        "prune_method": "activation",
+        "calibration": {"samples": 24, "seed": 0, "data": "digits (scikit-learn, embedded)"},
+    }
+    assert "24 training images of digits" in (tmp_path / "out" / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--strategy", "shallow", "--prune_method", "taylor", "--calibration_samples", "0"],
+            "--calibration_samples 0",
+        ),
+        (["--strategy", "shallow", "--prune_method", "taylor", "--calibration_samples", "9999"], "more than the 1437"),
+        (["--strategy", "grouped", "--prune_method", "activation"], "prune_method='activation' is not valid with"),
+    ],
+)
+def test_command_refuses_bad_calibration(tmp_path, make_model, capsys, flags, message):
+    make_model().save_pretrained(tmp_path / "teacher")
+    error = command_error(
+        capsys,
+        ["--from", "vit_reduced", "--input", str(tmp_path / "teacher"), "--output", str(tmp_path / "out"), *flags],
+    )
+    assert message in error and error.count("error:") == 1
+    assert sorted(os.listdir(tmp_path)) == ["teacher"]

@@ -302,3 +302,42 @@ def test_template_is_found_when_installed_from_a_wheel(make_model, tmp_path):
     card = ModelCard.load(folder / "README.md")
     assert {result.metric_value for result in card.data.eval_results} == {96.39, 99.72}
     assert 'from_pretrained("me/from-wheel")' in card.text
+
+
+def test_card_says_how_a_cut_and_recovered_model_was_made(make_model, tmp_path):
+    make_model("shallow").save_pretrained(tmp_path)
+    cut = {
+        "source": "vit_reduced runs/teacher",
+        "strategy": "shallow",
+        "prune_method": "taylor",
+        "share_method": "leader",
+        "calibration": {"samples": 256, "seed": 0, "data": "digits (scikit-learn, embedded)"},
+    }
+    (tmp_path / "provenance.json").write_text(json.dumps(cut))
+    text = render_model_card(tmp_path).text
+    assert "## How it was made" in text
+    assert (
+        "- Cut from `vit_reduced runs/teacher` to `shallow` with `taylor`, calibrated on 256 training images of "
+        "digits (scikit-learn, embedded) (seed 0)." in text
+    )
+    recovery = {
+        "cut": cut,
+        "recovered_from": "runs/cut",
+        "distillation": {
+            "teacher": "runs/teacher",
+            "distillation": "soft",
+            "distillation_alpha": 0.5,
+            "distillation_temperature": 2.0,
+        },
+        "recovery_epochs": 10,
+        "top1_before": 91.25,
+        "top1_after": 97.5,
+    }
+    (tmp_path / "provenance.json").write_text(json.dumps(recovery))
+    text = render_model_card(tmp_path).text
+    assert "with `taylor`" in text and (
+        "- Recovered from `runs/cut` for 10 epochs with soft distillation from `runs/teacher` (alpha 0.5, "
+        "temperature 2.0): top-1 91.25% before, 97.50% after." in text
+    )
+    (tmp_path / "provenance.json").unlink()
+    assert "How it was made" not in render_model_card(tmp_path).text

@@ -20,6 +20,9 @@ def test_one_epoch_measurement_runs_and_reports_every_reduction(tmp_path):
         "shallow 0.5 magnitude",
         "grouped leader",
         "grouped mean",
+        "shallow 0.5 activation",
+        "shallow 0.5 taylor",
+        "grouped aligned",
     }
     for row in rows.values():
         assert 0.0 <= row["accuracy"] <= 1.0 and -1.0 <= row["logit_cosine"] <= 1.0

@@ -263,3 +263,36 @@ def test_bad_inputs_end_in_one_error_line(arguments, message, runs_dir, tmp_path
     assert text.startswith(message.format(tmp=tmp_path, runs=runs_dir)) and text.count("\n") == 1
     assert not (tmp_path / "out").exists()
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def test_recovery_runs_are_tabled_beside_the_from_scratch_runs_of_their_strategy(runs_dir, tmp_path):
+    provenance = {
+        "cut": {"strategy": "shallow", "prune_method": "taylor"},
+        "distillation": {"distillation": "soft", "distillation_alpha": 0.5},
+        "recovery_epochs": 2,
+        "top1_before": 60.0,
+        "top1_after": 88.5,
+    }
+    recovered = make_run(tmp_path / "recovered", "shallow", 0, [80.0, 88.5], provenance=provenance, wall_time_s=30.0)
+    for name in ("shallow-seed0", "shallow-seed1"):
+        results = json.loads((runs_dir / name / "results.json").read_text())
+        (tmp_path / name).mkdir()
+        for file in ("history.jsonl", "args.json", "config.json"):
+            shutil.copy(runs_dir / name / file, tmp_path / name / file)
+        (tmp_path / name / "results.json").write_text(
+            json.dumps(results | {"wall_time_s": 100.0 + 20 * results["seed"]})
+        )
+    second = make_run(tmp_path / "recovered-again", "shallow", 1, [81.0, 88.0], provenance=provenance)
+    # Two recoveries of 2 epochs against two runs of 4: the from-scratch runs still set the comparison.
+    runs, left_out = collect_runs([recovered, second, tmp_path / "shallow-seed0", tmp_path / "shallow-seed1"])
+    assert left_out == []  # 2 epochs against 4: a recovery is not an odd from-scratch run
+    result = build_report(runs, left_out)
+    assert result["strategies"]["shallow"]["seeds"] == [0, 1]
+    row = result["recovery"][0]
+    assert (row["cut"], row["distillation"], row["top1_before"], row["top1_after"]) == ("taylor", "soft", 60.0, 88.5)
+    assert row["scratch_top1"] == (CURVES[("shallow", 0)][-1] + CURVES[("shallow", 1)][-1]) / 2
+    assert row["scratch_wall_time_s"] == 110.0
+    assert (
+        "| `recovered` | shallow | taylor | soft | 2 | 60.00% | 88.50% | 30 s | 89.50% | 110 s |"
+        in results_section(result)
+    )

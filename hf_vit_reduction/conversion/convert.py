@@ -7,6 +7,12 @@ optionally reduces it after the fact to `shallow` or `grouped`, and writes weigh
     python -m hf_vit_reduction.convert --from timm --input vit_base_patch16_224 --output out --strategy shallow
     python -m hf_vit_reduction.convert --from timm --input weights.safetensors --timm_model vit_base_patch16_224 \\
         --output out --strategy grouped --share_method mean
+    python -m hf_vit_reduction.convert --from vit_reduced --input trained-baseline --output out \\
+        --strategy shallow --prune_method activation --calibration_samples 256 --train_dir train/
+
+`activation`, `taylor` and `aligned` rank or match hidden units on calibration images: a seeded sample of the
+training split of `--dataset_name` / `--train_dir` (the embedded digits without either), transformed as the model's
+image processor does. A training split with fewer images than `--calibration_samples` is refused.
 
 A timm model name builds that architecture with random weights (nothing is downloaded). `from_transformers`,
 `from_timm` and `reduce` are importable from here as from `hf_vit_reduction.conversion`.
@@ -20,14 +26,18 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from transformers import ViTImageProcessor
+from transformers import AutoImageProcessor, ViTImageProcessor
+from transformers.image_utils import PILImageResampling
 
 from ..command_line import CommandParser
 from ..configuration_vit_reduced import ViTReducedConfig
 from ..hub.model_card import write_model_card
 from ..image_processing_vit_reduced import image_processor_for
+from ..modeling_vit_reduced import ViTReducedForImageClassification
 from . import from_timm, from_transformers, reduce
-from .post_hoc import POST_HOC_STRATEGIES, PRUNE_METHODS, SHARE_METHODS, check_reduce_arguments
+from .calibration import DEFAULT_CALIBRATION_SAMPLES, load_calibration
+from .post_hoc import POST_HOC_STRATEGIES, PRUNE_METHODS, SHARE_METHODS, check_reduce_arguments, needs_calibration
+from .provenance import write_provenance
 from .transformers_vit import load_transformers_folder
 
 __all__ = ["from_timm", "from_transformers", "main", "reduce"]
@@ -181,6 +191,66 @@ def _convert_timm_input(args):
     return model, source, processor.save_pretrained
 
 
+def _convert_vit_reduced_input(args):
+    """(the saved baseline, its own logits function, image processor writer) of a ViTReduced model folder."""
+    try:
+        model = ViTReducedForImageClassification.from_pretrained(args.input).eval()
+    except OSError as error:
+        raise ValueError(
+            f"--input {args.input} is not a saved ViTReduced model folder: {str(error).splitlines()[0]}"
+        ) from None
+    if model.config.reduction_strategy != "baseline":
+        raise ValueError(
+            f"--input {args.input} holds a {model.config.reduction_strategy!r} model; allowed: a 'baseline' "
+            "(a post-hoc reduction starts from full MLPs)"
+        )
+    processor_file = Path(args.input) / "preprocessor_config.json"
+    processor = (
+        AutoImageProcessor.from_pretrained(args.input)
+        if processor_file.is_file()
+        else _vit_image_processor_for(model.config)
+    )
+    return model, lambda pixels: model(pixels).logits, processor.save_pretrained
+
+
+# PIL resampling codes of an image processor, by timm's interpolation names.
+TIMM_INTERPOLATIONS = {
+    PILImageResampling.BICUBIC: "bicubic",
+    PILImageResampling.BILINEAR: "bilinear",
+    PILImageResampling.NEAREST: "nearest",
+}
+
+
+def _calibration_for(model, folder: Path, args):
+    """Calibration images transformed by the image processor written to `folder` (the converted model's own)."""
+    processor = AutoImageProcessor.from_pretrained(folder)
+    calibration = load_calibration(
+        samples=args.calibration_samples,
+        seed=args.seed,
+        image_size=model.config.image_size,
+        mean=processor.image_mean,
+        std=processor.image_std,
+        interpolation=TIMM_INTERPOLATIONS.get(PILImageResampling(processor.resample), "bicubic"),
+        dataset_name=args.dataset_name,
+        dataset_config_name=args.dataset_config_name,
+        train_dir=args.train_dir,
+        train_split=args.train_split,
+        image_column=args.image_column,
+        label_column=args.label_column,
+        cache_dir=args.cache_dir,
+    )
+    if args.prune_method == "taylor" and int(calibration.labels.max()) >= model.config.num_labels:
+        raise ValueError(
+            f"--prune_method taylor needs the model's labels: the calibration data ({calibration.source}) has "
+            f"label {int(calibration.labels.max())}, the model {model.config.num_labels} classes"
+        )
+    return calibration
+
+
+SHALLOW_KEYS = ("reduction_mlp_ratio", "prune_method")
+GROUPED_KEYS = ("share_method", "mlp_share_group_size")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = CommandParser(
         prog="python -m hf_vit_reduction.convert",
@@ -191,13 +261,13 @@ def main(argv: list[str] | None = None) -> None:
         "--from",
         dest="source",
         required=True,
-        choices=("transformers", "timm"),
-        help="library of the input model",
+        choices=("transformers", "timm", "vit_reduced"),
+        help="library of the input model (vit_reduced: a baseline saved by this package, e.g. a trained run)",
     )
     parser.add_argument(
         "--input",
         required=True,
-        help="transformers: a local model folder; timm: a model name (random weights) or a .safetensors/.pth "
+        help="transformers, vit_reduced: a local model folder; timm: a model name (random weights) or a .safetensors/.pth "
         "state dict (with --timm_model)",
     )
     parser.add_argument("--output", required=True, type=Path, help="folder to write")
@@ -224,13 +294,15 @@ def main(argv: list[str] | None = None) -> None:
         "--prune_method",
         default="first",
         choices=PRUNE_METHODS,
-        help="shallow: first units (the paper) or largest ||fc1 row||*||fc2 column||",
+        help="shallow: first units (the paper), largest ||fc1 row||*||fc2 column|| (magnitude), largest mean "
+        "|activation| (activation) or |activation x gradient| of the loss (taylor) on calibration images",
     )
     parser.add_argument(
         "--share_method",
         default="leader",
         choices=SHARE_METHODS,
-        help="grouped: the group's first MLP (the paper) or the mean of its MLPs",
+        help="grouped: the group's first MLP (the paper), the mean of its MLPs, or their mean after matching each "
+        "member's hidden units to the leader's on calibration images (aligned)",
     )
     parser.add_argument("--mlp_share_group_size", type=int, help="grouped: blocks per MLP (default 2)")
     parser.add_argument(
@@ -239,6 +311,21 @@ def main(argv: list[str] | None = None) -> None:
         help="transformers: convert a ViTModel without its pooler",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    calibration = parser.add_argument_group("calibration (activation, taylor, aligned)")
+    calibration.add_argument(
+        "--calibration_samples",
+        type=int,
+        default=DEFAULT_CALIBRATION_SAMPLES,
+        help="training images to calibrate on (default %(default)s)",
+    )
+    calibration.add_argument("--seed", type=int, default=0, help="which images are drawn (default %(default)s)")
+    calibration.add_argument("--dataset_name", help="as the training script's; neither gives the embedded digits")
+    calibration.add_argument("--dataset_config_name")
+    calibration.add_argument("--train_dir", help="image folders in ImageNet's layout, as the training script's")
+    calibration.add_argument("--train_split", default="train")
+    calibration.add_argument("--image_column")
+    calibration.add_argument("--label_column")
+    calibration.add_argument("--cache_dir")
     args = parser.parse_args(argv)
 
     try:
@@ -266,13 +353,28 @@ def main(argv: list[str] | None = None) -> None:
                 raise ValueError(f"--image_size {args.image_size} is not valid; allowed: an integer >= 1")
         if args.source != "transformers" and args.drop_pooler:
             raise ValueError("--drop_pooler applies to --from transformers only")
+        if args.calibration_samples < 1:
+            raise ValueError(
+                f"--calibration_samples {args.calibration_samples} is not valid; allowed: an integer >= 1"
+            )
+        calibrated = reduction is not None and needs_calibration(args.prune_method, args.share_method)
 
-        convert = _convert_transformers_input if args.source == "transformers" else _convert_timm_input
+        convert = {
+            "transformers": _convert_transformers_input,
+            "timm": _convert_timm_input,
+            "vit_reduced": _convert_vit_reduced_input,
+        }[args.source]
         model, source_logits, write_processor = convert(args)
         difference = _max_logit_difference(source_logits, model)
+        calibration = None
+        if calibrated:
+            # The processor the output folder will hold decides how calibration images are transformed.
+            with tempfile.TemporaryDirectory() as folder:
+                write_processor(Path(folder))
+                calibration = _calibration_for(model, Path(folder), args)
         if reduction:
-            model = reduce(model, **reduction)
-    except ValueError as error:
+            model = reduce(model, **reduction, calibration=calibration)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as error:
         parser.error(str(error))
 
     conversion = {
@@ -280,10 +382,30 @@ def main(argv: list[str] | None = None) -> None:
         "method": _describe_reduction(reduction),
         "largest logit difference (converted baseline vs source, 2 random images)": f"{difference:.2e}",
     }
+    provenance = {
+        "source": conversion["source"],
+        "strategy": model.config.reduction_strategy,
+        # The method of the strategy only: a shallow cut has no sharing method, a grouped one no pruning method.
+        **{
+            key: value
+            for key, value in (reduction or {}).items()
+            if value is not None and key in {"shallow": SHALLOW_KEYS, "grouped": GROUPED_KEYS}[reduction["strategy"]]
+        },
+    }
+    if calibration is not None:
+        provenance["calibration"] = {
+            "samples": len(calibration.labels),
+            "seed": args.seed,
+            "data": calibration.source,
+        }
+        conversion["calibration"] = (
+            f"{len(calibration.labels)} training images of {calibration.source} (seed {args.seed})"
+        )
 
     def write(folder: Path):
         model.save_pretrained(folder)
         write_processor(folder)
+        write_provenance(folder, provenance)
         write_model_card(folder, conversion=conversion, final_folder=args.output)
 
     _write_folder(args.output, write)

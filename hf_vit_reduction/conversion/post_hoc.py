@@ -1,14 +1,18 @@
 """Post-hoc reduction: a trained baseline ViTReduced cut to `shallow` or shared to `grouped`."""
 
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from ..configuration_vit_reduced import ViTReducedConfig
 from .building import build_with_weights
+from .calibration import Calibration, activation_importance, group_correlations, taylor_importance
 
 POST_HOC_STRATEGIES = ("shallow", "grouped")
-PRUNE_METHODS = ("first", "magnitude")
-SHARE_METHODS = ("leader", "mean")
+PRUNE_METHODS = ("first", "magnitude", "activation", "taylor")
+SHARE_METHODS = ("leader", "mean", "aligned")
+# The methods that rank or match hidden units by what they do on calibration images.
+CALIBRATED_METHODS = ("activation", "taylor", "aligned")
 
 
 def _allowed(values) -> str:
@@ -52,6 +56,10 @@ def check_reduce_arguments(strategy, reduction_mlp_ratio, prune_method, share_me
             )
 
 
+def needs_calibration(prune_method: str = "first", share_method: str = "leader") -> bool:
+    return prune_method in CALIBRATED_METHODS or share_method in CALIBRATED_METHODS
+
+
 def reduce(
     model,
     strategy: str,
@@ -60,20 +68,30 @@ def reduce(
     prune_method: str = "first",
     share_method: str = "leader",
     mlp_share_group_size: int | None = None,
+    calibration: Calibration | None = None,
 ):
     """A new model: the baseline `model` reduced to `strategy` after the fact. `model` is left as it is.
 
     - `shallow` keeps `int(intermediate_size * reduction_mlp_ratio)` hidden units of every MLP (default ratio 0.5):
       `prune_method="first"` the first ones (the paper's slice: fc1 rows, fc2 columns; fc2's bias is kept), or
-      `"magnitude"` those with the largest ||fc1 row|| * ||fc2 column||, in their original order.
+      `"magnitude"` those with the largest ||fc1 row|| * ||fc2 column||, `"activation"` those with the largest mean
+      |activation| on the calibration images, or `"taylor"` those with the largest first-order loss change
+      (|activation x gradient|, with the labels); the kept units stay in their original order.
     - `grouped` gives each group of `mlp_share_group_size` blocks (default 2) one MLP: `share_method="leader"` the
-      group's first block's (the paper), or `"mean"` the average of the group's MLP weights. Trained weights are
+      group's first block's (the paper), `"mean"` the average of the group's MLP weights, or `"aligned"` that
+      average after each member's hidden units are permuted to match the leader's (the assignment maximizing the
+      summed correlation of their activations on the calibration images, solved exactly by scipy's
+      `linear_sum_assignment`; a permutation does not change what a member computes). Trained weights are
       not scaled by 1/sqrt(2): that is the paper's init of a fresh shared MLP, which the config records as
       `reduction_mlp_ratio` and which only applies when a model is initialized.
     - `thin` is not a reduction of trained weights: it is an error that says to use `shallow`.
     Everything outside the MLPs is copied; the config is the baseline's with the new strategy.
+    `calibration` (`conversion.calibration.load_calibration`) is needed by `activation`, `taylor` and `aligned`.
     """
     check_reduce_arguments(strategy, reduction_mlp_ratio, prune_method, share_method, mlp_share_group_size)
+    if needs_calibration(prune_method, share_method) and calibration is None:
+        method = prune_method if prune_method in CALIBRATED_METHODS else share_method
+        raise ValueError(f"method {method!r} ranks hidden units on data; pass calibration=load_calibration(...)")
     config = getattr(model, "config", None)
     if getattr(config, "model_type", None) != ViTReducedConfig.model_type:
         raise TypeError(
@@ -96,6 +114,24 @@ def reduce(
 
     encoder = model.vit if hasattr(model, "vit") else model
     prefix = "vit.layers." if encoder is not model else "layers."
+    scores = [None] * len(encoder.layers)
+    if prune_method == "magnitude":
+        # A unit's contribution is bounded by the norms of its input row and output column.
+        scores = [mlp.fc1.weight.float().norm(dim=1) * mlp.fc2.weight.float().norm(dim=0) for mlp in _mlps(encoder)]
+    elif prune_method == "activation":
+        scores = activation_importance(model, calibration)
+    elif prune_method == "taylor":
+        scores = taylor_importance(model, calibration)
+    permutations = {}
+    if share_method == "aligned":
+        groups = [
+            list(range(first, min(first + new_config.mlp_share_group_size, len(encoder.layers))))
+            for first in range(0, len(encoder.layers), new_config.mlp_share_group_size)
+        ]
+        permutations = {
+            member: matching_permutation(correlation)
+            for (_, member), correlation in group_correlations(model, calibration, groups).items()
+        }
     with torch.no_grad():
         state = {key: value.clone() for key, value in model.state_dict().items() if ".mlp." not in key}
         for index, layer in enumerate(encoder.layers):
@@ -106,7 +142,7 @@ def reduce(
                 state.update({f"{prefix}{index}.mlp.{name}": state[f"{prefix}{first}.mlp.{name}"] for name in names})
                 continue
             if strategy == "shallow":
-                keep = _kept_units(layer.mlp, new_config.mlp_hidden_size, prune_method)
+                keep = _kept_units(scores[index], new_config.mlp_hidden_size)
                 mlp_state = {
                     "fc1.weight": layer.mlp.fc1.weight[keep],
                     "fc1.bias": layer.mlp.fc1.bias[keep],
@@ -114,22 +150,46 @@ def reduce(
                     "fc2.bias": layer.mlp.fc2.bias,
                 }
             else:
-                members = encoder.layers[first : first + new_config.mlp_share_group_size]
+                members = range(first, min(first + new_config.mlp_share_group_size, len(encoder.layers)))
                 if share_method == "leader":
                     members = members[:1]
+                states = [
+                    permuted_units(dict(encoder.layers[member].mlp.named_parameters()), permutations.get(member))
+                    for member in members
+                ]
                 # Averaged in float32 so that a bfloat16 model's mean is rounded once.
                 mlp_state = {
-                    name: torch.stack([member.mlp.get_parameter(name) for member in members]).float().mean(0).to(param)
+                    name: torch.stack([state[name] for state in states]).float().mean(0).to(param)
                     for name, param in layer.mlp.named_parameters()
                 }
             state.update({f"{prefix}{index}.mlp.{name}": value.clone() for name, value in mlp_state.items()})
     return build_with_weights(type(model), new_config, state, training=model.training)
 
 
-def _kept_units(mlp: nn.Module, width: int, prune_method: str):
-    """The hidden units of `mlp` that a shallow MLP of `width` keeps, in their original order."""
-    if prune_method == "first":
+def _mlps(encoder) -> list[nn.Module]:
+    return [layer.mlp for layer in encoder.layers]
+
+
+def _kept_units(scores: torch.Tensor | None, width: int):
+    """The hidden units with the `width` largest scores (the first ones without scores), in their original order."""
+    if scores is None:
         return slice(0, width)
-    # A unit's contribution is bounded by the norms of its input row and output column.
-    scores = mlp.fc1.weight.float().norm(dim=1) * mlp.fc2.weight.float().norm(dim=0)
     return scores.topk(width).indices.sort().values
+
+
+def matching_permutation(correlation: torch.Tensor) -> torch.Tensor:
+    """`permutation[i]`: the member unit matched to leader unit i, maximizing the summed correlation (exactly)."""
+    rows, columns = linear_sum_assignment(correlation.cpu().numpy(), maximize=True)
+    return torch.as_tensor(columns[rows.argsort()], dtype=torch.long)
+
+
+def permuted_units(mlp_state: dict, permutation: torch.Tensor | None) -> dict:
+    """An MLP's fc1/fc2 weights with its hidden units reordered; the MLP computes the same function."""
+    if permutation is None:
+        return mlp_state
+    return {
+        "fc1.weight": mlp_state["fc1.weight"][permutation],
+        "fc1.bias": mlp_state["fc1.bias"][permutation],
+        "fc2.weight": mlp_state["fc2.weight"][:, permutation],
+        "fc2.bias": mlp_state["fc2.bias"],
+    }

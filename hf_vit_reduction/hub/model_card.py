@@ -22,6 +22,7 @@ from PIL import Image
 
 from ..command_line import CommandParser
 from ..configuration_vit_reduced import ViTReducedConfig
+from ..conversion.provenance import read_provenance
 from ..summary import summarize
 from .run_folder import read_history, read_json
 
@@ -156,7 +157,7 @@ def render_model_card(
     limitations.append(
         "The modeling code is this repository's own (`trust_remote_code=True`), or the `hf-vit-reduction` package."
     )
-    return ModelCard.from_template(
+    card = ModelCard.from_template(
         card_data,
         template_str=resources.files(__package__).joinpath("templates", TEMPLATE).read_text(encoding="utf-8"),
         model_name=model_name,
@@ -176,9 +177,40 @@ def render_model_card(
         split=split,
         curves=(folder / "training_curves.png").is_file(),
         hyperparameters=_hyperparameters(run_args),
-        **_provenance(conversion),
+        **_provenance(conversion, read_provenance(folder)),
         limitations=limitations,
     )
+    return card
+
+
+def how_it_was_made(provenance: dict) -> list[str]:
+    """The lines of the card's section from a folder's provenance.json: the cut (a converter's record) and, for a
+    training run that started from a saved model, its recovery (teacher, distillation, epochs, top-1 before and
+    after)."""
+    cut = provenance.get("cut", provenance) if "recovered_from" in provenance else provenance
+    lines = []
+    if cut:
+        method = cut.get("prune_method") if cut.get("strategy") == "shallow" else cut.get("share_method")
+        line = f"- Cut from `{cut.get('source')}` to `{cut.get('strategy')}` with `{method}`"
+        calibration = cut.get("calibration")
+        if calibration:
+            line += f", calibrated on {calibration['samples']} training images of {calibration['data']}"
+            line += f" (seed {calibration['seed']})"
+        lines.append(line + ".")
+    if "recovered_from" in provenance:
+        distillation = provenance.get("distillation")
+        how = "without distillation"
+        if distillation:
+            how = f"with {distillation['distillation']} distillation from `{distillation['teacher']}` (alpha "
+            how += f"{distillation['distillation_alpha']}"
+            if "distillation_temperature" in distillation:
+                how += f", temperature {distillation['distillation_temperature']}"
+            how += ")"
+        lines.append(
+            f"- Recovered from `{provenance['recovered_from']}` for {provenance['recovery_epochs']} epochs {how}: "
+            f"top-1 {provenance['top1_before']:.2f}% before, {provenance['top1_after']:.2f}% after."
+        )
+    return lines
 
 
 def write_model_card(folder: str | Path, **kwargs) -> Path:
@@ -277,13 +309,10 @@ def _value(value) -> str:
     return "none" if value is None else str(value)
 
 
-def _provenance(conversion: dict | None) -> dict:
-    """The template's provenance area: how a model that was not trained from scratch here was made.
-
-    Today the converter's facts; cut and recovered models (source model, method, calibration samples, teacher,
-    top-1 before and after) add their variables here and their section beside "Conversion" in the template.
-    """
-    return {"conversion": conversion}
+def _provenance(conversion: dict | None, provenance: dict | None) -> dict:
+    """The template's provenance area: how a model that was not trained from scratch here was made: the
+    converter's facts, and the cut and recovery recorded in the folder's provenance.json."""
+    return {"conversion": conversion, "how_it_was_made": how_it_was_made(provenance) if provenance else None}
 
 
 def _is_hub_id(name: str | None) -> bool:

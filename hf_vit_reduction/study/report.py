@@ -154,10 +154,15 @@ def collect_runs(paths) -> tuple[list[Run], list[dict]]:
     if not runs:
         return runs, left_out
     # The majority's dataset and length set the comparison; ties go to the first run given.
-    data = Counter(run.results["data"] for run in runs).most_common(1)[0][0]
-    epochs = Counter(run.results.get("epochs") for run in runs if run.results["data"] == data).most_common(1)[0][0]
+    # Recoveries of cut models are shorter by design: they do not vote.
+    voters = [run for run in runs if not run.results.get("provenance")] or runs
+    data = Counter(run.results["data"] for run in voters).most_common(1)[0][0]
+    epochs = Counter(run.results.get("epochs") for run in voters if run.results["data"] == data).most_common(1)[0][0]
     kept, seen, architecture = [], {}, {}
     for run in runs:
+        if run.results.get("provenance"):  # a recovery of a cut model: its own table, beside the from-scratch runs
+            kept.append(run)
+            continue
         key = (run.strategy, run.seed)
         shape = {k: run.summary[k] for k in ("num_parameters", "mlp_hidden_size", "unique_mlps", "gmacs")}
         if run.results["data"] != data:
@@ -225,6 +230,8 @@ def strategy_order(strategies) -> list[str]:
 
 def build_report(runs: list[Run], left_out: list[dict], benchmark: dict | None = None) -> dict:
     """Every number of the report, JSON-serializable."""
+    recoveries = [run for run in runs if run.results.get("provenance")]
+    runs = [run for run in runs if not run.results.get("provenance")]
     groups = {s: [run for run in runs if run.strategy == s] for s in strategy_order({r.strategy for r in runs})}
     for group in groups.values():
         group.sort(key=lambda run: run.seed)
@@ -279,6 +286,28 @@ def build_report(runs: list[Run], left_out: list[dict], benchmark: dict | None =
         ],
         "left_out": left_out,
         "plots": dict(PLOTS),
+        "recovery": [recovery_row(run, groups.get(run.strategy, [])) for run in recoveries],
+    }
+
+
+def recovery_row(run: Run, scratch: list[Run]) -> dict:
+    """A recovery run's figures beside the from-scratch runs of its strategy (their mean top-1 and wall time)."""
+    provenance, cut = run.results["provenance"], run.results["provenance"].get("cut") or {}
+    distillation = provenance.get("distillation") or {}
+    scratch_top1 = [r.results["final_top1"] for r in scratch]
+    scratch_wall = [r.results["wall_time_s"] for r in scratch if "wall_time_s" in r.results]
+    return {
+        "run": str(run.path),
+        "strategy": run.strategy,
+        "seed": run.seed,
+        "cut": cut.get("prune_method") if run.strategy == "shallow" else cut.get("share_method"),
+        "distillation": distillation.get("distillation", "none"),
+        "epochs": provenance.get("recovery_epochs"),
+        "top1_before": provenance.get("top1_before"),
+        "top1_after": run.results["final_top1"],
+        "wall_time_s": run.results.get("wall_time_s"),
+        "scratch_top1": statistics.mean(scratch_top1) if scratch_top1 else None,
+        "scratch_wall_time_s": statistics.mean(scratch_wall) if scratch_wall else None,
     }
 
 
@@ -370,6 +399,24 @@ def results_section(report: dict, image_prefix: str = "", heading: str = "###") 
             "Throughput: the runs' own training images/s (images seen / wall time of the whole run, evaluation and "
             "start-up included), mean±std over seeds; not the paper's inference throughput."
         )
+    if report.get("recovery"):
+        lines += [
+            "",
+            f"{heading} Recovery of cut models",
+            "",
+            (
+                "| run | strategy | cut | distillation | epochs | top-1 before | top-1 after | wall time | "
+                "from scratch: top-1 | from scratch: wall time |"
+            ),
+            "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in report["recovery"]:
+            cells = [_number(row[key], suffix) for key, suffix in RECOVERY_NUMBERS]
+            lines.append(
+                f"| `{Path(row['run']).name}` | {row['strategy']} | {row['cut'] or '?'} | {row['distillation']} | "
+                + " | ".join(cells)
+                + " |"
+            )
     if report["left_out"]:
         lines += ["", "Left out:"] + [f"- `{item['run']}`: {item['reason']}" for item in report["left_out"]]
     lines += [
@@ -405,6 +452,24 @@ def results_section(report: dict, image_prefix: str = "", heading: str = "###") 
         "",
     ]
     return "\n".join(lines)
+
+
+RECOVERY_NUMBERS = (
+    ("epochs", ""),
+    ("top1_before", "%"),
+    ("top1_after", "%"),
+    ("wall_time_s", " s"),
+    ("scratch_top1", "%"),
+    ("scratch_wall_time_s", " s"),
+)
+
+
+def _number(value, suffix: str) -> str:
+    if value is None:
+        return "—"
+    if suffix == "%":
+        return f"{value:.2f}%"
+    return f"{value:.0f}{suffix}"
 
 
 def plot(report: dict, output_dir: Path) -> None:

@@ -14,6 +14,7 @@ from accelerate.utils import LoggerType
 from ..command_line import CommandParser
 from ..configuration_vit_reduced import PRESETS, REDUCTION_STRATEGIES
 from ..hub.pushing import add_hub_arguments, check_hub_arguments
+from .distillation import add_distillation_arguments, check_distillation_arguments
 from .recipe import add_recipe_arguments, apply_recipe, mixes_pairs
 
 # timm's augmentation policy strings (timm.data.auto_augment): a kind, then `-`-separated sections `<key><number>`.
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--pin_mem", "--pin-mem", action="store_true")
 
     add_recipe_arguments(parser)
+    add_distillation_arguments(parser.add_argument_group("distillation (recovering a cut model)"))
 
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", "--output", default=None, help="runs/<experiment>")
@@ -256,4 +258,6 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.streaming and args.max_train_steps is None:
         parser.error("--streaming needs --max_train_steps (a stream has no length to count epochs by)")
     if problem := check_hub_arguments(args):
+        parser.error(problem)
+    if problem := check_distillation_arguments(args):
         parser.error(problem)
