@@ -110,8 +110,8 @@ DIGITS_RECIPE = {
 # quarter of the digits run, at a quarter of its LR (the weights start near a good solution; the full LR's first
 # updates undo what the cut kept), one warm-up epoch, an EMA with warm-up (a 220-update run needs an EMA that
 # follows early), lighter augmentation (Mixup 0.1, erasing 0.05, crops from 80%, no stochastic depth: the model
-# already generalizes; strong augmentation slows the return to the source's accuracy). Measured on the embedded
-# digits with the commands of the README's recovery table (issue 16), where the figures and their load are given.
+# already generalizes; strong augmentation slows the return to the source's accuracy). Chosen by reasoning, not by
+# a sweep; the runs of model_cards/compression.md (one seed of the embedded digits) are the only measurement of them.
 FINETUNE_RECIPE = {
     **DIGITS_RECIPE,
     "epochs": 10,
