@@ -1,0 +1,276 @@
+"""Every code block of the README, run as written against what it names.
+
+The workspace holds what the README's commands name: `runs/shallow-digits-seed42` made by the quickstart's own
+command, `photo.jpg` and `my_photos/{train,val}/<class>/` cut from real photos. Python blocks run in this process
+(fast tier) or, when they talk to the Hub, in a client process against the loopback Hub (slow tier). Bash blocks
+run verbatim under bash (slow tier), where `python` is this environment's Python with every training run shortened
+to a few updates (SHORT_RUN) and `pip` checks what it would install instead of installing it (CI installs).
+"""
+
+import os
+import re
+import runpy
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hub_server import HubServer
+from PIL import Image
+from script_runs import import_script
+from sklearn.datasets import load_sample_images
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+QUICKSTART_RUN = "runs/shallow-digits-seed42"
+SHORT_RUN = ["--max_train_steps", "2", "--max_eval_samples", "40", "--workers", "0", "--report_to", "none"]
+WRITE_TOKEN = "hf_readmeWriteToken5Tq0"
+
+
+@dataclass(frozen=True)
+class Block:
+    language: str
+    text: str
+    line: int
+
+    @property
+    def first_line(self) -> str:
+        return self.text.splitlines()[0]
+
+
+def readme_blocks() -> list[Block]:
+    blocks, lines = [], README.read_text(encoding="utf-8").splitlines()
+    opening = None
+    for number, line in enumerate(lines, 1):
+        if line.startswith("```") and opening is None:
+            opening = (number, line[3:].strip())
+        elif line.startswith("```"):
+            start, language = opening
+            blocks.append(Block(language, "\n".join(lines[start : number - 1]) + "\n", start))
+            opening = None
+    assert opening is None, f"README.md line {opening[0]}: a code block is never closed"
+    return blocks
+
+
+def block(first_line: str) -> Block:
+    found = [b for b in readme_blocks() if b.first_line == first_line]
+    assert len(found) == 1, f"{len(found)} README blocks start with {first_line!r}"
+    return found[0]
+
+
+def commands(text: str) -> list[list[str]]:
+    """A bash block's commands, continuation lines joined, comments left out."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return [shlex.split(line, comments=True) for line in joined.splitlines() if shlex.split(line, comments=True)]
+
+
+# --- the workspace ----------------------------------------------------------------------------------------------
+
+
+def photo_crops(count: int, seed: int, size=(96, 72)) -> list[Image.Image]:
+    """Random crops of scikit-learn's two sample photos (640 x 427), resized, non-square."""
+    photos = [Image.fromarray(array) for array in load_sample_images().images]
+    crops = []
+    for index in range(count):
+        photo = photos[(index + seed) % 2]
+        left, top = (index * 37 + seed * 11) % 300, (index * 23 + seed * 7) % 150
+        crops.append(photo.crop((left, top, left + 320, top + 240)).resize(size))
+    return crops
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory) -> Path:
+    """The folder the README's commands run in, with the quickstart's run made by the quickstart's command."""
+    root = tmp_path_factory.mktemp("readme")
+    photo_crops(1, seed=5, size=(200, 150))[0].save(root / "photo.jpg")
+    for split, per_class in (("train", 8), ("val", 3)):
+        for label, name in enumerate(("bay", "palace")):
+            (root / "my_photos" / split / name).mkdir(parents=True)
+            for index, image in enumerate(photo_crops(per_class, seed=label * 3 + (split == "val"))):
+                image.save(root / "my_photos" / split / name / f"{index}.jpg")
+    (quickstart,) = [
+        c for c in commands(block('pip install -c .ci/constraints.txt -e ".[train]"').text) if c[0] == "python"
+    ]
+    assert quickstart[1] == "run_image_classification.py" and QUICKSTART_RUN in quickstart
+    previous = Path.cwd()
+    os.chdir(root)
+    try:
+        import_script().main(quickstart[2:] + SHORT_RUN)
+    finally:
+        os.chdir(previous)
+    assert (root / QUICKSTART_RUN / "model.safetensors").is_file()
+    return root
+
+
+@pytest.fixture
+def inside(workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    return workspace
+
+
+# --- bash blocks ------------------------------------------------------------------------------------------------
+
+BASH_PREAMBLE = f"""
+set -euo pipefail
+python() {{
+    if [ "${{1:-}}" = run_image_classification.py ]; then
+        shift; command {sys.executable} {ROOT}/run_image_classification.py "$@" {" ".join(SHORT_RUN)}
+    else
+        command {sys.executable} "$@"
+    fi
+}}
+pip() {{ command {sys.executable} {ROOT}/tests/test_readme.py check-pip "$@"; }}
+"""
+
+
+def run_bash(text: str, cwd: Path, **env) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run(
+        ["bash", "-c", BASH_PREAMBLE + text],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+
+
+def check_pip(argv: list[str]) -> None:
+    """`pip install -c .ci/constraints.txt -e ".[extra]"` as the README writes it: the constraints file exists and
+    setup.py has the extra. Installing is CI's job (.ci/run)."""
+    assert argv[0] == "install", argv
+    constraints = argv[argv.index("-c") + 1]
+    assert (ROOT / constraints).is_file(), constraints
+    target = argv[argv.index("-e") + 1]
+    extras = re.fullmatch(r"\.(?:\[(\w+)\])?", target)
+    assert extras, target
+    setup_text = (ROOT / "setup.py").read_text()
+    if extras.group(1):
+        assert f'"{extras.group(1)}":' in setup_text, f"setup.py has no extra {extras.group(1)!r}"
+
+
+# --- the registry: every block, how it runs ---------------------------------------------------------------------
+
+FAST_PYTHON = {
+    "import hf_vit_reduction  # registers the Auto classes",
+    "from datasets import load_dataset",
+}
+HUB_PYTHON = {"from transformers import pipeline"}
+OUTPUT = {"error: --batch_size=0 is not valid; allowed: an integer >= 1": ["--batch_size", "0"]}
+BASH = {
+    'pip install -c .ci/constraints.txt -e ".[train]"',
+    "python -m hf_vit_reduction.export runs/shallow-digits-seed42 model.onnx",
+    "# your own photos, in ImageNet's layout (<class>/<image>); without --validation_dir 15% of train is held out",
+    "python -m hf_vit_reduction.reproduce --output reproduction --strategies baseline shallow --seeds 0 -- --epochs 2",
+    "#!/bin/bash",
+}
+HUB_BASH = {
+    "# the teacher: a baseline trained here (a 🤗 Transformers or timm ViT comes in with --from transformers / --from timm)",
+    "# during training: the run folder at every save (in the background), the final model and its card at the end",
+}
+SUITE = {'pip install -c .ci/constraints.txt -e ".[test]"'}
+
+
+def test_every_block_of_the_readme_is_run_here():
+    registered = FAST_PYTHON | HUB_PYTHON | set(OUTPUT) | BASH | HUB_BASH | SUITE
+    assert sorted(b.first_line for b in readme_blocks()) == sorted(registered)
+
+
+def run_python_block(first_line: str) -> dict:
+    """The block run as a script of its own (named after its README line) in the current folder; its globals."""
+    code = block(first_line)
+    script = Path(f"README.md-line-{code.line}.py")
+    script.write_text(code.text, encoding="utf-8")
+    return runpy.run_path(str(script), run_name="__main__")
+
+
+def test_the_pipeline_block_prints_the_models_top_3(inside, capsys):
+    namespace = run_python_block("import hf_vit_reduction  # registers the Auto classes")
+    printed = capsys.readouterr().out
+    labels = re.findall(r"'label': '([^']+)'", printed)
+    assert len(labels) == 3 and set(labels) <= set(namespace["model"].config.id2label.values()), printed
+
+
+def test_the_trainer_block_fine_tunes_a_lora_adapter_on_the_photos(inside):
+    namespace = run_python_block("from datasets import load_dataset")
+    model, labels = namespace["model"], namespace["labels"]
+    assert labels == ["bay", "palace"] and model.config.num_labels == 2
+    adapters = {name: p for name, p in model.named_parameters() if "lora_B" in name}
+    assert adapters and all(p.abs().sum() > 0 for p in adapters.values())  # LoRA's B starts at zero
+
+
+@pytest.mark.parametrize("output, flags", list(OUTPUT.items()))
+def test_an_output_block_is_what_the_command_prints(output, flags, inside, capsys):
+    with pytest.raises(SystemExit):
+        import_script().main(flags)
+    assert capsys.readouterr().err.strip().splitlines()[-1] == output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first_line", sorted(BASH))
+def test_bash_block(first_line, workspace, tmp_path):
+    # A copy of the workspace, so that a block's writes do not reach another's.
+    cwd = tmp_path / "workspace"
+    shutil.copytree(workspace, cwd, symlinks=True)
+    done = run_bash(block(first_line).text, cwd)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_the_suite_block_is_what_ci_runs():
+    ci = (ROOT / ".ci" / "run").read_text()
+    test_commands = [c for c in commands(block('pip install -c .ci/constraints.txt -e ".[test]"').text)]
+    assert test_commands[0][:2] == ["pip", "install"] and '".[test]"' in ci
+    full = [c for c in test_commands if c[-1] == "tests" and "not slow" not in c]
+    assert full and " ".join(full[0][full[0].index("pytest") :]) in ci
+
+
+@pytest.fixture(scope="module")
+def hub(workspace):
+    with HubServer({WRITE_TOKEN: {"user": "me", "write": True}}) as server:
+        yield server
+
+
+def hub_env(server, home: Path) -> dict:
+    return {
+        "HF_HUB_OFFLINE": "0",
+        "HF_ENDPOINT": server.url,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HOME": str(home),
+        "HF_TOKEN": WRITE_TOKEN,
+    }
+
+
+@pytest.mark.slow
+def test_hub_blocks_push_then_load_without_the_package(hub, workspace, tmp_path):
+    cwd = tmp_path / "workspace"
+    shutil.copytree(workspace, cwd, symlinks=True)
+    env = hub_env(hub, tmp_path / "home")
+    for first_line in sorted(HUB_BASH):
+        done = run_bash(block(first_line).text, cwd, **env)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert "model.safetensors" in hub.files("me/vit-shallow-digits")
+    recovered = hub.files("me/vit-shallow-recovered")
+    assert "provenance.json" in recovered and b"## How it was made" in recovered["README.md"]
+    # The client has the ecosystem but not this package: the repository's code is what runs.
+    client = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "PYTHONPATH"))} | env
+    hide = "import sys; sys.modules['hf_vit_reduction'] = None\n"
+    for first_line in sorted(HUB_PYTHON):
+        done = subprocess.run(
+            [sys.executable, "-c", hide + block(first_line).text],
+            cwd=cwd,
+            env=client,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "'label':" in done.stdout
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["check-pip"]:
+    check_pip(sys.argv[2:])
