@@ -323,16 +323,7 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
     sampler, plan = plan_updates(args, data, accelerator)
     model = load_model(args, data.label_names)
     image_size = model.config.image_size
-    teacher = None
-    if args.teacher_model_name_or_path:  # checked against the data and the model before any long work
-        teacher = load_teacher(
-            args.teacher_model_name_or_path,
-            label_names=data.label_names,
-            image_size=image_size,
-            mean=MEAN,
-            std=STD,
-            device=accelerator.device,
-        )
+    distiller = build_distiller(args, label_names=data.label_names, image_size=image_size, device=accelerator.device)
     train_loader, eval_loader, eval_transform, columns = build_loaders(
         args, data, sampler=sampler, image_size=image_size, accelerator=accelerator
     )
@@ -361,11 +352,7 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
         optimizer=optimizer,
         scheduler=scheduler,
         criterion=build_train_criterion(args),
-        distiller=None
-        if teacher is None
-        else Distiller(
-            teacher, mode=args.distillation, alpha=args.distillation_alpha, temperature=args.distillation_temperature
-        ),
+        distiller=distiller,
         normalize=Normalize(MEAN, STD, device=accelerator.device),
         augment=build_batch_augmentation(args, num_classes=len(data.label_names), device=accelerator.device),
         plan=plan,
@@ -390,6 +377,26 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
     else:
         set_seed(args.seed + accelerator.process_index)  # distinct mixup and drop-path draws per process
     return run
+
+
+def build_distiller(
+    args: argparse.Namespace, *, label_names: list[str], image_size: int, device: torch.device
+) -> Distiller | None:
+    """With --teacher_model_name_or_path: the teacher, checked against the data and the student before any long
+    work, and how its predictions enter the loss."""
+    if not args.teacher_model_name_or_path:
+        return None
+    teacher = load_teacher(
+        args.teacher_model_name_or_path,
+        label_names=label_names,
+        image_size=image_size,
+        mean=MEAN,
+        std=STD,
+        device=device,
+    )
+    return Distiller(
+        teacher, mode=args.distillation, alpha=args.distillation_alpha, temperature=args.distillation_temperature
+    )
 
 
 def plan_updates(
