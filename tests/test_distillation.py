@@ -219,4 +219,5 @@ def test_a_transformers_vit_cut_with_calibration_distilled_pushed_and_loaded_wit
     )
     assert loaded.returncode == 0, loaded.stderr
     loaded = json.loads(loaded.stdout.splitlines()[-1])
-    assert not loaded["package_importable"] and loaded["identical_logits"]
+    # Another process, so another thread count may sum in another order: the same weights within float rounding.
+    assert not loaded["package_importable"] and loaded["max_logit_difference"] <= 1e-5, loaded["max_logit_difference"]

@@ -163,6 +163,7 @@ LOAD_AND_COMPARE = """
         "package_importable": importlib.util.find_spec("hf_vit_reduction") is not None,
         "model_module": type(model).__module__,
         "identical_logits": torch.equal(logits, expected["logits"]),
+        "max_logit_difference": (logits - expected["logits"]).abs().max().item(),
         "pipeline": classifier(image),
         "direct_scores": direct.tolist(),
         "id2label": model.config.id2label,
