@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import timm
 import torch
 
 from hf_vit_reduction.study import reduction_quality
@@ -32,18 +31,7 @@ def planted_source(train, seed: int, epochs: int):
     """In place of training: a timm ViT of the digits preset's size whose seeded weights are large enough for its
     predictions to depend on the image; each MLP computes with its last 128 of 256 hidden units only (the first 128
     are zeros) and blocks 0 and 1 (2 and 3) hold equal MLPs."""
-    torch.manual_seed(seed)
-    model = timm.create_model(
-        "vit_base_patch16_224",
-        pretrained=False,
-        img_size=32,
-        patch_size=4,
-        embed_dim=64,
-        depth=4,
-        num_heads=4,
-        mlp_ratio=4,
-        num_classes=10,
-    )
+    model = reduction_quality.digits_sized_timm_vit(seed)
     with torch.no_grad():
         for parameter in model.parameters():
             if parameter.dim() > 1:

@@ -35,9 +35,10 @@ def digits(seed: int = 0):
     return (images[train], labels[train]), (images[test], labels[test])
 
 
-def train_timm(train, seed: int, epochs: int):
+def digits_sized_timm_vit(seed: int):
+    """A timm ViT of the `digits` preset's size (32 px, patch 4, width 64, 4 blocks, 4 heads, MLP 256), seeded."""
     torch.manual_seed(seed)
-    model = timm.create_model(
+    return timm.create_model(
         "vit_base_patch16_224",
         pretrained=False,
         img_size=32,
@@ -48,6 +49,10 @@ def train_timm(train, seed: int, epochs: int):
         mlp_ratio=4,
         num_classes=10,
     )
+
+
+def train_timm(train, seed: int, epochs: int):
+    model = digits_sized_timm_vit(seed)
     images, labels = train
     steps_per_epoch = math.ceil(len(labels) / 32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
