@@ -77,7 +77,7 @@ class TrainState:
 
 
 def gathered_loss_and_images(accelerator, loss: torch.Tensor, images: int) -> tuple[float, int]:
-    """The mean loss over every process and the images they trained on, in one host sync (the step's only one)."""
+    """The mean loss over every process and the images they trained on, in one host sync per batch."""
     local = torch.stack([loss.detach().float().reshape(()), torch.tensor(float(images), device=loss.device)])
     gathered = accelerator.gather(local.reshape(1, 2)).tolist()
     losses = [row[0] for row in gathered]
