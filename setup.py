@@ -2,7 +2,7 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
-# The training script, conversion, cards and the study tools (hf_vit_reduction.command_line.EXTRAS names their
+# The training script, conversion, cards and the study tools (hf_vit_reduction.cli.EXTRAS names their
 # modules, so that a command started without them says which extra to install).
 TRAIN = [
     "torchvision>=0.19",
@@ -41,6 +41,7 @@ setup(
         # Pillow 13 rejects posterize(bits=0), which timm's RandAugment asks for at full magnitude.
         "pillow>=10,<13",
     ],
+    entry_points={"console_scripts": ["hf-vit-reduction=hf_vit_reduction.cli:main"]},
     extras_require={
         "train": TRAIN,
         "study": TRAIN,

@@ -9,6 +9,7 @@ from .modeling_vit_reduced import (
     ViTReducedModel,
     ViTReducedPreTrainedModel,
 )
+from .summary import summarize
 
 AutoConfig.register(ViTReducedConfig.model_type, ViTReducedConfig, exist_ok=True)
 AutoModel.register(ViTReducedConfig, ViTReducedModel, exist_ok=True)
@@ -33,12 +34,3 @@ if is_vision_available():  # the image processors need Pillow; the model itself 
         exist_ok=True,
     )
     __all__ += ["ViTReducedImageProcessor", "ViTReducedImageProcessorPil"]
-
-
-def __getattr__(name):
-    # Imported lazily so that `python -m hf_vit_reduction.summary` does not find its module already imported.
-    if name == "summarize":
-        from .summary import summarize
-
-        return summarize
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

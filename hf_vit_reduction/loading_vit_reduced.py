@@ -37,7 +37,7 @@ def check_requested_architecture(config_class, pretrained_model_name_or_path, kw
     if saved.get("model_type") != config_class.model_type:
         raise ValueError(
             f"{pretrained_model_name_or_path} holds a {saved.get('model_type')!r} checkpoint, not "
-            f"{config_class.model_type!r}; convert it with hf_vit_reduction.convert instead."
+            f"{config_class.model_type!r}; convert it with `hf-vit-reduction convert` instead."
         )
     checkpoint = config_class(**{key: value for key, value in saved.items() if key in ARCHITECTURE_FIELDS})
     requested = kwargs.get("config")
@@ -56,7 +56,7 @@ def check_requested_architecture(config_class, pretrained_model_name_or_path, kw
     if differing:
         raise ValueError(
             f"Cannot load {pretrained_model_name_or_path} as another architecture: {'; '.join(differing)}. "
-            "Load it with its own config, or convert it with hf_vit_reduction.convert.reduce."
+            "Load it with its own config, or convert it with hf_vit_reduction.conversion.reduce."
         )
 
 

@@ -1,6 +1,6 @@
 """Parameter and compute summary of a ViTReduced model: the paper's Table 2.
 
-`python -m hf_vit_reduction.summary` prints Table 2 for ViT-B/16; `python -m hf_vit_reduction.summary DIR ...`
+`hf-vit-reduction summary` prints Table 2 for ViT-B/16; `hf-vit-reduction summary DIR ...`
 summarizes saved models.
 """
 
@@ -9,7 +9,7 @@ import json
 
 import torch
 
-from .command_line import CommandParser
+from .cli import command_parser
 from .configuration_vit_reduced import REDUCTION_STRATEGIES, ViTReducedConfig
 from .modeling_vit_reduced import ViTReducedForImageClassification, ViTReducedModel
 
@@ -71,7 +71,7 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("summary", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "models",
         nargs="*",
@@ -90,7 +90,3 @@ def main(argv: list[str] | None = None) -> None:
             for strategy in REDUCTION_STRATEGIES
         ]
     print(json.dumps(dict(rows), indent=2) if args.json else format_table(rows))
-
-
-if __name__ == "__main__":
-    main()

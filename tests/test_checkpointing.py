@@ -24,12 +24,12 @@ from script_runs import (
     SCRIPT,
     TWO_PROCESSES,
     environment,
-    import_script,
     patched_script_command,
     run_command,
     script_command,
 )
 
+from hf_vit_reduction.training import engine
 from hf_vit_reduction.training.checkpointing import (
     CHECKPOINTS,
     TRAIN_STATE,
@@ -201,7 +201,7 @@ TINY = (
 
 
 def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch, caplog):
-    script = import_script()
+    script = engine
     build_train_criterion = script.build_train_criterion
 
     def nan_in_the_fifth_batch(args):
@@ -299,7 +299,7 @@ def fail_for_want_of_space(*args, **kwargs):
 
 @pytest.mark.parametrize("what", ["checkpoint", pytest.param("results.json", marks=pytest.mark.slow)])
 def test_a_full_disk_ends_in_one_line_and_the_run_resumes_once_space_is_freed(tmp_path, monkeypatch, what):
-    script = import_script()
+    script = engine
     out = tmp_path / "run"
     if what == "checkpoint":
         save_state = Accelerator.save_state
@@ -382,8 +382,8 @@ def signal_at_step(script, monkeypatch, step: int, number=signal.SIGTERM):
     """The process gets `number` while update `step` is being logged, as from a scheduler."""
     log_update = script.log_update
 
-    def log_then_signal(run, progress, loss):
-        log_update(run, progress, loss)
+    def log_then_signal(run, loss):
+        log_update(run, loss)
         if run.state.step == step:
             os.kill(os.getpid(), number)
 
@@ -392,7 +392,7 @@ def signal_at_step(script, monkeypatch, step: int, number=signal.SIGTERM):
 
 @pytest.mark.parametrize("number", [signal.SIGUSR1, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_a_signal_ends_the_run_with_a_checkpoint_and_status_75_and_auto_resumes_it(tmp_path, monkeypatch, number):
-    script = import_script()
+    script = engine
     out = tmp_path / "run"
     # A signal is reason enough to save.
     argv = [*TINY, "--checkpointing_steps", "no", "--max_train_steps", "4", "--output_dir", str(out)]

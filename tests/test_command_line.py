@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from hf_vit_reduction.command_line import CommandParser, require_extra, run_command
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from PIL import Image
 from transformers import pipeline
 
 from hf_vit_reduction import command_line
-from hf_vit_reduction.command_line import CommandParser, require_extra, run_command
 from hf_vit_reduction.image_processing_vit_reduced import image_processor_for
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,10 +3,10 @@ import math
 
 import pytest
 import torch
-from script_runs import import_script
 from test_hub import python_without_package, server  # noqa: F401 (fixtures)
 
 from hf_vit_reduction.image_processing_vit_reduced import image_processor_for
+from hf_vit_reduction.training import engine
 from hf_vit_reduction.training.arguments import parse_args
 from hf_vit_reduction.training.distillation import (
     Distiller,
@@ -104,7 +104,7 @@ def test_a_missing_or_mismatched_teacher_stops_the_script_before_training(tmp_pa
     for teacher, message in ((tmp_path / "missing", "is neither a folder"), (tmp_path / "five", "predicts the")):
         out = tmp_path / "out"
         with pytest.raises(SystemExit) as stop:
-            import_script().main(
+            engine.main(
                 ["--teacher_model_name_or_path", str(teacher), "--output_dir", str(out), "--report_to", "none"]
             )
         assert str(stop.value.code).startswith("error: ") and message in str(stop.value.code)

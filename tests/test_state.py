@@ -34,10 +34,10 @@ def test_max_train_steps_ends_mid_epoch():
 
 def test_where_a_resume_starts():
     run = plan(1000, grad_accum_steps=4, epochs=3)
-    assert (run.first_epoch(0), run.batches_to_skip(0, 0)) == (0, 0)
-    assert (run.first_epoch(9), run.batches_to_skip(1, 9)) == (1, 8)  # 2 updates of 4 batches into epoch 1
-    assert (run.first_epoch(7), run.batches_to_skip(1, 7)) == (1, 0)  # a checkpoint at an epoch's end
-    assert run.first_epoch(21) == 3  # finished: nothing left to do
+    assert (run.remaining_epochs(0)[0], run.batches_to_skip(0, 0)) == (0, 0)
+    assert (run.remaining_epochs(9)[0], run.batches_to_skip(1, 9)) == (1, 8)  # 2 updates of 4 batches into epoch 1
+    assert (run.remaining_epochs(7)[0], run.batches_to_skip(1, 7)) == (1, 0)  # a checkpoint at an epoch's end
+    assert len(run.remaining_epochs(21)) == 0  # finished: nothing left to do
     assert run.batches_to_skip(2, 9) == 0  # never negative
 
 

@@ -2,7 +2,7 @@
 
 `from_transformers` and `from_timm` give a baseline `ViTReducedForImageClassification` whose logits equal the
 source's; `reduce` turns a baseline into `shallow` (prune each MLP's hidden units) or `grouped` (one MLP per group of
-blocks). `python -m hf_vit_reduction.convert` does the same from the command line and writes a model folder.
+blocks). `hf-vit-reduction convert` does the same from the command line and writes a model folder.
 """
 
 from .post_hoc import reduce

@@ -3,11 +3,11 @@
 Converts a 🤗 Transformers or timm ViT to a baseline whose logits equal the source's (`hf_vit_reduction.conversion`),
 optionally reduces it after the fact to `shallow` or `grouped`, and writes weights, config, code and image processor:
 
-    python -m hf_vit_reduction.convert --from transformers --input vit-folder --output out
-    python -m hf_vit_reduction.convert --from timm --input vit_base_patch16_224 --output out --strategy shallow
-    python -m hf_vit_reduction.convert --from timm --input weights.safetensors --timm_model vit_base_patch16_224 \\
-        --output out --strategy grouped --share_method mean
-    python -m hf_vit_reduction.convert --from vit_reduced --input trained-baseline --output out \\
+    hf-vit-reduction convert --from transformers --input vit-folder --output_dir out
+    hf-vit-reduction convert --from timm --input vit_base_patch16_224 --output_dir out --strategy shallow
+    hf-vit-reduction convert --from timm --input weights.safetensors --timm_model vit_base_patch16_224 \\
+        --output_dir out --strategy grouped --share_method mean
+    hf-vit-reduction convert --from vit_reduced --input trained-baseline --output_dir out \\
         --strategy shallow --prune_method activation --calibration_samples 256 --train_dir train/
 
 `activation`, `taylor` and `aligned` rank or match hidden units on calibration images: a seeded sample of the
@@ -29,7 +29,7 @@ import torch
 from transformers import AutoImageProcessor, ViTImageProcessor
 from transformers.image_utils import PILImageResampling
 
-from ..command_line import CommandParser
+from ..cli import command_parser
 from ..configuration_vit_reduced import ViTReducedConfig
 from ..hub.model_card import write_model_card
 from ..image_processing_vit_reduced import image_processor_for
@@ -112,9 +112,9 @@ def _read_state_dict(path: str) -> dict:
 
 def _check_output(output: Path, overwrite: bool):
     if output.exists() and not output.is_dir():
-        raise ValueError(f"--output {output} is a file; allowed: a folder")
+        raise ValueError(f"--output_dir {output} is a file; allowed: a folder")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise ValueError(f"--output {output} exists and is not empty; pass --overwrite to replace it")
+        raise ValueError(f"--output_dir {output} exists and is not empty; pass --overwrite_output_dir to replace it")
 
 
 def _write_folder(output: Path, write):
@@ -252,8 +252,8 @@ GROUPED_KEYS = ("share_method", "mlp_share_group_size")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = CommandParser(
-        prog="python -m hf_vit_reduction.convert",
+    parser = command_parser(
+        "convert",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
         help="transformers, vit_reduced: a local model folder; timm: a model name (random weights) or a .safetensors/.pth "
         "state dict (with --timm_model)",
     )
-    parser.add_argument("--output", required=True, type=Path, help="folder to write")
+    parser.add_argument("--output_dir", required=True, type=Path, help="folder to write")
     parser.add_argument("--timm_model", help="timm architecture of a state dict given as --input")
     parser.add_argument(
         "--image_size",
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="transformers: convert a ViTModel without its pooler",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    parser.add_argument("--overwrite_output_dir", action="store_true", help="replace a non-empty --output_dir")
     calibration = parser.add_argument_group("calibration (activation, taylor, aligned)")
     calibration.add_argument(
         "--calibration_samples",
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     try:
-        _check_output(args.output, args.overwrite)
+        _check_output(args.output_dir, args.overwrite_output_dir)
         reduction = None
         if args.strategy != "baseline":
             reduction = {
@@ -406,11 +406,11 @@ def main(argv: list[str] | None = None) -> None:
         model.save_pretrained(folder)
         write_processor(folder)
         write_provenance(folder, provenance)
-        write_model_card(folder, conversion=conversion, final_folder=args.output)
+        write_model_card(folder, conversion=conversion, final_folder=args.output_dir)
 
-    _write_folder(args.output, write)
+    _write_folder(args.output_dir, write)
     print(
-        f"Wrote {args.output}: {model.config.reduction_strategy}, {model.num_parameters():,} parameters. "
+        f"Wrote {args.output_dir}: {model.config.reduction_strategy}, {model.num_parameters():,} parameters. "
         f"The converted baseline's logits differ from the source's by at most {difference:.2e} "
         "on 2 random images."
     )
@@ -420,7 +420,3 @@ def _describe_reduction(reduction: dict | None) -> str:
     if reduction is None:
         return "converted as is (baseline)"
     return ", ".join(f"{key}={value}" for key, value in reduction.items() if value is not None)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """ONNX export of a ViTReduced classifier, checked against onnxruntime.
 
-    python -m hf_vit_reduction.export MODEL_FOLDER model.onnx
+    hf-vit-reduction export MODEL_FOLDER model.onnx
 
 writes `model.onnx` (input `pixel_values`, output `logits`, any batch size) and prints the largest difference between
 onnxruntime's logits and PyTorch's on random images. Needs the `onnx` extra: `pip install "hf-vit-reduction[onnx]"`.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..command_line import CommandParser
+from ..cli import command_parser
 from ..modeling_vit_reduced import ViTReducedForImageClassification
 
 
@@ -66,8 +66,8 @@ def max_onnx_logit_difference(model: ViTReducedForImageClassification, path, bat
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = CommandParser(
-        prog="python -m hf_vit_reduction.export",
+    parser = command_parser(
+        "export",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -89,7 +89,3 @@ def main(argv: list[str] | None = None) -> None:
     export_onnx(model, args.output, opset_version=args.opset_version)
     difference = max_onnx_logit_difference(model, args.output)
     print(f"Wrote {args.output}; onnxruntime's logits differ from PyTorch's by at most {difference:.2e} on 3 images.")
-
-
-if __name__ == "__main__":
-    main()

@@ -24,7 +24,7 @@ def _with_overrides(derived: dict, overrides: dict, fixed: tuple[str, ...]) -> d
         if field in overrides:
             raise ValueError(
                 f"{field}={overrides[field]!r} cannot be set while converting; the converters return a "
-                "baseline: reduce it with hf_vit_reduction.convert.reduce"
+                "baseline: reduce it with hf_vit_reduction.conversion.reduce"
             )
     for field in fixed:
         if field in overrides and overrides[field] != derived[field]:

@@ -1,6 +1,6 @@
 """Model cards (README.md) for ViTReduced model folders, in the Hub's metadata format.
 
-    python -m hf_vit_reduction.model_card FOLDER [--repo_id ID] [--run_dir DIR]
+    hf-vit-reduction card FOLDER [--hub_model_id ID] [--run_dir DIR]
 
 `write_model_card(folder)` renders `templates/model_card.md` through `huggingface_hub`'s `ModelCard`,
 `ModelCardData` and `EvalResult` from what the folder holds: the config (strategy and cost), the saved image
@@ -20,7 +20,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from PIL import Image
 
-from ..command_line import CommandParser
+from ..cli import command_parser
 from ..configuration_vit_reduced import ViTReducedConfig
 from ..conversion.provenance import read_provenance
 from ..summary import summarize
@@ -340,17 +340,13 @@ def _dataset(run_args: dict, results: dict | None) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("card", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="a saved model folder")
-    parser.add_argument("--repo_id", default=None, help="the Hub repository the card's snippets load")
+    parser.add_argument("--hub_model_id", default=None, help="the Hub repository the card's snippets load")
     parser.add_argument("--run_dir", default=None, help="where args.json and results.json are (default: FOLDER)")
     args = parser.parse_args(argv)
     try:
-        path = write_model_card(args.folder, repo_id=args.repo_id, run_dir=args.run_dir)
+        path = write_model_card(args.folder, repo_id=args.hub_model_id, run_dir=args.run_dir)
     except (OSError, ValueError) as error:  # a folder without a model, a corrupt run file
         raise SystemExit(f"error: {error}") from None
     print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    main()

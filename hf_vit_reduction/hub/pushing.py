@@ -1,6 +1,6 @@
 """Publish model folders to the 🤗 Hub: one commit per push, in the foreground or in the background of training.
 
-    python -m hf_vit_reduction.hub push FOLDER --repo_id me/vit-grouped [--private] [--revision BRANCH]
+    hf-vit-reduction push FOLDER --hub_model_id me/vit-grouped [--hub_private_repo] [--hub_revision BRANCH]
 
 The token comes from `--token`, else `HF_TOKEN`, else the login cache (`hf auth login`); it is passed to
 `huggingface_hub` in memory and never written anywhere. A failed push ends in one line that says what failed, and
@@ -21,7 +21,7 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, co
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
 from huggingface_hub.utils import get_session, validate_repo_id
 
-from ..command_line import CommandParser
+from ..cli import command_parser
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +105,9 @@ def push_to_hub(
                 waited, wait, attempt = waited + wait, 2 * wait, attempt + 1
                 continue
             tries = f" (attempt {attempt} of at most {attempts}, after {waited:g} s of waiting)" if attempt > 1 else ""
-            again = f"python -m hf_vit_reduction.hub push {folder} --repo_id {repo_id}"
-            again += f" --revision {revision}" if revision is not None else ""
-            again += " --private" if private else ""
+            again = f"hf-vit-reduction push {folder} --hub_model_id {repo_id}"
+            again += f" --hub_revision {revision}" if revision is not None else ""
+            again += " --hub_private_repo" if private else ""
             raise HubPushError(
                 _one_line(
                     f"pushing {folder} to {repo_id} failed while {stage}: {reason}{tries}. The local folder {folder} "
@@ -391,36 +391,32 @@ def check_hub_arguments(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    push = commands.add_parser("push", help="push a model folder (a finished run, a converted model)")
-    push.add_argument("folder")
-    push.add_argument("--repo_id", required=True)
-    push.add_argument("--private", action="store_true", help="create the repository as private")
-    push.add_argument("--revision", default=None, help="branch to push to (created when missing)")
-    push.add_argument("--commit_message", default="Upload model with hf_vit_reduction")
-    push.add_argument("--token", default=None, help="else HF_TOKEN or the login cache")
-    push.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds without an answer before failing")
-    _add_retry_arguments(push, attempts="--attempts", max_wait="--max_wait")
+    parser = command_parser("push", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", help="a model folder (a finished run, a converted model)")
+    parser.add_argument("--hub_model_id", required=True, help="the repository, e.g. your-name/vit-grouped")
+    parser.add_argument("--hub_private_repo", action="store_true", help="create the repository as private")
+    parser.add_argument("--hub_revision", default=None, help="branch to push to (created when missing)")
+    parser.add_argument("--commit_message", default="Upload model with hf_vit_reduction")
+    parser.add_argument("--hub_token", default=None, help="else HF_TOKEN or the login cache")
+    parser.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds without an answer before failing")
+    _add_retry_arguments(parser, attempts="--hub_push_attempts", max_wait="--hub_push_max_wait")
     args = parser.parse_args(argv)
-    if problem := _retry_problem(args.attempts, args.max_wait, names=("--attempts", "--max_wait")):
+    if problem := _retry_problem(
+        args.hub_push_attempts, args.hub_push_max_wait, names=("--hub_push_attempts", "--hub_push_max_wait")
+    ):
         parser.error(problem)
     try:
         outcome = push_to_hub(
             args.folder,
-            args.repo_id,
-            token=args.token,
-            private=args.private,
-            revision=args.revision,
+            args.hub_model_id,
+            token=args.hub_token,
+            private=args.hub_private_repo,
+            revision=args.hub_revision,
             commit_message=args.commit_message,
             timeout=args.timeout,
-            attempts=args.attempts,
-            max_wait=args.max_wait,
+            attempts=args.hub_push_attempts,
+            max_wait=args.hub_push_max_wait,
         )
     except HubPushError as error:
         raise SystemExit(f"error: {error}") from None
     print(f"pushed {args.folder} to {outcome['url']} (commit {outcome['commit']})")
-
-
-if __name__ == "__main__":
-    main()

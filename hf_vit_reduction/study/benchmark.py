@@ -7,9 +7,9 @@ figure is the median of `--repeats` timed runs of `--steps` steps, after `--warm
 synchronized around every timed run. The table gives ratios to both anchors and to our baseline, since absolute
 figures move from machine to machine.
 
-    python -m hf_vit_reduction.benchmark                                   # ViT-B/16, 224 px, GPU if present
-    python -m hf_vit_reduction.benchmark --device cpu --batch_size 8 --train_batch_size 8 --no_compile
-    python -m hf_vit_reduction.benchmark --preset digits --models baseline shallow timm --output_json out.json
+    hf-vit-reduction benchmark                                   # ViT-B/16, 224 px, GPU if present
+    hf-vit-reduction benchmark --device cpu --batch_size 8 --train_batch_size 8 --no_compile
+    hf-vit-reduction benchmark --preset digits --models baseline shallow timm --output_json out.json
 """
 
 import argparse
@@ -26,7 +26,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from ..command_line import CommandParser
+from ..cli import command_parser
 from ..configuration_vit_reduced import PRESETS, REDUCTION_STRATEGIES, ViTReducedConfig
 from ..modeling_vit_reduced import ViTReducedForImageClassification
 from ..summary import summarize
@@ -363,8 +363,8 @@ def _positive(kind):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = CommandParser(
-        prog="python -m hf_vit_reduction.benchmark",
+    parser = command_parser(
+        "benchmark",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -459,7 +459,3 @@ def main(argv: list[str] | None = None) -> dict:
         with open(args.output_json, "w") as file:
             json.dump(results, file, indent=2)
     return results
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Input-pipeline throughput: our 🤗 Datasets loader against timm's own, on folders of real photos.
 
-    python -m hf_vit_reduction.data_benchmark --photos /tmp/photos --workers 1 2 --output_json speed.json
+    hf-vit-reduction data-benchmark --photos /tmp/photos --workers 1 2 --output_json speed.json
 
 `--photos DIR` writes (once) two folders of JPEGs (quality 90) made of random crops and scales of scikit-learn's two
 sample photos, in ImageNet's layout (`<photo>/<n>.jpg`), and measures both: `DIR/imagenet-sized` (400 of 500 x 375,
@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 from timm.data import FastCollateMixup, create_dataset, create_loader
 
-from ..command_line import CommandParser
+from ..cli import command_parser
 from ..training.arguments import parse_args
 from ..training.data import load_image_classification_data
 from ..training.loaders import (
@@ -245,7 +245,9 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(
+        "data-benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--photos", default=None, help="write (once) and measure DIR/imagenet-sized, DIR/camera-sized")
     parser.add_argument("--folder", nargs="+", default=[], help="ImageNet-layout folders of your own images")
     parser.add_argument("--workers", type=int, nargs="+", default=[1])
@@ -290,7 +292,3 @@ def main(argv: list[str] | None = None) -> None:
         )
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(report, indent=2) + "\n")
-
-
-if __name__ == "__main__":
-    main()

@@ -5,7 +5,7 @@ it with `from_timm`, reduces the converted baseline with every post-hoc method (
 images drawn with the seed), and reports on the held-out split:
 accuracy, top-1 agreement with the converted baseline, and the mean cosine similarity of the logits.
 
-    python -m hf_vit_reduction.reduction_quality [--seeds 0 1 2] [--epochs 60] [--json out.json]
+    hf-vit-reduction reduction-quality [--seeds 0 1 2] [--epochs 60] [--json out.json]
 """
 
 import json
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from ..command_line import CommandParser
+from ..cli import command_parser
 from ..conversion import from_timm, reduce
 from ..conversion.calibration import DEFAULT_CALIBRATION_SAMPLES, Calibration
 
@@ -109,7 +109,7 @@ REDUCTIONS = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = CommandParser()
+    parser = command_parser("reduction-quality")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--json")
@@ -160,7 +160,3 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """From training runs to the paper's tables: Table 1 with paired t-tests, Table 2, plots, report.md and report.json.
 
-    python -m hf_vit_reduction.report runs/baseline-seed0 runs/baseline-seed1 ... --output report
-    python -m hf_vit_reduction.report runs/ --output report --benchmark_json benchmark.json
+    hf-vit-reduction report runs/baseline-seed0 runs/baseline-seed1 ... --output_dir report
+    hf-vit-reduction report runs/ --output_dir report --benchmark_json benchmark.json
 
 A folder that is not a run but holds runs (such as `runs/`) stands for the runs inside it. Strategy and seed come
 from each run's `results.json`; runs that cannot be compared with the others (unfinished, corrupt, another dataset or
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from scipy.stats import ttest_rel
 
-from ..command_line import CommandParser
+from ..cli import command_parser
 from ..configuration_vit_reduced import REDUCTION_STRATEGIES, ViTReducedConfig
 from ..hub.run_folder import CorruptRunFile, is_number, read_history, read_json
 from ..summary import summarize
@@ -212,10 +212,10 @@ def paired_t_test(runs: list[Run], baseline: list[Run]) -> dict:
 
 
 def benchmark_throughput(benchmark: dict) -> dict:
-    """{strategy: row} from `python -m hf_vit_reduction.benchmark --output_json`, compiled rows where measured."""
+    """{strategy: row} from `hf-vit-reduction benchmark --output_json`, compiled rows where measured."""
     rows = benchmark.get("rows") if isinstance(benchmark, dict) else None
     if not rows or not isinstance(rows, list):
-        raise ValueError("benchmark JSON has no 'rows' list (write it with python -m hf_vit_reduction.benchmark)")
+        raise ValueError("benchmark JSON has no 'rows' list (write it with hf-vit-reduction benchmark)")
     chosen = {}
     for row in rows:
         if row.get("model") in REDUCTION_STRATEGIES and (row["model"] not in chosen or row.get("mode") == "compiled"):
@@ -390,7 +390,7 @@ def results_section(report: dict, image_prefix: str = "", heading: str = "###") 
         source = report["throughput"]
         settings = source.get("settings") or {}
         lines.append(
-            f"Throughput: `python -m hf_vit_reduction.benchmark` on {source.get('device')} "
+            f"Throughput: `hf-vit-reduction benchmark` on {source.get('device')} "
             f"({settings.get('dtype', '?')}, batch {settings.get('batch_size', '?')} inference / "
             f"{settings.get('train_batch_size', '?')} training; compiled where measured)."
         )
@@ -590,19 +590,15 @@ def report_runs(run_dirs, output_dir, benchmark_json: str | None = None) -> dict
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", help="run folders (output_dir of run_image_classification.py)")
-    parser.add_argument("--output", required=True, help="report folder: new, empty, or a previous report's")
-    parser.add_argument("--benchmark_json", help="throughput from `python -m hf_vit_reduction.benchmark`")
+    parser.add_argument("--output_dir", required=True, help="report folder: new, empty, or a previous report's")
+    parser.add_argument("--benchmark_json", help="throughput from `hf-vit-reduction benchmark`")
     args = parser.parse_args(argv)
     try:
-        report = report_runs(args.runs, args.output, args.benchmark_json)
+        report = report_runs(args.runs, args.output_dir, args.benchmark_json)
     except ValueError as error:
         parser.error(str(error))
     print(results_section(report))
-    print(f"wrote {Path(args.output) / 'report.md'}, report.json and {len(PLOTS)} plots")
+    print(f"wrote {Path(args.output_dir) / 'report.md'}, report.json and {len(PLOTS)} plots")
     return report
-
-
-if __name__ == "__main__":
-    main()

@@ -1,13 +1,13 @@
 """The paper's study at small scale: the four strategies × 2 seeds on the embedded digits, then the report.
 
-    python -m hf_vit_reduction.reproduce --output reproduction
-    python -m hf_vit_reduction.reproduce --output quick --strategies baseline shallow -- --epochs 5
+    hf-vit-reduction reproduce --output_dir reproduction
+    hf-vit-reduction reproduce --output_dir quick --strategies baseline shallow -- --epochs 5
 
-Each run is `run_image_classification.py --strategy S --seed N` with the digits recipe (its default without a data
+Each run is `hf-vit-reduction train --strategy S --seed N` with the digits recipe (its default without a data
 source), one after another: on 2 CPU cores one run takes about 2.5 minutes, the eight about 20. Flags after `--` go
 to every run. Rerunning the command continues: finished runs are kept, a stopped run resumes from its last
 checkpoint. It writes OUTPUT/runs/<strategy>-seed<seed>/ (the runs), OUTPUT/logs/ (each run's output) and
-OUTPUT/report/ (python -m hf_vit_reduction.report on the runs).
+OUTPUT/report/ (hf-vit-reduction report on the runs).
 """
 
 import argparse
@@ -18,12 +18,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..command_line import CommandParser
+from ..cli import command_parser
 from ..configuration_vit_reduced import REDUCTION_STRATEGIES
 from ..training.outputs import write_atomic
 from .report import RunProblem, load_run, report_runs, results_section
 
-SCRIPT = Path(__file__).resolve().parents[2] / "run_image_classification.py"
 SEEDS = (0, 1)
 SETTINGS = "reproduce.json"
 
@@ -40,9 +39,10 @@ def is_finished(run_dir: Path) -> bool:
     return True
 
 
-def training_command(script, strategy: str, seed: int, run_dir: Path, training_arguments: list[str]) -> list[str]:
-    """One run's command; a run stopped after a checkpoint resumes from it."""
-    command = [sys.executable, str(script), "--strategy", strategy, "--seed", str(seed)]
+def training_command(strategy: str, seed: int, run_dir: Path, training_arguments: list[str]) -> list[str]:
+    """One run's command (`hf-vit-reduction train` in a process of its own); a run stopped after a checkpoint
+    resumes from it."""
+    command = [sys.executable, "-m", "hf_vit_reduction", "train", "--strategy", strategy, "--seed", str(seed)]
     command += ["--output_dir", str(run_dir), "--report_to", "none"]
     if any((run_dir / "checkpoints").glob("step_*")):
         command += ["--resume_from_checkpoint", "latest"]
@@ -52,21 +52,21 @@ def training_command(script, strategy: str, seed: int, run_dir: Path, training_a
 def check_output(output: Path, training_arguments: list[str]) -> None:
     """An output folder is new, empty, or a reproduction with the same training arguments (then it continues)."""
     if output.exists() and not output.is_dir():
-        raise ValueError(f"--output {str(output)!r} is a file, not a folder")
+        raise ValueError(f"--output_dir {str(output)!r} is a file, not a folder")
     if not output.is_dir() or not any(output.iterdir()):
         return
     settings = output / SETTINGS
     if not settings.is_file():
-        raise ValueError(f"--output {str(output)!r} is in use: it is not empty and holds no {SETTINGS}")
+        raise ValueError(f"--output_dir {str(output)!r} is in use: it is not empty and holds no {SETTINGS}")
     try:
         previous = json.loads(settings.read_text(encoding="utf-8"))["training_arguments"]
     except (json.JSONDecodeError, KeyError, TypeError):
         raise ValueError(
-            f"--output {str(output)!r} holds a {SETTINGS} that is not ours; give another --output"
+            f"--output_dir {str(output)!r} holds a {SETTINGS} that is not ours; give another --output"
         ) from None
     if previous != training_arguments:
         raise ValueError(
-            f"--output {str(output)!r} holds a reproduction trained with {previous or 'no extra flags'}, not "
+            f"--output_dir {str(output)!r} holds a reproduction trained with {previous or 'no extra flags'}, not "
             f"{training_arguments or 'no extra flags'}; give another --output"
         )
 
@@ -94,13 +94,8 @@ def train(command: list[str], run_dir: Path, log: Path, progress: tqdm) -> int:
             raise
 
 
-def reproduce(output, strategies, seeds, training_arguments, script=SCRIPT) -> dict:
-    output, script = Path(output), Path(script)
-    if not script.is_file():
-        raise ValueError(
-            f"--script {str(script)!r} does not exist; run from a clone of the repository or pass --script "
-            "path/to/run_image_classification.py"
-        )
+def reproduce(output, strategies, seeds, training_arguments) -> dict:
+    output = Path(output)
     check_output(output, training_arguments)
     runs, logs = output / "runs", output / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -115,7 +110,7 @@ def reproduce(output, strategies, seeds, training_arguments, script=SCRIPT) -> d
                 progress.update(1)
                 continue
             log = logs / f"{run_dir.name}.log"
-            command = training_command(script, strategy, seed, run_dir, training_arguments)
+            command = training_command(strategy, seed, run_dir, training_arguments)
             status = train(command, run_dir, log, progress)
             if status != 0:
                 lines = [line for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -131,11 +126,10 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     split = argv.index("--") if "--" in argv else len(argv)
     ours, training_arguments = argv[:split], argv[split + 1 :]
-    parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", required=True, help="folder for runs, logs and report (continued if rerun)")
+    parser = command_parser("reproduce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", required=True, help="folder for runs, logs and report (continued if rerun)")
     parser.add_argument("--strategies", nargs="+", choices=REDUCTION_STRATEGIES, default=list(REDUCTION_STRATEGIES))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    parser.add_argument("--script", default=str(SCRIPT), help="run_image_classification.py")
     args = parser.parse_args(ours)
     for flag in ("--strategy", "--seed", "--output_dir", "--output", "--report_to"):
         if any(argument == flag or argument.startswith(f"{flag}=") for argument in training_arguments):
@@ -143,15 +137,11 @@ def main(argv: list[str] | None = None) -> dict:
     if len(set(args.seeds)) != len(args.seeds) or len(set(args.strategies)) != len(args.strategies):
         parser.error(f"--strategies {args.strategies} / --seeds {args.seeds} repeat a value; give each once")
     try:
-        report = reproduce(args.output, args.strategies, args.seeds, training_arguments, args.script)
+        report = reproduce(args.output_dir, args.strategies, args.seeds, training_arguments)
     except ValueError as error:
         parser.error(str(error))
     except RuntimeError as error:  # a training run failed
         raise SystemExit(f"error: {error}") from None
     print(results_section(report, image_prefix="report/"))
-    print(f"wrote {Path(args.output) / 'report' / 'report.md'}")
+    print(f"wrote {Path(args.output_dir) / 'report' / 'report.md'}")
     return report
-
-
-if __name__ == "__main__":
-    main()

@@ -11,9 +11,10 @@ import re
 from accelerate.tracking import get_available_trackers
 from accelerate.utils import LoggerType
 
-from ..command_line import CommandParser
+from ..cli import CommandParser
 from ..configuration_vit_reduced import PRESETS, REDUCTION_STRATEGIES
 from ..hub.pushing import add_hub_arguments, check_hub_arguments
+from .data import add_data_arguments
 from .distillation import add_distillation_arguments, check_distillation_arguments
 from .recipe import add_recipe_arguments, apply_recipe, mixes_pairs
 
@@ -45,25 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model_name_or_path", default=None, help="start from a saved or converted model")
     model.add_argument("--drop_path", "--drop-path", type=float, default=None, help="recipe")
 
-    data = parser.add_argument_group("data (no source: the embedded digits)")
-    data.add_argument("--dataset_name", default=None, help="Hub id, local dataset folder, e.g. imagenet-1k")
-    data.add_argument("--dataset_config_name", default=None)
-    data.add_argument("--train_dir", default=None, help="ImageNet-layout folder: <class>/<image>")
-    data.add_argument("--validation_dir", default=None)
-    data.add_argument("--train_split", default="train")
-    data.add_argument("--validation_split", default="validation")
-    data.add_argument("--train_val_split", type=float, default=0.15, help="held out when there is no validation")
-    data.add_argument("--image_column", default=None, help="detected when absent")
-    data.add_argument("--label_column", default=None, help="detected when absent")
-    data.add_argument("--max_train_samples", type=int, default=None)
-    data.add_argument("--max_eval_samples", type=int, default=None)
-    data.add_argument("--streaming", action="store_true")
-    data.add_argument("--cache_dir", default=None)
-    data.add_argument("--on_bad_image", choices=("skip", "error"), default="skip")
-    data.add_argument(
-        "--workers", "--num_workers", "-j", type=int, default=None, help="recipe, at most the cores per process"
-    )
-    data.add_argument("--pin_mem", "--pin-mem", action="store_true")
+    add_data_arguments(parser.add_argument_group("data (no source: the embedded digits)"))
 
     add_recipe_arguments(parser)
     add_distillation_arguments(parser.add_argument_group("distillation (recovering a cut model)"))

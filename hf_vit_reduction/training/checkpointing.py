@@ -183,7 +183,7 @@ class CheckpointSaver:
             os.replace(temporary, final)
             _fsync_dir(self.folder)
             self._remove_old(best_step=state.history.peak["step"] if state.history.rows else None)
-            logger.info("checkpoint %s", final)
+            logger.debug("checkpoint %s", final)
         accelerator.wait_for_everyone()
         return final
 

@@ -44,6 +44,28 @@ LOADING_ARGUMENTS = (
 )
 
 
+def add_data_arguments(data) -> None:
+    """The data flags (Transformers' example script's names), shared by training, `evaluate` and `predict`."""
+    data.add_argument("--dataset_name", default=None, help="Hub id, local dataset folder, e.g. imagenet-1k")
+    data.add_argument("--dataset_config_name", default=None)
+    data.add_argument("--train_dir", default=None, help="ImageNet-layout folder: <class>/<image>")
+    data.add_argument("--validation_dir", default=None)
+    data.add_argument("--train_split", default="train")
+    data.add_argument("--validation_split", default="validation")
+    data.add_argument("--train_val_split", type=float, default=0.15, help="held out when there is no validation")
+    data.add_argument("--image_column", default=None, help="detected when absent")
+    data.add_argument("--label_column", default=None, help="detected when absent")
+    data.add_argument("--max_train_samples", type=int, default=None)
+    data.add_argument("--max_eval_samples", type=int, default=None)
+    data.add_argument("--streaming", action="store_true")
+    data.add_argument("--cache_dir", default=None)
+    data.add_argument("--on_bad_image", choices=("skip", "error"), default="skip")
+    data.add_argument(
+        "--workers", "--num_workers", "-j", type=int, default=None, help="recipe, at most the cores per process"
+    )
+    data.add_argument("--pin_mem", "--pin-mem", action="store_true")
+
+
 def take(dataset, count: int):
     """The first `count` examples of a split or a stream."""
     if isinstance(dataset, datasets.IterableDataset):

@@ -1,6 +1,6 @@
-"""The training loop's speed against the bare step's (`run_image_classification.py --benchmark_loop`).
+"""The training loop's speed against the bare step's (`hf-vit-reduction train --benchmark_loop`).
 
-The script's own loop (mixup, EMA, the non-finite check, progress bar, logging) runs on pre-decoded in-memory data;
+The engine's own loop (mixup, EMA, the non-finite check, progress bar, logging) runs on pre-decoded in-memory data;
 the bare step is forward, backward and AdamW on one fixed batch with nothing around it, timed just before and just
 after the loop so that the machine's drift cancels. The loop is timed by a callback, from the end of the
 `--benchmark_warmup`-th update to the end of the last.
@@ -33,8 +33,10 @@ class LoopBenchmark:
         if state.step in (self.run.args.benchmark_warmup, self.run.plan.total_updates):
             self.marks.append((time.perf_counter(), state.seen))
 
-    def measure(self, train) -> dict:
-        """Run `train(run, callbacks)` between two timings of the bare step; write loop_benchmark.json."""
+    def measure(self) -> dict:
+        """Run the engine's `train` between two timings of the bare step; write loop_benchmark.json."""
+        from .engine import train  # the engine runs this benchmark with --benchmark_loop
+
         run, args, accelerator = self.run, self.run.args, self.run.accelerator
         decoded = in_memory(
             loaders.prepare_dataset(run.data.train, loaders.ExampleTransform(run.eval_transform, **run.columns))

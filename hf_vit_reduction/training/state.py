@@ -137,9 +137,10 @@ class UpdatePlan:
         """The update count at which `epoch` ends."""
         return min((epoch + 1) * self.updates_per_epoch, self.total_updates)
 
-    def first_epoch(self, step: int) -> int:
-        """Where a run that has done `step` updates goes on; a finished run has no epoch left."""
-        return step // self.updates_per_epoch if step < self.total_updates else self.num_epochs
+    def remaining_epochs(self, step: int) -> range:
+        """The epochs left to a run that has done `step` updates; a finished run has none."""
+        first = step // self.updates_per_epoch if step < self.total_updates else self.num_epochs
+        return range(first, self.num_epochs)
 
     def batches_to_skip(self, epoch: int, step: int) -> int:
         """Batches of `epoch` already trained on by a run that has done `step` updates."""
