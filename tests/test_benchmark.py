@@ -144,6 +144,9 @@ def test_benchmark_rates_ratios_and_gmacs_from_a_planted_clock(monkeypatch, rest
         summary = summarize(config)
         assert row["gmacs"] == pytest.approx(summary["gmacs"]), name
         assert row["parameters"] == summary["num_parameters"], name
+        # The first warm-up step, timed on its own (under compile: the compile): 100 x a timed step's seconds.
+        first = (row["inference_first_step_s"], row["training_first_step_s"])
+        assert first == pytest.approx(tuple(100 * seconds for seconds in PLANTED_SECONDS[name])), name
 
 
 @pytest.mark.slow  # times real steps
