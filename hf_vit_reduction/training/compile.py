@@ -6,6 +6,10 @@ parameters and its `state_dict` stay what they were. So a checkpoint, `save_pret
 stays one parameter, and Accelerate's DistributedDataParallel or FSDP2 wrapper (compiled itself when it is the
 module given) keeps its hooks. Graphs are built on the first call in each mode: the first training update, and the
 first evaluation (train and eval mode are separate graphs).
+
+Shapes are static (`dynamic=False`): a new batch size (the last partial evaluation batch) gets a graph of its own
+instead of turning the batch dimension symbolic, and models that share their forward code but not their widths (our
+four strategies, in one benchmark process) each get kernels for their own shapes.
 """
 
 import torch
@@ -22,5 +26,5 @@ def compile_model(model: torch.nn.Module, *, mode: str | None = None) -> torch.n
     if mode is not None and mode not in MODES:
         raise ValueError(f"torch.compile mode {mode!r} is not valid; allowed: {', '.join(MODES)}")
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-    model.compile(mode=None if mode == "default" else mode)
+    model.compile(mode=None if mode == "default" else mode, dynamic=False)
     return model
