@@ -18,6 +18,8 @@ from timm.optim import param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
+from .config import FLAG
+
 logger = logging.getLogger(__name__)
 
 # No weight decay on these (besides biases and norms, which timm excludes as 1-D tensors), as timm's ViT declares in
@@ -52,6 +54,8 @@ PAPER_RECIPE = {
     "train_interpolation": "random",
     "interpolation": "bicubic",
     "crop_pct": 0.9,
+    "mean": (0.5, 0.5, 0.5),  # timm's ViT normalization
+    "std": (0.5, 0.5, 0.5),
     "aug_repeats": 3,
     "model_ema": True,
     "model_ema_decay": 0.9998,
@@ -210,6 +214,8 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         "--interpolation", choices=INTERPOLATIONS, default=None, help="evaluation resize (ViT's pretrained: bicubic)"
     )
     recipe.add_argument("--crop_pct", "--crop-pct", type=float, default=None, help="evaluation center crop")
+    recipe.add_argument("--mean", "--image_mean", type=float, nargs="+", default=None, help="per RGB channel")
+    recipe.add_argument("--std", "--image_std", type=float, nargs="+", default=None, help="per RGB channel")
     recipe.add_argument("--aug_repeats", "--aug-repeats", type=int, default=None, help="only when distributed")
     recipe.add_argument("--model_ema", "--model-ema", action=boolean, default=None)
     recipe.add_argument("--model_ema_decay", "--model-ema-decay", type=float, default=None)
@@ -252,9 +258,7 @@ def apply_recipe(args: argparse.Namespace) -> dict[str, str]:
             setattr(args, key, value)
             sources[key] = f"{name} recipe"
         else:
-            sources[key] = "command line"
-    if args.aa and args.aa.lower() == "none":
-        args.aa = None
+            sources[key] = FLAG
     return sources
 
 
@@ -267,10 +271,10 @@ def mixed_precision(requested: str | None, amp: bool, amp_dtype: str = "float16"
     return {"float16": "fp16", "bfloat16": "bf16"}[amp_dtype]
 
 
-def configure_torch_backends(args: argparse.Namespace) -> None:
+def configure_torch_backends(*, tf32: bool, cudnn_benchmark: bool) -> None:
     """TF32 matmuls and cudnn.benchmark, which timm's train.py turns on (no effect without a GPU)."""
-    torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
-    torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = cudnn_benchmark
 
 
 def build_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float, fused: bool) -> torch.optim.AdamW:
@@ -279,7 +283,16 @@ def build_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float, f
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
 
 
-def build_scheduler(optimizer, args: argparse.Namespace, *, num_epochs: float, updates_per_epoch: int):
+def build_scheduler(
+    optimizer,
+    *,
+    num_epochs: float,
+    updates_per_epoch: int,
+    warmup_epochs: float,
+    min_lr: float,
+    warmup_lr: float,
+    sched_on_updates: bool,
+):
     """timm's cosine with linear warm-up, stepped per epoch (the paper) or per update (--sched_on_updates).
 
     Drive it as timm's train.py does: `scheduler.step(epoch)` at the start of every epoch (a resumed one included)
@@ -289,16 +302,27 @@ def build_scheduler(optimizer, args: argparse.Namespace, *, num_epochs: float, u
         optimizer,
         sched="cosine",
         num_epochs=num_epochs,
-        warmup_epochs=args.warmup_epochs,
-        min_lr=args.min_lr,
-        warmup_lr=args.warmup_lr,
-        step_on_epochs=not args.sched_on_updates,
+        warmup_epochs=warmup_epochs,
+        min_lr=min_lr,
+        warmup_lr=warmup_lr,
+        step_on_epochs=not sched_on_updates,
         updates_per_epoch=updates_per_epoch,
     )
     return scheduler
 
 
-def build_transforms(args: argparse.Namespace, *, image_size: int, mean):
+def build_transforms(
+    *,
+    image_size: int,
+    scale: tuple[float, float],
+    hflip: float,
+    color_jitter: float,
+    auto_augment: str | None,
+    train_interpolation: str,
+    interpolation: str,
+    crop_pct: float,
+    mean: tuple[float, float, float],
+):
     """timm's per-image train transform (crop, flip, RandAugment or colour jitter) and eval, ending in uint8 tensors.
 
     These are timm's transforms as its prefetcher runs them (`use_prefetcher=True`): a worker hands over uint8
@@ -309,19 +333,19 @@ def build_transforms(args: argparse.Namespace, *, image_size: int, mean):
     train = create_transform(
         input_size=image_size,
         is_training=True,
-        scale=args.scale,
-        hflip=args.hflip,
-        color_jitter=args.color_jitter,
-        auto_augment=args.aa or None,
-        interpolation=args.train_interpolation,
+        scale=scale,
+        hflip=hflip,
+        color_jitter=color_jitter,
+        auto_augment=auto_augment,
+        interpolation=train_interpolation,
         mean=mean,
         use_prefetcher=True,
     )
     evaluation = create_transform(
         input_size=image_size,
         is_training=False,
-        interpolation=args.interpolation,
-        crop_pct=args.crop_pct,
+        interpolation=interpolation,
+        crop_pct=crop_pct,
         mean=mean,
         use_prefetcher=True,
     )
@@ -338,11 +362,6 @@ class Normalize:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return images.float().div_(255).sub_(self.mean).div_(self.std)
-
-
-def mixes_pairs(args: argparse.Namespace) -> bool:
-    """Mixup or CutMix is on: each training image is blended with another of its batch."""
-    return args.mixup > 0 or args.cutmix > 0
 
 
 class BatchAugmentation:
@@ -375,27 +394,34 @@ class BatchAugmentation:
         return images, labels
 
 
-def build_batch_augmentation(args: argparse.Namespace, *, num_classes: int, device) -> BatchAugmentation:
+def build_batch_augmentation(
+    *,
+    mixup: float,
+    cutmix: float,
+    smoothing: float,
+    reprob: float,
+    random_erasing_stage: str,
+    num_classes: int,
+    device,
+) -> BatchAugmentation:
     """Mixup/CutMix (label smoothing folded into the soft targets) and random erasing, after mixing by default."""
-    mixup = None
-    if mixes_pairs(args):
-        mixup = Mixup(
-            mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing, num_classes=num_classes
-        )
+    mixing = None
+    if mixup > 0 or cutmix > 0:
+        mixing = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing, num_classes=num_classes)
     erasing = None
-    if args.reprob > 0:
-        erasing = RandomErasing(args.reprob, mode="pixel", max_count=1, num_splits=0, device=device)
-    if args.random_erasing_stage == "image":
-        return BatchAugmentation(mixup, None, image_erasing=erasing)
-    return BatchAugmentation(mixup, erasing)
+    if reprob > 0:
+        erasing = RandomErasing(reprob, mode="pixel", max_count=1, num_splits=0, device=device)
+    if random_erasing_stage == "image":
+        return BatchAugmentation(mixing, None, image_erasing=erasing)
+    return BatchAugmentation(mixing, erasing)
 
 
-def build_train_criterion(args: argparse.Namespace) -> torch.nn.Module:
+def build_train_criterion(*, mixes_pairs: bool, smoothing: float) -> torch.nn.Module:
     """Soft-target cross-entropy with Mixup/CutMix (which carry the smoothing), else smoothed or plain CE, as timm."""
-    if mixes_pairs(args):
+    if mixes_pairs:
         return SoftTargetCrossEntropy()
-    if args.smoothing > 0:
-        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    if smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=smoothing)
     return torch.nn.CrossEntropyLoss()
 
 
@@ -430,30 +456,25 @@ class SharedWeightsModelEma(ModelEmaV3):
             self._foreach_lerp_(ema_values, model_values, weight=weight)
 
 
-def build_ema(model: torch.nn.Module, args: argparse.Namespace, *, total_updates: int) -> ModelEmaV3 | None:
-    """The EMA timm keeps (and reports) with --model_ema; None without.
+def build_ema(
+    model: torch.nn.Module, *, decay: float, warmup: bool, decay_per_use: bool, total_updates: int
+) -> SharedWeightsModelEma:
+    """The EMA timm keeps (and reports) with --model_ema.
 
     Each unique tensor is decayed once a step; --ema_shared_decay_per_use reproduces the reference's double decay of
     shared MLPs. Without warm-up, an EMA whose horizon is long against the run hardly leaves the first update's
     weights; that is logged once here, since the EMA is what gets reported and saved.
     """
-    if not args.model_ema:
-        return None
-    ema = SharedWeightsModelEma(
-        model,
-        decay=args.model_ema_decay,
-        use_warmup=args.model_ema_warmup,
-        decay_per_use=args.ema_shared_decay_per_use,
-    )
+    ema = SharedWeightsModelEma(model, decay=decay, use_warmup=warmup, decay_per_use=decay_per_use)
     # timm's first update copies the model (decay 0 at step 1); the copy then decays over the remaining updates.
-    stale = args.model_ema_decay ** max(total_updates - 1, 0)
-    if not args.model_ema_warmup and stale > EMA_STALE_SHARE:
+    stale = decay ** max(total_updates - 1, 0)
+    if not warmup and stale > EMA_STALE_SHARE:
         logger.warning(
             "the EMA (decay %g, horizon ~%d updates) will still be %.0f%% the first update's weights after the "
             "run's %d updates, and the EMA is the model reported and saved; use --model_ema_warmup, a lower "
             "--model_ema_decay or --no-model_ema",
-            args.model_ema_decay,
-            round(1 / (1 - args.model_ema_decay)),
+            decay,
+            round(1 / (1 - decay)),
             100 * stale,
             total_updates,
         )
