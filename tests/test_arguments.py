@@ -7,7 +7,7 @@ from accelerate.utils import LoggerType
 from hf_vit_reduction.training import arguments
 from hf_vit_reduction.training.arguments import augmentation_problem, parse_args
 from hf_vit_reduction.training.config import fitted_to_dataset
-from hf_vit_reduction.training.recipe import DIGITS_RECIPE, PAPER_RECIPE
+from hf_vit_reduction.training.recipes import DIGITS_RECIPE, PAPER_RECIPE
 
 
 def test_no_data_source_takes_the_digits_recipe():

@@ -15,10 +15,10 @@ from PIL import Image
 
 from hf_vit_reduction.training import loaders
 from hf_vit_reduction.training.arguments import parse_args
+from hf_vit_reduction.training.builders import build_transforms
 from hf_vit_reduction.training.config import transform_kwargs
 from hf_vit_reduction.training.data import load_digits, load_image_classification_data
 from hf_vit_reduction.training.loop_benchmark import in_memory
-from hf_vit_reduction.training.recipe import build_transforms
 
 
 def transforms(size, **recipe):

@@ -26,7 +26,7 @@ from hf_vit_reduction.hub.model_card import (
 from hf_vit_reduction.image_processing_vit_reduced import image_processor_for
 from hf_vit_reduction.training.arguments import parse_args
 from hf_vit_reduction.training.outputs import write_json
-from hf_vit_reduction.training.recipe import RECIPES
+from hf_vit_reduction.training.recipes import RECIPES
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -37,6 +37,7 @@ from timm.data import FastCollateMixup, create_dataset, create_loader
 
 from ..cli import command_parser
 from ..training.arguments import parse_args
+from ..training.builders import Normalize, build_batch_augmentation, build_transforms
 from ..training.config import RunConfig, batch_augmentation_kwargs, transform_kwargs
 from ..training.data import load_image_classification_data
 from ..training.loaders import (
@@ -49,7 +50,6 @@ from ..training.loaders import (
     train_loader,
     train_sampler,
 )
-from ..training.recipe import Normalize, build_batch_augmentation, build_transforms
 
 # name: (size, count, batch size)
 PHOTO_FOLDERS = {"imagenet-sized": ((500, 375), 400, 32), "camera-sized": ((4032, 3024), 120, 16)}

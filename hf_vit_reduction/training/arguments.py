@@ -18,7 +18,7 @@ from ..hub.pushing import add_hub_arguments, check_hub_arguments
 from .config import FLAG, NO_GPU, RunConfig
 from .data import add_data_arguments
 from .distillation import add_distillation_arguments, check_distillation_arguments
-from .recipe import add_recipe_arguments, apply_recipe, mixed_precision
+from .recipes import add_recipe_arguments, apply_recipe
 
 # timm's augmentation policy strings (timm.data.auto_augment): a kind, then `-`-separated sections `<key><number>`.
 # timm skips a section without a number and stops at an unknown key only sometimes, so they are checked here.
@@ -120,6 +120,15 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
             if values[key]:
                 values[key], sources[key] = False, NO_GPU
     return RunConfig(**values, sources=sources)
+
+
+def mixed_precision(requested: str | None, amp: bool, amp_dtype: str = "float16") -> str:
+    """Accelerate's mixed precision: as requested; else with --amp on a GPU, fp16 (loss scaling, timm's) or bf16."""
+    if requested:
+        return requested
+    if not amp or not torch.cuda.is_available():
+        return "no"
+    return {"float16": "fp16", "bfloat16": "bf16"}[amp_dtype]
 
 
 def cores_per_process() -> int:

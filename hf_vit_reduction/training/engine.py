@@ -27,6 +27,18 @@ from ..hub.pushing import HubPusher, HubPushError
 from ..image_processing_vit_reduced import image_processor_for
 from . import loaders, outputs
 from .arguments import parse_args
+from .builders import (
+    BatchAugmentation,
+    Normalize,
+    SharedWeightsModelEma,
+    build_batch_augmentation,
+    build_ema,
+    build_optimizer,
+    build_scheduler,
+    build_train_criterion,
+    build_transforms,
+    configure_torch_backends,
+)
 from .checkpointing import (
     AUTO,
     CheckpointSaver,
@@ -59,18 +71,6 @@ from .evaluation import evaluate_model, evaluate_model_and_ema
 from .loop_benchmark import LoopBenchmark
 from .outputs import DiskFullError
 from .preemption import PreemptionWatch, is_lost_process, lost_process
-from .recipe import (
-    BatchAugmentation,
-    Normalize,
-    SharedWeightsModelEma,
-    build_batch_augmentation,
-    build_ema,
-    build_optimizer,
-    build_scheduler,
-    build_train_criterion,
-    build_transforms,
-    configure_torch_backends,
-)
 from .state import TrainState, UpdatePlan, gathered_loss_and_images
 
 logger = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import ModelEmaV3
 
+from hf_vit_reduction.training import arguments, builders, recipes
 from hf_vit_reduction.training import config as run_config
-from hf_vit_reduction.training import recipe
 from hf_vit_reduction.training.arguments import parse_args
 
 # timm's train.py (1.0.20-1.0.22, the paper's) as the seed's commands ran it: its argparse defaults for the fields
@@ -93,9 +93,9 @@ UPDATES_PER_EPOCH = 1251  # ImageNet-1k's 1,281,167 images, RepeatAugSampler ove
 def parse(argv):
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset_name")
-    recipe.add_recipe_arguments(parser)
+    recipes.add_recipe_arguments(parser)
     args = parser.parse_args(argv)
-    return args, recipe.apply_recipe(args)
+    return args, recipes.apply_recipe(args)
 
 
 @pytest.fixture
@@ -117,8 +117,8 @@ def test_a_data_source_takes_the_paper_recipe_and_its_sources_are_recorded():
     assert (args.model_ema, sources["model_ema"]) == (False, "command line")
     assert (args.aa, sources["aa"]) == ("none", "command line")  # the run's configuration turns it off (None)
     assert (args.warmup_lr, sources["warmup_lr"]) == (1e-5, "paper recipe")
-    assert set(sources) == set(recipe.PAPER_RECIPE)
-    assert sum(source == "paper recipe" for source in sources.values()) == len(recipe.PAPER_RECIPE) - 3
+    assert set(sources) == set(recipes.PAPER_RECIPE)
+    assert sum(source == "paper recipe" for source in sources.values()) == len(recipes.PAPER_RECIPE) - 3
 
 
 def test_the_paper_recipe_is_what_the_seed_command_ran_under_timm(paper_args):
@@ -179,7 +179,7 @@ def test_every_update_of_the_300_epoch_schedule_has_timm_train_py_learning_rate(
     timm_args = SimpleNamespace(**{**vars(TIMM_SEED_ARGS), "sched_on_updates": config.sched_on_updates})
     ours_optimizer = torch.optim.SGD([torch.zeros(1)], lr=config.lr)
     timm_optimizer = torch.optim.SGD([torch.zeros(1)], lr=timm_args.lr)
-    ours = recipe.build_scheduler(
+    ours = builders.build_scheduler(
         ours_optimizer,
         **run_config.scheduler_kwargs(config),
         num_epochs=300 * 1.0,
@@ -231,7 +231,7 @@ def _timm_loader_transform(is_training: bool):
 
 @pytest.mark.parametrize("is_training", [True, False])
 def test_transforms_are_timm_create_loader_s(paper_config, is_training):
-    ours = recipe.build_transforms(image_size=224, **run_config.transform_kwargs(paper_config))[
+    ours = builders.build_transforms(image_size=224, **run_config.transform_kwargs(paper_config))[
         0 if is_training else 1
     ]
     theirs = _timm_loader_transform(is_training)
@@ -254,7 +254,7 @@ def test_uint8_normalized_on_the_device_equals_timm_float_path(paper_config, is_
     """The same draws through timm's no-prefetcher transform (ToTensor + Normalize in the worker) give the very
     floats that our uint8 transform followed by `Normalize` on the batch gives."""
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    ours = recipe.build_transforms(image_size=64, **{**run_config.transform_kwargs(paper_config), "mean": mean})
+    ours = builders.build_transforms(image_size=64, **{**run_config.transform_kwargs(paper_config), "mean": mean})
     ours = ours[0 if is_training else 1]
     float_path = create_transform(
         64,
@@ -268,7 +268,7 @@ def test_uint8_normalized_on_the_device_equals_timm_float_path(paper_config, is_
         std=std,
     )
     assert type(float_path.transforms[-1]).__name__ == "Normalize"
-    normalize = recipe.Normalize(mean, std, device="cpu")
+    normalize = builders.Normalize(mean, std, device="cpu")
     image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8))
     for seed in range(6):
         uint8 = torch.stack([_seeded(seed * 10 + i, ours, image) for i in range(2)])
@@ -279,23 +279,23 @@ def test_uint8_normalized_on_the_device_equals_timm_float_path(paper_config, is_
 def test_random_erasing_runs_on_the_batch_per_image_before_mixing_only_when_asked(paper_config):
     digits = parse_args([])
     for config in (paper_config, digits):
-        train, _ = recipe.build_transforms(image_size=32, **run_config.transform_kwargs(config))
+        train, _ = builders.build_transforms(image_size=32, **run_config.transform_kwargs(config))
         assert not any(isinstance(op, RandomErasing) for op in train.transforms)
-    augmentation = recipe.build_batch_augmentation(
+    augmentation = builders.build_batch_augmentation(
         **run_config.batch_augmentation_kwargs(paper_config), num_classes=5, device="cpu"
     )
     assert augmentation.image_erasing is None and augmentation.random_erasing.probability == 0.25
-    augmentation = recipe.build_batch_augmentation(
+    augmentation = builders.build_batch_augmentation(
         **run_config.batch_augmentation_kwargs(digits), num_classes=10, device="cpu"
     )
     assert augmentation.random_erasing is None
     erasing = augmentation.image_erasing
     assert (erasing.probability, erasing.mode, erasing.max_count) == (0.1, "pixel", 1)
-    train, _ = recipe.build_transforms(image_size=32, **run_config.transform_kwargs(digits))
+    train, _ = builders.build_transforms(image_size=32, **run_config.transform_kwargs(digits))
     assert "interpolation=bicubic" in repr(train.transforms[0]).replace(" ", "")
     # Each image of the batch erased on its own (probability 1: all of them), then the erased images mixed.
     digits = dataclasses.replace(digits, reprob=1.0)
-    augmentation = recipe.build_batch_augmentation(
+    augmentation = builders.build_batch_augmentation(
         **run_config.batch_augmentation_kwargs(digits), num_classes=10, device="cpu"
     )
     images, labels = torch.zeros(4, 3, 16, 16), torch.arange(4)
@@ -333,7 +333,7 @@ def test_batch_augmentation_mixes_then_erases_as_timm_collate_and_prefetcher(pap
         batch = batch.float().sub_(mean).div_(std)
         return RandomErasing(1.0, mode="pixel", max_count=1, num_splits=0, device="cpu")(batch), targets
 
-    augmentation = recipe.build_batch_augmentation(
+    augmentation = builders.build_batch_augmentation(
         **run_config.batch_augmentation_kwargs(config), num_classes=5, device="cpu"
     )
     ours, ours_targets = _seeded(2, augmentation, (pixels.float() - mean) / std, labels)
@@ -353,25 +353,27 @@ def test_batch_augmentation_mixes_then_erases_as_timm_collate_and_prefetcher(pap
 
 def test_batch_augmentation_is_the_identity_when_everything_is_off(paper_config):
     config = dataclasses.replace(paper_config, mixup=0.0, cutmix=0.0, reprob=0.0)
-    augmentation = recipe.build_batch_augmentation(
+    augmentation = builders.build_batch_augmentation(
         **run_config.batch_augmentation_kwargs(config), num_classes=5, device="cpu"
     )
     images, labels = torch.randn(3, 3, 8, 8), torch.tensor([0, 4, 2])
     out_images, out_labels = augmentation(images.clone(), labels)
     assert torch.equal(out_images, images) and torch.equal(out_labels, labels)
-    assert isinstance(recipe.build_train_criterion(**run_config.criterion_kwargs(config)), LabelSmoothingCrossEntropy)
+    assert isinstance(
+        builders.build_train_criterion(**run_config.criterion_kwargs(config)), LabelSmoothingCrossEntropy
+    )
     config = dataclasses.replace(config, smoothing=0.0)
-    assert type(recipe.build_train_criterion(**run_config.criterion_kwargs(config))) is torch.nn.CrossEntropyLoss
+    assert type(builders.build_train_criterion(**run_config.criterion_kwargs(config))) is torch.nn.CrossEntropyLoss
 
 
 def test_an_odd_batch_loses_its_last_image_to_mixup(paper_config):
-    augmentation = recipe.build_batch_augmentation(
+    augmentation = builders.build_batch_augmentation(
         **run_config.batch_augmentation_kwargs(paper_config), num_classes=5, device="cpu"
     )
     images, targets = augmentation(torch.randn(5, 3, 8, 8), torch.tensor([0, 1, 2, 3, 4]))
     assert images.shape[0] == targets.shape[0] == 4 and targets.shape[1] == 5
     assert isinstance(
-        recipe.build_train_criterion(**run_config.criterion_kwargs(paper_config)), SoftTargetCrossEntropy
+        builders.build_train_criterion(**run_config.criterion_kwargs(paper_config)), SoftTargetCrossEntropy
     )
 
 
@@ -428,7 +430,7 @@ def test_optimizer_groups_are_timm_create_optimizer_v2_s(make_model, strategy):
     overrides = {"reduction_mlp_ratio": 2.0} if strategy == "thin" else {}
     model = make_model(strategy, **overrides)
     reference = _reference_timm_model(strategy)
-    ours = recipe.build_optimizer(model, lr=1e-3, weight_decay=0.05, fused=False)
+    ours = builders.build_optimizer(model, lr=1e-3, weight_decay=0.05, fused=False)
     theirs = create_optimizer_v2(reference, **optimizer_kwargs(cfg=TIMM_SEED_ARGS))
     our_names = {id(p): name for name, p in model.named_parameters()}
     their_names = {id(p): _our_name(name) for name, p in reference.named_parameters()}
@@ -464,7 +466,7 @@ def _one_ema_update(ema, model):
 def test_ema_decays_each_tensor_once_or_shared_ones_once_per_use(make_model, per_use):
     decay = 0.9
     model = make_model("grouped")
-    ema = recipe.build_ema(model, decay=decay, warmup=False, decay_per_use=per_use, total_updates=10**6)
+    ema = builders.build_ema(model, decay=decay, warmup=False, decay_per_use=per_use, total_updates=10**6)
     moved = _one_ema_update(ema, model)
     # Two shared MLPs (fc1/fc2 weight and bias), each listed under both blocks of its group.
     shared = {key for key in moved if ".mlp." in key}
@@ -481,7 +483,7 @@ def test_the_per_use_switch_reproduces_the_reference_ema_of_a_shared_mlp(make_mo
     reference = _reference_timm_model("grouped")
     weights = model.state_dict()
     reference.load_state_dict({name: weights[_our_name(name)] for name in reference.state_dict()})
-    ours = recipe.build_ema(model, decay=0.9, warmup=False, decay_per_use=True, total_updates=10**6)
+    ours = builders.build_ema(model, decay=0.9, warmup=False, decay_per_use=True, total_updates=10**6)
     theirs = ModelEmaV3(reference, decay=0.9)
     generator = torch.Generator().manual_seed(0)
     for _ in range(3):
@@ -500,35 +502,35 @@ def test_the_per_use_switch_reproduces_the_reference_ema_of_a_shared_mlp(make_mo
 
 
 def test_an_ema_that_outlasts_the_run_is_reported_once(make_model, paper_config, caplog):
-    caplog.set_level(logging.WARNING, logger="hf_vit_reduction.training.recipe")
-    recipe.build_ema(make_model(), **run_config.ema_kwargs(paper_config), total_updates=2_000)
+    caplog.set_level(logging.WARNING, logger="hf_vit_reduction.training.builders")
+    builders.build_ema(make_model(), **run_config.ema_kwargs(paper_config), total_updates=2_000)
     [record] = caplog.records
     share = 100 * 0.9998**1999
     assert f"will still be {share:.0f}% the first update's weights after the run's 2000 updates" in record.getMessage()
     assert "the EMA is the model reported and saved" in record.getMessage()
     caplog.clear()
-    recipe.build_ema(make_model(), **run_config.ema_kwargs(paper_config), total_updates=300 * UPDATES_PER_EPOCH)
+    builders.build_ema(make_model(), **run_config.ema_kwargs(paper_config), total_updates=300 * UPDATES_PER_EPOCH)
     warmup = dataclasses.replace(paper_config, model_ema_warmup=True)
-    recipe.build_ema(make_model(), **run_config.ema_kwargs(warmup), total_updates=2_000)
+    builders.build_ema(make_model(), **run_config.ema_kwargs(warmup), total_updates=2_000)
     assert caplog.records == []
 
 
 def test_amp_is_timm_s_float16_with_loss_scaling_unless_asked(monkeypatch):
-    assert recipe.mixed_precision("bf16", amp=False) == "bf16"
+    assert arguments.mixed_precision("bf16", amp=False) == "bf16"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert recipe.mixed_precision(None, amp=True) == "no"
+    assert arguments.mixed_precision(None, amp=True) == "no"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert recipe.mixed_precision(None, amp=True) == "fp16"
-    assert recipe.mixed_precision(None, amp=True, amp_dtype="bfloat16") == "bf16"
-    assert recipe.mixed_precision(None, amp=False) == "no"
+    assert arguments.mixed_precision(None, amp=True) == "fp16"
+    assert arguments.mixed_precision(None, amp=True, amp_dtype="bfloat16") == "bf16"
+    assert arguments.mixed_precision(None, amp=False) == "no"
 
 
 def test_torch_backends_follow_timm_train_py(paper_args):
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark
     try:
-        recipe.configure_torch_backends(tf32=paper_args.tf32, cudnn_benchmark=paper_args.cudnn_benchmark)
+        builders.configure_torch_backends(tf32=paper_args.tf32, cudnn_benchmark=paper_args.cudnn_benchmark)
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.benchmark
-        recipe.configure_torch_backends(tf32=False, cudnn_benchmark=False)
+        builders.configure_torch_backends(tf32=False, cudnn_benchmark=False)
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.benchmark
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark = saved
