@@ -1,17 +1,16 @@
 import json
 import os
-import shutil
 import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
+import torch
 from card_checks import RUN_ONLY_FLAGS, check_card
 from conversion_sources import transformers_vit
 from huggingface_hub import ModelCard
 from image_folders import write_folder
 from transformers import ViTImageProcessor
+from wheel_install import install_wheel
 
 from hf_vit_reduction import REDUCTION_STRATEGIES, summarize
 from hf_vit_reduction.conversion.convert import main as convert
@@ -23,9 +22,9 @@ from hf_vit_reduction.hub.model_card import (
     write_model_card,
 )
 from hf_vit_reduction.image_processing_vit_reduced import image_processor_for
-from hf_vit_reduction.training.arguments import effective_recipe, parse_args
-from hf_vit_reduction.training.outputs import public_arguments, write_json
-from hf_vit_reduction.training.recipe import RECIPES
+from hf_vit_reduction.training.arguments import parse_args
+from hf_vit_reduction.training.outputs import write_json
+from hf_vit_reduction.training.recipes import RECIPES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,9 +51,7 @@ RESULTS = {
 
 def script_args(argv: list[str], num_processes: int = 1) -> dict:
     """args.json as the training script writes it for these flags (its `build` step, without training)."""
-    args = parse_args(argv)
-    run_config = public_arguments({key: value for key, value in vars(args).items() if key != "recipe_sources"})
-    return run_config | {"num_processes": num_processes, "recipe": effective_recipe(args)}
+    return json.loads(json.dumps(parse_args(argv).run_record(num_processes=num_processes)))
 
 
 def run_folder(folder: Path, model, results=RESULTS, run_args=None, curves=True, crop_pct=1.0) -> Path:
@@ -138,8 +135,12 @@ def test_card_of_a_digits_run(make_model, tmp_path):
     assert "| resize | shorter side to 32 px, aspect ratio kept; bicubic interpolation |" in text
     assert "| normalize | mean (0.5, 0.5, 0.5), std (0.5, 0.5, 0.5) |" in text
     # The recipe once, each value with its source; the global batch computed.
+    # What a machine without a GPU cannot run is recorded as off, with why.
+    no_gpu = set() if torch.cuda.is_available() else {"tf32", "cudnn_benchmark"}
+    for name in no_gpu:
+        assert text.count(f"| `{name}` | False | off: no GPU on this machine |") == 1, name
     for name, value in RECIPES["digits"].items():
-        if name not in RUN_PLUMBING:
+        if name not in RUN_PLUMBING and name not in no_gpu:
             shown = ", ".join(map(str, value)) if isinstance(value, tuple) else "none" if value is None else value
             assert text.count(f"| `{name}` | {shown} | digits recipe |") == 1, name
     assert "| optimization | `lr` | 0.002 | digits recipe |" in text
@@ -245,7 +246,7 @@ def test_card_of_a_converted_model_has_no_results(make_model, tmp_path, strategy
 
 def test_card_command(make_model, tmp_path, capsys):
     run_folder(tmp_path, make_model("grouped"))
-    main([str(tmp_path), "--repo_id", "me/vit"])
+    main([str(tmp_path), "--hub_model_id", "me/vit"])
     assert capsys.readouterr().out == f"wrote {tmp_path / 'README.md'}\n"
     assert ModelCard.load(tmp_path / "README.md").data.model_name == "vit"
     with pytest.raises(
@@ -265,30 +266,12 @@ def test_best_model_subfolder_reads_the_run_outputs_from_its_parent(make_model, 
 @pytest.mark.slow
 def test_template_is_found_when_installed_from_a_wheel(make_model, tmp_path):
     """Build a wheel of this checkout, install it into a fresh virtual environment and render a card there."""
-    source = tmp_path / "source"
-    source.mkdir()
-    for name in ("setup.py", "README.md", "pyproject.toml"):
-        shutil.copy(ROOT / name, source / name)
-    shutil.copytree(
-        ROOT / "hf_vit_reduction", source / "hf_vit_reduction", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    wheels = tmp_path / "wheels"
-    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), "."]
-    subprocess.run(build, cwd=source, check=True, capture_output=True)
-    (wheel,) = wheels.glob("hf_vit_reduction-*.whl")
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
+    python = install_wheel(tmp_path) / "python"
     site = Path(
         subprocess.check_output(
             [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], text=True
         ).strip()
     )
-    # torch, transformers, ... from this environment, as plain path entries: the editable install's finder, a
-    # .pth of its own, is not activated by them, so the package can only come from the wheel.
-    (site / "shared_environment.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)]
-    subprocess.run(install, check=True, capture_output=True)
     folder = run_folder(tmp_path / "run", make_model("grouped"))
     render = (
         "import sys, hf_vit_reduction\n"

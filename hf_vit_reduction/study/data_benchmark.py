@@ -49,10 +49,9 @@ from timm.data import FastCollateMixup, create_dataset, create_loader
 from ..cli import command_parser
 from ..training import engine
 from ..training.arguments import parse_args
-from ..training.loaders import decode_image, jpeg_reduction, open_image, split_reduced_decode
-from ..training.recipe import Normalize, build_batch_augmentation, build_transforms
-
-MEAN = STD = (0.5, 0.5, 0.5)
+from ..training.builders import Normalize, build_batch_augmentation, build_transforms
+from ..training.config import RunConfig, batch_augmentation_kwargs, transform_kwargs
+from ..training.loaders import decode_image, jpeg_reduction, open_image, split_reduced_decode, train_sampler
 
 # name: (size, count, batch size)
 PHOTO_FOLDERS = {"imagenet-sized": ((500, 375), 400, 32), "camera-sized": ((4032, 3024), 120, 16)}
@@ -78,8 +77,8 @@ def make_photo_folder(folder, *, size: tuple[int, int], count: int, seed: int = 
     return count
 
 
-def paper_recipe(folder, *extra: str) -> argparse.Namespace:
-    """The flags `hf-vit-reduction train` ends up with for `--train_dir folder`: the paper's recipe."""
+def paper_recipe(folder, *extra: str) -> RunConfig:
+    """The configuration `hf-vit-reduction train --train_dir folder` resolves: the paper's recipe."""
     return parse_args(["--train_dir", str(folder), "--report_to", "none", *extra])
 
 
@@ -92,12 +91,14 @@ class OurPipeline:
         recipe = paper_recipe(folder, *(str(part) for flag in flags.items() for part in flag))
         accelerator = Accelerator(cpu=True)
         data = engine.load_data(recipe)
-        self.sampler, _ = engine.plan_updates(recipe, data, accelerator)
+        self.sampler = train_sampler(data.train, num_processes=1, process_index=0, aug_repeats=0, seed=recipe.seed)
         self.loader, *_ = engine.build_loaders(
             recipe, data, sampler=self.sampler, image_size=image_size, accelerator=accelerator
         )
-        self.normalize = Normalize(MEAN, STD, device="cpu")
-        self.augment = build_batch_augmentation(recipe, num_classes=len(data.label_names), device="cpu")
+        self.normalize = Normalize(recipe.mean, recipe.std, device="cpu")
+        self.augment = build_batch_augmentation(
+            **batch_augmentation_kwargs(recipe), num_classes=len(data.label_names), device="cpu"
+        )
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -142,8 +143,8 @@ class TimmPipeline:
             re_prob=recipe.reprob,
             re_mode="pixel",
             interpolation=recipe.train_interpolation,
-            mean=MEAN,
-            std=STD,
+            mean=recipe.mean,
+            std=recipe.std,
             num_workers=self.workers,
             use_prefetcher=True,
             device=torch.device("cpu"),
@@ -264,7 +265,7 @@ def first_batch_seconds(folder, *, workers: int, batch_size: int, image_size: in
 def reduced_decode_difference(folder, *, image_size: int, crops: int = 48, seed: int = 0) -> dict:
     """Over random crops of the folder's images: the share decoded at a reduced scale, and there the mean and the
     99th percentile of |reduced - full decode| in grey levels (0-255), after the crop and resize."""
-    train, _ = build_transforms(paper_recipe(folder), image_size=image_size, mean=MEAN)
+    train, _ = build_transforms(image_size=image_size, **transform_kwargs(paper_recipe(folder)))
     reduced_crop, _ = split_reduced_decode(train)
     timm_crop = train.transforms[0]
     files = sorted(Path(folder).glob("*/*"))
