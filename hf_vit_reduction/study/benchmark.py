@@ -6,7 +6,8 @@ step, with bf16 autocast on a GPU), eager and (optionally) under `torch.compile`
 parameters and GMACs.
 Models have random weights and channels-last inputs; the dtype is bfloat16 on a GPU and float32 on a CPU. Each
 figure is the median of `--repeats` timed runs of `--steps` steps, after `--warmup` steps (the first timed on its
-own), with the device synchronized around every timed run. The table gives ratios to both anchors and to our baseline, since absolute
+own), with the device synchronized around every timed run; the timed runs go round every model, eager and compiled
+alike, so that a change of load falls on all of them. The table gives ratios to both anchors and to our baseline, since absolute
 figures move from machine to machine.
 
     hf-vit-reduction benchmark                                   # ViT-B/16, 224 px, GPU if present
@@ -23,7 +24,6 @@ import os
 import platform
 import statistics
 import time
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -171,45 +171,47 @@ def training_step(name, config, args, compiled: bool):
 
 
 def measure(make_step, configs: dict, batch_size: int, args) -> dict:
-    """{name: (images/s, peak MiB or None, first step's seconds)} of each model's step, timed round-robin.
+    """{(name, mode): (images/s, peak MiB or None, first step's seconds)} of each model's step in each mode (eager,
+    compiled), timed round-robin.
 
-    Every model is built and warmed up first (its first step timed on its own: under compile, the graphs' build); then each repeat times every model in turn, so that a change in the
-    machine's load during the run falls on all models alike. Peak memory (CUDA only) is what a model allocated
+    Every model is built in every mode and warmed up first (its first step timed on its own: compiled, the graphs'
+    build); then each repeat times every model in every mode in turn, so that a change in the machine's load during
+    the run falls on all of them alike, compiled and eager too. Peak memory (CUDA only) is what a model allocated
     from its construction to the end of its warm-up: weights, activations and, in training, gradients and AdamW
     state.
     """
     device, steps, memory, first = args.device, {}, {}, {}
-    for name, config in configs.items():
+    keys = [(name, mode) for mode in args.modes for name in configs]
+    for name, mode in keys:
         gc.collect()
         if device.type == "cuda":
             allocated = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
-        steps[name] = make_step(name, config)
+        key = (name, mode)
+        steps[key] = make_step(name, configs[name], args=args, compiled=mode == "compiled")
         _synchronize(device)
         start = time.perf_counter()
-        steps[name]()
+        steps[key]()
         _synchronize(device)
-        first[name] = time.perf_counter() - start
+        first[key] = time.perf_counter() - start
         for _ in range(args.warmup - 1):
-            steps[name]()
+            steps[key]()
         _synchronize(device)
-        memory[name] = (torch.cuda.max_memory_allocated(device) - allocated) / 2**20 if device.type == "cuda" else None
-    times = {name: [] for name in configs}
+        memory[key] = (torch.cuda.max_memory_allocated(device) - allocated) / 2**20 if device.type == "cuda" else None
+    times = {key: [] for key in keys}
     for _ in range(args.repeats):
-        for name, step in steps.items():
+        for key, step in steps.items():
             _synchronize(device)
             start = time.perf_counter()
             for _ in range(args.steps):
                 step()
             _synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            times[key].append(time.perf_counter() - start)
     del steps
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {
-        name: (batch_size * args.steps / statistics.median(times[name]), memory[name], first[name]) for name in configs
-    }
+    return {key: (batch_size * args.steps / statistics.median(times[key]), memory[key], first[key]) for key in keys}
 
 
 def _machine(device: torch.device) -> dict:
@@ -241,25 +243,16 @@ def run(args) -> dict:
     configs = {name: _config(args, name) if name in REDUCTION_STRATEGIES else base for name in args.models}
     load_before = os.getloadavg()
     rows = []
-    for mode in ("eager", "compiled") if args.compile else ("eager",):
-        compiled = mode == "compiled"
-        if compiled:
-            torch._dynamo.reset()
-        inference = measure(
-            partial(inference_step, args=args, compiled=compiled),
-            configs,
-            args.batch_size,
-            args,
-        )
-        training = measure(
-            partial(training_step, args=args, compiled=compiled),
-            configs,
-            args.train_batch_size,
-            args,
-        )
+    args.modes = ("eager", "compiled") if args.compile else ("eager",)
+    if args.compile:
+        torch._dynamo.reset()
+    inference = measure(inference_step, configs, args.batch_size, args)
+    training = measure(training_step, configs, args.train_batch_size, args)
+    for mode in args.modes:
         for name, config in configs.items():
             with torch.device("meta"):
                 model = build_model(name, config)
+            key = (name, mode)
             rows.append(
                 {
                     "model": name,
@@ -267,12 +260,12 @@ def run(args) -> dict:
                     "mode": mode,
                     "parameters": sum(p.numel() for p in model.parameters()),
                     "gmacs": summarize(config)["gmacs"],
-                    "inference_images_per_s": inference[name][0],
-                    "training_images_per_s": training[name][0],
-                    "inference_peak_memory_mib": inference[name][1],
-                    "training_peak_memory_mib": training[name][1],
-                    "inference_first_step_s": inference[name][2],
-                    "training_first_step_s": training[name][2],
+                    "inference_images_per_s": inference[key][0],
+                    "training_images_per_s": training[key][0],
+                    "inference_peak_memory_mib": inference[key][1],
+                    "training_peak_memory_mib": training[key][1],
+                    "inference_first_step_s": inference[key][2],
+                    "training_first_step_s": training[key][2],
                 }
             )
     for row in rows:
