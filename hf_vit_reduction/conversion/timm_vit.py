@@ -40,6 +40,7 @@ def _with_overrides(derived: dict, overrides: dict, fixed: tuple[str, ...]) -> d
 # State-dict keys of timm features that ViTReduced does not have, and the features' names.
 _TIMM_FEATURES = (
     ("reg_token", "register tokens (reg_tokens > 0)"),
+    ("dist_token", "a distillation token and its head (a distilled DeiT)"),
     ("norm_pre.", "a pre-norm before the blocks (pre_norm=True)"),
     ("fc_norm.", "a norm after pooling (fc_norm, global average pooling)"),
     ("attn_pool.", "attention pooling"),
@@ -123,6 +124,10 @@ def _describe_timm_model(model) -> tuple[dict, tuple[str, ...]]:
         f"global_pool={model.global_pool!r} (only 'token', the class token, is supported)",
     )
     require(model.has_class_token, "class_token=False")
+    require(
+        getattr(model, "dist_token", None) is None,
+        "a distillation token and its head (a distilled DeiT: a second class token attended to by every block)",
+    )
     require(not model.num_reg_tokens, f"reg_tokens={model.num_reg_tokens}")
     require(not model.no_embed_class, "no_embed_class=True")
     require(model.pos_embed is not None, "no position embedding (pos_embed='none')")

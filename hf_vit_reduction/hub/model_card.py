@@ -22,7 +22,7 @@ from PIL import Image
 
 from ..cli import command_parser
 from ..configuration_vit_reduced import ViTReducedConfig
-from ..conversion.provenance import read_provenance
+from ..provenance import read_provenance
 from ..summary import summarize
 from .run_folder import read_history, read_json
 

@@ -22,10 +22,10 @@ from tqdm.auto import tqdm
 from transformers import BaseImageProcessor
 
 from .. import ViTReducedConfig, ViTReducedForImageClassification, summarize
-from ..conversion.provenance import recovery_provenance, write_provenance
 from ..hub.model_card import write_model_card
 from ..hub.pushing import HubPusher, HubPushError
 from ..image_processing_vit_reduced import image_processor_for
+from ..provenance import recovery_provenance, write_provenance
 from . import loaders, outputs
 from .arguments import FITTED, effective_recipe, fit_to_dataset, parse_args
 from .checkpointing import (
