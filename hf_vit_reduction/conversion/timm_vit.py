@@ -238,9 +238,16 @@ def _describe_timm_model(model) -> tuple[dict, tuple[str, ...]]:
 
 
 def _timm_labels(model) -> dict:
-    """ImageNet class names for a timm model whose head is one of timm's ImageNet heads; none otherwise."""
+    """The class names a timm model carries (`label_names` of a saved model's config), ImageNet's for one of timm's
+    ImageNet heads; none otherwise."""
     from timm.data import ImageNetInfo, infer_imagenet_subset
 
+    saved = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
+    if saved and len(saved) == model.num_classes:
+        names = [saved[i] for i in range(model.num_classes)] if isinstance(saved, (list, tuple)) else None
+        if isinstance(saved, dict):
+            names = [saved.get(i, saved.get(str(i))) for i in range(model.num_classes)]
+        return {"id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)}}
     subset = infer_imagenet_subset(model)
     if not subset:
         return {}
