@@ -24,7 +24,7 @@ from transformers import BaseImageProcessor
 from .. import ViTReducedConfig, ViTReducedForImageClassification, summarize
 from ..hub.model_card import write_model_card
 from ..hub.pushing import HubPusher, HubPushError
-from ..image_processing_vit_reduced import image_processor_for
+from ..image_processing_vit_reduced import Preprocessing, image_processor_for
 from ..provenance import recovery_provenance, write_provenance
 from . import loaders, outputs
 from .arguments import FITTED, effective_recipe, fit_to_dataset, parse_args
@@ -420,16 +420,19 @@ def build_distiller(
     work, and how its predictions enter the loss."""
     if not args.teacher_model_name_or_path:
         return None
-    teacher = load_teacher(
+    teacher, teacher_input, labels = load_teacher(
         args.teacher_model_name_or_path,
         label_names=label_names,
-        image_size=image_size,
-        mean=MEAN,
-        std=STD,
+        preprocessing=Preprocessing(image_size, args.crop_pct, "center", args.interpolation, MEAN, STD),
         device=device,
     )
     return Distiller(
-        teacher, mode=args.distillation, alpha=args.distillation_alpha, temperature=args.distillation_temperature
+        teacher,
+        mode=args.distillation,
+        alpha=args.distillation_alpha,
+        temperature=args.distillation_temperature,
+        teacher_input=teacher_input,
+        labels=labels,
     )
 
 
