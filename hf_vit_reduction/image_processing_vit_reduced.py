@@ -172,6 +172,8 @@ def image_processor_for(
     return ViTReducedImageProcessor(
         size={"shortest_edge": resized} if crop_mode == "center" else {"height": resized, "width": resized},
         crop_size={"height": image_size, "width": image_size},
+        # Squashed to the crop's size already (Transformers' ViT processor): nothing to crop.
+        do_center_crop=crop_mode == "center" or resized != image_size,
         resample=PILImageResampling[interpolation.upper()],
         image_mean=list(mean),
         image_std=list(std),

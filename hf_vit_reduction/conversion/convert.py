@@ -60,13 +60,13 @@ def _checked(preprocessing: Preprocessing, model, where: str) -> Preprocessing:
     return preprocessing
 
 
-def _saved_preprocessing(folder: str, model, default: Preprocessing | None) -> Preprocessing:
-    """The preprocessing of the image processor saved in `folder`; `default` where it has none."""
+def _saved_preprocessing(folder: str, model) -> Preprocessing:
+    """The preprocessing of the image processor saved in `folder`; where it has none, Transformers' ViT default
+    (`ViTImageProcessor()`: squash to the model's size, bilinear, mean = std = 0.5)."""
     where = f"the image processor in {folder}"
     if not (Path(folder) / "preprocessor_config.json").is_file():
-        if default is None:
-            raise ValueError(f"{folder} has no preprocessor_config.json; allowed: a folder saved with its processor")
-        return default
+        half = (0.5,) * model.config.num_channels
+        return Preprocessing(model.config.image_size, 1.0, "squash", "bilinear", half, half)
     return _checked(preprocessing_of(AutoImageProcessor.from_pretrained(folder), where), model, where)
 
 
@@ -191,7 +191,7 @@ def _max_logit_difference(source_logits, model) -> float:
 
 
 def _transformers_source(args) -> Source:
-    """A Transformers ViT folder; without a processor, Transformers' ViT defaults (squash, bilinear, 0.5)."""
+    """A Transformers ViT folder, with the processor saved beside it."""
     if not os.path.isdir(args.input):
         raise _missing_folder(args.input)
     source = load_transformers_folder(args.input)
@@ -201,9 +201,7 @@ def _transformers_source(args) -> Source:
         output = source(pixels)
         return output.logits if hasattr(output, "logits") else output.last_hidden_state[:, 0]
 
-    half = (0.5,) * model.config.num_channels
-    vit_default = Preprocessing(model.config.image_size, 1.0, "squash", "bilinear", half, half)
-    return Source(model, logits, _saved_preprocessing(args.input, model, vit_default))
+    return Source(model, logits, _saved_preprocessing(args.input, model))
 
 
 def _timm_source(args) -> Source:
@@ -245,7 +243,7 @@ def _vit_reduced_source(args) -> Source:
             f"--input {args.input} holds a {model.config.reduction_strategy!r} model; allowed: a 'baseline' "
             "(a post-hoc reduction starts from full MLPs)"
         )
-    return Source(model, lambda pixels: model(pixels).logits, _saved_preprocessing(args.input, model, None))
+    return Source(model, lambda pixels: model(pixels).logits, _saved_preprocessing(args.input, model))
 
 
 # Where each --from value's models come from.
