@@ -28,7 +28,7 @@ from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPi
 from hf_vit_reduction import ViTReducedImageProcessor, ViTReducedImageProcessorPil
 from hf_vit_reduction.conversion.convert import main as convert
 from hf_vit_reduction.image_processing_vit_reduced import image_processor_for, preprocessing_of
-from hf_vit_reduction.training.recipe import RECIPES
+from hf_vit_reduction.training.recipes import RECIPES
 
 HALF = (0.5, 0.5, 0.5)  # the training script's normalization (timm's ViT)
 
