@@ -156,6 +156,7 @@ def test_a_teachers_term_enters_the_loss_on_the_augmented_batch_in_its_own_prepr
             return backward(loss, **kwargs)
 
         run.criterion, run.accelerator.backward = recorded_criterion, recorded_backward
+
         def record_images(module, args, kwargs):
             seen.setdefault("images", kwargs["pixel_values"].detach())
 
