@@ -10,7 +10,7 @@ timm loads them (remote code copies this file beside the model).
 """
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from transformers.image_utils import PILImageResampling
 from transformers.models.bit.image_processing_bit import BitImageProcessor
@@ -94,6 +94,10 @@ class Preprocessing:
 
     def as_dict(self) -> dict:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+
+# The values a run records for its preprocessing, each with its source (args.json, the card).
+PREPROCESSING_FIELDS = tuple(field.name for field in fields(Preprocessing))
 
 
 def _side(size: dict, field: str, where: str) -> int:

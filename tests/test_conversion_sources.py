@@ -133,3 +133,57 @@ def test_an_input_folder_that_does_not_exist_is_said_so(tmp_path, capsys, source
     missing = str(tmp_path / "no-such-model")
     line = _error_line(capsys, ["--from", source, "--input", missing, "--output_dir", str(tmp_path / "out")])
     assert f"{missing} does not exist" in line
+
+
+@pytest.mark.slow  # the ViT-B/16 path of model_cards/compression.md, at a tiny size, in real processes
+def test_a_users_timm_vit_converted_cut_on_photos_recovered_with_distillation_and_served_by_pipeline(tmp_path):
+    import json
+    import sys
+
+    from image_folders import write_photo_folder
+    from PIL import Image
+    from script_runs import run_command
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    from transformers import pipeline
+
+    classes = ("china", "flower")
+    write_photo_folder(tmp_path / "photos" / "train", classes, per_class=19, seed=0)  # 32 of them not held out
+    write_photo_folder(tmp_path / "photos" / "val", classes, per_class=4, seed=1)
+    overlay = {"crop_pct": 0.875, "crop_mode": "center", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD}
+    torch.manual_seed(0)
+    source = timm.create_model(
+        "vit_base_patch16_224", pretrained=False, num_classes=2, pretrained_cfg_overlay=overlay, **TIMM_TINY
+    )
+    save_for_hf(source, tmp_path / "source", model_config={"label_names": list(classes)}, safe_serialization=True)
+
+    def command(*argv):
+        result = run_command([sys.executable, "-m", "hf_vit_reduction", *map(str, argv)], timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    train = tmp_path / "photos" / "train"
+    command("convert", "--from", "timm", "--input", tmp_path / "source", "--output_dir", tmp_path / "baseline")
+    command(
+        *("convert", "--from", "vit_reduced", "--input", tmp_path / "baseline", "--output_dir", tmp_path / "cut"),
+        *("--strategy", "shallow", "--prune_method", "taylor", "--calibration_samples", "32", "--train_dir", train),
+    )
+    recovered = tmp_path / "recovered"
+    command(
+        *("train", "--model_name_or_path", tmp_path / "cut", "--teacher_model_name_or_path", tmp_path / "baseline"),
+        *("--recipe", "finetune", "--max_train_steps", "2", "--batch_size", "8", "--workers", "0"),
+        *("--train_dir", train, "--validation_dir", tmp_path / "photos" / "val", "--report_to", "none"),
+        *("--output_dir", recovered),
+    )
+    # The source's preprocessing (shorter side to floor(32 / 0.875) = 36, crop 32, ImageNet's) all the way through.
+    expected = Preprocessing(32, 0.875, "center", "bicubic", IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+    for folder in ("baseline", "cut", "recovered"):
+        saved = preprocessing_of(AutoImageProcessor.from_pretrained(tmp_path / folder))
+        assert saved.same_pixels(expected) and saved.resize_size == 36, folder
+    results = json.loads((recovered / "results.json").read_text())
+    assert results["provenance"]["cut"]["calibration"]["samples"] == 32
+    assert results["provenance"]["distillation"]["teacher"] == str(tmp_path / "baseline")
+    classify = pipeline("image-classification", model=str(recovered))
+    photos = [
+        (c, path) for c, name in enumerate(classes) for path in sorted((tmp_path / "photos" / "val" / name).iterdir())
+    ]
+    correct = sum(classify(Image.open(path))[0]["label"] == classes[c] for c, path in photos)
+    assert 100 * correct / len(photos) == pytest.approx(results["final_top1"])

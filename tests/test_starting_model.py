@@ -88,7 +88,8 @@ def test_a_run_from_a_model_with_imagenet_normalization_evaluates_trains_and_sav
     assert provenance["labels"] == {"labels": "same"}
     assert provenance["preprocessing"]["std"] == "starting model"
     card = (out / "README.md").read_text()
-    assert "0.485" in card and "0.229" in card
+    assert "mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)" in card
+    assert f"mean, std from the starting model `{tmp_path / 'start'}`'s processor" in card
 
 
 def test_a_student_with_the_labels_in_another_order_keeps_its_predictions(tmp_path, make_model, photos):

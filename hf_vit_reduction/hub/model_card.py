@@ -22,6 +22,7 @@ from PIL import Image
 
 from ..cli import command_parser
 from ..configuration_vit_reduced import ViTReducedConfig
+from ..image_processing_vit_reduced import PREPROCESSING_FIELDS
 from ..provenance import read_provenance
 from ..summary import summarize
 from .run_folder import read_history, read_json
@@ -174,6 +175,7 @@ def render_model_card(
         num_labels=config.num_labels,
         dataset_description=dataset_description if run_args or results else None,
         preprocessing=_preprocessing(folder),
+        preprocessing_sources=_preprocessing_sources(run_args),
         results=results if eval_results else None,
         final_row=history[-1] if history else None,
         split=split,
@@ -264,6 +266,29 @@ def _preprocessing(folder: Path) -> list[tuple[str, str]] | None:
             ("normalize", f"mean {_numbers(processor['image_mean'])}, std {_numbers(processor['image_std'])}")
         )
     return steps
+
+
+def _preprocessing_sources(run_args: dict) -> str | None:
+    """Where a training run's preprocessing values came from, as args.json records them ("starting model", a
+    recipe, the command line); None for a folder no run wrote."""
+    recipe = run_args.get("recipe") or {}
+    sources = {}
+    for field in PREPROCESSING_FIELDS:
+        if field in recipe:
+            sources.setdefault(recipe[field]["source"], []).append(field)
+    if not sources:
+        return None
+    start = run_args.get("model_name_or_path")
+    return "; ".join(
+        f"{', '.join(fields)} from "
+        + (f"the starting model `{start}`'s processor" if source == "starting model" else _source_phrase(source))
+        for source, fields in sources.items()
+    )
+
+
+def _source_phrase(source: str) -> str:
+    """ "finetune recipe" -> "the finetune recipe"; a source that names its owner ("timm's ...") stays as it is."""
+    return source if "'s " in source else f"the {source}"
 
 
 def _numbers(values) -> str:

@@ -23,7 +23,7 @@ from transformers import BaseImageProcessor
 from .. import ViTReducedConfig, ViTReducedForImageClassification, summarize
 from ..hub.model_card import write_model_card
 from ..hub.pushing import HubPusher, HubPushError
-from ..image_processing_vit_reduced import Preprocessing
+from ..image_processing_vit_reduced import PREPROCESSING_FIELDS, Preprocessing
 from ..provenance import recovery_provenance, write_provenance
 from . import loaders, outputs
 from .arguments import parse_args
@@ -72,7 +72,7 @@ from .labels import NEW_HEAD, PERMUTED, LabelMatch, match_labels, shorten
 from .loop_benchmark import LoopBenchmark
 from .outputs import DiskFullError
 from .preemption import PreemptionWatch, is_lost_process, lost_process
-from .starting_model import PREPROCESSING_FIELDS, run_preprocessing
+from .starting_model import run_preprocessing
 from .state import TrainState, UpdatePlan, gathered_loss_and_images
 
 logger = logging.getLogger(__name__)

@@ -9,12 +9,11 @@ saved processor and the card then all use them.
 
 import dataclasses
 
-from ..image_processing_vit_reduced import Preprocessing, preprocessing_of
+from ..image_processing_vit_reduced import PREPROCESSING_FIELDS, Preprocessing, preprocessing_of
 from .config import FLAG, RunConfig
 
 STARTING_MODEL = "starting model"
 TIMM_DEFAULT = "timm's evaluation default"
-PREPROCESSING_FIELDS = ("image_size", "crop_pct", "crop_mode", "interpolation", "mean", "std")
 
 
 def saved_preprocessing(name_or_path: str, flag: str = "--model_name_or_path") -> Preprocessing | None:
