@@ -69,19 +69,6 @@ class Preprocessing:
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
-    @property
-    def resize_size(self) -> int:
-        """The side (crop_mode "center": the shorter side) an image is resized to before the crop, as timm sizes it."""
-        return math.floor(self.image_size / self.crop_pct)
-
-    def same_pixels(self, other: "Preprocessing") -> bool:
-        """Whether both give the same pixels: crop_pct values resizing to the same size are one preprocessing."""
-        fields = ("image_size", "crop_mode", "interpolation", "resize_size")
-        return all(getattr(self, f) == getattr(other, f) for f in fields) and all(
-            len(a) == len(b) and all(math.isclose(x, y, abs_tol=1e-6) for x, y in zip(a, b))
-            for a, b in ((self.mean, other.mean), (self.std, other.std))
-        )
-
     def image_processor(self) -> "ViTReducedImageProcessor":
         return image_processor_for(
             self.image_size,

@@ -5,7 +5,16 @@ line naming what ViTReduced cannot represent."""
 import pytest
 import timm
 import torch
-from conversion_sources import LABELS, PIXELS, TIMM_TINY, max_difference, timm_vit, transformers_vit
+from conversion_sources import (
+    LABELS,
+    PIXELS,
+    TIMM_TINY,
+    max_difference,
+    resize_size,
+    same_pixels,
+    timm_vit,
+    transformers_vit,
+)
 from timm.models import save_for_hf
 from transformers import (
     AutoImageProcessor,
@@ -71,7 +80,7 @@ def test_a_timm_folder_converts_with_its_pretrained_cfg_and_label_names(tmp_path
     cfg = timm.models.get_pretrained_cfg(family)
     expected = Preprocessing(32, cfg.crop_pct, cfg.crop_mode, cfg.interpolation, cfg.mean, cfg.std)
     saved = preprocessing_of(AutoImageProcessor.from_pretrained(tmp_path / "out"))
-    assert saved.same_pixels(expected) and saved.resize_size == 35  # floor(32 / 0.9)
+    assert same_pixels(saved, expected) and resize_size(saved) == 35  # floor(32 / 0.9)
     model = ViTReducedForImageClassification.from_pretrained(tmp_path / "out")
     assert model.config.id2label == dict(enumerate(LABELS))
     with torch.no_grad():
@@ -177,7 +186,7 @@ def test_a_users_timm_vit_converted_cut_on_photos_recovered_with_distillation_an
     expected = Preprocessing(32, 0.875, "center", "bicubic", IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
     for folder in ("baseline", "cut", "recovered"):
         saved = preprocessing_of(AutoImageProcessor.from_pretrained(tmp_path / folder))
-        assert saved.same_pixels(expected) and saved.resize_size == 36, folder
+        assert same_pixels(saved, expected) and resize_size(saved) == 36, folder
     results = json.loads((recovered / "results.json").read_text())
     assert results["provenance"]["cut"]["calibration"]["samples"] == 32
     assert results["provenance"]["distillation"]["teacher"] == str(tmp_path / "baseline")

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conversion_sources import same_pixels
 from image_folders import write_photo_folder
 from PIL import Image
 from transformers import AutoImageProcessor
@@ -80,7 +81,7 @@ def test_a_run_from_a_model_with_imagenet_normalization_evaluates_trains_and_sav
         engine.train(run)
         engine.finish(run)
     saved = preprocessing_of(AutoImageProcessor.from_pretrained(out))
-    assert saved.same_pixels(preprocessing_of(processor))
+    assert same_pixels(saved, preprocessing_of(processor))
     recipe = json.loads((out / "args.json").read_text())["recipe"]
     assert recipe["mean"] == {"value": IMAGENET["image_mean"], "source": "starting model"}
     assert recipe["crop_mode"] == {"value": "squash", "source": "starting model"}

@@ -5,6 +5,7 @@ optionally reduces it after the fact to `shallow` or `grouped`, and writes weigh
 
     hf-vit-reduction convert --from transformers --input vit-folder --output_dir out
     hf-vit-reduction convert --from timm --input vit_base_patch16_224 --output_dir out --strategy shallow
+    hf-vit-reduction convert --from timm --input downloaded-timm-folder --output_dir out
     hf-vit-reduction convert --from timm --input weights.safetensors --timm_model vit_base_patch16_224 \\
         --output_dir out --strategy grouped --share_method mean
     hf-vit-reduction convert --from vit_reduced --input trained-baseline --output_dir out \\
@@ -14,8 +15,13 @@ optionally reduces it after the fact to `shallow` or `grouped`, and writes weigh
 training split of `--dataset_name` / `--train_dir` (the embedded digits without either), transformed as the model's
 image processor does. A training split with fewer images than `--calibration_samples` is refused.
 
-A timm model name builds that architecture with random weights (nothing is downloaded). `from_transformers`,
-`from_timm` and `reduce` are importable from here as from `hf_vit_reduction.conversion`.
+The sources: Transformers' ViTForImageClassification and ViTModel (a non-distilled DeiT from the Hub is saved as
+one), timm's vit_* and deit_* (a folder as timm saves it, a weights file, or a model name, which builds that
+architecture with random weights: nothing is downloaded), and this package's baselines. Other families (DeiT's
+distillation token, BEiT, DINOv2, Swin, CLIP, ...) are refused in one line naming what ViTReduced cannot represent.
+The output folder's processor is the source's preprocessing (its saved processor, or its library's default), which
+calibration uses too. `from_transformers`, `from_timm` and `reduce` are importable from here as from
+`hf_vit_reduction.conversion`.
 """
 
 import argparse
