@@ -56,6 +56,13 @@ def test_the_starting_models_processor_is_the_runs_preprocessing_and_flags_overr
     assert scratch.crop_mode == "center"
 
 
+def test_a_processor_for_another_size_than_the_models_is_one_line(tmp_path, make_model):
+    save_start(make_model, tmp_path / "start", processor={**DEIT_STYLE, "crop_size": {"height": 24, "width": 24}})
+    config = parse_args(["--model_name_or_path", str(tmp_path / "start")])
+    with pytest.raises(ValueError, match="image processor crops 24 px images, but the model takes 32 px"):
+        engine.load_model(config, list(CLASSES))
+
+
 def test_a_run_from_a_model_with_imagenet_normalization_evaluates_trains_and_saves_with_it(
     tmp_path, make_model, photos
 ):

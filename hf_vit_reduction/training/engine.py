@@ -72,7 +72,7 @@ from .labels import NEW_HEAD, PERMUTED, LabelMatch, match_labels, shorten
 from .loop_benchmark import LoopBenchmark
 from .outputs import DiskFullError
 from .preemption import PreemptionWatch, is_lost_process, lost_process
-from .starting_model import run_preprocessing
+from .starting_model import STARTING_MODEL, run_preprocessing
 from .state import TrainState, UpdatePlan, gathered_loss_and_images
 
 logger = logging.getLogger(__name__)
@@ -573,6 +573,11 @@ def load_model(
             f"{flag} is neither a folder holding a saved model nor a model in the local Hub cache: {reason}"
         ) from None
     if config.image_size and config.image_size != model.config.image_size:
+        if config.sources.get("image_size") == STARTING_MODEL:
+            raise ValueError(
+                f"{flag}'s image processor crops {config.image_size} px images, but the model takes "
+                f"{model.config.image_size} px; pass --image_size to resize the model, or save a processor for its size"
+            )
         model = model.at_image_size(config.image_size)
     labels = match_labels(model, label_names, flag=flag, new_head_allowed=config.ignore_mismatched_sizes)
     if labels.outcome == NEW_HEAD:
