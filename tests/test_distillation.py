@@ -225,7 +225,7 @@ def test_a_transformers_vit_cut_with_calibration_distilled_pushed_and_loaded_wit
 
     reduced, run = tmp_path / "reduced", tmp_path / "run"
     python(
-        *("-m", "hf_vit_reduction.convert", "--from", "transformers", "--input", str(tmp_path / "source")),
+        *("-m", "hf_vit_reduction", "convert", "--from", "transformers", "--input", str(tmp_path / "source")),
         *(
             "--output",
             str(reduced),

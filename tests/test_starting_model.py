@@ -126,6 +126,11 @@ def test_other_labels_need_ignore_mismatched_sizes_which_makes_a_recorded_new_he
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["labels"] == {"labels": "new head", "model_labels": ["cat", "dog", "owl"]}
     assert ViTReducedForImageClassification.from_pretrained(out).config.id2label == dict(enumerate(CLASSES))
+    card = (out / "README.md").read_text()
+    assert (
+        "- A new classifier for the data's labels (`--ignore_mismatched_sizes`): the starting model predicted " in card
+    )
+    assert "predicted cat, dog, owl." in card
 
 
 def test_validation_classes_that_training_lacks_are_one_line_naming_them(tmp_path):

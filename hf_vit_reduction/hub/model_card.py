@@ -190,10 +190,12 @@ def render_model_card(
 def how_it_was_made(provenance: dict) -> list[str]:
     """The lines of the card's section from a folder's provenance.json: the cut (a converter's record) and, for a
     training run that started from a saved model, its recovery (teacher, distillation, epochs, top-1 before and
-    after)."""
+    after) and what its labels needed (a new classifier, reordered rows)."""
     cut = provenance.get("cut", provenance) if "recovered_from" in provenance else provenance
     lines = []
-    if cut:
+    if cut and cut.get("strategy") == "baseline":
+        lines.append(f"- Converted from `{cut.get('source')}`, as it is.")
+    elif cut:
         method = cut.get("prune_method") if cut.get("strategy") == "shallow" else cut.get("share_method")
         line = f"- Cut from `{cut.get('source')}` to `{cut.get('strategy')}` with `{method}`"
         calibration = cut.get("calibration")
@@ -214,6 +216,15 @@ def how_it_was_made(provenance: dict) -> list[str]:
             f"- Recovered from `{provenance['recovered_from']}` for {provenance['recovery_epochs']} epochs {how}: "
             f"top-1 {provenance['top1_before']:.2f}% before, {provenance['top1_after']:.2f}% after."
         )
+        labels = provenance.get("labels") or {}
+        theirs = ", ".join(map(str, labels.get("model_labels", [])[:10]))
+        if labels.get("labels") == "new head":
+            lines.append(
+                f"- A new classifier for the data's labels (`--ignore_mismatched_sizes`): the starting model "
+                f"predicted {theirs}{', ...' if len(labels['model_labels']) > 10 else ''}."
+            )
+        elif labels.get("labels") == "permuted":
+            lines.append("- The starting model's classifier rows were reordered to the data's label order.")
     return lines
 
 
