@@ -68,7 +68,7 @@ from .data import (
 )
 from .distillation import Distiller, load_teacher
 from .evaluation import evaluate_model, evaluate_model_and_ema
-from .labels import NEW_HEAD, PERMUTED, LabelMatch, match_labels, shorten
+from .labels import SAME, LabelMatch, match_labels
 from .loop_benchmark import LoopBenchmark
 from .outputs import DiskFullError
 from .preemption import PreemptionWatch, is_lost_process, lost_process
@@ -416,6 +416,8 @@ def build(config: RunConfig, process: PartialState) -> Run:
     else:
         set_seed(config.seed + accelerator.process_index)  # distinct mixup and drop-path draws per process
     log_header(run, resumed_from=resume)
+    if labels is not None and labels.outcome != SAME:
+        logger.info("%s: %s", config.model_name_or_path, labels.sentence())
     run.progress = tqdm(
         total=plan.total_updates,
         initial=run.state.step,
@@ -580,15 +582,6 @@ def load_model(
             )
         model = model.at_image_size(config.image_size)
     labels = match_labels(model, label_names, flag=flag, new_head_allowed=config.ignore_mismatched_sizes)
-    if labels.outcome == NEW_HEAD:
-        logger.info(
-            "%s predicts %s: a new classifier for the data's %d labels (--ignore_mismatched_sizes)",
-            flag,
-            shorten(labels.model_labels),
-            len(label_names),
-        )
-    elif labels.outcome == PERMUTED:
-        logger.info("%s has the data's labels in another order: its classifier rows were reordered", flag)
     return model, labels
 
 

@@ -19,6 +19,14 @@ class LabelMatch:
     outcome: str  # SAME, PERMUTED or NEW_HEAD
     model_labels: list[str]  # the model's labels, in its own order, before the match
 
+    def sentence(self) -> str:
+        """What was done, in one line for the run's log."""
+        if self.outcome == NEW_HEAD:
+            return f"it predicts {shorten(self.model_labels)}: a new classifier for the data's labels (--ignore_mismatched_sizes)"
+        if self.outcome == PERMUTED:
+            return "the data's labels in another order: its classifier rows were reordered"
+        return "the data's labels"
+
     def describe(self) -> dict:
         """What the provenance records: the model's labels when they were not the data's, and what was done."""
         if self.outcome == SAME:
