@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from card_checks import check_card
 from conversion_sources import same_pixels
 from image_folders import write_photo_folder
 from PIL import Image
@@ -95,7 +96,7 @@ def test_a_run_from_a_model_with_imagenet_normalization_evaluates_trains_and_sav
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["labels"] == {"labels": "same"}
     assert provenance["preprocessing"]["std"] == "starting model"
-    card = (out / "README.md").read_text()
+    card = check_card(out / "README.md", out)
     assert "mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)" in card
     assert f"mean, std from the starting model `{tmp_path / 'start'}`'s processor" in card
 
