@@ -37,9 +37,9 @@ from transformers import AutoImageProcessor
 
 from ..cli import command_parser
 from ..hub.model_card import write_model_card
+from ..hub.provenance import write_provenance
 from ..image_processing_vit_reduced import CROP_MODES, Preprocessing, preprocessing_of
 from ..modeling_vit_reduced import ViTReducedForImageClassification
-from ..provenance import write_provenance
 from . import from_timm, from_transformers, reduce
 from .calibration import DEFAULT_CALIBRATION_SAMPLES, load_calibration
 from .post_hoc import POST_HOC_STRATEGIES, PRUNE_METHODS, SHARE_METHODS, check_reduce_arguments, needs_calibration

@@ -23,8 +23,8 @@ from PIL import Image
 from ..cli import command_parser
 from ..configuration_vit_reduced import ViTReducedConfig
 from ..image_processing_vit_reduced import PREPROCESSING_FIELDS
-from ..provenance import read_provenance
 from ..summary import summarize
+from .provenance import read_provenance
 from .run_folder import read_history, read_json
 
 TEMPLATE = "model_card.md"

@@ -22,9 +22,9 @@ from transformers import BaseImageProcessor
 
 from .. import ViTReducedConfig, ViTReducedForImageClassification, summarize
 from ..hub.model_card import write_model_card
+from ..hub.provenance import recovery_provenance, write_provenance
 from ..hub.pushing import HubPusher, HubPushError
 from ..image_processing_vit_reduced import PREPROCESSING_FIELDS, Preprocessing
-from ..provenance import recovery_provenance, write_provenance
 from . import loaders, outputs
 from .arguments import parse_args
 from .builders import (
