@@ -443,7 +443,7 @@ def log_header(run: Run, *, resumed_from: str | None) -> None:
     logger.info(
         "model: %s %s, %s parameters; %s updates of %s images on %d process(es)%s%s",
         run.summary["strategy"],
-        config.model_size,
+        f"from {config.model_name_or_path}" if config.model_name_or_path else config.model_size,
         f"{run.summary['num_parameters']:,}",
         f"{plan.total_updates:,}",
         f"{global_batch:,}",
