@@ -45,7 +45,7 @@ from .data import (
     take,
 )
 from .distillation import Distiller, load_teacher
-from .evaluation import evaluate_model, evaluate_model_and_ema
+from ..evaluation.scoring import evaluate_model, evaluate_model_and_ema
 from .loop_benchmark import LoopBenchmark
 from .outputs import DiskFullError
 from .preemption import PreemptionWatch, is_lost_process, lost_process
