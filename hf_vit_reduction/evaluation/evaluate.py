@@ -51,7 +51,7 @@ COLUMNS = (
     "parameters",
     "gmacs",
     "gmacs_convention",
-    "labels",
+    "label_match",
     "preprocessing",
     "data",
     "run_top1",
@@ -105,7 +105,8 @@ def default_workers(accelerator: Accelerator) -> int:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    """The rows, each also with `predictions` (every scored image's top-1 class of the model, in the split's order)."""
+    """The rows, each also with `predictions` and `labels`: every scored image's top-1 and label as the model's class
+    indices, in the split's order."""
     args = parse_args(argv)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
@@ -174,14 +175,14 @@ def score(classifier: Classifier, data, *, label_map: list[int], args, workers: 
     return {
         "model": classifier.name,
         "kind": classifier.kind,
-        **{key: scores[key] for key in ("top1", "top5", "loss", "bad_images", "predictions")},
+        **{key: scores[key] for key in ("top1", "top5", "loss", "bad_images", "predictions", "labels")},
         "images": scores["count"],
         "images_per_s": (scores["count"] + scores["bad_images"]) / seconds,
         "device": _device_name(accelerator),
         "dtype": {"no": "float32", "bf16": "bfloat16 autocast", "fp16": "float16 autocast"}[args.mixed_precision],
         "batch_size": args.eval_batch_size * accelerator.num_processes,
         **figures,
-        "labels": "by index" if args.ignore_label_names else "by name",
+        "label_match": "by index" if args.ignore_label_names else "by name",
         "preprocessing": classifier.preprocessing,
         "data": f"{data.source} [{args.validation_split}]",
         "run_top1": _run_top1(classifier.name),
@@ -254,7 +255,7 @@ def format_table(rows: list[dict]) -> str:
     lines += [
         "",
         (
-            f"{first['data']}: {first['images']:,} images{unreadable}; labels matched {first['labels']}; top-1, "
+            f"{first['data']}: {first['images']:,} images{unreadable}; labels matched {first['label_match']}; top-1, "
             "top-5 and agreement (top-1 equal to the first model's) in %."
         ),
         (
