@@ -33,7 +33,7 @@ setup(
     package_data={"hf_vit_reduction": ["evaluation/metrics/*/*.py", "hub/templates/*.md"]},
     # The core is what loading and running a model needs (from_pretrained, pipeline); each extra adds a part.
     install_requires=[
-        # Exact versions for these machines are pinned in .ci/constraints.txt.
+        # .ci/constraints.txt pins every direct dependency at the versions the suite passed with (CI installs those).
         "torch>=2.4",
         "transformers>=5.0,<6",
         "huggingface_hub>=2.4",  # hub/pushing.py: its httpx2 client errors (2.4 is the version tested)

@@ -1,9 +1,13 @@
+import dataclasses
+
 import pytest
+import torch
 from accelerate.utils import LoggerType
 
 from hf_vit_reduction.training import arguments
-from hf_vit_reduction.training.arguments import augmentation_problem, effective_recipe, parse_args
-from hf_vit_reduction.training.recipe import DIGITS_RECIPE, PAPER_RECIPE
+from hf_vit_reduction.training.arguments import augmentation_problem, parse_args
+from hf_vit_reduction.training.config import fitted_to_dataset
+from hf_vit_reduction.training.recipes import DIGITS_RECIPE, PAPER_RECIPE
 
 
 def test_no_data_source_takes_the_digits_recipe():
@@ -109,11 +113,11 @@ def test_timm_augmentation_policies_are_accepted(policy):
 def test_scale_is_parsed_and_recipe_sources_are_recorded():
     args = parse_args(["--dataset_name", "imagenet-1k", "--scale", "0.5,1", "--lr", "1e-4"])
     assert args.scale == (0.5, 1.0)
-    recipe = effective_recipe(args)
+    recipe = args.recipe_record()
     assert recipe["lr"] == {"value": 1e-4, "source": "command line"}
     assert recipe["scale"] == {"value": (0.5, 1.0), "source": "command line"}
     assert recipe["weight_decay"] == {"value": 0.05, "source": "paper recipe"}
-    assert effective_recipe(parse_args([]))["epochs"] == {"value": 40, "source": "digits recipe"}
+    assert parse_args([]).recipe_record()["epochs"] == {"value": 40, "source": "digits recipe"}
 
 
 def test_recipe_workers_fit_the_cores_and_explicit_workers_are_kept(monkeypatch):
@@ -121,7 +125,7 @@ def test_recipe_workers_fit_the_cores_and_explicit_workers_are_kept(monkeypatch)
     monkeypatch.setattr(arguments, "cores_per_process", lambda: 3)
     args = parse_args(["--dataset_name", "imagenet-1k"])  # the paper's 8 workers
     assert args.workers == 3
-    assert effective_recipe(args)["workers"]["source"] == "paper recipe, capped at the 3 core(s) per process"
+    assert args.recipe_record()["workers"]["source"] == "paper recipe, capped at the 3 core(s) per process"
     assert parse_args(["--dataset_name", "imagenet-1k", "--workers", "6"]).workers == 6
 
 
@@ -148,17 +152,37 @@ def test_cores_are_shared_by_the_processes_of_a_launch(monkeypatch):
     ],
 )
 def test_a_recipe_batch_larger_than_the_data_is_fitted_to_it(extra, images, fitted, sources):
-    args = parse_args(["--dataset_name", "imagenet-1k", *extra])
-    line = arguments.fit_to_dataset(args, images)
-    assert (args.batch_size, args.grad_accum_steps) == fitted
-    recipe = effective_recipe(args)
+    config = parse_args(["--dataset_name", "imagenet-1k", *extra])
+    resolved = fitted_to_dataset(config, images)
+    assert (resolved.batch_size, resolved.grad_accum_steps) == fitted
+    recipe = resolved.recipe_record()
     assert (recipe["batch_size"]["source"], recipe["grad_accum_steps"]["source"]) == sources
-    if sources == ("paper recipe", "paper recipe") or "--batch_size" in extra:
-        assert line is None
-    else:
-        assert line == (
-            f"fitted to the dataset: --batch_size {fitted[0]}, --grad_accum_steps {fitted[1]} (the paper recipe's "
-            "256 x 2 images "
-            f"per update exceed the {images} training images each process gets)"
-        )
-    assert arguments.fit_to_dataset(parse_args(["--dataset_name", "x"]), None) is None  # a stream: no length
+    assert (config.batch_size, config.grad_accum_steps) == (256 if "--batch_size" not in extra else 64, 2)  # as it was
+    assert fitted_to_dataset(config, None) is config  # a stream: no length
+
+
+def test_what_the_machine_cannot_run_is_resolved_as_off(monkeypatch):
+    paper = ["--dataset_name", "imagenet-1k"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = parse_args(paper)
+    assert (config.amp, config.tf32, config.cudnn_benchmark, config.mixed_precision) == (False, False, False, "no")
+    assert config.recipe_record()["amp"] == {"value": False, "source": "off: no GPU on this machine"}
+    assert parse_args([*paper, "--mixed_precision", "bf16"]).mixed_precision == "bf16"  # bf16 autocast runs on CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    config = parse_args(paper)
+    assert (config.amp, config.tf32, config.mixed_precision) == (True, True, "fp16")  # timm's float16 --amp
+    assert config.recipe_record()["amp"] == {"value": True, "source": "paper recipe"}
+
+
+def test_the_configuration_is_frozen_and_a_fitted_batch_is_a_new_one():
+    config = parse_args(["--dataset_name", "imagenet-1k"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.lr = 0.1
+    fitted = fitted_to_dataset(config, 10)
+    assert fitted is not config and (config.batch_size, fitted.batch_size) == (256, 10)
+    assert config.sources["batch_size"] == "paper recipe" and fitted.sources["batch_size"] == "fitted to the dataset"
+
+
+def test_aa_none_turns_randaugment_off():
+    assert parse_args(["--dataset_name", "x", "--aa", "none"]).aa is None
+    assert parse_args(["--dataset_name", "x"]).aa == "rand-m9-mstd0.5-inc1"

@@ -204,8 +204,8 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypat
     script = engine
     build_train_criterion = script.build_train_criterion
 
-    def nan_in_the_fifth_batch(args):
-        criterion, calls = build_train_criterion(args), itertools.count(1)
+    def nan_in_the_fifth_batch(**recipe):
+        criterion, calls = build_train_criterion(**recipe), itertools.count(1)
         return lambda logits, targets: criterion(logits, targets) * (math.nan if next(calls) == 5 else 1.0)
 
     monkeypatch.setattr(script, "build_train_criterion", nan_in_the_fifth_batch)
@@ -220,9 +220,9 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypat
     state = json.loads((out / CHECKPOINTS / "step_00000004" / TRAIN_STATE).read_text())
     assert state["step"] == 4
     assert not (out / "results.json").exists() and not (out / "model.safetensors").exists()
-    # One log line per checkpoint, none of Accelerate's INFO lines.
-    saved = [r.getMessage() for r in caplog.records if r.getMessage().startswith("checkpoint ")]
-    assert saved == [f"checkpoint {out / CHECKPOINTS / name}" for name in ("step_00000002", "step_00000004")]
+    # No log line of its own per checkpoint (the progress bar and the evaluations are the run's screen), and none
+    # of Accelerate's INFO lines.
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO and r.getMessage().startswith("checkpoint ")]
     assert not [r for r in caplog.records if r.name.startswith("accelerate") and r.levelno < logging.WARNING]
 
 

@@ -1,6 +1,7 @@
-"""The shared command parser, the extras check, and the core install (torch, transformers, huggingface_hub,
+"""The command line (one registry of commands), the shared command parser, the extras check, and the core install (torch, transformers, huggingface_hub,
 safetensors, pillow) that a Hub user gets from `pip install hf-vit-reduction`."""
 
+import importlib
 import importlib.metadata
 import importlib.util
 import json
@@ -9,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from hf_vit_reduction.command_line import CommandParser, require_extra, run_command
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from PIL import Image
 from transformers import pipeline
 
-from hf_vit_reduction import command_line
+from hf_vit_reduction import cli
+from hf_vit_reduction.cli import COMMANDS, CommandParser, require_extra
 from hf_vit_reduction.image_processing_vit_reduced import image_processor_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,9 +38,9 @@ def test_a_missing_extra_names_the_extra_and_the_missing_modules(monkeypatch):
         importlib.util, "find_spec", lambda name: None if name in ("timm", "scipy") else installed(name)
     )
     with pytest.raises(SystemExit) as exit_info:
-        require_extra("study", command="python -m hf_vit_reduction.report")
+        require_extra("study", command="hf-vit-reduction report")
     assert str(exit_info.value) == (
-        "error: python -m hf_vit_reduction.report needs the 'study' extra, which is not installed "
+        "error: hf-vit-reduction report needs the 'study' extra, which is not installed "
         "(missing: timm, scipy); install it with: pip install 'hf-vit-reduction[study]'"
     )
     require_extra("onnx", command="export")  # every module of that extra is installed here: no exit
@@ -49,17 +50,61 @@ def test_every_extra_module_is_what_setup_py_installs():
     # EXTRAS lists import names; each must belong to a distribution that setup.py's extra requires.
     setup_text = (ROOT / "setup.py").read_text()
     installed = importlib.metadata.packages_distributions()
-    for extra, modules in command_line.EXTRAS.items():
+    for extra, modules in cli.EXTRAS.items():
         for module in modules:
             distributions = installed[module]
             assert any(f'"{name}' in setup_text for name in distributions), (extra, module, distributions)
 
 
-def test_run_command_runs_the_modules_main(monkeypatch):
+def test_a_command_runs_its_module_s_main_with_the_rest_of_the_line(monkeypatch):
     called = []
-    monkeypatch.setattr("hf_vit_reduction.study.report.main", lambda: called.append("report"))
-    run_command("study.report", extra="study")
-    assert called == ["report"]
+    monkeypatch.setattr("hf_vit_reduction.study.report.main", lambda argv: called.append(argv))
+    cli.main(["report", "runs", "--output_dir", "out"])
+    assert called == [["runs", "--output_dir", "out"]]
+
+
+def test_every_registered_command_has_a_main_and_a_known_extra():
+    for name, command in COMMANDS.items():
+        assert command.extra is None or command.extra in cli.EXTRAS, name
+        module = importlib.import_module(command.module)
+        assert callable(module.main), name
+
+
+def test_the_command_list_and_an_unknown_command(capsys):
+    cli.main(["--help"])
+    listing = capsys.readouterr().out
+    assert listing.startswith("usage: hf-vit-reduction <command> [<args>]")
+    assert all(f"\n  {name} " in listing for name in COMMANDS)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["trian"])
+    assert (
+        str(exit_info.value) == f"error: 'trian' is not a command of hf-vit-reduction; allowed: {', '.join(COMMANDS)}"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([])
+    assert exit_info.value.code == 2
+
+
+def test_a_command_s_bad_flag_names_the_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["summary", "--jsn"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: unrecognized arguments: --jsn\n"
+    with pytest.raises(SystemExit):
+        cli.main(["summary", "--help"])
+    assert capsys.readouterr().out.startswith("usage: hf-vit-reduction summary ")
+
+
+@pytest.mark.slow
+def test_the_console_script_and_python_m_are_the_same_command():
+    console = Path(sys.executable).with_name("hf-vit-reduction")
+    outputs = [
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout
+        for command in ([str(console), "summary"], [sys.executable, "-m", "hf_vit_reduction", "summary"])
+    ]
+    # timm's ViT-B/16 (86,567,656) less 12 x half of each MLP's hidden units (768 x 1536 x 2 + 1536 weights each).
+    assert 86_567_656 - 12 * (768 * 1536 * 2 + 1536) == 58_237_672
+    assert outputs[0] == outputs[1] and "| ViT-B/16 shallow | shallow | 58,237,672 |" in outputs[0]
 
 
 def core_only_site(tmp_path: Path) -> Path:
@@ -131,8 +176,9 @@ def test_a_core_only_install_loads_a_model_runs_the_pipeline_and_names_the_extra
 
     for command, extra in (
         ([str(ROOT / "run_image_classification.py"), "--epochs", "1"], "train"),
-        (["-m", "hf_vit_reduction.report", "runs", "--output", str(tmp_path / "report")], "study"),
-        (["-m", "hf_vit_reduction.convert", "--help"], "train"),
+        (["-m", "hf_vit_reduction", "report", "runs", "--output_dir", str(tmp_path / "report")], "study"),
+        (["-m", "hf_vit_reduction", "convert", "--help"], "train"),
+        (["-m", "hf_vit_reduction", "train", "--help"], "train"),
     ):
         done = subprocess.run(
             [sys.executable, "-S", *command], check=False, env=environment, capture_output=True, text=True, timeout=600

@@ -4,7 +4,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from hf_vit_reduction.evaluation.scoring import evaluate_model, evaluate_model_and_ema, top_k_metric
-from hf_vit_reduction.training.recipe import Normalize, build_ema
+from hf_vit_reduction.training.builders import Normalize, build_ema
 
 
 def test_evaluation_matches_a_direct_computation(make_model):
@@ -35,16 +35,8 @@ def test_metric_module_loads_offline():
 
 
 def test_the_ema_is_reported_when_on(make_model):
-    import argparse
-
     model = make_model()
-    ema = build_ema(
-        make_model(seed=1),
-        argparse.Namespace(
-            model_ema=True, model_ema_decay=0.9, model_ema_warmup=False, ema_shared_decay_per_use=False
-        ),
-        total_updates=1,
-    )
+    ema = build_ema(make_model(seed=1), decay=0.9, warmup=False, decay_per_use=False, total_updates=1)
     torch.manual_seed(0)
     pixels = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
     batches = [{"pixel_values": pixels, "labels": torch.randint(0, 10, (6,))}]

@@ -123,7 +123,7 @@ def run_client(code: str, env: dict, cwd: Path, *args: str, python=sys.executabl
 
 
 def push_command(folder: Path, repo_id: str, env: dict, *flags: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "hf_vit_reduction.hub", "push", str(folder), "--repo_id", repo_id, *flags]
+    command = [sys.executable, "-m", "hf_vit_reduction", "push", str(folder), "--hub_model_id", repo_id, *flags]
     return subprocess.run(
         command, check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S
     )
@@ -288,12 +288,12 @@ def test_push_of_a_missing_folder_fails_before_any_request(tmp_path):
     with pytest.raises(HubPushError, match=r"^.*missing is not a folder; nothing was pushed$"):
         push_to_hub(tmp_path / "missing", "me/vit", token="hf_x")
     with pytest.raises(SystemExit, match=r"^error: .*missing is not a folder; nothing was pushed$"):
-        main(["push", str(tmp_path / "missing"), "--repo_id", "me/vit", "--token", "hf_x"])
+        main([str(tmp_path / "missing"), "--hub_model_id", "me/vit", "--hub_token", "hf_x"])
 
 
 def test_push_without_a_token_fails_before_any_request(tmp_path, no_token):
     with pytest.raises(
-        HubPushError, match="no Hub token to push .* pass --token, set HF_TOKEN or run `hf auth login`"
+        HubPushError, match="no Hub token to push .* pass --hub_token, set HF_TOKEN or run `hf auth login`"
     ):
         push_to_hub(tmp_path, "me/vit")
 
@@ -306,7 +306,7 @@ def test_offline_push_fails_in_one_line_and_changes_nothing(make_model, tmp_path
     message = str(failure.value)
     assert "\n" not in message and "hf_offline_secret" not in message
     assert message.startswith(f"pushing {tmp_path} to me/vit failed while creating the repository: HF_HUB_OFFLINE")
-    assert message.endswith(f"`python -m hf_vit_reduction.hub push {tmp_path} --repo_id me/vit`")
+    assert message.endswith(f"`hf-vit-reduction push {tmp_path} --hub_model_id me/vit`")
     assert f"The local folder {tmp_path} is complete and unchanged" in message
     assert snapshot(tmp_path) == before
 
@@ -371,7 +371,7 @@ def check_pipeline_and_card(loaded: dict) -> None:
 def test_second_push_of_a_changed_model_makes_a_second_commit(server, tmp_path):
     folder = build_model_folder(tmp_path / "run", seed=1)
     env = client_env(server.url, tmp_path / "home")
-    assert push_command(folder, "me/second", env, "--private").returncode == 0
+    assert push_command(folder, "me/second", env, "--hub_private_repo").returncode == 0
     assert server.repos["me/second"].private
     first_weights = server.files("me/second")["model.safetensors"]
     build_model_folder(folder, seed=2)  # retrained: new weights, same card and curves
@@ -388,7 +388,7 @@ def test_second_push_of_a_changed_model_makes_a_second_commit(server, tmp_path):
     assert len(uploads) == 1  # only the changed weights; the unchanged curves are not sent again
     main_files = server.files("me/second")
     build_model_folder(folder, seed=5)
-    result = push_command(folder, "me/second", env, "--revision", "experiment")  # a new branch, from main
+    result = push_command(folder, "me/second", env, "--hub_revision", "experiment")  # a new branch, from main
     assert result.returncode == 0, result.stderr
     assert server.commits("me/second", "experiment")[:3] == server.commits("me/second")
     assert len(server.commits("me/second", "experiment")) == 4
@@ -490,7 +490,7 @@ def test_failed_push_ends_in_one_line_and_changes_nothing(server, tmp_path, case
             client_env(endpoint, tmp_path / "home", token),
             "--timeout",
             "3",
-            "--attempts",
+            "--hub_push_attempts",
             "1",
         )
     finally:
@@ -504,7 +504,7 @@ def test_failed_push_ends_in_one_line_and_changes_nothing(server, tmp_path, case
     assert (" within 3 s. " in line) == (case == "timeout")
     assert line.endswith(
         f"The local folder {folder} is complete and unchanged; push it again with "
-        f"`python -m hf_vit_reduction.hub push {folder} --repo_id me/fail-{case}`"
+        f"`hf-vit-reduction push {folder} --hub_model_id me/fail-{case}`"
     )
     assert token not in result.stderr + result.stdout
     assert leftover == []  # the injected failure was met where expected
@@ -521,7 +521,9 @@ def test_a_push_outlasts_a_time_out_a_server_error_and_a_dropped_connection(serv
     server.drop("commit")  # the server goes away halfway through the commit request
     env = client_env(server.url, tmp_path / "home")
     start = time.monotonic()
-    result = push_command(folder, "me/retried", env, "--timeout", "2", "--attempts", "4", "--max_wait", "20")
+    result = push_command(
+        folder, "me/retried", env, "--timeout", "2", "--hub_push_attempts", "4", "--hub_push_max_wait", "20"
+    )
     assert result.returncode == 0, result.stderr
     assert server.clear_failures() == []
     retries = [line for line in result.stderr.splitlines() if "push to me/retried failed" in line]
@@ -538,21 +540,23 @@ def test_a_push_outlasts_a_time_out_a_server_error_and_a_dropped_connection(serv
 def test_a_server_that_goes_away_leaves_the_previous_commit_and_the_command_to_push_later(server, tmp_path):
     folder = build_model_folder(tmp_path / "run", seed=6)
     env = client_env(server.url, tmp_path / "home")
-    assert push_command(folder, "me/goes-away", env, "--revision", "dev").returncode == 0
+    assert push_command(folder, "me/goes-away", env, "--hub_revision", "dev").returncode == 0
     before = server.commits("me/goes-away", branch="dev")
     build_model_folder(folder, seed=7)  # a new model to push
     server.drop("commit", times=2)
-    result = push_command(folder, "me/goes-away", env, "--revision", "dev", "--attempts", "2", "--max_wait", "5")
+    result = push_command(
+        folder, "me/goes-away", env, "--hub_revision", "dev", "--hub_push_attempts", "2", "--hub_push_max_wait", "5"
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert server.clear_failures() == []
     assert server.commits("me/goes-away", branch="dev") == before  # nothing half-committed
     line = result.stderr.strip().splitlines()[-1]
     assert "failed while uploading" in line and "(attempt 2 of at most 2, after 2 s of waiting)" in line
     assert line.endswith(
-        f"push it again with `python -m hf_vit_reduction.hub push {folder} --repo_id me/goes-away --revision dev`"
+        f"push it again with `hf-vit-reduction push {folder} --hub_model_id me/goes-away --hub_revision dev`"
     )
     # The same command once the server is back: the new model lands in one commit.
-    result = push_command(folder, "me/goes-away", env, "--revision", "dev")
+    result = push_command(folder, "me/goes-away", env, "--hub_revision", "dev")
     assert result.returncode == 0, result.stderr
     assert len(server.commits("me/goes-away", branch="dev")) == len(before) + 1
     assert server.files("me/goes-away", "dev")["model.safetensors"] == (folder / "model.safetensors").read_bytes()
@@ -569,15 +573,13 @@ def test_an_upload_cut_off_midway_never_reaches_the_branch(server, tmp_path):
     # when the commit comes.
     server.drop("lfs-upload")
     server.fail("commit", 503)
-    result = push_command(folder, "me/cut-off", env, "--attempts", "1")
+    result = push_command(folder, "me/cut-off", env, "--hub_push_attempts", "1")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert server.clear_failures() == []
     assert ("PUT", DROP) in {(method, status) for method, _, status in server.requests}
     assert server.commits("me/cut-off") == before
     assert (
-        result.stderr.strip()
-        .splitlines()[-1]
-        .endswith(f"`python -m hf_vit_reduction.hub push {folder} --repo_id me/cut-off`")
+        result.stderr.strip().splitlines()[-1].endswith(f"`hf-vit-reduction push {folder} --hub_model_id me/cut-off`")
     )
 
 
@@ -587,7 +589,7 @@ def test_token_sources_and_no_token_written(server, tmp_path, source):
     folder = build_model_folder(tmp_path / "run", seed=4)
     home = tmp_path / "home"
     env = client_env(server.url, home, token=WRITE_TOKEN if source == "HF_TOKEN" else None)
-    flags = ["--token", WRITE_TOKEN] if source == "argument" else []
+    flags = ["--hub_token", WRITE_TOKEN] if source == "argument" else []
     if source == "login cache":
         home.mkdir()
         (home / "token").write_text(WRITE_TOKEN)  # what `hf auth login` stores
@@ -722,7 +724,7 @@ def test_failed_background_push_is_reported_and_retried_and_never_stops_training
     assert "results.json" not in server.files(repo_id)
     assert outcome["pushed"] is False and outcome["background_pushes"] == 2
     assert "while uploading" in outcome["error"] and "the Hub had a server error (503: " in outcome["error"]
-    assert outcome["error"].endswith(f"--repo_id {repo_id}`")
+    assert outcome["error"].endswith(f"--hub_model_id {repo_id}`")
     (failure,) = outcome["background_failures"]
     assert "the Hub had a server error (500: " in failure
     assert f"The local folder {tmp_path / 'run'} is complete and unchanged" in failure

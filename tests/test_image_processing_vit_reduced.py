@@ -18,7 +18,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, pi
 from hf_vit_reduction import ViTReducedImageProcessor, ViTReducedImageProcessorPil
 from hf_vit_reduction.conversion.convert import main as convert
 from hf_vit_reduction.image_processing_vit_reduced import image_processor_for
-from hf_vit_reduction.training.recipe import RECIPES
+from hf_vit_reduction.training.recipes import RECIPES
 
 HALF = (0.5, 0.5, 0.5)  # the training script's normalization (timm's ViT)
 

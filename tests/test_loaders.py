@@ -1,4 +1,4 @@
-import argparse
+import dataclasses
 import functools
 import io
 import itertools
@@ -14,13 +14,16 @@ from image_folders import truncated_jpeg, write_folder
 from PIL import Image
 
 from hf_vit_reduction.training import loaders
+from hf_vit_reduction.training.arguments import parse_args
+from hf_vit_reduction.training.builders import build_transforms
+from hf_vit_reduction.training.config import transform_kwargs
 from hf_vit_reduction.training.data import load_digits, load_image_classification_data
 from hf_vit_reduction.training.loop_benchmark import in_memory
-from hf_vit_reduction.training.recipe import PAPER_RECIPE, build_transforms
 
 
 def transforms(size, **recipe):
-    return build_transforms(argparse.Namespace(**{**PAPER_RECIPE, **recipe}), image_size=size, mean=(0.5,) * 3)
+    config = dataclasses.replace(parse_args(["--dataset_name", "imagenet-1k"]), **recipe)
+    return build_transforms(image_size=size, **transform_kwargs(config))
 
 
 @pytest.fixture(scope="module")

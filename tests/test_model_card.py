@@ -7,6 +7,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+import torch
 from card_checks import RUN_ONLY_FLAGS, check_card
 from conversion_sources import transformers_vit
 from huggingface_hub import ModelCard
@@ -23,9 +24,9 @@ from hf_vit_reduction.hub.model_card import (
     write_model_card,
 )
 from hf_vit_reduction.image_processing_vit_reduced import image_processor_for
-from hf_vit_reduction.training.arguments import effective_recipe, parse_args
-from hf_vit_reduction.training.outputs import public_arguments, write_json
-from hf_vit_reduction.training.recipe import RECIPES
+from hf_vit_reduction.training.arguments import parse_args
+from hf_vit_reduction.training.outputs import write_json
+from hf_vit_reduction.training.recipes import RECIPES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,9 +53,7 @@ RESULTS = {
 
 def script_args(argv: list[str], num_processes: int = 1) -> dict:
     """args.json as the training script writes it for these flags (its `build` step, without training)."""
-    args = parse_args(argv)
-    run_config = public_arguments({key: value for key, value in vars(args).items() if key != "recipe_sources"})
-    return run_config | {"num_processes": num_processes, "recipe": effective_recipe(args)}
+    return json.loads(json.dumps(parse_args(argv).run_record(num_processes=num_processes)))
 
 
 def run_folder(folder: Path, model, results=RESULTS, run_args=None, curves=True, crop_pct=1.0) -> Path:
@@ -138,8 +137,12 @@ def test_card_of_a_digits_run(make_model, tmp_path):
     assert "| resize | shorter side to 32 px, aspect ratio kept; bicubic interpolation |" in text
     assert "| normalize | mean (0.5, 0.5, 0.5), std (0.5, 0.5, 0.5) |" in text
     # The recipe once, each value with its source; the global batch computed.
+    # What a machine without a GPU cannot run is recorded as off, with why.
+    no_gpu = set() if torch.cuda.is_available() else {"tf32", "cudnn_benchmark"}
+    for name in no_gpu:
+        assert text.count(f"| `{name}` | False | off: no GPU on this machine |") == 1, name
     for name, value in RECIPES["digits"].items():
-        if name not in RUN_PLUMBING:
+        if name not in RUN_PLUMBING and name not in no_gpu:
             shown = ", ".join(map(str, value)) if isinstance(value, tuple) else "none" if value is None else value
             assert text.count(f"| `{name}` | {shown} | digits recipe |") == 1, name
     assert "| optimization | `lr` | 0.002 | digits recipe |" in text
@@ -245,7 +248,7 @@ def test_card_of_a_converted_model_has_no_results(make_model, tmp_path, strategy
 
 def test_card_command(make_model, tmp_path, capsys):
     run_folder(tmp_path, make_model("grouped"))
-    main([str(tmp_path), "--repo_id", "me/vit"])
+    main([str(tmp_path), "--hub_model_id", "me/vit"])
     assert capsys.readouterr().out == f"wrote {tmp_path / 'README.md'}\n"
     assert ModelCard.load(tmp_path / "README.md").data.model_name == "vit"
     with pytest.raises(

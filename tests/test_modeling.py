@@ -448,7 +448,7 @@ def test_a_transformers_vit_checkpoint_points_to_the_converter(tmp_path):
             patch_size=8,
         )
     ).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"'vit' checkpoint.*hf_vit_reduction\.convert"):
+    with pytest.raises(ValueError, match=r"'vit' checkpoint.*`hf-vit-reduction convert`"):
         ViTReducedForImageClassification.from_pretrained(tmp_path)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from hf_vit_reduction.training import outputs
+from hf_vit_reduction.training.arguments import parse_args
 from hf_vit_reduction.training.history import RunHistory
 
 
@@ -48,8 +49,13 @@ def test_plot_and_history_files(tmp_path):
     assert [json.loads(line)["top1"] for line in lines] == [0.0, 10.0, 20.0]
 
 
-def test_public_arguments_drop_secrets():
-    assert outputs.public_arguments({"hub_token": "hf_secret", "lr": 0.1, "HUB_TOKEN_FILE": "x"}) == {"lr": 0.1}
+def test_the_run_record_drops_secrets_and_keeps_each_recipe_value_with_its_source():
+    config = parse_args(["--hub_token", "hf_secret", "--lr", "0.1"])
+    record = config.run_record(num_processes=2)
+    assert "hf_secret" not in json.dumps(record) and "hub_token" not in record
+    assert (record["lr"], record["num_processes"]) == (0.1, 2)
+    assert record["recipe"]["lr"] == {"value": 0.1, "source": "command line"}
+    assert record["recipe"]["epochs"] == {"value": 40, "source": "digits recipe"}
 
 
 def enospc(*args, **kwargs):

@@ -6,17 +6,19 @@ import pytest
 from test_report import CURVES, make_run
 
 from hf_vit_reduction.study import reproduce as reproduce_module
-from hf_vit_reduction.study.reproduce import SCRIPT, main, reproduce, training_command
+from hf_vit_reduction.study.reproduce import main, reproduce, training_command
 
 TINY = ["--max_train_steps", "2", "--workers", "0", "--max_eval_samples", "64"]
 
 
 def test_training_command_resumes_a_stopped_run(tmp_path):
     run_dir = tmp_path / "shallow-seed1"
-    fresh = training_command(SCRIPT, "shallow", 1, run_dir, ["--epochs", "3"])
+    fresh = training_command("shallow", 1, run_dir, ["--epochs", "3"])
     assert fresh == [
         sys.executable,
-        str(SCRIPT),
+        "-m",
+        "hf_vit_reduction",
+        "train",
         "--strategy",
         "shallow",
         "--seed",
@@ -29,7 +31,7 @@ def test_training_command_resumes_a_stopped_run(tmp_path):
         "3",
     ]
     (run_dir / "checkpoints" / "step_00000022").mkdir(parents=True)
-    resumed = training_command(SCRIPT, "shallow", 1, run_dir, ["--epochs", "3"])
+    resumed = training_command("shallow", 1, run_dir, ["--epochs", "3"])
     assert resumed == fresh[:-2] + ["--resume_from_checkpoint", "latest", "--epochs", "3"]
 
 
@@ -53,20 +55,22 @@ def test_finished_runs_are_kept_and_reported(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--output", "{tmp}/busy"], "error: --output '{tmp}/busy' is in use: it is not empty and holds no"),
-        (["--output", "{tmp}/earlier", "--", "--epochs", "3"], "error: --output '{tmp}/earlier' holds a reproduction"),
-        (["--output", "{tmp}/new", "--", "--seed", "3"], "error: --seed after '--' is set by the reproduction"),
-        (["--output", "{tmp}/new", "--", "--output_dir={tmp}/x"], "error: --output_dir after '--' is set by"),
+        (["--output_dir", "{tmp}/busy"], "error: --output_dir '{tmp}/busy' is in use: it is not empty and holds no"),
         (
-            ["--output", "{tmp}/new", "--seeds", "0", "0"],
+            ["--output_dir", "{tmp}/earlier", "--", "--epochs", "3"],
+            "error: --output_dir '{tmp}/earlier' holds a reproduction",
+        ),
+        (["--output_dir", "{tmp}/new", "--", "--seed", "3"], "error: --seed after '--' is set by the reproduction"),
+        (["--output_dir", "{tmp}/new", "--", "--output_dir={tmp}/x"], "error: --output_dir after '--' is set by"),
+        (
+            ["--output_dir", "{tmp}/new", "--seeds", "0", "0"],
             "error: --strategies ['baseline', 'grouped', 'shallow', 'thin']",
         ),
-        (["--output", "{tmp}/new", "--strategies", "wide"], "error: argument --strategies: invalid choice: 'wide'"),
         (
-            ["--output", "{tmp}/new", "--script", "{tmp}/nowhere.py"],
-            "error: --script '{tmp}/nowhere.py' does not exist",
+            ["--output_dir", "{tmp}/new", "--strategies", "wide"],
+            "error: argument --strategies: invalid choice: 'wide'",
         ),
-        (["--strategies", "thin"], "error: the following arguments are required: --output"),
+        (["--strategies", "thin"], "error: the following arguments are required: --output_dir"),
     ],
 )
 def test_bad_inputs_end_in_one_error_line(arguments, message, tmp_path, capsys):
@@ -84,21 +88,19 @@ def test_bad_inputs_end_in_one_error_line(arguments, message, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_failed_run_stops_the_reproduction_naming_its_log(tmp_path):
-    script = tmp_path / "fails.py"
-    script.write_text("import sys\nprint('error: no GPU in this test')\nsys.exit(3)\n")
+    missing = tmp_path / "no-such-folder"
     with pytest.raises(SystemExit) as exit_info:
-        main(["--output", str(tmp_path / "out"), "--script", str(script), "--strategies", "thin"])
+        main(["--output_dir", str(tmp_path / "out"), "--strategies", "thin", "--", "--train_dir", str(missing)])
     log = tmp_path / "out" / "logs" / "thin-seed0.log"
-    assert str(exit_info.value) == (
-        f"error: run thin-seed0 failed (exit status 3): error: no GPU in this test (log: {log}); "
-        "rerun the same command to continue"
-    )
+    message = str(exit_info.value)
+    assert message.startswith("error: run thin-seed0 failed (exit status 1): error: ") and str(missing) in message
+    assert message.endswith(f"(log: {log}); rerun the same command to continue")
 
 
 @pytest.mark.slow
 def test_a_tiny_real_reproduction_then_a_rerun_that_trains_nothing(tmp_path, monkeypatch):
     output = tmp_path / "reproduction"
-    report = main(["--output", str(output), "--strategies", "baseline", "shallow", "--seeds", "0", "--", *TINY])
+    report = main(["--output_dir", str(output), "--strategies", "baseline", "shallow", "--seeds", "0", "--", *TINY])
     assert list(report["strategies"]) == ["baseline", "shallow"] and report["left_out"] == []
     for strategy in ("baseline", "shallow"):
         results = json.loads((output / "runs" / f"{strategy}-seed0" / "results.json").read_text())
@@ -114,5 +116,5 @@ def test_a_tiny_real_reproduction_then_a_rerun_that_trains_nothing(tmp_path, mon
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(reproduce_module.subprocess, "Popen", no_training)
-    again = main(["--output", str(output), "--strategies", "baseline", "shallow", "--seeds", "0", "--", *TINY])
+    again = main(["--output_dir", str(output), "--strategies", "baseline", "shallow", "--seeds", "0", "--", *TINY])
     assert again["strategies"]["baseline"]["top1"] == report["strategies"]["baseline"]["top1"]

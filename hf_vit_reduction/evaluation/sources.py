@@ -26,7 +26,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATIO
 
 from .. import ViTReducedForImageClassification, summarize
 from ..image_processing_vit_reduced import ViTReducedImageProcessor, ViTReducedImageProcessorPil
-from ..training.recipe import Normalize
+from ..training.builders import Normalize
 
 TIMM_PREFIX = "timm:"
 TIMM_SOURCES = ("hf-hub:", "local-dir:")  # timm.create_model's own

@@ -70,6 +70,8 @@ HYPERPARAMETER_GROUPS = {
         "max_eval_samples",
         "interpolation",
         "crop_pct",
+        "mean",
+        "std",
         "seed",
     ),
 }

@@ -78,7 +78,7 @@ def push_to_hub(
         raise HubPushError(f"repo_id={repo_id!r} is not valid: {error}") from None
     if token is None and get_token() is None:
         raise HubPushError(
-            f"no Hub token to push {folder} to {repo_id}: pass --token, set HF_TOKEN or run `hf auth login`"
+            f"no Hub token to push {folder} to {repo_id}: pass --hub_token, set HF_TOKEN or run `hf auth login`"
         )
     api = HfApi(token=token)
     get_session().timeout = timeout

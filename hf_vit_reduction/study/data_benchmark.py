@@ -37,6 +37,8 @@ from timm.data import FastCollateMixup, create_dataset, create_loader
 
 from ..cli import command_parser
 from ..training.arguments import parse_args
+from ..training.builders import Normalize, build_batch_augmentation, build_transforms
+from ..training.config import RunConfig, batch_augmentation_kwargs, transform_kwargs
 from ..training.data import load_image_classification_data
 from ..training.loaders import (
     ExampleTransform,
@@ -48,9 +50,6 @@ from ..training.loaders import (
     train_loader,
     train_sampler,
 )
-from ..training.recipe import Normalize, build_batch_augmentation, build_transforms
-
-MEAN = STD = (0.5, 0.5, 0.5)
 
 # name: (size, count, batch size)
 PHOTO_FOLDERS = {"imagenet-sized": ((500, 375), 400, 32), "camera-sized": ((4032, 3024), 120, 16)}
@@ -76,7 +75,7 @@ def make_photo_folder(folder, *, size: tuple[int, int], count: int, seed: int = 
     return count
 
 
-def paper_recipe(folder) -> argparse.Namespace:
+def paper_recipe(folder) -> RunConfig:
     """The flags run_image_classification.py ends up with for `--train_dir folder`: the paper's recipe."""
     return parse_args(["--train_dir", str(folder), "--report_to", "none"])
 
@@ -87,15 +86,17 @@ class OurPipeline:
     def __init__(self, folder, workers: int, batch_size: int, image_size: int):
         recipe = paper_recipe(folder)
         data = load_image_classification_data(train_dir=str(folder), train_val_split=0.01)
-        train_transform, _ = build_transforms(recipe, image_size=image_size, mean=MEAN)
+        train_transform, _ = build_transforms(image_size=image_size, **transform_kwargs(recipe))
         columns = {"image_column": data.image_column, "label_column": data.label_column}
         dataset = prepare_dataset(data.train, ExampleTransform(train_transform, **columns))
         self.sampler = train_sampler(dataset, num_processes=1, process_index=0, aug_repeats=0, seed=0)
         self.loader = train_loader(
             dataset, batch_size=batch_size, sampler=self.sampler, workers=workers, pin_memory=False, seed=0
         )
-        self.normalize = Normalize(MEAN, STD, device="cpu")
-        self.augment = build_batch_augmentation(recipe, num_classes=len(data.label_names), device="cpu")
+        self.normalize = Normalize(recipe.mean, recipe.std, device="cpu")
+        self.augment = build_batch_augmentation(
+            **batch_augmentation_kwargs(recipe), num_classes=len(data.label_names), device="cpu"
+        )
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -129,8 +130,8 @@ class TimmPipeline:
             re_prob=recipe.reprob,
             re_mode="pixel",
             interpolation=recipe.train_interpolation,
-            mean=MEAN,
-            std=STD,
+            mean=recipe.mean,
+            std=recipe.std,
             num_workers=workers,
             collate_fn=mixup,
             use_prefetcher=True,
@@ -181,7 +182,7 @@ def first_batch_seconds(folder, *, workers: int, batch_size: int, image_size: in
 def reduced_decode_difference(folder, *, image_size: int, crops: int = 48, seed: int = 0) -> dict:
     """Over random crops of the folder's images: the share decoded at a reduced scale, and there the mean and the
     99th percentile of |reduced - full decode| in grey levels (0-255), after the crop and resize."""
-    train, _ = build_transforms(paper_recipe(folder), image_size=image_size, mean=MEAN)
+    train, _ = build_transforms(image_size=image_size, **transform_kwargs(paper_recipe(folder)))
     reduced_crop, _ = split_reduced_decode(train)
     timm_crop = train.transforms[0]
     files = sorted(Path(folder).glob("*/*"))

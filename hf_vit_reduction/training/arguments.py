@@ -8,15 +8,17 @@ import argparse
 import os
 import re
 
+import torch
 from accelerate.tracking import get_available_trackers
 from accelerate.utils import LoggerType
 
 from ..cli import CommandParser
 from ..configuration_vit_reduced import PRESETS, REDUCTION_STRATEGIES
 from ..hub.pushing import add_hub_arguments, check_hub_arguments
+from .config import FLAG, NO_GPU, RunConfig
 from .data import add_data_arguments
 from .distillation import add_distillation_arguments, check_distillation_arguments
-from .recipe import add_recipe_arguments, apply_recipe, mixes_pairs
+from .recipes import add_recipe_arguments, apply_recipe
 
 # timm's augmentation policy strings (timm.data.auto_augment): a kind, then `-`-separated sections `<key><number>`.
 # timm skips a section without a number and stops at an unknown key only sometimes, so they are checked here.
@@ -81,68 +83,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse, fill the unset recipe fields (recording each value's source), fit the workers to the machine, check."""
+def parse_args(argv: list[str] | None = None) -> RunConfig:
+    """The run's configuration: flags parsed and checked, unset recipe fields filled (each value's source recorded),
+    the workers fitted to the machine, what the machine cannot run recorded as off."""
     parser = build_parser()
     args = parser.parse_args(argv)
     sources = apply_recipe(args)
-    if args.strategy is None and not args.model_name_or_path:
-        args.strategy = "baseline"
-    args.experiment = args.experiment or f"{args.strategy or 'pretrained'}-{args.model_size}-seed{args.seed}"
-    args.output_dir = args.output_dir or os.path.join("runs", args.experiment)
-    args.eval_batch_size = args.eval_batch_size or 2 * args.batch_size
+    if crop_scale(args.scale) is None:
+        parser.error(
+            f"--scale={args.scale!r} is not valid; allowed: two numbers low,high with 0 < low <= high <= 1, e.g. 0.08,1.0"
+        )
+    strategy = args.strategy or (None if args.model_name_or_path else "baseline")
+    experiment = args.experiment or f"{strategy or 'pretrained'}-{args.model_size}-seed{args.seed}"
+    values = vars(args) | {
+        "strategy": strategy,
+        "experiment": experiment,
+        "output_dir": args.output_dir or os.path.join("runs", experiment),
+        "eval_batch_size": args.eval_batch_size or 2 * args.batch_size,
+        "aa": None if args.aa is None or args.aa.lower() == "none" else args.aa,
+        "scale": crop_scale(args.scale),
+        "mean": tuple(args.mean),
+        "std": tuple(args.std),
+        "mixed_precision": mixed_precision(args.mixed_precision, args.amp, args.amp_dtype),
+        "distillation": args.distillation or ("soft" if args.teacher_model_name_or_path else None),
+    }
+    _check(parser, argparse.Namespace(**values))
+    if args.benchmark_loop:  # the loop alone is timed: no evaluation, no checkpoint
+        values |= {"checkpointing_steps": "no", "eval_every": 10**9}
     cores = cores_per_process()
-    if sources.get("workers") != "command line" and args.workers > cores:
+    if sources.get("workers") != FLAG and args.workers > cores:
         # More workers than cores only compete with each other (and PyTorch warns about it on every run).
-        args.workers = cores
+        values["workers"] = cores
         sources["workers"] += f", capped at the {cores} core(s) per process"
-    _check(parser, args)
-    args.recipe_sources = sources
-    return args
+    if not torch.cuda.is_available():  # what ran is recorded, not what the recipe would run on a GPU
+        for key in ("amp", "tf32", "cudnn_benchmark"):
+            if values[key]:
+                values[key], sources[key] = False, NO_GPU
+    return RunConfig(**values, sources=sources)
+
+
+def mixed_precision(requested: str | None, amp: bool, amp_dtype: str = "float16") -> str:
+    """Accelerate's mixed precision: as requested; else with --amp on a GPU, fp16 (loss scaling, timm's) or bf16."""
+    if requested:
+        return requested
+    if not amp or not torch.cuda.is_available():
+        return "no"
+    return {"float16": "fp16", "bfloat16": "bf16"}[amp_dtype]
 
 
 def cores_per_process() -> int:
     """The cores this process may use, shared among the processes a launcher started on this machine."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-
-
-def effective_recipe(args: argparse.Namespace) -> dict:
-    """Each recipe value as the run uses it, with where it came from: {field: {"value": ..., "source": ...}}."""
-    return {key: {"value": getattr(args, key), "source": source} for key, source in args.recipe_sources.items()}
-
-
-FITTED = "fitted to the dataset"
-
-
-def fit_to_dataset(args: argparse.Namespace, images_per_process: int | None) -> str | None:
-    """Shrink a recipe's batch (and accumulation) that is larger than the data, so that a small folder trains.
-
-    Only values the recipe chose are fitted (their source becomes `FITTED`); values given on the command line are
-    kept, and `UpdatePlan` then says which flags to lower. Returns the one line to log, or None when nothing changed.
-    """
-    batch_size, grad_accum_steps = args.batch_size, args.grad_accum_steps
-    if images_per_process is None or batch_size * grad_accum_steps <= images_per_process:
-        return None
-    sources = args.recipe_sources
-    if sources.get("grad_accum_steps") != "command line":
-        grad_accum_steps = max(1, min(grad_accum_steps, images_per_process // batch_size))
-    if sources.get("batch_size") != "command line":
-        batch_size = min(batch_size, images_per_process // grad_accum_steps)
-        if args.mixup > 0 or args.cutmix > 0:
-            batch_size -= batch_size % 2  # mixup pairs each image with another
-    if not 1 <= batch_size * grad_accum_steps <= images_per_process:
-        return None  # an explicit value cannot fit: UpdatePlan's error names it
-    line = (
-        f"{FITTED}: --batch_size {batch_size}, --grad_accum_steps {grad_accum_steps} (the {args.recipe} recipe's "
-        f"{args.batch_size} x {args.grad_accum_steps} images per update exceed the {images_per_process} training "
-        "images each process gets)"
-    )
-    for key, value in (("batch_size", batch_size), ("grad_accum_steps", grad_accum_steps)):
-        if value != getattr(args, key):
-            setattr(args, key, value)
-            sources[key] = FITTED
-    return line
 
 
 def augmentation_problem(policy: str) -> str | None:
@@ -216,22 +208,19 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         fail("--workers", "an integer >= 0")
     if not 0 < args.crop_pct <= 1:
         fail("--crop_pct", "a number in (0, 1]")
-    scale = crop_scale(args.scale)
-    if scale is None:
-        fail("--scale", "two numbers low,high with 0 < low <= high <= 1, e.g. 0.08,1.0")
-    args.scale = scale
+    for flag in ("--mean", "--std"):
+        if len(getattr(args, flag.lstrip("-"))) != 3 or (flag == "--std" and min(args.std) <= 0):
+            fail(flag, "three numbers, one per RGB channel" + (", each > 0" if flag == "--std" else ""))
     if args.aa and (problem := augmentation_problem(args.aa)):
         fail(
             "--aa", f"a timm policy such as rand-m9-mstd0.5-inc1, original-mstd0.5 or augmix-m5, or 'none'; {problem}"
         )
     if problem := tracker_problem(args.report_to):
         fail("--report_to", f"Accelerate trackers, comma separated, or 'none'; {problem}")
-    if args.batch_size % 2 and mixes_pairs(args):
+    if args.batch_size % 2 and (args.mixup > 0 or args.cutmix > 0):
         fail("--batch_size", "an even number with mixup/cutmix (they pair each image with another)")
-    if args.benchmark_loop:
-        if args.max_train_steps is None or args.max_train_steps <= args.benchmark_warmup:
-            parser.error("--benchmark_loop needs --max_train_steps above --benchmark_warmup")
-        args.checkpointing_steps, args.eval_every = "no", 10**9
+    if args.benchmark_loop and (args.max_train_steps is None or args.max_train_steps <= args.benchmark_warmup):
+        parser.error("--benchmark_loop needs --max_train_steps above --benchmark_warmup")
     if args.checkpoints_total_limit < 1:
         fail("--checkpoints_total_limit", "an integer >= 1")
     if args.checkpointing_steps not in ("epoch", "no") and not args.checkpointing_steps.isdigit():

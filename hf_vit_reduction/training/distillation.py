@@ -32,12 +32,11 @@ def add_distillation_arguments(group) -> None:
 
 
 def check_distillation_arguments(args: argparse.Namespace) -> str | None:
-    """The problem with the distillation flags, or None; fills --distillation (soft) when a teacher is given."""
+    """The problem with the distillation flags, or None (without --distillation, a teacher's is soft)."""
     if args.teacher_model_name_or_path is None:
         if args.distillation is not None:
             return f"--distillation={args.distillation!r} needs --teacher_model_name_or_path"
         return None
-    args.distillation = args.distillation or "soft"
     if not args.distillation_temperature > 0:
         return f"--distillation_temperature={args.distillation_temperature!r} is not valid; allowed: a number > 0"
     if not 0 <= args.distillation_alpha <= 1:

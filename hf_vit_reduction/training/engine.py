@@ -3,7 +3,6 @@
 `hf-vit-reduction train` and `run_image_classification.py` both run `main`: parse, build, train, finish.
 """
 
-import argparse
 import logging
 import math
 import os
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import transformers
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from timm.scheduler.scheduler import Scheduler
 from torch.utils.data import DataLoader, Sampler
@@ -27,7 +26,19 @@ from ..hub.model_card import write_model_card
 from ..hub.pushing import HubPusher, HubPushError
 from ..image_processing_vit_reduced import image_processor_for
 from . import loaders, outputs
-from .arguments import FITTED, effective_recipe, fit_to_dataset, parse_args
+from .arguments import parse_args
+from .builders import (
+    BatchAugmentation,
+    Normalize,
+    SharedWeightsModelEma,
+    build_batch_augmentation,
+    build_ema,
+    build_optimizer,
+    build_scheduler,
+    build_train_criterion,
+    build_transforms,
+    configure_torch_backends,
+)
 from .checkpointing import (
     AUTO,
     CheckpointSaver,
@@ -36,6 +47,17 @@ from .checkpointing import (
     remove_partial_checkpoints,
     resolve,
     skip_batches,
+)
+from .config import (
+    FITTED,
+    RunConfig,
+    batch_augmentation_kwargs,
+    criterion_kwargs,
+    ema_kwargs,
+    fitted_to_dataset,
+    scheduler_kwargs,
+    train_loader_kwargs,
+    transform_kwargs,
 )
 from .data import (
     LOADING_ARGUMENTS,
@@ -49,30 +71,16 @@ from ..evaluation.scoring import evaluate_model, evaluate_model_and_ema
 from .loop_benchmark import LoopBenchmark
 from .outputs import DiskFullError
 from .preemption import PreemptionWatch, is_lost_process, lost_process
-from .recipe import (
-    BatchAugmentation,
-    Normalize,
-    SharedWeightsModelEma,
-    build_batch_augmentation,
-    build_ema,
-    build_optimizer,
-    build_scheduler,
-    build_train_criterion,
-    build_transforms,
-    configure_torch_backends,
-    mixed_precision,
-)
 from .state import TrainState, UpdatePlan, gathered_loss_and_images
 
 logger = logging.getLogger(__name__)
-MEAN = STD = (0.5, 0.5, 0.5)  # timm's ViT normalization
 
 
 @dataclass
 class Run:
     """What a training run is made of, built once by `build`; `state` is what changes as it trains."""
 
-    args: argparse.Namespace
+    config: RunConfig
     accelerator: Accelerator
     data: ImageClassificationData
     columns: dict  # how the loaders read an example: image and label columns, what to do with a bad image
@@ -105,7 +113,7 @@ class Run:
 
     def evaluation_due(self, epoch: int) -> bool:
         """Every --eval_every epochs, and after the last."""
-        return (epoch + 1) % self.args.eval_every == 0 or epoch == self.plan.num_epochs - 1
+        return (epoch + 1) % self.config.eval_every == 0 or epoch == self.plan.num_epochs - 1
 
     @property
     def reported_model(self) -> torch.nn.Module:
@@ -115,9 +123,9 @@ class Run:
 
 def main(argv: list[str] | None = None) -> None:
     """`hf-vit-reduction train`: parse, build, train, finish (the loop as `run_image_classification.py` shows it)."""
-    args = parse_args(argv)
-    with running(args) as run:
-        if args.benchmark_loop:  # this loop on in-memory data against the bare step, then stop
+    config = parse_args(argv)
+    with running(config) as run:
+        if config.benchmark_loop:  # this loop on in-memory data against the bare step, then stop
             LoopBenchmark(run).measure()
             return
         train(run)
@@ -125,20 +133,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 @contextmanager
-def running(args: argparse.Namespace) -> Iterator[Run]:
+def running(config: RunConfig) -> Iterator[Run]:
     """The built run; every bad input ends in one `error:` line before any long work, and a full disk or a lost
     process during the run in one line that says how to resume."""
-    configure_torch_backends(args)
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),  # also lets a MULTI_GPU config run gloo processes
-        mixed_precision=mixed_precision(args.mixed_precision, args.amp, args.amp_dtype),
-        gradient_accumulation_steps=args.grad_accum_steps,
-        log_with=None if args.report_to == "none" else args.report_to.split(","),
-        project_dir=args.output_dir,
-    )
-    configure_logging(accelerator)
+    configure_torch_backends(tf32=config.tf32, cudnn_benchmark=config.cudnn_benchmark)
+    process = PartialState(cpu=not torch.cuda.is_available())  # cpu: also lets a MULTI_GPU config run gloo
+    configure_logging(is_main_process=process.is_main_process)
     try:  # every bad path, source, split, column, size or checkpoint fails here, before any long work
-        run = build(args, accelerator)
+        run = build(config, process)
     except (ValueError, FileNotFoundError, NotADirectoryError, HubPushError) as error:
         raise SystemExit(f"error: {error}") from None
     try:
@@ -178,10 +180,10 @@ def end_epoch(run: Run) -> None:
 
 def train_one_epoch(run: Run, epoch: int, callbacks=()) -> None:
     """The epoch's updates: augment on the device, forward, loss, backward, step, EMA, log, mid-epoch checkpoints."""
-    args, accelerator, model, state = run.args, run.accelerator, run.model, run.state
+    config, accelerator, model, state = run.config, run.accelerator, run.model, run.state
     run.scheduler.step(epoch)
     (run.train_sampler or run.train_loader.dataset).set_epoch(epoch)
-    run.train_loader.generator.manual_seed(args.seed + epoch)  # a stream's worker seeds: a function of the epoch
+    run.train_loader.generator.manual_seed(config.seed + epoch)  # a stream's worker seeds: a function of the epoch
     epoch_end = run.plan.epoch_end(epoch)
     model.train()
     for batch in skip_batches(run.train_loader, run.plan.batches_to_skip(epoch, state.step)):
@@ -193,7 +195,7 @@ def train_one_epoch(run: Run, epoch: int, callbacks=()) -> None:
         images, targets = run.augment(images, labels)  # drops the odd image out of a Mixup pair
         if len(targets) == 0:
             continue  # every image of the batch was unreadable
-        if args.channels_last:
+        if config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with accelerator.accumulate(model), accelerator.autocast():
             logits = model(pixel_values=images).logits
@@ -236,7 +238,7 @@ def validate(run: Run, epoch: int) -> dict:
         run.accelerator.log({f"eval/{k}": v for k, v in row.items() if k not in ("epoch", "step")}, step=row["step"])
     logger.info("epoch %d: top-1 %.2f%%, top-5 %.2f%%", epoch, row["top1"], row["top5"])
     if run.state.history.add(row):  # a new peak: keep it as the best model
-        outputs.save_model(run.accelerator, run.reported_model, run.processor, f"{run.args.output_dir}/best_model")
+        outputs.save_model(run.accelerator, run.reported_model, run.processor, f"{run.config.output_dir}/best_model")
     write_progress(run)
     return row
 
@@ -244,28 +246,28 @@ def validate(run: Run, epoch: int) -> dict:
 def write_progress(run: Run) -> None:
     """history.jsonl and the curves, rewritten after each evaluation so that a running job can be followed."""
     if run.accelerator.is_main_process:
-        outputs.write_history(f"{run.args.output_dir}/history.jsonl", run.state.history)
-        outputs.plot_history(f"{run.args.output_dir}/training_curves.png", run.state.history, run.args.experiment)
+        outputs.write_history(f"{run.config.output_dir}/history.jsonl", run.state.history)
+        outputs.plot_history(f"{run.config.output_dir}/training_curves.png", run.state.history, run.config.experiment)
 
 
 def save_checkpoint(run: Run) -> None:
     """A checkpoint, and with --push_to_hub the run folder pushed in the background (the loop does not wait)."""
     checkpoint = run.saver.save(run.state)
     if checkpoint is not None and run.pusher is not None:
-        run.pusher.on_save(run.args.output_dir, checkpoint=checkpoint, message=f"step {run.state.step}")
+        run.pusher.on_save(run.config.output_dir, checkpoint=checkpoint, message=f"step {run.state.step}")
 
 
 def finish(run: Run) -> None:
     """The final model, results.json and the run's closing lines."""
-    args, accelerator, state = run.args, run.accelerator, run.state
-    outputs.save_model(accelerator, run.reported_model, run.processor, args.output_dir)
+    config, accelerator, state = run.config, run.accelerator, run.state
+    outputs.save_model(accelerator, run.reported_model, run.processor, config.output_dir)
     state.gather(accelerator)
     results = outputs.results(
         history=state.history,
         summary=run.summary,
         state=state,
         model=run.unwrapped_model,
-        args=args,
+        seed=config.seed,
         source=run.data.source,
     )
     results |= {
@@ -278,21 +280,21 @@ def finish(run: Run) -> None:
         logger.warning(
             "skipped %d unreadable training images, e.g. %s", len(state.bad_train_images), state.bad_train_images[:10]
         )
-    if args.model_name_or_path:
+    if config.model_name_or_path:
         results["provenance"] = recovery_provenance(
-            start=args.model_name_or_path,
+            start=config.model_name_or_path,
             distillation=run.distiller and run.distiller.describe(),
             epochs=results["epochs"],
             top1_before=run.top1_before,
             top1_after=results["final_top1"],
         )
     if accelerator.is_main_process:
-        outputs.write_json(f"{args.output_dir}/results.json", results)
-        if args.model_name_or_path:
-            write_provenance(args.output_dir, results["provenance"])
-        write_model_card(args.output_dir, repo_id=args.hub_model_id)
-        if os.path.isdir(f"{args.output_dir}/best_model"):
-            write_model_card(f"{args.output_dir}/best_model", repo_id=args.hub_model_id, run_dir=args.output_dir)
+        outputs.write_json(f"{config.output_dir}/results.json", results)
+        if config.model_name_or_path:
+            write_provenance(config.output_dir, results["provenance"])
+        write_model_card(config.output_dir, repo_id=config.hub_model_id)
+        if os.path.isdir(f"{config.output_dir}/best_model"):
+            write_model_card(f"{config.output_dir}/best_model", repo_id=config.hub_model_id, run_dir=config.output_dir)
     logger.info(
         "final top-1 %.2f%%, peak %.2f%% at epoch %d",
         results["final_top1"],
@@ -302,41 +304,68 @@ def finish(run: Run) -> None:
     accelerator.end_training()
     if run.pusher is not None:
         # The final push waits; its outcome is recorded locally (the pushed results.json predates it).
-        results["hub"] = run.pusher.finish(args.output_dir)
-        outputs.write_json(f"{args.output_dir}/results.json", results)
+        results["hub"] = run.pusher.finish(config.output_dir)
+        outputs.write_json(f"{config.output_dir}/results.json", results)
         if not results["hub"]["pushed"]:
             raise SystemExit(f"error: {results['hub']['error']}")
         logger.info("pushed to %s (commit %s)", results["hub"]["url"], results["hub"].get("commit"))
 
 
-def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
+def build(config: RunConfig, process: PartialState) -> Run:
     """Every check first (paths, data, sizes, checkpoint, Hub repository), then the first writes; a resumed run's
     state. Raises on bad input, before any long work."""
-    set_seed(args.seed)
-    check_output_dir(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
-    resume = args.resume_from_checkpoint and resolve(args.output_dir, args.resume_from_checkpoint)
-    data = load_data(args)
+    set_seed(config.seed)
+    check_output_dir(config.output_dir, config.resume_from_checkpoint, config.overwrite_output_dir)
+    resume = config.resume_from_checkpoint and resolve(config.output_dir, config.resume_from_checkpoint)
+    data = load_data(config)
     # The sampler only counts and orders the split, so too little data for one update is known before the model.
-    sampler, plan = plan_updates(args, data, accelerator)
-    model = load_model(args, data.label_names)
+    sampler = loaders.train_sampler(
+        data.train,
+        num_processes=process.num_processes,
+        process_index=process.process_index,
+        aug_repeats=config.aug_repeats,
+        seed=config.seed,
+    )
+    config = fitted_to_dataset(config, None if sampler is None else len(sampler))
+    plan = UpdatePlan.for_run(
+        images_per_process=None if sampler is None else len(sampler),
+        batch_size=config.batch_size,
+        grad_accum_steps=config.grad_accum_steps,
+        epochs=config.epochs,
+        max_train_steps=config.max_train_steps,
+        num_processes=process.num_processes,
+    )
+    accelerator = Accelerator(
+        cpu=process.device.type == "cpu",
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.grad_accum_steps,
+        log_with=None if config.report_to == "none" else config.report_to.split(","),
+        project_dir=config.output_dir,
+    )
+    model = load_model(config, data.label_names)
     image_size = model.config.image_size
-    distiller = build_distiller(args, label_names=data.label_names, image_size=image_size, device=accelerator.device)
+    distiller = build_distiller(config, label_names=data.label_names, image_size=image_size, device=accelerator.device)
     train_loader, eval_loader, eval_transform, columns = build_loaders(
-        args, data, sampler=sampler, image_size=image_size, accelerator=accelerator
+        config, data, sampler=sampler, image_size=image_size, accelerator=accelerator
     )
-    optimizer = build_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, fused=torch.cuda.is_available())
+    optimizer = build_optimizer(model, lr=config.lr, weight_decay=config.weight_decay, fused=torch.cuda.is_available())
     scheduler = build_scheduler(
-        optimizer, args, num_epochs=plan.schedule_epochs, updates_per_epoch=plan.updates_per_epoch
+        optimizer,
+        num_epochs=plan.schedule_epochs,
+        updates_per_epoch=plan.updates_per_epoch,
+        **scheduler_kwargs(config),
     )
-    if args.channels_last:
+    if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # The train loader stays unprepared: its sampler already shards (and repeats) per process.
     model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
-    ema = build_ema(accelerator.unwrap_model(model), args, total_updates=plan.total_updates)
-    pusher = start_pusher(args, accelerator)
-    run_config = start_outputs(args, accelerator)
+    ema = None
+    if config.model_ema:
+        ema = build_ema(accelerator.unwrap_model(model), **ema_kwargs(config), total_updates=plan.total_updates)
+    pusher = start_pusher(config, accelerator)
+    run_config = start_outputs(config, accelerator)
     run = Run(
-        args=args,
+        config=config,
         accelerator=accelerator,
         data=data,
         columns=columns,
@@ -348,17 +377,23 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
         ema=ema,
         optimizer=optimizer,
         scheduler=scheduler,
-        criterion=build_train_criterion(args),
+        criterion=build_train_criterion(**criterion_kwargs(config)),
         distiller=distiller,
-        normalize=Normalize(MEAN, STD, device=accelerator.device),
-        augment=build_batch_augmentation(args, num_classes=len(data.label_names), device=accelerator.device),
+        normalize=Normalize(config.mean, config.std, device=accelerator.device),
+        augment=build_batch_augmentation(
+            **batch_augmentation_kwargs(config), num_classes=len(data.label_names), device=accelerator.device
+        ),
         plan=plan,
         saver=CheckpointSaver(
-            accelerator, args.output_dir, ema=ema, every=args.checkpointing_steps, keep=args.checkpoints_total_limit
+            accelerator,
+            config.output_dir,
+            ema=ema,
+            every=config.checkpointing_steps,
+            keep=config.checkpoints_total_limit,
         ),
         state=TrainState(),
         processor=image_processor_for(
-            image_size, crop_pct=args.crop_pct, interpolation=args.interpolation, mean=MEAN, std=STD
+            image_size, crop_pct=config.crop_pct, interpolation=config.interpolation, mean=config.mean, std=config.std
         ),
         pusher=pusher,
         preemption=PreemptionWatch(accelerator),
@@ -367,13 +402,13 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
         top1_before=None,
         progress=None,
     )
-    if args.model_name_or_path:  # what the recovery starts from; re-measured on resume, the RNG is reset below
+    if config.model_name_or_path:  # what the recovery starts from; re-measured on resume, the RNG is reset below
         run.top1_before = evaluate_model(run.model, run.eval_loader, accelerator, normalize=run.normalize)["top1"]
     if resume:
         run.state = run.saver.load(resume)
         logger.info("resumed from %s at step %d", resume, run.state.step)
     else:
-        set_seed(args.seed + accelerator.process_index)  # distinct mixup and drop-path draws per process
+        set_seed(config.seed + accelerator.process_index)  # distinct mixup and drop-path draws per process
     log_header(run, resumed_from=resume)
     run.progress = tqdm(
         total=plan.total_updates,
@@ -386,169 +421,152 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> Run:
 
 def log_header(run: Run, *, resumed_from: str | None) -> None:
     """The run's first three lines: what it trains on, what it trains and how long, where the whole recipe is."""
-    args, plan, data = run.args, run.plan, run.data
+    config, plan, data = run.config, run.plan, run.data
     train_size = "a stream" if run.train_sampler is None else f"{len(data.train):,} training images"
     logger.info(
         "%s: %s, %s, %s validation images, %d classes",
-        args.experiment,
+        config.experiment,
         data.source,
         train_size,
         f"{len(data.validation):,}",
         len(data.label_names),
     )
-    global_batch = args.batch_size * args.grad_accum_steps * run.accelerator.num_processes
+    global_batch = config.batch_size * config.grad_accum_steps * run.accelerator.num_processes
     logger.info(
         "model: %s %s, %s parameters; %s updates of %s images on %d process(es)%s%s",
         run.summary["strategy"],
-        args.model_size,
+        config.model_size,
         f"{run.summary['num_parameters']:,}",
         f"{plan.total_updates:,}",
         f"{global_batch:,}",
         run.accelerator.num_processes,
-        f" ({FITTED})" if args.recipe_sources.get("batch_size") == FITTED else "",
+        f" ({FITTED})" if FITTED in (config.sources.get("batch_size"), config.sources.get("grad_accum_steps")) else "",
         f", resumed from {resumed_from} at update {run.state.step}" if resumed_from else "",
     )
     logger.info(
-        "recipe: %s; every value and its source in %s", args.recipe, os.path.join(args.output_dir, "args.json")
+        "recipe: %s; every value and its source in %s", config.recipe, os.path.join(config.output_dir, "args.json")
     )
 
 
 def build_distiller(
-    args: argparse.Namespace, *, label_names: list[str], image_size: int, device: torch.device
+    config: RunConfig, *, label_names: list[str], image_size: int, device: torch.device
 ) -> Distiller | None:
     """With --teacher_model_name_or_path: the teacher, checked against the data and the student before any long
     work, and how its predictions enter the loss."""
-    if not args.teacher_model_name_or_path:
+    if not config.teacher_model_name_or_path:
         return None
     teacher = load_teacher(
-        args.teacher_model_name_or_path,
+        config.teacher_model_name_or_path,
         label_names=label_names,
         image_size=image_size,
-        mean=MEAN,
-        std=STD,
+        mean=config.mean,
+        std=config.std,
         device=device,
     )
     return Distiller(
-        teacher, mode=args.distillation, alpha=args.distillation_alpha, temperature=args.distillation_temperature
+        teacher, mode=config.distillation, alpha=config.distillation_alpha, temperature=config.distillation_temperature
     )
-
-
-def plan_updates(
-    args: argparse.Namespace, data: ImageClassificationData, accelerator: Accelerator
-) -> tuple[Sampler | None, UpdatePlan]:
-    """This process's share of the training split, and how many updates each epoch and the run make of it."""
-    sampler = loaders.train_sampler(
-        data.train,
-        num_processes=accelerator.num_processes,
-        process_index=accelerator.process_index,
-        aug_repeats=args.aug_repeats,
-        seed=args.seed,
-    )
-    if fit_to_dataset(args, None if sampler is None else len(sampler)):  # the header says so
-        accelerator.gradient_accumulation_steps = args.grad_accum_steps
-    plan = UpdatePlan.for_run(
-        images_per_process=None if sampler is None else len(sampler),
-        batch_size=args.batch_size,
-        grad_accum_steps=args.grad_accum_steps,
-        epochs=args.epochs,
-        max_train_steps=args.max_train_steps,
-        num_processes=accelerator.num_processes,
-    )
-    return sampler, plan
 
 
 def build_loaders(
-    args: argparse.Namespace, data: ImageClassificationData, *, sampler, image_size: int, accelerator: Accelerator
+    config: RunConfig, data: ImageClassificationData, *, sampler, image_size: int, accelerator: Accelerator
 ) -> tuple[DataLoader, DataLoader, Callable, dict]:
     """The recipe's transforms applied as examples are read; the training and evaluation loaders, the evaluation
     transform and how an example's columns are read."""
-    train_transform, eval_transform = build_transforms(args, image_size=image_size, mean=MEAN)
-    columns = {"image_column": data.image_column, "label_column": data.label_column, "on_bad_image": args.on_bad_image}
+    train_transform, eval_transform = build_transforms(image_size=image_size, **transform_kwargs(config))
+    columns = {
+        "image_column": data.image_column,
+        "label_column": data.label_column,
+        "on_bad_image": config.on_bad_image,
+    }
     train_set = loaders.prepare_dataset(data.train, loaders.ExampleTransform(train_transform, **columns))
     eval_set = loaders.prepare_dataset(
         data.validation, loaders.ExampleTransform(eval_transform, **columns, placeholder_size=image_size)
     )
     train_loader = loaders.build_train_loader(
         train_set,
-        args,
+        **train_loader_kwargs(config),
         sampler=sampler,
         num_processes=accelerator.num_processes,
         process_index=accelerator.process_index,
     )
     eval_loader = loaders.eval_loader(
-        eval_set, batch_size=args.eval_batch_size, workers=args.workers, pin_memory=args.pin_mem
+        eval_set, batch_size=config.eval_batch_size, workers=config.workers, pin_memory=config.pin_mem
     )
     return train_loader, eval_loader, eval_transform, columns
 
 
-def start_pusher(args: argparse.Namespace, accelerator: Accelerator) -> HubPusher | None:
+def start_pusher(config: RunConfig, accelerator: Accelerator) -> HubPusher | None:
     """With --push_to_hub, on the main process: creating the pusher creates the repository, so a refused token or
     namespace stops the run before training."""
-    if not (args.push_to_hub and accelerator.is_main_process):
+    if not (config.push_to_hub and accelerator.is_main_process):
         return None
     return HubPusher(
-        args.hub_model_id,
-        token=args.hub_token,
-        private=args.hub_private_repo,
-        strategy=args.hub_strategy,
-        revision=args.hub_revision,
-        attempts=args.hub_push_attempts,
-        max_wait=args.hub_push_max_wait,
+        config.hub_model_id,
+        token=config.hub_token,
+        private=config.hub_private_repo,
+        strategy=config.hub_strategy,
+        revision=config.hub_revision,
+        attempts=config.hub_push_attempts,
+        max_wait=config.hub_push_max_wait,
     )
 
 
-def start_outputs(args: argparse.Namespace, accelerator: Accelerator) -> dict:
+def start_outputs(config: RunConfig, accelerator: Accelerator) -> dict:
     """The run's first writes, once every check has passed: partial checkpoints of a killed run removed, args.json,
     the trackers. Returns the run's configuration as args.json records it."""
-    run_config = outputs.public_arguments({k: v for k, v in vars(args).items() if k != "recipe_sources"})
-    run_config |= {"num_processes": accelerator.num_processes, "recipe": effective_recipe(args)}
-    if args.resume_from_checkpoint == AUTO:
-        check_same_run(args.output_dir, run_config)
+    run_config = config.run_record(num_processes=accelerator.num_processes)
+    if config.resume_from_checkpoint == AUTO:
+        check_same_run(config.output_dir, run_config)
     if accelerator.is_main_process:
-        remove_partial_checkpoints(args.output_dir)
-        outputs.write_json(f"{args.output_dir}/args.json", run_config)
+        remove_partial_checkpoints(config.output_dir)
+        outputs.write_json(f"{config.output_dir}/args.json", run_config)
     if accelerator.log_with:
-        accelerator.init_trackers(args.experiment, {k: str(v) for k, v in run_config.items()})
+        accelerator.init_trackers(config.experiment, {k: str(v) for k, v in run_config.items()})
     return run_config
 
 
-def load_data(args: argparse.Namespace) -> ImageClassificationData:
-    data = load_image_classification_data(**{key: getattr(args, key) for key in LOADING_ARGUMENTS})
-    if args.max_train_samples:
-        data.train = take(data.train, args.max_train_samples)
-    if args.max_eval_samples:
-        data.validation = take(data.validation, args.max_eval_samples)
+def load_data(config: RunConfig) -> ImageClassificationData:
+    data = load_image_classification_data(**{key: getattr(config, key) for key in LOADING_ARGUMENTS})
+    if config.max_train_samples:
+        data.train = take(data.train, config.max_train_samples)
+    if config.max_eval_samples:
+        data.validation = take(data.validation, config.max_eval_samples)
     check_readable(data)
     return data
 
 
-def load_model(args: argparse.Namespace, label_names: list[str]) -> ViTReducedForImageClassification:
+def load_model(config: RunConfig, label_names: list[str]) -> ViTReducedForImageClassification:
     """A new model of --model_size, or the saved one at --model_name_or_path with a new classifier for the labels."""
     labels = {"id2label": dict(enumerate(label_names)), "label2id": {name: i for i, name in enumerate(label_names)}}
-    if not args.model_name_or_path:
-        config = ViTReducedConfig.from_preset(
-            args.model_size,
-            **({"image_size": args.image_size} if args.image_size else {}),
-            reduction_strategy=args.strategy,
-            reduction_mlp_ratio=args.reduction_mlp_ratio,
-            mlp_share_group_size=args.mlp_share_group_size,
-            drop_path_rate=args.drop_path,
+    if not config.model_name_or_path:
+        model_config = ViTReducedConfig.from_preset(
+            config.model_size,
+            **({"image_size": config.image_size} if config.image_size else {}),
+            reduction_strategy=config.strategy,
+            reduction_mlp_ratio=config.reduction_mlp_ratio,
+            mlp_share_group_size=config.mlp_share_group_size,
+            drop_path_rate=config.drop_path,
             **labels,
         )
-        return ViTReducedForImageClassification(config)
-    strategy = {"reduction_strategy": args.strategy} if args.strategy else {}
+        return ViTReducedForImageClassification(model_config)
+    strategy = {"reduction_strategy": config.strategy} if config.strategy else {}
     try:
         model = ViTReducedForImageClassification.from_pretrained(
-            args.model_name_or_path, **strategy, **labels, drop_path_rate=args.drop_path, ignore_mismatched_sizes=True
+            config.model_name_or_path,
+            **strategy,
+            **labels,
+            drop_path_rate=config.drop_path,
+            ignore_mismatched_sizes=True,
         )
     except OSError as error:  # the Hub client's answer for a path that is not there, or not cached offline
         reason = str(error).splitlines()[0]
         raise ValueError(
-            f"--model_name_or_path={args.model_name_or_path!r} is neither a folder holding a saved model nor a model "
+            f"--model_name_or_path={config.model_name_or_path!r} is neither a folder holding a saved model nor a model "
             f"in the local Hub cache: {reason}"
         ) from None
-    if args.image_size and args.image_size != model.config.image_size:
-        model = model.at_image_size(args.image_size)
+    if config.image_size and config.image_size != model.config.image_size:
+        model = model.at_image_size(config.image_size)
     return model
 
 
@@ -560,10 +578,10 @@ def log_update(run: Run, loss: float) -> None:
         run.accelerator.log({"train/loss": loss, "train/lr": lr}, step=run.state.step)
 
 
-def configure_logging(accelerator: Accelerator) -> None:
+def configure_logging(*, is_main_process: bool) -> None:
     """One line per event for the whole run: ours from the main process only, none of Accelerate's INFO lines
     (five per checkpoint) or shared-tensor notes, nor Transformers' progress bar for every saved model."""
-    level = logging.INFO if accelerator.is_main_process else logging.WARNING
+    level = logging.INFO if is_main_process else logging.WARNING
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=level)
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     # A grouped model's shared MLP is listed under each block of its group; saving it once is what we want.

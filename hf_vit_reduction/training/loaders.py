@@ -327,15 +327,20 @@ def eval_loader(dataset, *, batch_size: int, workers: int, pin_memory: bool) -> 
     )
 
 
-def build_train_loader(dataset, args, *, sampler, num_processes: int, process_index: int) -> DataLoader:
-    """The training DataLoader from the run's flags; a stream is sharded and shuffled here, others by `sampler`."""
+def build_train_loader(
+    dataset,
+    *,
+    batch_size: int,
+    workers: int,
+    pin_memory: bool,
+    seed: int,
+    sampler,
+    num_processes: int,
+    process_index: int,
+) -> DataLoader:
+    """The training DataLoader; a stream is sharded and shuffled here, others by `sampler`."""
     if isinstance(dataset, datasets.IterableDataset):
-        dataset = shard_stream(dataset, num_processes=num_processes, process_index=process_index, seed=args.seed)
+        dataset = shard_stream(dataset, num_processes=num_processes, process_index=process_index, seed=seed)
     return train_loader(
-        dataset,
-        batch_size=args.batch_size,
-        sampler=sampler,
-        workers=args.workers,
-        pin_memory=args.pin_mem,
-        seed=args.seed,
+        dataset, batch_size=batch_size, sampler=sampler, workers=workers, pin_memory=pin_memory, seed=seed
     )

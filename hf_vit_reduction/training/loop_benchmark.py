@@ -12,6 +12,7 @@ import time
 import torch
 
 from . import loaders
+from .config import train_loader_kwargs
 from .outputs import write_json
 
 logger = logging.getLogger(__name__)
@@ -30,23 +31,27 @@ class LoopBenchmark:
         self.marks = []  # (time, images seen) at the end of the warm-up and at the last update
 
     def on_update(self, state) -> None:
-        if state.step in (self.run.args.benchmark_warmup, self.run.plan.total_updates):
+        if state.step in (self.run.config.benchmark_warmup, self.run.plan.total_updates):
             self.marks.append((time.perf_counter(), state.seen))
 
     def measure(self) -> dict:
         """Run the engine's `train` between two timings of the bare step; write loop_benchmark.json."""
         from .engine import train  # the engine runs this benchmark with --benchmark_loop
 
-        run, args, accelerator = self.run, self.run.args, self.run.accelerator
+        run, config, accelerator = self.run, self.run.config, self.run.accelerator
         decoded = in_memory(
             loaders.prepare_dataset(run.data.train, loaders.ExampleTransform(run.eval_transform, **run.columns))
         )
         world, rank = accelerator.num_processes, accelerator.process_index
         run.train_sampler = loaders.train_sampler(
-            decoded, num_processes=world, process_index=rank, aug_repeats=args.aug_repeats, seed=args.seed
+            decoded, num_processes=world, process_index=rank, aug_repeats=config.aug_repeats, seed=config.seed
         )
         run.train_loader = loaders.build_train_loader(
-            decoded, args, sampler=run.train_sampler, num_processes=world, process_index=rank
+            decoded,
+            **train_loader_kwargs(config),
+            sampler=run.train_sampler,
+            num_processes=world,
+            process_index=rank,
         )
         bare_before = self.bare_step_speed()
         train(run, callbacks=[self])
@@ -54,13 +59,13 @@ class LoopBenchmark:
         (start, seen_before), (end, seen_after) = self.marks
         report = self.report((seen_after - seen_before) / (end - start), bare_before, bare_after)
         if accelerator.is_main_process:
-            write_json(f"{args.output_dir}/loop_benchmark.json", report)
+            write_json(f"{config.output_dir}/loop_benchmark.json", report)
         logger.info("loop benchmark: %s", report)
         return report
 
     def bare_step_speed(self) -> float:
         """Images/s of forward, backward and AdamW on one fixed batch, with nothing around them."""
-        run, args, accelerator = self.run, self.run.args, self.run.accelerator
+        run, config, accelerator = self.run, self.run.config, self.run.accelerator
         batch = next(iter(run.train_loader))
         images = run.normalize(batch["pixel_values"].to(accelerator.device))
         images, targets = run.augment(images, batch["labels"].to(accelerator.device))
@@ -73,9 +78,9 @@ class LoopBenchmark:
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
 
-        for _ in range(args.benchmark_warmup):
+        for _ in range(config.benchmark_warmup):
             step()
-        steps = (args.max_train_steps - args.benchmark_warmup) * args.grad_accum_steps
+        steps = (config.max_train_steps - config.benchmark_warmup) * config.grad_accum_steps
         accelerator.wait_for_everyone()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -87,11 +92,11 @@ class LoopBenchmark:
         return len(targets) * steps * accelerator.num_processes / (time.perf_counter() - start)
 
     def report(self, loop_images_per_s: float, bare_before: float, bare_after: float) -> dict:
-        args = self.run.args
+        config = self.run.config
         bare = (bare_before + bare_after) / 2
         return {
-            "batch_size": args.batch_size,
-            "timed_updates": args.max_train_steps - args.benchmark_warmup,
+            "batch_size": config.batch_size,
+            "timed_updates": config.max_train_steps - config.benchmark_warmup,
             "loop_images_per_s": loop_images_per_s,
             "bare_step_images_per_s": bare,
             "bare_step_images_per_s_before_and_after": [bare_before, bare_after],

@@ -78,7 +78,7 @@ def write_together(accelerator, write, *, folder, what: str, needed) -> None:
         raise DiskFullError(folder, what, needed())
 
 
-def results(*, history: RunHistory, summary: dict, state, model, args, source: str) -> dict:
+def results(*, history: RunHistory, summary: dict, state, model, seed: int, source: str) -> dict:
     """results.json: the paper's figures (percent) first, then what identifies and sizes the run.
 
     `state` is the run's TrainState after its counts were gathered from every process.
@@ -88,7 +88,7 @@ def results(*, history: RunHistory, summary: dict, state, model, args, source: s
     return {
         **history.summary(),
         "strategy": model.config.reduction_strategy,
-        "seed": args.seed,
+        "seed": seed,
         "parameters": summary["num_parameters"],
         "mlp_parameters": summary["mlp_parameters"],
         "gmacs": summary["gmacs"],
@@ -211,8 +211,3 @@ def replica_checksums(model: torch.nn.Module, accelerator) -> list[float]:
     total = sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(model.parameters()))
     gathered = accelerator.gather(total.reshape(1).to(accelerator.device))
     return [float(x) for x in gathered.cpu()]
-
-
-def public_arguments(args: dict) -> dict:
-    """Arguments safe to log, save and push: secrets are dropped (Transformers' example logs the Hub token)."""
-    return {key: value for key, value in args.items() if "token" not in key.lower()}

@@ -2,6 +2,7 @@
 command, and the defaults are timm's."""
 
 import argparse
+import dataclasses
 import logging
 import random
 import re
@@ -21,7 +22,9 @@ from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import ModelEmaV3
 
-from hf_vit_reduction.training import recipe
+from hf_vit_reduction.training import arguments, builders, recipes
+from hf_vit_reduction.training import config as run_config
+from hf_vit_reduction.training.arguments import parse_args
 
 # timm's train.py (1.0.20-1.0.22, the paper's) as the seed's commands ran it: its argparse defaults for the fields
 # that shape training, overridden by the flags of those commands.
@@ -90,14 +93,21 @@ UPDATES_PER_EPOCH = 1251  # ImageNet-1k's 1,281,167 images, RepeatAugSampler ove
 def parse(argv):
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset_name")
-    recipe.add_recipe_arguments(parser)
+    recipes.add_recipe_arguments(parser)
     args = parser.parse_args(argv)
-    return args, recipe.apply_recipe(args)
+    return args, recipes.apply_recipe(args)
 
 
 @pytest.fixture
 def paper_args():
+    """The paper recipe's table, as its flags fill it."""
     return parse(["--dataset_name", "imagenet-1k"])[0]
+
+
+@pytest.fixture
+def paper_config():
+    """A run configuration of the paper's recipe, as the training script resolves it."""
+    return parse_args(["--dataset_name", "imagenet-1k"])
 
 
 def test_a_data_source_takes_the_paper_recipe_and_its_sources_are_recorded():
@@ -105,10 +115,10 @@ def test_a_data_source_takes_the_paper_recipe_and_its_sources_are_recorded():
     assert args.recipe == "paper"
     assert (args.min_lr, sources["min_lr"]) == (1e-6, "command line")
     assert (args.model_ema, sources["model_ema"]) == (False, "command line")
-    assert (args.aa, sources["aa"]) == (None, "command line")
+    assert (args.aa, sources["aa"]) == ("none", "command line")  # the run's configuration turns it off (None)
     assert (args.warmup_lr, sources["warmup_lr"]) == (1e-5, "paper recipe")
-    assert set(sources) == set(recipe.PAPER_RECIPE)
-    assert sum(source == "paper recipe" for source in sources.values()) == len(recipe.PAPER_RECIPE) - 3
+    assert set(sources) == set(recipes.PAPER_RECIPE)
+    assert sum(source == "paper recipe" for source in sources.values()) == len(recipes.PAPER_RECIPE) - 3
 
 
 def test_the_paper_recipe_is_what_the_seed_command_ran_under_timm(paper_args):
@@ -165,11 +175,16 @@ def _learning_rates(scheduler, optimizer, epochs: int, updates_per_epoch: int, t
 
 @pytest.mark.parametrize("variant", ["paper", "paper-modern"])
 def test_every_update_of_the_300_epoch_schedule_has_timm_train_py_learning_rate(variant):
-    args = parse(["--dataset_name", "imagenet-1k", "--recipe", variant])[0]
-    timm_args = SimpleNamespace(**{**vars(TIMM_SEED_ARGS), "sched_on_updates": args.sched_on_updates})
-    ours_optimizer = torch.optim.SGD([torch.zeros(1)], lr=args.lr)
+    config = parse_args(["--dataset_name", "imagenet-1k", "--recipe", variant])
+    timm_args = SimpleNamespace(**{**vars(TIMM_SEED_ARGS), "sched_on_updates": config.sched_on_updates})
+    ours_optimizer = torch.optim.SGD([torch.zeros(1)], lr=config.lr)
     timm_optimizer = torch.optim.SGD([torch.zeros(1)], lr=timm_args.lr)
-    ours = recipe.build_scheduler(ours_optimizer, args, num_epochs=300 * 1.0, updates_per_epoch=UPDATES_PER_EPOCH)
+    ours = builders.build_scheduler(
+        ours_optimizer,
+        **run_config.scheduler_kwargs(config),
+        num_epochs=300 * 1.0,
+        updates_per_epoch=UPDATES_PER_EPOCH,
+    )
     timm_scheduler, num_epochs = create_scheduler_v2(
         timm_optimizer, **scheduler_kwargs(timm_args, decreasing_metric=False), updates_per_epoch=UPDATES_PER_EPOCH
     )
@@ -215,8 +230,10 @@ def _timm_loader_transform(is_training: bool):
 
 
 @pytest.mark.parametrize("is_training", [True, False])
-def test_transforms_are_timm_create_loader_s(paper_args, is_training):
-    ours = recipe.build_transforms(paper_args, image_size=224, mean=(0.5,) * 3)[0 if is_training else 1]
+def test_transforms_are_timm_create_loader_s(paper_config, is_training):
+    ours = builders.build_transforms(image_size=224, **run_config.transform_kwargs(paper_config))[
+        0 if is_training else 1
+    ]
     theirs = _timm_loader_transform(is_training)
     # Same operations with the same parameters (interpolation included), down to the uint8 tensor timm's prefetcher
     # then normalizes on the device.
@@ -233,24 +250,25 @@ def test_transforms_are_timm_create_loader_s(paper_args, is_training):
 
 
 @pytest.mark.parametrize("is_training", [True, False])
-def test_uint8_normalized_on_the_device_equals_timm_float_path(paper_args, is_training):
+def test_uint8_normalized_on_the_device_equals_timm_float_path(paper_config, is_training):
     """The same draws through timm's no-prefetcher transform (ToTensor + Normalize in the worker) give the very
     floats that our uint8 transform followed by `Normalize` on the batch gives."""
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    ours = recipe.build_transforms(paper_args, image_size=64, mean=mean)[0 if is_training else 1]
+    ours = builders.build_transforms(image_size=64, **{**run_config.transform_kwargs(paper_config), "mean": mean})
+    ours = ours[0 if is_training else 1]
     float_path = create_transform(
         64,
         is_training=is_training,
-        scale=paper_args.scale,
-        hflip=paper_args.hflip,
-        auto_augment=paper_args.aa if is_training else None,
-        interpolation=paper_args.train_interpolation if is_training else paper_args.interpolation,
-        crop_pct=None if is_training else paper_args.crop_pct,
+        scale=paper_config.scale,
+        hflip=paper_config.hflip,
+        auto_augment=paper_config.aa if is_training else None,
+        interpolation=paper_config.train_interpolation if is_training else paper_config.interpolation,
+        crop_pct=None if is_training else paper_config.crop_pct,
         mean=mean,
         std=std,
     )
     assert type(float_path.transforms[-1]).__name__ == "Normalize"
-    normalize = recipe.Normalize(mean, std, device="cpu")
+    normalize = builders.Normalize(mean, std, device="cpu")
     image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8))
     for seed in range(6):
         uint8 = torch.stack([_seeded(seed * 10 + i, ours, image) for i in range(2)])
@@ -258,22 +276,28 @@ def test_uint8_normalized_on_the_device_equals_timm_float_path(paper_args, is_tr
         assert torch.equal(normalize(uint8), floats)
 
 
-def test_random_erasing_runs_on_the_batch_per_image_before_mixing_only_when_asked(paper_args):
-    for args in (paper_args, parse([])[0]):
-        train, _ = recipe.build_transforms(args, image_size=32, mean=(0.5,) * 3)
+def test_random_erasing_runs_on_the_batch_per_image_before_mixing_only_when_asked(paper_config):
+    digits = parse_args([])
+    for config in (paper_config, digits):
+        train, _ = builders.build_transforms(image_size=32, **run_config.transform_kwargs(config))
         assert not any(isinstance(op, RandomErasing) for op in train.transforms)
-    augmentation = recipe.build_batch_augmentation(paper_args, num_classes=5, device="cpu")
+    augmentation = builders.build_batch_augmentation(
+        **run_config.batch_augmentation_kwargs(paper_config), num_classes=5, device="cpu"
+    )
     assert augmentation.image_erasing is None and augmentation.random_erasing.probability == 0.25
-    digits = parse([])[0]
-    augmentation = recipe.build_batch_augmentation(digits, num_classes=10, device="cpu")
+    augmentation = builders.build_batch_augmentation(
+        **run_config.batch_augmentation_kwargs(digits), num_classes=10, device="cpu"
+    )
     assert augmentation.random_erasing is None
     erasing = augmentation.image_erasing
     assert (erasing.probability, erasing.mode, erasing.max_count) == (0.1, "pixel", 1)
-    train, _ = recipe.build_transforms(digits, image_size=32, mean=(0.5,) * 3)
+    train, _ = builders.build_transforms(image_size=32, **run_config.transform_kwargs(digits))
     assert "interpolation=bicubic" in repr(train.transforms[0]).replace(" ", "")
     # Each image of the batch erased on its own (probability 1: all of them), then the erased images mixed.
-    digits.reprob = 1.0
-    augmentation = recipe.build_batch_augmentation(digits, num_classes=10, device="cpu")
+    digits = dataclasses.replace(digits, reprob=1.0)
+    augmentation = builders.build_batch_augmentation(
+        **run_config.batch_augmentation_kwargs(digits), num_classes=10, device="cpu"
+    )
     images, labels = torch.zeros(4, 3, 16, 16), torch.arange(4)
     erased = _seeded(3, augmentation.image_erasing, images.clone())
     assert all((erased[i] != 0).any() for i in range(4))
@@ -294,8 +318,8 @@ def _seeded(seed, function, *args):
 
 
 @pytest.mark.parametrize(("mixup", "cutmix"), [(0.8, 0.0), (0.0, 1.0)])
-def test_batch_augmentation_mixes_then_erases_as_timm_collate_and_prefetcher(paper_args, mixup, cutmix):
-    paper_args.mixup, paper_args.cutmix, paper_args.reprob = mixup, cutmix, 1.0  # erasing on every image
+def test_batch_augmentation_mixes_then_erases_as_timm_collate_and_prefetcher(paper_config, mixup, cutmix):
+    config = dataclasses.replace(paper_config, mixup=mixup, cutmix=cutmix, reprob=1.0)  # erasing on every image
     pixels = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (4, 3, 24, 24), dtype=np.uint8))
     labels = torch.tensor([0, 1, 2, 3])
     mean, std = 127.5, 127.5
@@ -309,7 +333,9 @@ def test_batch_augmentation_mixes_then_erases_as_timm_collate_and_prefetcher(pap
         batch = batch.float().sub_(mean).div_(std)
         return RandomErasing(1.0, mode="pixel", max_count=1, num_splits=0, device="cpu")(batch), targets
 
-    augmentation = recipe.build_batch_augmentation(paper_args, num_classes=5, device="cpu")
+    augmentation = builders.build_batch_augmentation(
+        **run_config.batch_augmentation_kwargs(config), num_classes=5, device="cpu"
+    )
     ours, ours_targets = _seeded(2, augmentation, (pixels.float() - mean) / std, labels)
     theirs, their_targets = _seeded(2, timm_pipeline)
     torch.testing.assert_close(ours_targets, their_targets)
@@ -325,22 +351,30 @@ def test_batch_augmentation_mixes_then_erases_as_timm_collate_and_prefetcher(pap
     assert differs.float().mean() > 0.05
 
 
-def test_batch_augmentation_is_the_identity_when_everything_is_off(paper_args):
-    paper_args.mixup = paper_args.cutmix = paper_args.reprob = 0.0
-    augmentation = recipe.build_batch_augmentation(paper_args, num_classes=5, device="cpu")
+def test_batch_augmentation_is_the_identity_when_everything_is_off(paper_config):
+    config = dataclasses.replace(paper_config, mixup=0.0, cutmix=0.0, reprob=0.0)
+    augmentation = builders.build_batch_augmentation(
+        **run_config.batch_augmentation_kwargs(config), num_classes=5, device="cpu"
+    )
     images, labels = torch.randn(3, 3, 8, 8), torch.tensor([0, 4, 2])
     out_images, out_labels = augmentation(images.clone(), labels)
     assert torch.equal(out_images, images) and torch.equal(out_labels, labels)
-    assert isinstance(recipe.build_train_criterion(paper_args), LabelSmoothingCrossEntropy)
-    paper_args.smoothing = 0.0
-    assert type(recipe.build_train_criterion(paper_args)) is torch.nn.CrossEntropyLoss
+    assert isinstance(
+        builders.build_train_criterion(**run_config.criterion_kwargs(config)), LabelSmoothingCrossEntropy
+    )
+    config = dataclasses.replace(config, smoothing=0.0)
+    assert type(builders.build_train_criterion(**run_config.criterion_kwargs(config))) is torch.nn.CrossEntropyLoss
 
 
-def test_an_odd_batch_loses_its_last_image_to_mixup(paper_args):
-    augmentation = recipe.build_batch_augmentation(paper_args, num_classes=5, device="cpu")
+def test_an_odd_batch_loses_its_last_image_to_mixup(paper_config):
+    augmentation = builders.build_batch_augmentation(
+        **run_config.batch_augmentation_kwargs(paper_config), num_classes=5, device="cpu"
+    )
     images, targets = augmentation(torch.randn(5, 3, 8, 8), torch.tensor([0, 1, 2, 3, 4]))
     assert images.shape[0] == targets.shape[0] == 4 and targets.shape[1] == 5
-    assert isinstance(recipe.build_train_criterion(paper_args), SoftTargetCrossEntropy)
+    assert isinstance(
+        builders.build_train_criterion(**run_config.criterion_kwargs(paper_config)), SoftTargetCrossEntropy
+    )
 
 
 # timm's ViT parameter names -> ours; `{mlp}` is the block's MLP index in our model.
@@ -396,7 +430,7 @@ def test_optimizer_groups_are_timm_create_optimizer_v2_s(make_model, strategy):
     overrides = {"reduction_mlp_ratio": 2.0} if strategy == "thin" else {}
     model = make_model(strategy, **overrides)
     reference = _reference_timm_model(strategy)
-    ours = recipe.build_optimizer(model, lr=1e-3, weight_decay=0.05, fused=False)
+    ours = builders.build_optimizer(model, lr=1e-3, weight_decay=0.05, fused=False)
     theirs = create_optimizer_v2(reference, **optimizer_kwargs(cfg=TIMM_SEED_ARGS))
     our_names = {id(p): name for name, p in model.named_parameters()}
     their_names = {id(p): _our_name(name) for name, p in reference.named_parameters()}
@@ -429,11 +463,11 @@ def _one_ema_update(ema, model):
 
 
 @pytest.mark.parametrize("per_use", [False, True])
-def test_ema_decays_each_tensor_once_or_shared_ones_once_per_use(make_model, paper_args, per_use):
+def test_ema_decays_each_tensor_once_or_shared_ones_once_per_use(make_model, per_use):
     decay = 0.9
-    paper_args.model_ema_decay, paper_args.ema_shared_decay_per_use = decay, per_use
     model = make_model("grouped")
-    moved = _one_ema_update(recipe.build_ema(model, paper_args, total_updates=10**6), model)
+    ema = builders.build_ema(model, decay=decay, warmup=False, decay_per_use=per_use, total_updates=10**6)
+    moved = _one_ema_update(ema, model)
     # Two shared MLPs (fc1/fc2 weight and bias), each listed under both blocks of its group.
     shared = {key for key in moved if ".mlp." in key}
     assert len(shared) == 16 and model.vit.layers[1].mlp is model.vit.layers[0].mlp
@@ -442,15 +476,14 @@ def test_ema_decays_each_tensor_once_or_shared_ones_once_per_use(make_model, pap
         assert fraction == pytest.approx(expected, abs=1e-4), key
 
 
-def test_the_per_use_switch_reproduces_the_reference_ema_of_a_shared_mlp(make_model, paper_args):
+def test_the_per_use_switch_reproduces_the_reference_ema_of_a_shared_mlp(make_model):
     # The reference: timm's ModelEmaV3 on a timm ViT whose blocks 0 and 1 (2 and 3) hold one MLP module, as the
     # paper's code builds it; ours: build_ema with --ema_shared_decay_per_use on our grouped model, same weights.
     model = make_model("grouped")
     reference = _reference_timm_model("grouped")
     weights = model.state_dict()
     reference.load_state_dict({name: weights[_our_name(name)] for name in reference.state_dict()})
-    paper_args.model_ema_decay, paper_args.ema_shared_decay_per_use = 0.9, True
-    ours = recipe.build_ema(model, paper_args, total_updates=10**6)
+    ours = builders.build_ema(model, decay=0.9, warmup=False, decay_per_use=True, total_updates=10**6)
     theirs = ModelEmaV3(reference, decay=0.9)
     generator = torch.Generator().manual_seed(0)
     for _ in range(3):
@@ -468,39 +501,36 @@ def test_the_per_use_switch_reproduces_the_reference_ema_of_a_shared_mlp(make_mo
         assert torch.allclose(ours_state[_our_name(name)], value, atol=1e-6), name
 
 
-def test_an_ema_that_outlasts_the_run_is_reported_once(make_model, paper_args, caplog):
-    caplog.set_level(logging.WARNING, logger="hf_vit_reduction.training.recipe")
-    recipe.build_ema(make_model(), paper_args, total_updates=2_000)
+def test_an_ema_that_outlasts_the_run_is_reported_once(make_model, paper_config, caplog):
+    caplog.set_level(logging.WARNING, logger="hf_vit_reduction.training.builders")
+    builders.build_ema(make_model(), **run_config.ema_kwargs(paper_config), total_updates=2_000)
     [record] = caplog.records
     share = 100 * 0.9998**1999
     assert f"will still be {share:.0f}% the first update's weights after the run's 2000 updates" in record.getMessage()
     assert "the EMA is the model reported and saved" in record.getMessage()
     caplog.clear()
-    recipe.build_ema(make_model(), paper_args, total_updates=300 * UPDATES_PER_EPOCH)
-    paper_args.model_ema_warmup = True
-    recipe.build_ema(make_model(), paper_args, total_updates=2_000)
+    builders.build_ema(make_model(), **run_config.ema_kwargs(paper_config), total_updates=300 * UPDATES_PER_EPOCH)
+    warmup = dataclasses.replace(paper_config, model_ema_warmup=True)
+    builders.build_ema(make_model(), **run_config.ema_kwargs(warmup), total_updates=2_000)
     assert caplog.records == []
-    paper_args.model_ema = False
-    assert recipe.build_ema(make_model(), paper_args, total_updates=2_000) is None
 
 
 def test_amp_is_timm_s_float16_with_loss_scaling_unless_asked(monkeypatch):
-    assert recipe.mixed_precision("bf16", amp=False) == "bf16"
+    assert arguments.mixed_precision("bf16", amp=False) == "bf16"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert recipe.mixed_precision(None, amp=True) == "no"
+    assert arguments.mixed_precision(None, amp=True) == "no"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert recipe.mixed_precision(None, amp=True) == "fp16"
-    assert recipe.mixed_precision(None, amp=True, amp_dtype="bfloat16") == "bf16"
-    assert recipe.mixed_precision(None, amp=False) == "no"
+    assert arguments.mixed_precision(None, amp=True) == "fp16"
+    assert arguments.mixed_precision(None, amp=True, amp_dtype="bfloat16") == "bf16"
+    assert arguments.mixed_precision(None, amp=False) == "no"
 
 
 def test_torch_backends_follow_timm_train_py(paper_args):
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark
     try:
-        recipe.configure_torch_backends(paper_args)
+        builders.configure_torch_backends(tf32=paper_args.tf32, cudnn_benchmark=paper_args.cudnn_benchmark)
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.benchmark
-        paper_args.tf32 = paper_args.cudnn_benchmark = False
-        recipe.configure_torch_backends(paper_args)
+        builders.configure_torch_backends(tf32=False, cudnn_benchmark=False)
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.benchmark
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark = saved
