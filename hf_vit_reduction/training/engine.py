@@ -22,6 +22,7 @@ from transformers import BaseImageProcessor
 
 from .. import ViTReducedConfig, ViTReducedForImageClassification, summarize
 from ..conversion.provenance import recovery_provenance, write_provenance
+from ..evaluation.scoring import evaluate_model, evaluate_model_and_ema
 from ..hub.model_card import write_model_card
 from ..hub.pushing import HubPusher, HubPushError
 from ..image_processing_vit_reduced import image_processor_for
@@ -67,7 +68,6 @@ from .data import (
     take,
 )
 from .distillation import Distiller, load_teacher
-from ..evaluation.scoring import evaluate_model, evaluate_model_and_ema
 from .loop_benchmark import LoopBenchmark
 from .outputs import DiskFullError
 from .preemption import PreemptionWatch, is_lost_process, lost_process
