@@ -30,7 +30,7 @@ from ..training.data import add_data_arguments
 from ..training.outputs import write_atomic
 from .loading import label_map, load_split, scoring_loader
 from .scoring import evaluate_model
-from .sources import Classifier, compute_figures, load_classifier
+from .sources import TABLE_2_KEYS, Classifier, compute_figures, load_classifier
 
 logger = logging.getLogger(__name__)
 RESULTS_FORMATS = (".json", ".csv")
@@ -51,6 +51,7 @@ COLUMNS = (
     "parameters",
     "gmacs",
     "gmacs_convention",
+    *TABLE_2_KEYS,
     "label_match",
     "preprocessing",
     "data",

@@ -30,6 +30,8 @@ from ..training.builders import Normalize
 
 TIMM_PREFIX = "timm:"
 TIMM_SOURCES = ("hf-hub:", "local-dir:")  # timm.create_model's own
+# The paper's Table 2 figures that only a ViTReduced model has (hf_vit_reduction.summary).
+TABLE_2_KEYS = ("strategy", "mlp_parameters", "unique_mlps", "expansion_ratio")
 
 
 @dataclass
@@ -225,17 +227,29 @@ def timm_label_names(model) -> list[str] | None:
 def compute_figures(classifier: Classifier, input_shape: tuple[int, ...]) -> dict:
     """Parameters and GMACs per image, with the convention the GMACs are counted in.
 
-    A ViTReduced model: `hf_vit_reduction.summary` (the paper's Table 2 convention). Any other: the multiply-adds
+    A ViTReduced model: `hf_vit_reduction.summary` (the paper's Table 2 convention, and its other columns). Any
+    other: the multiply-adds
     of matmuls, convolutions and attention that `torch.utils.flop_counter.FlopCounterMode` counts (its FLOPs / 2)
     in one forward pass at the preprocessed size.
     """
     model = classifier.model
     parameters = sum(p.numel() for p in model.parameters())
     if isinstance(model, ViTReducedForImageClassification):
-        return {"parameters": parameters, "gmacs": summarize(model)["gmacs"], "gmacs_convention": "paper"}
+        summary = summarize(model)
+        return {
+            "parameters": parameters,
+            "gmacs": summary["gmacs"],
+            "gmacs_convention": "paper",
+            **{key: summary[key] for key in TABLE_2_KEYS},
+        }
     from torch.utils.flop_counter import FlopCounterMode
 
     device = next(model.parameters()).device
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(pixel_values=torch.zeros(1, *input_shape, device=device))
-    return {"parameters": parameters, "gmacs": counter.get_total_flops() / 2e9, "gmacs_convention": "flop_counter"}
+    return {
+        "parameters": parameters,
+        "gmacs": counter.get_total_flops() / 2e9,
+        "gmacs_convention": "flop_counter",
+        **dict.fromkeys(TABLE_2_KEYS),
+    }

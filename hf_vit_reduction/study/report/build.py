@@ -67,8 +67,10 @@ def strategy_order(strategies) -> list[str]:
     return known + sorted(set(strategies) - set(known))
 
 
-def build_report(runs: list[Run], left_out: list[dict], benchmark: dict | None = None) -> dict:
-    """Every number of the report, JSON-serializable."""
+def build_report(
+    runs: list[Run], left_out: list[dict], benchmark: dict | None = None, *, evaluations: list[dict] = ()
+) -> dict:
+    """Every number of the report, JSON-serializable; `evaluations`: rows of `evaluate`'s results files."""
     recoveries = [run for run in runs if run.results.get("provenance")]
     runs = [run for run in runs if not run.results.get("provenance")]
     groups = {s: [run for run in runs if run.strategy == s] for s in strategy_order({r.strategy for r in runs})}
@@ -126,6 +128,7 @@ def build_report(runs: list[Run], left_out: list[dict], benchmark: dict | None =
         "left_out": left_out,
         "plots": dict(PLOTS),
         "recovery": [recovery_row(run, groups.get(run.strategy, [])) for run in recoveries],
+        "evaluations": list(evaluations),
     }
 
 

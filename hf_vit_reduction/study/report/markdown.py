@@ -41,6 +41,14 @@ def _p_value(test: dict | None) -> str:
 
 def results_section(report: dict, image_prefix: str = "", heading: str = "###") -> str:
     """The results as markdown (tables, notes, plots) for a README or a model card; images under `image_prefix`."""
+    sections = [runs_section(report, image_prefix, heading)] if report["strategies"] else []
+    if report.get("evaluations"):
+        sections.append(evaluations_section(report["evaluations"], heading))
+    return "\n".join(sections)
+
+
+def runs_section(report: dict, image_prefix: str, heading: str) -> str:
+    """Table 1, the recoveries, Table 2 and the plots of the training runs."""
     strategies = report["strategies"]
     benchmark = report["throughput"]["source"] == "benchmark"
     if benchmark:
@@ -147,3 +155,47 @@ def _number(value, suffix: str) -> str:
     if suffix == "%":
         return f"{value:.2f}%"
     return f"{value:.0f}{suffix}"
+
+
+def evaluations_section(rows: list[dict], heading: str) -> str:
+    """`evaluate`'s rows: the scores, and the paper's Table 2 columns where the model is a ViTReduced."""
+    lines = [
+        f"{heading} Evaluated models",
+        "",
+        (
+            "| model | kind | data | top-1 | top-5 | agreement | parameters | MLP parameters | unique MLPs | GMACs | "
+            "expansion ratio | images/s |"
+        ),
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        mlp, unique, ratio = (row.get(key) for key in ("mlp_parameters", "unique_mlps", "expansion_ratio"))
+        gmacs = row.get("gmacs")
+        lines.append(
+            f"| `{row['model']}` | {row.get('kind') or '?'} | {row.get('data') or '?'} | {row['top1']:.2f} | "
+            f"{row['top5']:.2f} | {row['agreement']:.2f} | {_count(row.get('parameters'))} | {_count(mlp)} | "
+            f"{'–' if unique is None else unique} | "
+            f"{'–' if gmacs is None else f'{gmacs:.4g}'}{'' if row.get('gmacs_convention') == 'paper' else '*'} | "
+            f"{'–' if ratio is None else f'{ratio:.2f}×'} | {_rate(row.get('images_per_s'))} |"
+        )
+    settings = dict.fromkeys(
+        f"`{row['results_file']}`: {row.get('device')}, {row.get('dtype')}, batch {row.get('batch_size')}"
+        for row in rows
+    )
+    lines += [
+        "",
+        (
+            "Top-1, top-5 and agreement (the share of images whose top-1 equals the first model's of the same "
+            "`hf-vit-reduction evaluate` run) in percent. GMACs per image in the paper's convention "
+            "(`hf_vit_reduction.summary`); * counted by `torch.utils.flop_counter` (FLOPs / 2) for models other "
+            "than ViTReduced, whose MLP columns are left empty. Images/s end to end, decoding included: "
+            + "; ".join(settings)
+            + "."
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _count(value) -> str:
+    return "–" if value is None else f"{value:,}"
