@@ -9,6 +9,7 @@ import pytest
 import timm
 import torch
 from PIL import Image
+from script_runs import TWO_PROCESSES, run_command, run_script
 from timm.data import create_transform, resolve_data_config
 from timm.models import save_for_hf
 from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification, ViTImageProcessor
@@ -282,3 +283,43 @@ def test_labels_are_matched_by_name_whatever_the_models_order(vit_dir, tmp_path)
     assert reversed_row["agreement"] == 100
     for key in ("top1", "top5", "loss"):
         assert reversed_row[key] == pytest.approx(original[key], rel=1e-5)
+
+
+@pytest.mark.slow  # two processes under accelerate launch
+def test_under_accelerate_launch_every_image_is_counted_once(run_dir, vit_dir, tmp_path):
+    results = tmp_path / "two.json"
+    # 37 images in batches of 4 on two processes: the last batch is padded, and the padding must not count.
+    command = [*TWO_PROCESSES, "-m", "hf_vit_reduction", "evaluate", str(run_dir), str(vit_dir)]
+    finished = run_command([*command, *FAST[:-1], "4", "--results_file", str(results)], timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    two = json.loads(results.read_text())
+    one = evaluate([str(run_dir), str(vit_dir), *FAST])
+    for ours, single in zip(two, one):
+        assert ours["images"] == COUNT and ours["batch_size"] == 8 and ours["device"].startswith("2 x ")
+        for key in ("top1", "top5", "agreement"):
+            assert ours[key] == pytest.approx(single[key]), key
+        assert ours["loss"] == pytest.approx(single["loss"], rel=1e-5)
+
+
+@pytest.mark.slow  # a paper-recipe training run in a subprocess
+def test_a_paper_recipe_run_with_its_0_9_crop_scores_as_its_run_pipeline_and_timm(tmp_path, digits):
+    images, labels = digits
+    out = tmp_path / "paper"
+    arguments = ["--recipe", "paper", "--model_size", "digits", "--image_size", "48", "--output_dir", str(out)]
+    arguments += ["--max_train_steps", "2", "--batch_size", "8", "--max_eval_samples", str(COUNT), "--workers", "0"]
+    finished = run_script([*arguments, "--report_to", "none"], timeout=400)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    evaluation = timm_evaluation_of(out)
+    assert json.loads((out / "args.json").read_text())["recipe"]["crop_pct"]["value"] == 0.9
+    model = AutoModelForImageClassification.from_pretrained(out).eval()
+    expected = top1(model, evaluation, images)
+    results = json.loads((out / "results.json").read_text())
+    assert 100 * sum(p == y for p, y in zip(expected, labels)) / COUNT == pytest.approx(results["final_top1"])
+    (row,) = evaluate([str(out), *FAST])
+    assert row["predictions"] == expected and row["top1"] == pytest.approx(results["final_top1"])
+    assert row["loss"] == pytest.approx(mean_loss(model, evaluation, images, labels), rel=1e-5)
+    for i, image in enumerate(images):
+        image.save(tmp_path / f"{i:02d}.png")
+    classifier = transformers_pipeline("image-classification", model=str(out))
+    predicted = [result[0]["label"] for result in classifier([str(tmp_path / f"{i:02d}.png") for i in range(COUNT)])]
+    assert [DIGITS[p] for p in row["predictions"]] == predicted
