@@ -150,6 +150,12 @@ def test_a_timm_model_scores_as_timms_own_transform_and_model(timm_dir, digits):
     assert row["loss"] == pytest.approx(mean_loss(model, create_transform(**config), images, labels), rel=1e-5)
     assert row["top1"] == pytest.approx(100 * sum(p == y for p, y in zip(expected, labels)) / COUNT)
     assert row["kind"] == "timm vit_base_patch16_224" and row["gmacs_convention"] == "flop_counter"
+    assert row["parameters"] == sum(p.numel() for p in model.parameters())
+    # By hand: 64 patches of 4x4x3 embedded in 64; per block over 65 tokens, qkv, projection, the MLP (256) and
+    # attention's two products; the head.
+    tokens, width = 65, 64
+    block = tokens * width * (3 * width + width + 2 * 256) + 2 * tokens * tokens * width
+    assert row["gmacs"] * 1e9 == pytest.approx(64 * 48 * width + 4 * block + width * 10)
 
 
 def test_four_kinds_side_by_side_with_their_agreement(run_dir, vit_dir, timm_dir, digits, tmp_path, monkeypatch):

@@ -59,7 +59,9 @@ COLUMNS = (
 )
 GMACS_CONVENTIONS = {
     "paper": "the paper's convention (hf_vit_reduction.summary)",
-    "flop_counter": "torch.utils.flop_counter's FLOPs / 2 (matmuls, convolutions, attention) in one forward pass",
+    "flop_counter": (
+        "torch.utils.flop_counter's FLOPs / 2 in one forward pass: every matmul, convolution and attention product"
+    ),
 }
 
 

@@ -229,8 +229,8 @@ def compute_figures(classifier: Classifier, input_shape: tuple[int, ...]) -> dic
 
     A ViTReduced model: `hf_vit_reduction.summary` (the paper's Table 2 convention, and its other columns). Any
     other: the multiply-adds
-    of matmuls, convolutions and attention that `torch.utils.flop_counter.FlopCounterMode` counts (its FLOPs / 2)
-    in one forward pass at the preprocessed size.
+    of every matmul, convolution and attention product that `torch.utils.flop_counter.FlopCounterMode` counts (its
+    FLOPs / 2) in one forward pass at the preprocessed size; norms, activations and softmax are not counted.
     """
     model = classifier.model
     parameters = sum(p.numel() for p in model.parameters())
@@ -242,10 +242,13 @@ def compute_figures(classifier: Classifier, input_shape: tuple[int, ...]) -> dic
             "gmacs_convention": "paper",
             **{key: summary[key] for key in TABLE_2_KEYS},
         }
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     device = next(model.parameters()).device
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    # Attention through the math backend: its matmuls are counted on every device (the counter knows CUDA's fused
+    # attention kernels but not the CPU's, which would leave attention out there).
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(pixel_values=torch.zeros(1, *input_shape, device=device))
     return {
         "parameters": parameters,
