@@ -9,6 +9,7 @@ import pytest
 import timm
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 from script_runs import TWO_PROCESSES, run_command, run_script
 from timm.data import create_transform, resolve_data_config
 from timm.models import save_for_hf
@@ -253,6 +254,7 @@ def _broken_folder(root):
         (["{tmp}/absent"], "model '{tmp}/absent' is neither a model folder"),
         (["{tmp}/not_classifier"], "is a 'gpt2' model, not an image classifier"),
         (["timm:vit_tiny_patch16_225"], "'vit_tiny_patch16_225' is not a timm model name; close names"),
+        (["timm:test_vit3.r160_in1k"], "timm cannot load its weights offline or from the folder"),
         (["{run}", "--validation_dir", "{tmp}/broken"], "none of the 2 images of the validation split"),
         (["{run}", "--results_file", "{tmp}/nowhere/r.json"], "the folder '{tmp}/nowhere' does not exist"),
         (["{run}", "--results_file", "{tmp}/r.txt"], "must end in .json or .csv"),
@@ -329,3 +331,27 @@ def test_a_paper_recipe_run_with_its_0_9_crop_scores_as_its_run_pipeline_and_tim
     classifier = transformers_pipeline("image-classification", model=str(out))
     predicted = [result[0]["label"] for result in classifier([str(tmp_path / f"{i:02d}.png") for i in range(COUNT)])]
     assert [DIGITS[p] for p in row["predictions"]] == predicted
+
+
+def test_a_timm_name_with_its_weights_in_the_local_cache(tmp_path, monkeypatch, digits, capsys):
+    images, labels = digits
+    # timm's pretrained weights of a registry name, laid out in the Hub cache as a download leaves them.
+    torch.manual_seed(3)
+    weights = timm.create_model("test_vit.r160_in1k", pretrained=False).state_dict()
+    snapshot = tmp_path / "hub" / "models--timm--test_vit.r160_in1k" / "snapshots" / ("ab" * 20)
+    snapshot.mkdir(parents=True)
+    save_file(weights, snapshot / "model.safetensors")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("ab" * 20)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    # ImageNet's 1,000 classes are not the digits': by name it is refused, by index class i scores digit i.
+    with pytest.raises(SystemExit) as error:
+        evaluate(["timm:test_vit.r160_in1k", *FAST])
+    assert str(error.value).startswith("error: the labels of model 'timm:test_vit.r160_in1k' are not the dataset's")
+    (row,) = evaluate(["timm:test_vit.r160_in1k", *FAST, "--ignore_label_names"])
+    model = timm.create_model("test_vit.r160_in1k", pretrained=True).eval()
+    config = resolve_data_config({}, model=model)
+    assert config["input_size"] == (3, 160, 160) and config["crop_pct"] == 0.95
+    assert row["predictions"] == top1(model, create_transform(**config), images)
+    assert row["loss"] == pytest.approx(mean_loss(model, create_transform(**config), images, labels), rel=1e-5)
+    assert "labels matched by index" in capsys.readouterr().out
