@@ -1,5 +1,7 @@
 """Small source models and helpers shared by the conversion tests."""
 
+import math
+
 import timm
 import torch
 from transformers import ViTConfig, ViTForImageClassification
@@ -13,6 +15,24 @@ TIMM_TINY = {
     "depth": 2,
     "num_heads": 4,
 }
+
+
+def resize_size(preprocessing) -> int:
+    """The side timm resizes to before the crop (floor(image_size / crop_pct), as transforms_imagenet_eval)."""
+    return math.floor(preprocessing.image_size / preprocessing.crop_pct)
+
+
+def same_pixels(a, b) -> bool:
+    """Two preprocessings giving the same pixels: crop_pct values that resize to the same side are one."""
+    fields = ("image_size", "crop_mode", "interpolation")
+    return (
+        all(getattr(a, f) == getattr(b, f) for f in fields)
+        and resize_size(a) == resize_size(b)
+        and all(
+            len(x) == len(y) and all(math.isclose(u, v, abs_tol=1e-6) for u, v in zip(x, y))
+            for x, y in ((a.mean, b.mean), (a.std, b.std))
+        )
+    )
 
 
 def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:

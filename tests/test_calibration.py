@@ -2,6 +2,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conversion_sources import unique_mlps
+from image_folders import write_photo_folder
+from PIL import Image
+from transformers.image_utils import PILImageResampling
+from transformers.models.deit.image_processing_pil_deit import DeiTImageProcessorPil
 
 from hf_vit_reduction.conversion.calibration import (
     Calibration,
@@ -11,6 +15,9 @@ from hf_vit_reduction.conversion.calibration import (
     taylor_importance,
 )
 from hf_vit_reduction.conversion.post_hoc import matching_permutation, permuted_units
+from hf_vit_reduction.image_processing_vit_reduced import Preprocessing, preprocessing_of
+
+DIGITS = Preprocessing(32, 1.0, "center", "bicubic", (0.5,) * 3, (0.5,) * 3)
 
 
 def calibration_of(count=24, seed=0):
@@ -80,9 +87,9 @@ def test_a_permuted_copy_of_an_mlp_aligns_back_exactly(make_model):
 
 
 def test_calibration_images_are_a_seeded_sample_of_the_training_split():
-    first = load_calibration(samples=12, seed=3, image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
-    again = load_calibration(samples=12, seed=3, image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
-    other = load_calibration(samples=12, seed=4, image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    first = load_calibration(samples=12, seed=3, preprocessing=DIGITS)
+    again = load_calibration(samples=12, seed=3, preprocessing=DIGITS)
+    other = load_calibration(samples=12, seed=4, preprocessing=DIGITS)
     assert first.pixel_values.shape == (12, 3, 32, 32) and first.source.startswith("digits")
     assert torch.equal(first.pixel_values, again.pixel_values) and torch.equal(first.labels, again.labels)
     assert not torch.equal(first.pixel_values, other.pixel_values)
@@ -92,8 +99,36 @@ def test_calibration_images_are_a_seeded_sample_of_the_training_split():
 
 
 def test_calibration_refuses_zero_images_and_more_than_the_split_holds():
-    kwargs = {"seed": 0, "image_size": 32, "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    kwargs = {"seed": 0, "preprocessing": DIGITS}
     with pytest.raises(ValueError, match="--calibration_samples 0 is not valid; allowed: an integer >= 1"):
         load_calibration(samples=0, **kwargs)
     with pytest.raises(ValueError, match="--calibration_samples 5000 is more than the 1437 training images of digits"):
         load_calibration(samples=5000, **kwargs)
+
+
+def test_calibration_images_are_what_the_models_processor_gives_every_field_of_it(tmp_path):
+    # Every value unlike the digits' and timm's defaults: squash, crop 48 of 60 (crop_pct 0.8), bilinear, own mean/std.
+    processor = DeiTImageProcessorPil(
+        size={"height": 60, "width": 60},
+        crop_size={"height": 48, "width": 48},
+        resample=PILImageResampling.BILINEAR,
+        image_mean=[0.2, 0.3, 0.4],
+        image_std=[0.6, 0.5, 0.4],
+    )
+    folder = write_photo_folder(tmp_path / "train", per_class=4)
+    # 6 of the 8 photos are the training split (15% held out for validation): calibrate on all 6.
+    calibration = load_calibration(samples=6, seed=0, preprocessing=preprocessing_of(processor), train_dir=str(folder))
+    assert calibration.pixel_values.shape == (6, 3, 48, 48)
+    photos = [
+        (label, processor(Image.open(path).convert("RGB"), return_tensors="pt").pixel_values[0])
+        for label, name in enumerate(("china", "flower"))
+        for path in sorted((folder / name).iterdir())
+    ]
+    # Each calibration image is one photo of its class as Transformers' own DeiT processor (PIL) gives it.
+    matched = set()
+    for pixels, label in zip(calibration.pixel_values, calibration.labels):
+        distances = [(pixels - expected).abs().max().item() if c == label else float("inf") for c, expected in photos]
+        closest = min(range(len(photos)), key=distances.__getitem__)
+        assert distances[closest] < 1e-5
+        matched.add(closest)
+    assert len(matched) == 6

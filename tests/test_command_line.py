@@ -5,6 +5,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from PIL import Image
 from transformers import pipeline
+from wheel_install import install_wheel
 
 from hf_vit_reduction import cli
 from hf_vit_reduction.cli import COMMANDS, CommandParser, require_extra
@@ -187,3 +189,46 @@ def test_a_core_only_install_loads_a_model_runs_the_pipeline_and_names_the_extra
         assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
         assert f"pip install 'hf-vit-reduction[{extra}]'" in done.stderr
     assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.slow
+def test_every_command_runs_from_a_wheel_install(tmp_path):
+    """No repository, no script: each command from the console script of a fresh environment, the training ones for
+    real (they need the package's shipped metric and card template), the others as far as their --help."""
+    bin_dir = install_wheel(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"} | {
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+    }
+    short = ["--max_train_steps", "2", "--max_eval_samples", "40", "--workers", "0", "--report_to", "none"]
+
+    def run(*argv):
+        done = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=600, check=False)
+        assert done.returncode == 0, (argv, done.stderr[-2000:])
+        return done.stdout
+
+    assert run("hf-vit-reduction", "--help").count("\n  ") == len(COMMANDS)
+    for name in COMMANDS:
+        assert run("hf-vit-reduction", name, "--help").startswith(f"usage: hf-vit-reduction {name} ")
+    run("hf-vit-reduction", "train", "--strategy", "grouped", "--output_dir", "run", *short)
+    assert json.loads((work / "run" / "results.json").read_text())["steps"] == 2
+    assert (work / "run" / "README.md").is_file()
+    run(
+        "hf-vit-reduction",
+        "convert",
+        "--from",
+        "vit_reduced",
+        "--input",
+        "run",
+        "--output_dir",
+        "cut",
+        "--strategy",
+        "shallow",
+    )
+    assert json.loads((work / "cut" / "config.json").read_text())["reduction_strategy"] == "shallow"
+    run("hf-vit-reduction", "reproduce", "--output_dir", "repro", "--strategies", "thin", "--seeds", "0", "--", *short)
+    assert (work / "repro" / "report" / "report.md").is_file()
+    assert "| ViT-B/16 thin | thin |" in run(str(bin_dir / "python"), "-m", "hf_vit_reduction", "summary")

@@ -132,6 +132,33 @@ def test_aligned_sharing_undoes_a_permutation_of_a_members_units(make_model):
         assert not torch.allclose(unique_mlps(mean)[group].fc1.weight, leader.fc1.weight)
 
 
+def test_aligned_sharing_keeps_the_whole_mlp_function_fc2_included(make_model):
+    # Each member holds its leader's MLP with the hidden units permuted (fc1 rows and fc2 columns, fc2 non-zero):
+    # the same function. Aligned sharing must give both blocks that function: the model whose members hold their
+    # leader's MLP as it is, built here by copying, gives the same logits.
+    baseline = make_model(seed=4)
+    permutation = torch.randperm(256, generator=torch.Generator().manual_seed(5))
+    expected = make_model(seed=4)
+    with torch.no_grad():
+        for leader in (0, 2):
+            source = dict(baseline.vit.layers[leader].mlp.named_parameters())
+            source["fc2.weight"].mul_(0.1)  # small enough that a member's input stays close to its leader's
+            expected.vit.layers[leader].mlp.fc2.weight.copy_(source["fc2.weight"])
+            member = baseline.vit.layers[leader + 1].mlp
+            member.fc1.weight.copy_(source["fc1.weight"][permutation])  # by hand, not with permuted_units
+            member.fc1.bias.copy_(source["fc1.bias"][permutation])
+            member.fc2.weight.copy_(source["fc2.weight"][:, permutation])
+            member.fc2.bias.copy_(source["fc2.bias"])
+            for name, value in source.items():
+                expected.vit.layers[leader + 1].mlp.get_parameter(name).copy_(value)
+    assert all(layer.mlp.fc2.weight.abs().min() > 0 for layer in baseline.vit.layers)
+    aligned = reduce(baseline, "grouped", share_method="aligned", calibration=planted_calibration(64))
+    mean = reduce(baseline, "grouped", share_method="mean")
+    with torch.no_grad():
+        torch.testing.assert_close(aligned(PIXELS).logits, expected(PIXELS).logits, atol=1e-5, rtol=0)
+        assert (mean(PIXELS).logits - expected(PIXELS).logits).abs().max() > 1e-2
+
+
 def test_grouped_leader_shares_the_first_mlp_unscaled(make_model):
     baseline = make_model(seed=3)
     grouped = reduce(baseline, "grouped")

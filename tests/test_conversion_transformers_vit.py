@@ -75,5 +75,5 @@ def test_from_transformers_refuses_what_it_cannot_represent(tmp_path, make_model
     make_model().save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="'vit_reduced' model; allowed: 'vit'"):
         from_transformers(tmp_path)
-    with pytest.raises(ValueError, match="not a local model folder"):
+    with pytest.raises(ValueError, match="missing does not exist"):
         from_transformers(tmp_path / "missing")

@@ -16,7 +16,7 @@ from transformers import (
 from hf_vit_reduction import ViTReducedConfig, ViTReducedForImageClassification
 from hf_vit_reduction.conversion.calibration import load_calibration
 from hf_vit_reduction.conversion.convert import from_transformers, main, reduce
-from hf_vit_reduction.image_processing_vit_reduced import image_processor_for
+from hf_vit_reduction.image_processing_vit_reduced import Preprocessing, image_processor_for
 
 
 def test_command_converts_a_transformers_folder(tmp_path, capsys):
@@ -242,7 +242,9 @@ def test_command_cuts_a_saved_baseline_with_calibration(tmp_path, make_model):
     )
     base = ["--from", "vit_reduced", "--input", str(tmp_path / "teacher"), "--calibration_samples", "24"]
     main([*base, "--output", str(tmp_path / "out"), "--strategy", "shallow", "--prune_method", "activation"])
-    calibration = load_calibration(samples=24, seed=0, image_size=32, mean=[0.5] * 3, std=[0.5] * 3)
+    calibration = load_calibration(
+        samples=24, seed=0, preprocessing=Preprocessing(32, 1.0, "center", "bicubic", (0.5,) * 3, (0.5,) * 3)
+    )
     expected = reduce(baseline, "shallow", prune_method="activation", calibration=calibration)
     model = ViTReducedForImageClassification.from_pretrained(tmp_path / "out")
     with torch.no_grad():
@@ -252,6 +254,14 @@ def test_command_cuts_a_saved_baseline_with_calibration(tmp_path, make_model):
         "strategy": "shallow",
         "prune_method": "activation",
         "calibration": {"samples": 24, "seed": 0, "data": "digits (scikit-learn, embedded)"},
+        "preprocessing": {
+            "image_size": 32,
+            "crop_pct": 1.0,
+            "crop_mode": "center",
+            "interpolation": "bicubic",
+            "mean": [0.5] * 3,
+            "std": [0.5] * 3,
+        },
     }
     assert "24 training images of digits" in (tmp_path / "out" / "README.md").read_text()
 

@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 from test_hub import python_without_package, server  # noqa: F401 (fixtures)
+from torchvision.transforms.functional import InterpolationMode, resize
 
-from hf_vit_reduction.image_processing_vit_reduced import image_processor_for
+from hf_vit_reduction.image_processing_vit_reduced import Preprocessing, image_processor_for
 from hf_vit_reduction.training import engine
 from hf_vit_reduction.training.arguments import parse_args
 from hf_vit_reduction.training.distillation import (
@@ -58,27 +59,65 @@ def test_distiller_weighs_the_terms_and_never_trains_the_teacher(make_model):
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
 
 
-def test_teacher_must_match_the_runs_labels_size_and_normalization(tmp_path, make_model):
-    digits = [str(d) for d in range(10)]
-    good = {"label_names": digits, "image_size": 32, "mean": (0.5,) * 3, "std": (0.5,) * 3, "device": "cpu"}
-    make_model(id2label=dict(enumerate(digits))).save_pretrained(tmp_path / "teacher")
-    image_processor_for(32, crop_pct=1.0, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3).save_pretrained(
-        tmp_path / "teacher"
-    )
-    assert load_teacher(str(tmp_path / "teacher"), **good).config.num_labels == 10
+DIGITS = [str(d) for d in range(10)]
+HALF = Preprocessing(32, 1.0, "center", "bicubic", (0.5,) * 3, (0.5,) * 3)
+
+
+def test_a_teacher_with_the_labels_in_another_order_predicts_what_it_did(tmp_path, make_model):
+    shuffled = [DIGITS[i] for i in (3, 0, 9, 1, 8, 2, 7, 4, 6, 5)]
+    saved = make_model(seed=1, id2label=dict(enumerate(shuffled)))
+    saved.save_pretrained(tmp_path / "teacher")
+    HALF.image_processor().save_pretrained(tmp_path / "teacher")
+    teacher, _, labels = load_teacher(str(tmp_path / "teacher"), label_names=DIGITS, preprocessing=HALF, device="cpu")
+    assert labels == {"labels": "permuted", "model_labels": shuffled}
+    assert [teacher.config.id2label[i] for i in range(10)] == DIGITS
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        before, after = saved(pixel_values=images).logits, teacher(pixel_values=images).logits
+    # Each class's score, by name, is what the saved teacher gave it.
+    for index, name in enumerate(DIGITS):
+        torch.testing.assert_close(after[:, index], before[:, shuffled.index(name)])
+
+
+def test_a_teacher_needs_the_runs_labels_and_a_processor(tmp_path, make_model):
+    good = {"label_names": DIGITS, "preprocessing": HALF, "device": "cpu"}
+    make_model(id2label=dict(enumerate(DIGITS))).save_pretrained(tmp_path / "teacher")
+    HALF.image_processor().save_pretrained(tmp_path / "teacher")
     with pytest.raises(
-        ValueError, match=r"predicts the labels \[0, 1, 2, 3, 4, 5, \.\.\.\] \(10\); allowed: .* \[1, 2, 3"
+        ValueError, match=r"predicts the labels \[0, 1, 2, 3, 4, 5, \.\.\.\] \(10\), not the data's \[a, b\]"
     ):
-        load_teacher(str(tmp_path / "teacher"), **{**good, "label_names": [*digits[1:], "0"]})
-    with pytest.raises(ValueError, match="takes 32 px images; allowed: the student's 64 px"):
-        load_teacher(str(tmp_path / "teacher"), **{**good, "image_size": 64})
-    with pytest.raises(ValueError, match=r"normalizes its images differently \(mean \[0.5, 0.5, 0.5\]"):
-        load_teacher(str(tmp_path / "teacher"), **{**good, "mean": (0.485, 0.456, 0.406)})
-    make_model(id2label=dict(enumerate(digits))).save_pretrained(tmp_path / "bare")
-    with pytest.raises(ValueError, match=r"differently \(no image processor\)"):
+        load_teacher(str(tmp_path / "teacher"), **{**good, "label_names": ["a", "b"]})
+    make_model(id2label=dict(enumerate(DIGITS))).save_pretrained(tmp_path / "bare")
+    with pytest.raises(ValueError, match=r"has no image processor \(preprocessor_config.json\)"):
         load_teacher(str(tmp_path / "bare"), **good)
     with pytest.raises(ValueError, match="is neither a folder holding a saved image classifier"):
         load_teacher(str(tmp_path / "missing"), **good)
+
+
+def test_a_teacher_of_another_size_and_normalization_sees_the_students_pixels_as_its_processor_would(
+    tmp_path, make_model
+):
+    imagenet = Preprocessing(48, 1.0, "center", "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    make_model(seed=3, image_size=48, id2label=dict(enumerate(DIGITS))).save_pretrained(tmp_path / "teacher")
+    imagenet.image_processor().save_pretrained(tmp_path / "teacher")
+    teacher, teacher_input, _ = load_teacher(
+        str(tmp_path / "teacher"), label_names=DIGITS, preprocessing=HALF, device="cpu"
+    )
+    student = make_model(seed=2)
+    uint8 = torch.randint(0, 256, (4, 3, 32, 32), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    images = (uint8 / 255 - 0.5) / 0.5  # the student's batch
+    # By hand: the same uint8 pixels normalized with the teacher's mean and std, resized by torchvision to 48 px.
+    mean, std = torch.tensor(imagenet.mean)[:, None, None], torch.tensor(imagenet.std)[:, None, None]
+    expected_input = resize(
+        (uint8 / 255 - mean) / std, [48, 48], interpolation=InterpolationMode.BILINEAR, antialias=True
+    )
+    torch.testing.assert_close(teacher_input(images), expected_input, atol=1e-5, rtol=0)
+    distiller = Distiller(teacher, mode="soft", alpha=0.5, temperature=1.0, teacher_input=teacher_input)
+    logits = student(pixel_values=images).logits
+    with torch.no_grad():
+        teacher_logits = teacher(pixel_values=expected_input).logits
+    expected = 0.5 * 0.3 + 0.5 * soft_distillation_loss(logits, teacher_logits, 1.0)
+    torch.testing.assert_close(distiller(torch.tensor(0.3), logits, images), expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -186,7 +225,7 @@ def test_a_transformers_vit_cut_with_calibration_distilled_pushed_and_loaded_wit
 
     reduced, run = tmp_path / "reduced", tmp_path / "run"
     python(
-        *("-m", "hf_vit_reduction.convert", "--from", "transformers", "--input", str(tmp_path / "source")),
+        *("-m", "hf_vit_reduction", "convert", "--from", "transformers", "--input", str(tmp_path / "source")),
         *(
             "--output",
             str(reduced),

@@ -1,8 +1,11 @@
-"""The README's "Using it with the ecosystem" examples, run: 🤗 Trainer and PEFT LoRA."""
+"""The README's "Using it with the ecosystem" examples, run: 🤗 Trainer, PEFT LoRA and AutoPeftModel."""
 
+import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import AutoPeftModel, LoraConfig, PeftModel, get_peft_model
 from transformers import Trainer, TrainingArguments
+
+from hf_vit_reduction import ViTReducedForImageClassification
 
 PIXELS = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
@@ -62,3 +65,25 @@ def test_lora_layers_to_transform_selects_blocks(make_model):
     peft_model = get_peft_model(make_model("grouped"), lora(layers_to_transform=[0, 1], layers_pattern="layers"))
     adapted = {name.split(".layers.")[1].split(".")[0] for name, _ in peft_model.named_modules() if "lora_A" in name}
     assert adapted == {"0", "1"}
+
+
+def test_auto_peft_model_loads_an_adapter_once_the_package_is_in_peft_s_import_allowlist(make_model, tmp_path):
+    """PEFT imports the base model's library only from its allowlist (transformers, diffusers, ...): a ViTReduced
+    adapter is refused until the call names this package, as the README shows."""
+    make_model("grouped").save_pretrained(tmp_path / "base")
+    base = ViTReducedForImageClassification.from_pretrained(tmp_path / "base")
+    adapted = get_peft_model(base, lora(modules_to_save=["classifier"]))
+    with torch.no_grad():
+        for name, parameter in adapted.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_()  # LoRA's B starts at zero: make the adapter change the logits
+        expected = adapted(PIXELS).logits
+    adapted.save_pretrained(tmp_path / "adapter")
+    with pytest.raises(ValueError, match=r"wants to import 'hf_vit_reduction\.modeling_vit_reduced' which is not in"):
+        AutoPeftModel.from_pretrained(tmp_path / "adapter")
+    loaded = AutoPeftModel.from_pretrained(tmp_path / "adapter", import_allowlist=["hf_vit_reduction"]).eval()
+    assert type(loaded.base_model.model) is ViTReducedForImageClassification
+    with torch.no_grad():
+        got = loaded(PIXELS).logits
+    assert not torch.allclose(got, make_model("grouped")(PIXELS).logits)
+    torch.testing.assert_close(got, expected)

@@ -13,11 +13,21 @@ from script_runs import environment, run_script
 from timm.data import resolve_data_config
 from timm.data.transforms_factory import create_transform
 from timm.models import get_pretrained_cfg
-from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    BitImageProcessor,
+    DeiTImageProcessor,
+    ViTImageProcessor,
+    pipeline,
+)
+from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
+from transformers.models.deit.image_processing_pil_deit import DeiTImageProcessorPil
+from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
 from hf_vit_reduction import ViTReducedImageProcessor, ViTReducedImageProcessorPil
 from hf_vit_reduction.conversion.convert import main as convert
-from hf_vit_reduction.image_processing_vit_reduced import image_processor_for
+from hf_vit_reduction.image_processing_vit_reduced import image_processor_for, preprocessing_of
 from hf_vit_reduction.training.recipes import RECIPES
 
 HALF = (0.5, 0.5, 0.5)  # the training script's normalization (timm's ViT)
@@ -180,3 +190,71 @@ def test_pipeline_predicts_what_timm_evaluation_did_for_a_converted_model(tmp_pa
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("image_processing_vit_reduced")
+
+
+IMAGENET = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+# Saved processors as downloads carry them: google/vit-* (squash 224), facebook/deit-* (squash 256, crop 224),
+# BiT (shorter side 256, crop 224), and a bilinear one at another size.
+SAVED_PROCESSORS = {
+    "ViTImageProcessor": (ViTImageProcessor, ViTImageProcessorPil, {"size": {"height": 224, "width": 224}}),
+    "DeiTImageProcessor": (
+        DeiTImageProcessor,
+        DeiTImageProcessorPil,
+        {"size": {"height": 256, "width": 256}, "crop_size": {"height": 224, "width": 224}, **IMAGENET},
+    ),
+    "BitImageProcessor": (
+        BitImageProcessor,
+        BitImageProcessorPil,
+        {"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224}, **IMAGENET},
+    ),
+    "bilinear 96 of 120": (
+        DeiTImageProcessor,
+        DeiTImageProcessorPil,
+        {"size": {"height": 120, "width": 120}, "crop_size": {"height": 96, "width": 96}, "resample": 2},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", SAVED_PROCESSORS)
+def test_preprocessing_read_from_a_saved_processor_gives_its_pixels(name):
+    torchvision_class, pil_class, fields = SAVED_PROCESSORS[name]
+    preprocessing = preprocessing_of(torchvision_class(**fields))
+    assert preprocessing == preprocessing_of(pil_class(**fields))
+    evaluation = create_transform(
+        input_size=preprocessing.image_size,
+        is_training=False,
+        crop_pct=preprocessing.crop_pct,
+        crop_mode=preprocessing.crop_mode,
+        interpolation=preprocessing.interpolation,
+        mean=preprocessing.mean,
+        std=preprocessing.std,
+    )
+    grey = 255 * torch.tensor(preprocessing.std)[:, None, None]
+    photos = sample_photos(6)
+    for processor in (torchvision_class(**fields), pil_class(**fields)):
+        for photo in photos:
+            expected, pixels = evaluation(photo), processor(photo, return_tensors="pt").pixel_values[0]
+            if name == "BitImageProcessor" and photo.width > photo.height:
+                # BiT floors the crop offset where torchvision (timm, our processor) rounds it to even: by hand,
+                # on a landscape photo, its crop starts round(m / 2) - m // 2 columns left (m: the width's margin).
+                margin = int(256 * photo.width / photo.height) - 224
+                shift = round(margin / 2) - margin // 2
+                pixels, expected = pixels[..., shift:], expected[..., : expected.shape[-1] - shift]
+            differences = ((pixels - expected).abs() * grey).round()
+            if processor.backend == "pil" and not (name == "BitImageProcessor" and photo.size == (225, 55)):
+                assert differences.max() == 0, (photo.size, processor.backend)
+            else:  # torchvision resizes a tensor, rounding differently; BiT sizes a 225 x 55 photo one pixel off
+                assert differences.max() <= 3 and (differences > 0).float().mean() < 0.25, photo.size
+
+
+def test_preprocessing_of_names_the_field_it_cannot_express():
+    with pytest.raises(ValueError, match=r"size=\{'height': 224, 'width': 200\}; allowed: a square size"):
+        preprocessing_of(ViTImageProcessor(size={"height": 224, "width": 200}))
+    with pytest.raises(ValueError, match="do_resize=False"):
+        preprocessing_of(ViTImageProcessor(do_resize=False))
+    with pytest.raises(ValueError, match="rescale_factor=1.0; allowed: pixel values divided by 255"):
+        preprocessing_of(ViTImageProcessor(rescale_factor=1.0))
+    with pytest.raises(ValueError, match="without a centre crop"):
+        preprocessing_of(BitImageProcessor(do_center_crop=False))
+    unnormalized = preprocessing_of(ViTImageProcessor(do_normalize=False))
+    assert unnormalized.mean == (0.0,) * 3 and unnormalized.std == (1.0,) * 3

@@ -1,9 +1,6 @@
 import json
 import os
-import shutil
 import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -13,6 +10,7 @@ from conversion_sources import transformers_vit
 from huggingface_hub import ModelCard
 from image_folders import write_folder
 from transformers import ViTImageProcessor
+from wheel_install import install_wheel
 
 from hf_vit_reduction import REDUCTION_STRATEGIES, summarize
 from hf_vit_reduction.conversion.convert import main as convert
@@ -268,30 +266,12 @@ def test_best_model_subfolder_reads_the_run_outputs_from_its_parent(make_model, 
 @pytest.mark.slow
 def test_template_is_found_when_installed_from_a_wheel(make_model, tmp_path):
     """Build a wheel of this checkout, install it into a fresh virtual environment and render a card there."""
-    source = tmp_path / "source"
-    source.mkdir()
-    for name in ("setup.py", "README.md", "pyproject.toml"):
-        shutil.copy(ROOT / name, source / name)
-    shutil.copytree(
-        ROOT / "hf_vit_reduction", source / "hf_vit_reduction", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    wheels = tmp_path / "wheels"
-    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), "."]
-    subprocess.run(build, cwd=source, check=True, capture_output=True)
-    (wheel,) = wheels.glob("hf_vit_reduction-*.whl")
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
+    python = install_wheel(tmp_path) / "python"
     site = Path(
         subprocess.check_output(
             [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], text=True
         ).strip()
     )
-    # torch, transformers, ... from this environment, as plain path entries: the editable install's finder, a
-    # .pth of its own, is not activated by them, so the package can only come from the wheel.
-    (site / "shared_environment.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)]
-    subprocess.run(install, check=True, capture_output=True)
     folder = run_folder(tmp_path / "run", make_model("grouped"))
     render = (
         "import sys, hf_vit_reduction\n"

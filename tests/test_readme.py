@@ -3,10 +3,13 @@
 The workspace holds what the README's commands name: `runs/shallow-digits-seed42` made by the quickstart's own
 command, `photo.jpg` and `my_photos/{train,val}/<class>/` cut from real photos. Python blocks run in this process
 (fast tier) or, when they talk to the Hub, in a client process against the loopback Hub (slow tier). Bash blocks
-run verbatim under bash (slow tier), where `python` is this environment's Python with every training run shortened
-to a few updates (SHORT_RUN) and `pip` checks what it would install instead of installing it (CI installs).
+run verbatim under bash (slow tier), where `python`, `accelerate` and `hf-vit-reduction` are this environment's, with
+every training run shortened to a few updates (SHORT_RUN), Accelerate's settings in a folder of the test's own, and
+`pip` checks what it would install instead of installing it (CI installs). One slow test runs the quickstart
+unshortened and compares its result with the figure the README states.
 """
 
+import json
 import os
 import re
 import runpy
@@ -22,6 +25,8 @@ from hub_server import HubServer
 from PIL import Image
 from script_runs import import_script
 from sklearn.datasets import load_sample_images
+
+from hf_vit_reduction.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -92,12 +97,13 @@ def workspace(tmp_path_factory) -> Path:
             (root / "my_photos" / split / name).mkdir(parents=True)
             for index, image in enumerate(photo_crops(per_class, seed=label * 3 + (split == "val"))):
                 image.save(root / "my_photos" / split / name / f"{index}.jpg")
-    (quickstart,) = [c for c in commands(block(QUICKSTART).text) if c[0] == "python"]
-    assert quickstart[1] == "run_image_classification.py" and QUICKSTART_RUN in quickstart
+    (quickstart,) = [c for c in commands(block(QUICKSTART).text) if "run_image_classification.py" in c]
+    assert quickstart[:2] == ["accelerate", "launch"] and QUICKSTART_RUN in quickstart
+    script_arguments = quickstart[quickstart.index("run_image_classification.py") + 1 :]
     previous = Path.cwd()
     os.chdir(root)
     try:
-        import_script().main(quickstart[2:] + SHORT_RUN)
+        import_script().main(script_arguments + SHORT_RUN)
     finally:
         os.chdir(previous)
     assert (root / QUICKSTART_RUN / "model.safetensors").is_file()
@@ -112,21 +118,44 @@ def inside(workspace, monkeypatch):
 
 # --- bash blocks ------------------------------------------------------------------------------------------------
 
+SHORT = " ".join(SHORT_RUN)
 BASH_PREAMBLE = f"""
 set -euo pipefail
 python() {{
     if [ "${{1:-}}" = run_image_classification.py ]; then
-        shift; command {sys.executable} {ROOT}/run_image_classification.py "$@" {" ".join(SHORT_RUN)}
+        shift; command {sys.executable} {ROOT}/run_image_classification.py "$@" $SHORT
     else
         command {sys.executable} "$@"
+    fi
+}}
+accelerate() {{
+    if [ "${{1:-}}" = launch ]; then
+        shift; command {sys.executable} -m accelerate.commands.accelerate_cli launch "$@" $SHORT
+    else
+        command {sys.executable} -m accelerate.commands.accelerate_cli "$@"
+    fi
+}}
+hf-vit-reduction() {{
+    if [ "${{1:-}}" = train ]; then
+        command {sys.executable} -m hf_vit_reduction "$@" $SHORT
+    else
+        command {sys.executable} -m hf_vit_reduction "$@"
     fi
 }}
 pip() {{ command {sys.executable} {ROOT}/tests/test_readme.py check-pip "$@"; }}
 """
 
 
-def run_bash(text: str, cwd: Path, **env) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env}
+def run_bash(text: str, cwd: Path, short: str = SHORT, **env) -> subprocess.CompletedProcess:
+    environment = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "HF_HOME": str(cwd / ".hf-home"),  # where `accelerate config default` writes
+        "SHORT": short,
+        **env,
+    }
     return subprocess.run(
         ["bash", "-c", BASH_PREAMBLE + text],
         cwd=cwd,
@@ -162,9 +191,9 @@ HUB_PYTHON = {"from transformers import pipeline"}
 OUTPUT = {"error: --batch_size=0 is not valid; allowed: an integer >= 1": ["--batch_size", "0"]}
 BASH = {
     'pip install -c .ci/constraints.txt -e ".[train]"',
-    "python -m hf_vit_reduction.export runs/shallow-digits-seed42 model.onnx",
+    "hf-vit-reduction export runs/shallow-digits-seed42 model.onnx",
     "# your own photos, in ImageNet's layout (<class>/<image>); without --validation_dir 15% of train is held out",
-    "python -m hf_vit_reduction.reproduce --output reproduction --strategies baseline shallow --seeds 0 -- --epochs 2",
+    "hf-vit-reduction reproduce --output_dir reproduction --strategies baseline shallow --seeds 0 -- --epochs 2",
     "#!/bin/bash",
 }
 HUB_BASH = {
@@ -219,6 +248,29 @@ def test_bash_block(first_line, workspace, tmp_path):
         shutil.rmtree(cwd / QUICKSTART_RUN)  # what the quickstart makes, as on a fresh clone
     done = run_bash(block(first_line).text, cwd)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_the_quickstart_gives_the_figure_the_readme_states(tmp_path):
+    """The quickstart block verbatim and unshortened, on a fresh clone's folder: the top-1 the README states, and a
+    first screen of three header lines with no warning from Accelerate about values it was not passed."""
+    done = run_bash(block(QUICKSTART).text, tmp_path, short="")
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / QUICKSTART_RUN / "results.json").read_text())
+    stated = re.search(r"ended at (\d+\.\d\d)% top-1", README.read_text(encoding="utf-8"))
+    assert stated and f"{results['final_top1']:.2f}" == stated.group(1)
+    assert "were not passed" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if " INFO " in line]
+    assert [line.split(" INFO ")[1].split(":")[0] for line in lines[:3]] == [
+        "shallow-digits-seed42",
+        "model",
+        "recipe",
+    ]
+
+
+def test_every_command_is_in_the_readme_s_table():
+    table = README.read_text(encoding="utf-8").split("## Commands", 1)[1].split("\n## ", 1)[0]
+    assert re.findall(r"^\| `([\w-]+)` \|", table, flags=re.MULTILINE) == list(COMMANDS)
 
 
 def test_the_suite_block_is_what_ci_runs():

@@ -152,7 +152,7 @@ def test_bad_data_fails_before_training(tmp_path, args, message):
 
 @pytest.mark.slow
 def test_model_name_or_path_starts_from_a_saved_model(tmp_path, make_model):
-    start = make_model("thin")
+    start = make_model("thin", id2label={d: str(d) for d in range(10)})  # the digits' labels
     start.save_pretrained(tmp_path / "start")
     out = tmp_path / "out"
     result = run(
@@ -365,10 +365,11 @@ def test_missing_models_and_uncached_sources_are_one_error_line(tmp_path, argv, 
 
 def test_image_size_with_a_saved_model_resizes_its_position_embeddings(tmp_path, make_model):
     script = engine
-    saved = make_model("shallow")  # 32 px, patch 4: an 8 x 8 grid
+    saved = make_model("shallow", id2label={d: str(d) for d in range(10)})  # 32 px, patch 4: an 8 x 8 grid
     saved.save_pretrained(tmp_path / "saved")
     args = parse_args(["--model_name_or_path", str(tmp_path / "saved"), "--image_size", "16"])
-    model = script.load_model(args, [str(d) for d in range(10)]).eval()
+    model, _ = script.load_model(args, [str(d) for d in range(10)])
+    model.eval()
     assert model.config.image_size == 16 and model.config.reduction_strategy == "shallow"
     assert model.vit.embeddings.position_embeddings.shape == (1, 1 + 4 * 4, 64)
     images = torch.randn(2, 3, 16, 16)

@@ -2,7 +2,7 @@
 
 A hidden unit's activation is the input of `fc2` (after `fc1` and the activation function), seen by a forward
 pre-hook on every block's `mlp.fc2`, so any activation function works. The model runs in eval mode (no stochastic
-depth), in batches, on the images exactly as its evaluation transform gives them.
+depth), in batches, on the images exactly as its saved image processor gives them.
 """
 
 from collections.abc import Iterator
@@ -13,6 +13,8 @@ import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..image_processing_vit_reduced import Preprocessing
 
 DEFAULT_CALIBRATION_SAMPLES = 256
 
@@ -31,18 +33,29 @@ class Calibration:
             yield self.pixel_values[start : start + self.batch_size], self.labels[start : start + self.batch_size]
 
 
-def load_calibration(
-    *, samples: int, seed: int, image_size: int, mean, std, interpolation: str = "bicubic", **loading
-) -> Calibration:
+def evaluation_transform(preprocessing: Preprocessing):
+    """timm's evaluation transform for `preprocessing`, every field of it (to normalized float tensors)."""
+    from timm.data.transforms_factory import create_transform
+
+    return create_transform(
+        input_size=preprocessing.image_size,
+        is_training=False,
+        crop_pct=preprocessing.crop_pct,
+        crop_mode=preprocessing.crop_mode,
+        interpolation=preprocessing.interpolation,
+        mean=preprocessing.mean,
+        std=preprocessing.std,
+    )
+
+
+def load_calibration(*, samples: int, seed: int, preprocessing: Preprocessing, **loading) -> Calibration:
     """`samples` images of the training split, drawn without replacement by a generator seeded with `seed`.
 
     `loading` takes `load_image_classification_data`'s source arguments (`dataset_name`, `train_dir`, ...; none
-    gives the embedded digits). The transform is the evaluation transform at `crop_pct` 1, which resizes to the
-    model's size as its saved image processor does. A source with fewer training images than asked is refused:
-    calibrating on fewer images than the user asked for would silently change what the ranking means.
+    gives the embedded digits). The images are transformed as the model's saved image processor does
+    (`preprocessing`, read from it with `preprocessing_of`). A source with fewer training images than asked is
+    refused: calibrating on fewer images than the user asked for would silently change what the ranking means.
     """
-    from timm.data.transforms_factory import create_transform
-
     from ..training.data import load_image_classification_data
     from ..training.loaders import ExampleTransform, prepare_dataset
 
@@ -63,9 +76,7 @@ def load_calibration(
     if chosen is None:
         order = np.random.default_rng(seed).permutation(len(train))[:samples]
         chosen = train.select(order.tolist())
-    transform = create_transform(
-        input_size=image_size, is_training=False, interpolation=interpolation, mean=mean, std=std, crop_pct=1.0
-    )
+    transform = evaluation_transform(preprocessing)
     columns = {"image_column": data.image_column, "label_column": data.label_column, "on_bad_image": "error"}
     prepared = prepare_dataset(chosen, ExampleTransform(transform, **columns))[:]
     return Calibration(

@@ -5,6 +5,7 @@ optionally reduces it after the fact to `shallow` or `grouped`, and writes weigh
 
     hf-vit-reduction convert --from transformers --input vit-folder --output_dir out
     hf-vit-reduction convert --from timm --input vit_base_patch16_224 --output_dir out --strategy shallow
+    hf-vit-reduction convert --from timm --input downloaded-timm-folder --output_dir out
     hf-vit-reduction convert --from timm --input weights.safetensors --timm_model vit_base_patch16_224 \\
         --output_dir out --strategy grouped --share_method mean
     hf-vit-reduction convert --from vit_reduced --input trained-baseline --output_dir out \\
@@ -14,51 +15,83 @@ optionally reduces it after the fact to `shallow` or `grouped`, and writes weigh
 training split of `--dataset_name` / `--train_dir` (the embedded digits without either), transformed as the model's
 image processor does. A training split with fewer images than `--calibration_samples` is refused.
 
-A timm model name builds that architecture with random weights (nothing is downloaded). `from_transformers`,
-`from_timm` and `reduce` are importable from here as from `hf_vit_reduction.conversion`.
+The sources: Transformers' ViTForImageClassification and ViTModel (a non-distilled DeiT from the Hub is saved as
+one), timm's vit_* and deit_* (a folder as timm saves it, a weights file, or a model name, which builds that
+architecture with random weights: nothing is downloaded), and this package's baselines. Other families (DeiT's
+distillation token, BEiT, DINOv2, Swin, CLIP, ...) are refused in one line naming what ViTReduced cannot represent.
+The output folder's processor is the source's preprocessing (its saved processor, or its library's default), which
+calibration uses too. `from_transformers`, `from_timm` and `reduce` are importable from here as from
+`hf_vit_reduction.conversion`.
 """
 
 import argparse
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoImageProcessor, ViTImageProcessor
-from transformers.image_utils import PILImageResampling
+from transformers import AutoImageProcessor
 
 from ..cli import command_parser
-from ..configuration_vit_reduced import ViTReducedConfig
 from ..hub.model_card import write_model_card
-from ..image_processing_vit_reduced import image_processor_for
+from ..hub.provenance import write_provenance
+from ..image_processing_vit_reduced import CROP_MODES, Preprocessing, preprocessing_of
 from ..modeling_vit_reduced import ViTReducedForImageClassification
 from . import from_timm, from_transformers, reduce
 from .calibration import DEFAULT_CALIBRATION_SAMPLES, load_calibration
 from .post_hoc import POST_HOC_STRATEGIES, PRUNE_METHODS, SHARE_METHODS, check_reduce_arguments, needs_calibration
-from .provenance import write_provenance
 from .transformers_vit import load_transformers_folder
 
 __all__ = ["from_timm", "from_transformers", "main", "reduce"]
 
 
-def _vit_image_processor_for(config: ViTReducedConfig) -> ViTImageProcessor:
-    """Transformers' ViT processor at the model's size (what a Transformers ViT folder without one is used with)."""
-    return ViTImageProcessor(
-        size={"height": config.image_size, "width": config.image_size},
-        image_mean=[0.5] * config.num_channels,
-        image_std=[0.5] * config.num_channels,
-    )
+@dataclass
+class Source:
+    """A loaded source: its converted baseline, the source's own logits, and the preprocessing its processor
+    (or, without one, its library's default) says it expects."""
+
+    model: ViTReducedForImageClassification
+    logits: Callable[[torch.Tensor], torch.Tensor]
+    preprocessing: Preprocessing
+
+
+def _checked(preprocessing: Preprocessing, model, where: str) -> Preprocessing:
+    if preprocessing.image_size != model.config.image_size:
+        raise ValueError(
+            f"{where} crops {preprocessing.image_size} px images; the model takes {model.config.image_size} px"
+        )
+    return preprocessing
+
+
+def _saved_preprocessing(folder: str, model) -> Preprocessing:
+    """The preprocessing of the image processor saved in `folder`; where it has none, Transformers' ViT default
+    (`ViTImageProcessor()`: squash to the model's size, bilinear, mean = std = 0.5)."""
+    where = f"the image processor in {folder}"
+    if not (Path(folder) / "preprocessor_config.json").is_file():
+        half = (0.5,) * model.config.num_channels
+        return Preprocessing(model.config.image_size, 1.0, "squash", "bilinear", half, half)
+    return _checked(preprocessing_of(AutoImageProcessor.from_pretrained(folder), where), model, where)
+
+
+def _missing_folder(path: str) -> ValueError:
+    return ValueError(f"--input {path} does not exist (a local folder is needed: the Hub is not reachable from here)")
 
 
 def _load_timm_source(path: str, timm_model: str | None, image_size: int | None):
-    """A timm model from a model name (random weights) or a state dict file of `timm_model`'s architecture.
+    """A timm model from a saved folder (timm's `save_for_hf`, as a Hub download is: config.json with its
+    pretrained_cfg, and weights), a model name (random weights), or a state dict file of `timm_model`'s architecture.
 
     `image_size` builds the architecture at another size than its name's (timm's `img_size`), e.g. for weights
     fine-tuned at 384 px under a 224 px name.
     """
     size = {} if image_size is None else {"img_size": image_size}
+    if os.path.isdir(path):
+        return _load_timm_folder(path, timm_model, size)
+    if os.sep in path and not os.path.exists(path):
+        raise _missing_folder(path)
     if os.path.isfile(path):
         if not timm_model:
             raise ValueError(
@@ -83,6 +116,21 @@ def _load_timm_source(path: str, timm_model: str | None, image_size: int | None)
             "--timm_model names the architecture of a weights file; with a model name as --input, leave it out"
         )
     return _create_timm_model(path, "--input", **size).eval()
+
+
+def _load_timm_folder(path: str, timm_model: str | None, size: dict):
+    import timm
+
+    if timm_model:
+        raise ValueError("--timm_model names the architecture of a weights file; a saved folder records its own")
+    if not (Path(path) / "config.json").is_file():
+        raise ValueError(f"--input {path} has no config.json; allowed: a folder saved by timm (save_for_hf)")
+    try:
+        return timm.create_model(f"local-dir:{path}", pretrained=True, **size).eval()
+    except (RuntimeError, KeyError, OSError) as error:
+        raise ValueError(
+            f"--input {path} is not a timm model folder: " + " ".join(str(error).splitlines()[:2])
+        ) from None
 
 
 def _create_timm_model(name: str, flag: str, **kwargs):
@@ -148,51 +196,48 @@ def _max_logit_difference(source_logits, model) -> float:
     return (model(pixels).logits.float() - expected).abs().max().item()
 
 
-def _convert_transformers_input(args):
-    """(converted model, source's logits function, image processor writer) of a Transformers folder."""
+def _transformers_source(args) -> Source:
+    """A Transformers ViT folder, with the processor saved beside it."""
+    if not os.path.isdir(args.input):
+        raise _missing_folder(args.input)
     source = load_transformers_folder(args.input)
     model = from_transformers(source, drop_pooler=args.drop_pooler)
 
-    def source_logits(pixels):
+    def logits(pixels):
         output = source(pixels)
-        if hasattr(output, "logits"):
-            return output.logits
-        return output.last_hidden_state[:, 0]
+        return output.logits if hasattr(output, "logits") else output.last_hidden_state[:, 0]
 
-    processor_file = Path(args.input) / "preprocessor_config.json"
-    # The folder's own processor where it has one; else Transformers' ViT normalization at the model's size.
-    processor = _vit_image_processor_for(model.config)
-
-    def write_processor(folder: Path):
-        if processor_file.is_file():
-            shutil.copy(processor_file, folder / processor_file.name)
-        else:
-            processor.save_pretrained(folder)
-
-    return model, source_logits, write_processor
+    return Source(model, logits, _saved_preprocessing(args.input, model))
 
 
-def _convert_timm_input(args):
-    """(converted model, source's logits function, image processor writer) of a timm name or weights file."""
+def _timm_source(args) -> Source:
+    """A timm model name, weights file or saved folder, with timm's evaluation settings for it (its
+    pretrained_cfg, timm's defaults where it has none)."""
     from timm.data import resolve_data_config
 
     source = _load_timm_source(args.input, args.timm_model, args.image_size)
     model = from_timm(source)
-    # timm's own evaluation settings for this model (its pretrained_cfg, timm's defaults where it has none).
     data_config = resolve_data_config({}, model=source)
-    processor = image_processor_for(
-        model.config.image_size,
+    preprocessing = Preprocessing(
+        image_size=model.config.image_size,
         crop_pct=data_config["crop_pct"],
-        interpolation=data_config["interpolation"],
-        mean=data_config["mean"],
-        std=data_config["std"],
         crop_mode=data_config.get("crop_mode") or "center",
+        interpolation=data_config["interpolation"],
+        mean=tuple(data_config["mean"]),
+        std=tuple(data_config["std"]),
     )
-    return model, source, processor.save_pretrained
+    if preprocessing.crop_mode not in CROP_MODES:
+        raise ValueError(
+            f"the timm model's pretrained_cfg has crop_mode={preprocessing.crop_mode!r}; allowed: "
+            + ", ".join(CROP_MODES)
+        )
+    return Source(model, source, preprocessing)
 
 
-def _convert_vit_reduced_input(args):
-    """(the saved baseline, its own logits function, image processor writer) of a ViTReduced model folder."""
+def _vit_reduced_source(args) -> Source:
+    """A baseline saved by this package (a trained run), with the processor saved beside it."""
+    if not os.path.isdir(args.input):
+        raise _missing_folder(args.input)
     try:
         model = ViTReducedForImageClassification.from_pretrained(args.input).eval()
     except OSError as error:
@@ -204,33 +249,19 @@ def _convert_vit_reduced_input(args):
             f"--input {args.input} holds a {model.config.reduction_strategy!r} model; allowed: a 'baseline' "
             "(a post-hoc reduction starts from full MLPs)"
         )
-    processor_file = Path(args.input) / "preprocessor_config.json"
-    processor = (
-        AutoImageProcessor.from_pretrained(args.input)
-        if processor_file.is_file()
-        else _vit_image_processor_for(model.config)
-    )
-    return model, lambda pixels: model(pixels).logits, processor.save_pretrained
+    return Source(model, lambda pixels: model(pixels).logits, _saved_preprocessing(args.input, model))
 
 
-# PIL resampling codes of an image processor, by timm's interpolation names.
-TIMM_INTERPOLATIONS = {
-    PILImageResampling.BICUBIC: "bicubic",
-    PILImageResampling.BILINEAR: "bilinear",
-    PILImageResampling.NEAREST: "nearest",
-}
+# Where each --from value's models come from.
+SOURCES = {"transformers": _transformers_source, "timm": _timm_source, "vit_reduced": _vit_reduced_source}
 
 
-def _calibration_for(model, folder: Path, args):
-    """Calibration images transformed by the image processor written to `folder` (the converted model's own)."""
-    processor = AutoImageProcessor.from_pretrained(folder)
+def _calibration_for(model, preprocessing: Preprocessing, args):
+    """Calibration images transformed as the converted model's processor transforms them."""
     calibration = load_calibration(
         samples=args.calibration_samples,
         seed=args.seed,
-        image_size=model.config.image_size,
-        mean=processor.image_mean,
-        std=processor.image_std,
-        interpolation=TIMM_INTERPOLATIONS.get(PILImageResampling(processor.resample), "bicubic"),
+        preprocessing=preprocessing,
         dataset_name=args.dataset_name,
         dataset_config_name=args.dataset_config_name,
         train_dir=args.train_dir,
@@ -251,7 +282,7 @@ SHALLOW_KEYS = ("reduction_mlp_ratio", "prune_method")
 GROUPED_KEYS = ("share_method", "mlp_share_group_size")
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = command_parser(
         "convert",
         description=__doc__,
@@ -326,52 +357,51 @@ def main(argv: list[str] | None = None) -> None:
     calibration.add_argument("--image_column")
     calibration.add_argument("--label_column")
     calibration.add_argument("--cache_dir")
+    return parser
+
+
+def check_arguments(args) -> dict | None:
+    """The reduction the flags ask for (None: convert only), or a ValueError naming the flag."""
+    _check_output(args.output_dir, args.overwrite_output_dir)
+    reduction = None
+    if args.strategy != "baseline":
+        reduction = {
+            "strategy": args.strategy,
+            "reduction_mlp_ratio": args.reduction_mlp_ratio,
+            "prune_method": args.prune_method,
+            "share_method": args.share_method,
+            "mlp_share_group_size": args.mlp_share_group_size,
+        }
+        check_reduce_arguments(**reduction)
+    else:
+        for flag in ("reduction_mlp_ratio", "mlp_share_group_size"):
+            if getattr(args, flag) is not None:
+                raise ValueError(f"--{flag} needs --strategy shallow or grouped")
+    if args.source != "timm" and args.timm_model:
+        raise ValueError("--timm_model applies to --from timm only")
+    if args.image_size is not None:
+        if args.source != "timm":
+            raise ValueError("--image_size applies to --from timm only (a Transformers folder records its size)")
+        if args.image_size < 1:
+            raise ValueError(f"--image_size {args.image_size} is not valid; allowed: an integer >= 1")
+    if args.source != "transformers" and args.drop_pooler:
+        raise ValueError("--drop_pooler applies to --from transformers only")
+    if args.calibration_samples < 1:
+        raise ValueError(f"--calibration_samples {args.calibration_samples} is not valid; allowed: an integer >= 1")
+    return reduction
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
-
     try:
-        _check_output(args.output_dir, args.overwrite_output_dir)
-        reduction = None
-        if args.strategy != "baseline":
-            reduction = {
-                "strategy": args.strategy,
-                "reduction_mlp_ratio": args.reduction_mlp_ratio,
-                "prune_method": args.prune_method,
-                "share_method": args.share_method,
-                "mlp_share_group_size": args.mlp_share_group_size,
-            }
-            check_reduce_arguments(**reduction)
-        else:
-            for flag in ("reduction_mlp_ratio", "mlp_share_group_size"):
-                if getattr(args, flag) is not None:
-                    raise ValueError(f"--{flag} needs --strategy shallow or grouped")
-        if args.source != "timm" and args.timm_model:
-            raise ValueError("--timm_model applies to --from timm only")
-        if args.image_size is not None:
-            if args.source != "timm":
-                raise ValueError("--image_size applies to --from timm only (a Transformers folder records its size)")
-            if args.image_size < 1:
-                raise ValueError(f"--image_size {args.image_size} is not valid; allowed: an integer >= 1")
-        if args.source != "transformers" and args.drop_pooler:
-            raise ValueError("--drop_pooler applies to --from transformers only")
-        if args.calibration_samples < 1:
-            raise ValueError(
-                f"--calibration_samples {args.calibration_samples} is not valid; allowed: an integer >= 1"
-            )
-        calibrated = reduction is not None and needs_calibration(args.prune_method, args.share_method)
-
-        convert = {
-            "transformers": _convert_transformers_input,
-            "timm": _convert_timm_input,
-            "vit_reduced": _convert_vit_reduced_input,
-        }[args.source]
-        model, source_logits, write_processor = convert(args)
-        difference = _max_logit_difference(source_logits, model)
+        reduction = check_arguments(args)
+        source = SOURCES[args.source](args)
+        model = source.model
+        difference = _max_logit_difference(source.logits, model)
         calibration = None
-        if calibrated:
-            # The processor the output folder will hold decides how calibration images are transformed.
-            with tempfile.TemporaryDirectory() as folder:
-                write_processor(Path(folder))
-                calibration = _calibration_for(model, Path(folder), args)
+        if reduction is not None and needs_calibration(args.prune_method, args.share_method):
+            calibration = _calibration_for(model, source.preprocessing, args)
         if reduction:
             model = reduce(model, **reduction, calibration=calibration)
     except (ValueError, FileNotFoundError, NotADirectoryError) as error:
@@ -391,20 +421,17 @@ def main(argv: list[str] | None = None) -> None:
             for key, value in (reduction or {}).items()
             if value is not None and key in {"shallow": SHALLOW_KEYS, "grouped": GROUPED_KEYS}[reduction["strategy"]]
         },
+        "preprocessing": source.preprocessing.as_dict(),
     }
     if calibration is not None:
-        provenance["calibration"] = {
-            "samples": len(calibration.labels),
-            "seed": args.seed,
-            "data": calibration.source,
-        }
+        provenance["calibration"] = {"samples": len(calibration.labels), "seed": args.seed, "data": calibration.source}
         conversion["calibration"] = (
             f"{len(calibration.labels)} training images of {calibration.source} (seed {args.seed})"
         )
 
     def write(folder: Path):
         model.save_pretrained(folder)
-        write_processor(folder)
+        source.preprocessing.image_processor().save_pretrained(folder)
         write_provenance(folder, provenance)
         write_model_card(folder, conversion=conversion, final_folder=args.output_dir)
 

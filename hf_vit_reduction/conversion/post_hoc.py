@@ -9,7 +9,7 @@ from .building import build_with_weights
 from .calibration import Calibration, activation_importance, group_correlations, taylor_importance
 
 POST_HOC_STRATEGIES = ("shallow", "grouped")
-PRUNE_METHODS = ("first", "magnitude", "activation", "taylor")
+PRUNE_METHODS = ("first", "magnitude", "activation", "taylor")  # UNIT_SCORES holds how each ranks units
 SHARE_METHODS = ("leader", "mean", "aligned")
 # The methods that rank or match hidden units by what they do on calibration images.
 CALIBRATED_METHODS = ("activation", "taylor", "aligned")
@@ -112,62 +112,107 @@ def reduce(
     new_config = type(config).from_dict({**config.to_dict(), **changes})
     new_config._attn_implementation = config._attn_implementation
 
-    encoder = model.vit if hasattr(model, "vit") else model
+    encoder = _encoder(model)
     prefix = "vit.layers." if encoder is not model else "layers."
-    scores = [None] * len(encoder.layers)
-    if prune_method == "magnitude":
-        # A unit's contribution is bounded by the norms of its input row and output column.
-        scores = [mlp.fc1.weight.float().norm(dim=1) * mlp.fc2.weight.float().norm(dim=0) for mlp in _mlps(encoder)]
-    elif prune_method == "activation":
-        scores = activation_importance(model, calibration)
-    elif prune_method == "taylor":
-        scores = taylor_importance(model, calibration)
-    permutations = {}
-    if share_method == "aligned":
-        groups = [
-            list(range(first, min(first + new_config.mlp_share_group_size, len(encoder.layers))))
-            for first in range(0, len(encoder.layers), new_config.mlp_share_group_size)
-        ]
-        permutations = {
-            member: matching_permutation(correlation)
-            for (_, member), correlation in group_correlations(model, calibration, groups).items()
-        }
+    method = prune_method if strategy == "shallow" else share_method
     with torch.no_grad():
+        leaders = CUTS[strategy](model, new_config, method=method, calibration=calibration)
         state = {key: value.clone() for key, value in model.state_dict().items() if ".mlp." not in key}
-        for index, layer in enumerate(encoder.layers):
-            first = new_config.first_block_of_mlp(index)
-            if first != index:
-                # The other blocks of a group hold their first block's MLP: the same tensors, stored once.
-                names = [name for name, _ in layer.mlp.named_parameters()]
-                state.update({f"{prefix}{index}.mlp.{name}": state[f"{prefix}{first}.mlp.{name}"] for name in names})
-                continue
-            if strategy == "shallow":
-                keep = _kept_units(scores[index], new_config.mlp_hidden_size)
-                mlp_state = {
-                    "fc1.weight": layer.mlp.fc1.weight[keep],
-                    "fc1.bias": layer.mlp.fc1.bias[keep],
-                    "fc2.weight": layer.mlp.fc2.weight[:, keep],
-                    "fc2.bias": layer.mlp.fc2.bias,
-                }
-            else:
-                members = range(first, min(first + new_config.mlp_share_group_size, len(encoder.layers)))
-                if share_method == "leader":
-                    members = members[:1]
-                states = [
-                    permuted_units(dict(encoder.layers[member].mlp.named_parameters()), permutations.get(member))
-                    for member in members
-                ]
-                # Averaged in float32 so that a bfloat16 model's mean is rounded once.
-                mlp_state = {
-                    name: torch.stack([state[name] for state in states]).float().mean(0).to(param)
-                    for name, param in layer.mlp.named_parameters()
-                }
-            state.update({f"{prefix}{index}.mlp.{name}": value.clone() for name, value in mlp_state.items()})
+        for index in range(len(encoder.layers)):
+            # The other blocks of a group hold their first block's MLP: the same tensors, stored once.
+            mlp_state = leaders[new_config.first_block_of_mlp(index)]
+            state.update({f"{prefix}{index}.mlp.{name}": value for name, value in mlp_state.items()})
     return build_with_weights(type(model), new_config, state, training=model.training)
+
+
+def _pruned_mlps(model, config, *, method: str, calibration) -> dict[int, dict]:
+    """shallow: every block's MLP keeping the `config.mlp_hidden_size` units `method` scores highest."""
+    scores = UNIT_SCORES[method](model, calibration)
+    mlps = {}
+    for index, mlp in enumerate(_mlps(_encoder(model))):
+        keep = _kept_units(scores[index], config.mlp_hidden_size)
+        mlps[index] = {
+            "fc1.weight": mlp.fc1.weight[keep].clone(),
+            "fc1.bias": mlp.fc1.bias[keep].clone(),
+            "fc2.weight": mlp.fc2.weight[:, keep].clone(),
+            "fc2.bias": mlp.fc2.bias.clone(),
+        }
+    return mlps
+
+
+def _shared_mlps(model, config, *, method: str, calibration) -> dict[int, dict]:
+    """grouped: for each group's first block, the mean of the MLPs `method` picks, each with its units reordered
+    as `method` matches them to the leader's."""
+    mlps = _mlps(_encoder(model))
+    groups = [
+        list(range(first, min(first + config.mlp_share_group_size, len(mlps))))
+        for first in range(0, len(mlps), config.mlp_share_group_size)
+    ]
+    members = SHARED_MEMBERS[method](model, groups, calibration)
+    shared = {}
+    for group in groups:
+        states = [
+            permuted_units(dict(mlps[member].named_parameters()), members[member])
+            for member in group
+            if member in members
+        ]
+        # Averaged in float32 so that a bfloat16 model's mean is rounded once.
+        shared[group[0]] = {
+            name: torch.stack([state[name] for state in states]).float().mean(0).to(param)
+            for name, param in mlps[group[0]].named_parameters()
+        }
+    return shared
+
+
+def _leader(model, groups, calibration) -> dict:
+    """The paper: the group's first MLP alone."""
+    return {group[0]: None for group in groups}
+
+
+def _every_member(model, groups, calibration) -> dict:
+    return {member: None for group in groups for member in group}
+
+
+def _aligned_members(model, groups, calibration) -> dict:
+    """Every member, its units permuted to the leader's by the correlation of their activations."""
+    correlations = group_correlations(model, calibration, groups)
+    return {
+        **{group[0]: None for group in groups},
+        **{member: matching_permutation(correlation) for (_, member), correlation in correlations.items()},
+    }
+
+
+# How each cut builds the MLPs of the blocks that hold one: fn(model, new config, method=, calibration=).
+CUTS = {"shallow": _pruned_mlps, "grouped": _shared_mlps}
+# Which MLPs each share method averages: fn(model, groups, calibration) -> {member: unit permutation or None}.
+SHARED_MEMBERS = {"leader": _leader, "mean": _every_member, "aligned": _aligned_members}
+
+
+def _encoder(model):
+    return model.vit if hasattr(model, "vit") else model
 
 
 def _mlps(encoder) -> list[nn.Module]:
     return [layer.mlp for layer in encoder.layers]
+
+
+def _no_scores(model, calibration) -> list[None]:
+    """The paper's slice: no ranking, the first units are kept."""
+    return [None] * len(_encoder(model).layers)
+
+
+def _magnitude_scores(model, calibration) -> list[torch.Tensor]:
+    """A unit's contribution is bounded by the norms of its input row and output column."""
+    return [mlp.fc1.weight.float().norm(dim=1) * mlp.fc2.weight.float().norm(dim=0) for mlp in _mlps(_encoder(model))]
+
+
+# How each prune method scores every block's hidden units: fn(model, calibration) -> per block, scores or None.
+UNIT_SCORES = {
+    "first": _no_scores,
+    "magnitude": _magnitude_scores,
+    "activation": activation_importance,
+    "taylor": taylor_importance,
+}
 
 
 def _kept_units(scores: torch.Tensor | None, width: int):

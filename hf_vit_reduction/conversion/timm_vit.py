@@ -40,6 +40,7 @@ def _with_overrides(derived: dict, overrides: dict, fixed: tuple[str, ...]) -> d
 # State-dict keys of timm features that ViTReduced does not have, and the features' names.
 _TIMM_FEATURES = (
     ("reg_token", "register tokens (reg_tokens > 0)"),
+    ("dist_token", "a distillation token and its head (a distilled DeiT)"),
     ("norm_pre.", "a pre-norm before the blocks (pre_norm=True)"),
     ("fc_norm.", "a norm after pooling (fc_norm, global average pooling)"),
     ("attn_pool.", "attention pooling"),
@@ -123,6 +124,10 @@ def _describe_timm_model(model) -> tuple[dict, tuple[str, ...]]:
         f"global_pool={model.global_pool!r} (only 'token', the class token, is supported)",
     )
     require(model.has_class_token, "class_token=False")
+    require(
+        getattr(model, "dist_token", None) is None,
+        "a distillation token and its head (a distilled DeiT: a second class token attended to by every block)",
+    )
     require(not model.num_reg_tokens, f"reg_tokens={model.num_reg_tokens}")
     require(not model.no_embed_class, "no_embed_class=True")
     require(model.pos_embed is not None, "no position embedding (pos_embed='none')")
@@ -233,9 +238,16 @@ def _describe_timm_model(model) -> tuple[dict, tuple[str, ...]]:
 
 
 def _timm_labels(model) -> dict:
-    """ImageNet class names for a timm model whose head is one of timm's ImageNet heads; none otherwise."""
+    """The class names a timm model carries (`label_names` of a saved model's config), ImageNet's for one of timm's
+    ImageNet heads; none otherwise."""
     from timm.data import ImageNetInfo, infer_imagenet_subset
 
+    saved = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
+    if saved and len(saved) == model.num_classes:
+        names = [saved[i] for i in range(model.num_classes)] if isinstance(saved, (list, tuple)) else None
+        if isinstance(saved, dict):
+            names = [saved.get(i, saved.get(str(i))) for i in range(model.num_classes)]
+        return {"id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)}}
     subset = infer_imagenet_subset(model)
     if not subset:
         return {}

@@ -123,13 +123,37 @@ def from_transformers(model_or_path, drop_pooler: bool = False):
     return build_with_weights(ViTReducedForImageClassification, config, state)
 
 
+# Transformers image models that are not ViTs ViTReduced can hold, by model_type, and what it cannot represent.
+UNREPRESENTABLE = {
+    "deit": "the distillation token (a second class token, attended to by every block, in all of Transformers' "
+    "DeiT classes; the non-distilled DeiT checkpoints are saved as model_type 'vit' and convert)",
+    "beit": "relative position bias and layer scale",
+    "data2vec-vision": "relative position bias and layer scale (BEiT's architecture)",
+    "dinov2": "layer scale",
+    "dinov2_with_registers": "register tokens and layer scale",
+    "swin": "windowed attention with relative position bias and patch merging (stages of different widths)",
+    "swinv2": "windowed attention with relative position bias and patch merging (stages of different widths)",
+    "clip": "a LayerNorm before the blocks (pre_layrnorm); and this is a text and vision model",
+    "clip_vision_model": "a LayerNorm before the blocks (pre_layrnorm)",
+    "siglip": "attention pooling without a class token; and this is a text and vision model",
+    "siglip_vision_model": "attention pooling without a class token",
+    "vit_mae": "random masking of patches in the forward pass (mask_ratio)",
+    "vit_hybrid": "a convolutional (BiT) stem instead of a patch embedding",
+}
+
+
 def load_transformers_folder(path):
     """The Transformers ViT saved in a local folder, loaded with every weight accounted for."""
     from transformers import AutoConfig, ViTForImageClassification, ViTModel
 
     if not os.path.isdir(path):
-        raise ValueError(f"{str(path)!r} is not a local model folder (the Hub is not reachable from here)")
+        raise ValueError(f"{path} does not exist (a local model folder is needed: the Hub is not reachable from here)")
     config = AutoConfig.from_pretrained(path)
+    if config.model_type in UNREPRESENTABLE:
+        raise ValueError(
+            f"{path} holds a {config.model_type!r} model ({', '.join(config.architectures or [])}); ViTReduced "
+            f"cannot represent {UNREPRESENTABLE[config.model_type]}"
+        )
     if config.model_type != "vit":
         raise ValueError(
             f"{path} holds a {config.model_type!r} model; allowed: 'vit' (ViTForImageClassification or ViTModel)"

@@ -22,8 +22,9 @@ from PIL import Image
 
 from ..cli import command_parser
 from ..configuration_vit_reduced import ViTReducedConfig
-from ..conversion.provenance import read_provenance
+from ..image_processing_vit_reduced import PREPROCESSING_FIELDS
 from ..summary import summarize
+from .provenance import read_provenance
 from .run_folder import read_history, read_json
 
 TEMPLATE = "model_card.md"
@@ -174,6 +175,7 @@ def render_model_card(
         num_labels=config.num_labels,
         dataset_description=dataset_description if run_args or results else None,
         preprocessing=_preprocessing(folder),
+        preprocessing_sources=_preprocessing_sources(run_args),
         results=results if eval_results else None,
         final_row=history[-1] if history else None,
         split=split,
@@ -188,10 +190,12 @@ def render_model_card(
 def how_it_was_made(provenance: dict) -> list[str]:
     """The lines of the card's section from a folder's provenance.json: the cut (a converter's record) and, for a
     training run that started from a saved model, its recovery (teacher, distillation, epochs, top-1 before and
-    after)."""
+    after) and what its labels needed (a new classifier, reordered rows)."""
     cut = provenance.get("cut", provenance) if "recovered_from" in provenance else provenance
     lines = []
-    if cut:
+    if cut and cut.get("strategy") == "baseline":
+        lines.append(f"- Converted from `{cut.get('source')}`, as it is.")
+    elif cut:
         method = cut.get("prune_method") if cut.get("strategy") == "shallow" else cut.get("share_method")
         line = f"- Cut from `{cut.get('source')}` to `{cut.get('strategy')}` with `{method}`"
         calibration = cut.get("calibration")
@@ -212,6 +216,15 @@ def how_it_was_made(provenance: dict) -> list[str]:
             f"- Recovered from `{provenance['recovered_from']}` for {provenance['recovery_epochs']} epochs {how}: "
             f"top-1 {provenance['top1_before']:.2f}% before, {provenance['top1_after']:.2f}% after."
         )
+        labels = provenance.get("labels") or {}
+        theirs = ", ".join(map(str, labels.get("model_labels", [])[:10]))
+        if labels.get("labels") == "new head":
+            lines.append(
+                f"- A new classifier for the data's labels (`--ignore_mismatched_sizes`): the starting model "
+                f"predicted {theirs}{', ...' if len(labels['model_labels']) > 10 else ''}."
+            )
+        elif labels.get("labels") == "permuted":
+            lines.append("- The starting model's classifier rows were reordered to the data's label order.")
     return lines
 
 
@@ -264,6 +277,29 @@ def _preprocessing(folder: Path) -> list[tuple[str, str]] | None:
             ("normalize", f"mean {_numbers(processor['image_mean'])}, std {_numbers(processor['image_std'])}")
         )
     return steps
+
+
+def _preprocessing_sources(run_args: dict) -> str | None:
+    """Where a training run's preprocessing values came from, as args.json records them ("starting model", a
+    recipe, the command line); None for a folder no run wrote."""
+    recipe = run_args.get("recipe") or {}
+    sources = {}
+    for field in PREPROCESSING_FIELDS:
+        if field in recipe:
+            sources.setdefault(recipe[field]["source"], []).append(field)
+    if not sources:
+        return None
+    start = run_args.get("model_name_or_path")
+    return "; ".join(
+        f"{', '.join(fields)} from "
+        + (f"the starting model `{start}`'s processor" if source == "starting model" else _source_phrase(source))
+        for source, fields in sources.items()
+    )
+
+
+def _source_phrase(source: str) -> str:
+    """ "finetune recipe" -> "the finetune recipe"; a source that names its owner ("timm's ...") stays as it is."""
+    return source if "'s " in source else f"the {source}"
 
 
 def _numbers(values) -> str:

@@ -19,6 +19,7 @@ from .config import FLAG, NO_GPU, RunConfig
 from .data import add_data_arguments
 from .distillation import add_distillation_arguments, check_distillation_arguments
 from .recipes import add_recipe_arguments, apply_recipe
+from .starting_model import TIMM_DEFAULT, with_starting_preprocessing
 
 # timm's augmentation policy strings (timm.data.auto_augment): a kind, then `-`-separated sections `<key><number>`.
 # timm skips a section without a number and stops at an unknown key only sometimes, so they are checked here.
@@ -45,7 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--mlp_share_group_size", type=int, default=2)
     model.add_argument("--model_size", choices=sorted(PRESETS), default=None, help="recipe")
     model.add_argument("--image_size", type=int, default=None, help="the preset's or the saved model's")
-    model.add_argument("--model_name_or_path", default=None, help="start from a saved or converted model")
+    model.add_argument(
+        "--model_name_or_path",
+        default=None,
+        help="start from a saved or converted model, with its preprocessing (flags given override it)",
+    )
+    model.add_argument(
+        "--ignore_mismatched_sizes",
+        action="store_true",
+        help="a starting model whose labels are not the data's gets a new classifier (Transformers' name)",
+    )
     model.add_argument("--drop_path", "--drop-path", type=float, default=None, help="recipe")
 
     add_data_arguments(parser.add_argument_group("data (no source: the embedded digits)"))
@@ -106,7 +116,9 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
         "std": tuple(args.std),
         "mixed_precision": mixed_precision(args.mixed_precision, args.amp, args.amp_dtype),
         "distillation": args.distillation or ("soft" if args.teacher_model_name_or_path else None),
+        "crop_mode": args.crop_mode or "center",
     }
+    sources["crop_mode"] = FLAG if args.crop_mode else TIMM_DEFAULT
     _check(parser, argparse.Namespace(**values))
     if args.benchmark_loop:  # the loop alone is timed: no evaluation, no checkpoint
         values |= {"checkpointing_steps": "no", "eval_every": 10**9}
@@ -119,7 +131,10 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
         for key in ("amp", "tf32", "cudnn_benchmark"):
             if values[key]:
                 values[key], sources[key] = False, NO_GPU
-    return RunConfig(**values, sources=sources)
+    try:
+        return with_starting_preprocessing(RunConfig(**values, sources=sources))
+    except ValueError as error:
+        parser.error(str(error))
 
 
 def mixed_precision(requested: str | None, amp: bool, amp_dtype: str = "float16") -> str:

@@ -76,6 +76,7 @@ def build_transforms(
     train_interpolation: str,
     interpolation: str,
     crop_pct: float,
+    crop_mode: str,
     mean: tuple[float, float, float],
 ):
     """timm's per-image train transform (crop, flip, RandAugment or colour jitter) and eval, ending in uint8 tensors.
@@ -101,6 +102,7 @@ def build_transforms(
         is_training=False,
         interpolation=interpolation,
         crop_pct=crop_pct,
+        crop_mode=crop_mode,
         mean=mean,
         use_prefetcher=True,
     )

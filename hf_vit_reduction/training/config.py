@@ -24,6 +24,7 @@ class RunConfig:
     model_size: str
     image_size: int | None  # None: the preset's or the starting model's
     model_name_or_path: str | None
+    ignore_mismatched_sizes: bool  # a starting model with other labels gets a new classifier
     drop_path: float
     # data
     dataset_name: str | None
@@ -67,6 +68,7 @@ class RunConfig:
     train_interpolation: str
     interpolation: str
     crop_pct: float
+    crop_mode: str  # timm's: "center" (the shorter side resized) or "squash" (both sides)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     aug_repeats: int
@@ -167,6 +169,7 @@ def transform_kwargs(config: RunConfig) -> dict:
         "train_interpolation": config.train_interpolation,
         "interpolation": config.interpolation,
         "crop_pct": config.crop_pct,
+        "crop_mode": config.crop_mode,
         "mean": config.mean,
     }
 

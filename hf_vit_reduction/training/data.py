@@ -213,6 +213,13 @@ def load_image_classification_data(
         data_files = {train_split: os.path.join(train_dir, "**")}
         if validation_dir:
             _check_image_folder(validation_dir, "validation_dir")
+            # 🤗 Datasets would label the union of both folders' classes: a class only validation has is never
+            # trained on, and would count against the model as an error.
+            if extra := sorted(set(_class_folders(validation_dir)) - set(classes)):
+                raise ValueError(
+                    f"validation_dir={validation_dir!r} has classes that train_dir={train_dir!r} has not: "
+                    f"{', '.join(extra[:10])}{' ...' if len(extra) > 10 else ''}; allowed: the training classes"
+                )
             data_files[validation_split] = os.path.join(validation_dir, "**")
         builder, builder_kwargs, available = ("imagefolder", {"data_files": data_files}, list(data_files))
         source = f"imagefolder:{train_dir}"

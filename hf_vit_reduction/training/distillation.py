@@ -1,8 +1,9 @@
 """Knowledge distillation from a teacher classifier, for recovering a cut model: the flags, the teacher, the loss.
 
-The teacher is any 🤗 Transformers image classifier with the run's labels, image size and normalization. It sees
-exactly the student's batch (after Mixup/CutMix and erasing), in eval mode, without gradients, under the caller's
-autocast. It is never prepared by Accelerate, so it is in no optimizer, EMA, checkpoint, saved model or DDP
+The teacher is any 🤗 Transformers image classifier with the run's labels (in any order: its classifier rows are
+put in the data's) and a saved image processor. It sees the student's batch (after Mixup/CutMix and erasing): the
+same pixels, re-normalized with its own mean and std and resized to its own size when that differs, on the device,
+in eval mode, without gradients, under the caller's autocast. It is never prepared by Accelerate, so it is in no optimizer, EMA, checkpoint, saved model or DDP
 gradient sync; in eval mode it draws no random numbers, so a resumed run is the same run.
 
 - `soft` (Hinton et al.): KL(teacher || student) of the softmaxes at temperature T, averaged over the batch and
@@ -16,6 +17,9 @@ import argparse
 
 import torch
 import torch.nn.functional as F
+
+from ..image_processing_vit_reduced import Preprocessing, preprocessing_of
+from .labels import match_labels
 
 DISTILLATION_MODES = ("soft", "hard")
 
@@ -56,18 +60,61 @@ def hard_distillation_loss(student_logits, teacher_logits) -> torch.Tensor:
     return F.cross_entropy(student_logits, teacher_logits.argmax(dim=-1))
 
 
+class TeacherInput:
+    """The student's normalized batch as the teacher's processor would have given it: back to [0, 1] with the
+    student's mean and std, normalized with the teacher's, and resized (its interpolation, antialiased) to the
+    teacher's size when that differs. The identity when both preprocess alike."""
+
+    def __init__(self, student: Preprocessing, teacher: Preprocessing, *, device):
+        def column(values):
+            return torch.tensor(values, dtype=torch.float32, device=device).view(-1, 1, 1)
+
+        # x_teacher = (x * std_s + mean_s - mean_t) / std_t = x * scale + shift
+        self.scale = column(student.std) / column(teacher.std)
+        self.shift = (column(student.mean) - column(teacher.mean)) / column(teacher.std)
+        self.renormalizes = student.mean != teacher.mean or student.std != teacher.std
+        self.size = teacher.image_size if teacher.image_size != student.image_size else None
+        # torch's interpolate knows bilinear, bicubic and nearest; PIL's other filters are nearest to bicubic.
+        mode = teacher.interpolation if teacher.interpolation in ("bilinear", "bicubic", "nearest") else "bicubic"
+        self.mode = mode
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.renormalizes:
+            images = images.float() * self.scale + self.shift
+        if self.size is not None:
+            images = F.interpolate(
+                images.float(),
+                size=(self.size, self.size),
+                mode=self.mode,
+                antialias=self.mode != "nearest",
+                **({} if self.mode == "nearest" else {"align_corners": False}),
+            )
+        return images
+
+
 class Distiller:
     """Adds the teacher's term to a training loss: `distiller(loss, student_logits, images)`."""
 
-    def __init__(self, teacher: torch.nn.Module, *, mode: str, alpha: float, temperature: float):
+    def __init__(
+        self,
+        teacher: torch.nn.Module,
+        *,
+        mode: str,
+        alpha: float,
+        temperature: float,
+        teacher_input=None,
+        labels: dict | None = None,
+    ):
         if mode not in DISTILLATION_MODES:
             raise ValueError(f"distillation={mode!r} is not valid; allowed: 'soft', 'hard'")
         self.teacher = teacher.eval().requires_grad_(False)
         self.mode, self.alpha, self.temperature = mode, alpha, temperature
+        self.teacher_input = teacher_input or (lambda images: images)
+        self.labels = labels
 
     def __call__(self, loss: torch.Tensor, student_logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            teacher_logits = self.teacher(pixel_values=images).logits
+            teacher_logits = self.teacher(pixel_values=self.teacher_input(images)).logits
         if self.mode == "soft":
             term = soft_distillation_loss(student_logits, teacher_logits, self.temperature)
         else:
@@ -78,15 +125,19 @@ class Distiller:
         """What the provenance records of this distillation."""
         return {
             "teacher": getattr(self.teacher, "name_or_path", None),
+            **({"teacher_labels": self.labels} if self.labels and self.labels["labels"] != "same" else {}),
             "distillation": self.mode,
             "distillation_alpha": self.alpha,
             **({"distillation_temperature": self.temperature} if self.mode == "soft" else {}),
         }
 
 
-def load_teacher(name_or_path: str, *, label_names: list[str], image_size: int, mean, std, device) -> torch.nn.Module:
-    """The teacher at `name_or_path`, checked against the run: labels in the same order, the same image size and
-    normalization (from its image processor). A mismatch is a ValueError naming what differs."""
+def load_teacher(
+    name_or_path: str, *, label_names: list[str], preprocessing: Preprocessing, device
+) -> tuple[torch.nn.Module, TeacherInput, dict]:
+    """The teacher at `name_or_path`, its labels put in the run's order, and how the student's batch becomes its
+    input (from its saved image processor); and what its labels needed, for the provenance. Labels that are not the
+    run's, or no image processor, are a ValueError in one line."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     flag = f"--teacher_model_name_or_path={name_or_path!r}"
@@ -97,37 +148,21 @@ def load_teacher(name_or_path: str, *, label_names: list[str], image_size: int, 
             f"{flag} is neither a folder holding a saved image classifier nor one in the local Hub cache: "
             f"{str(error).splitlines()[0]}"
         ) from None
-    config = teacher.config
-    teacher_labels = [config.id2label[i] for i in range(config.num_labels)]
-    if teacher_labels != list(label_names):
-        raise ValueError(
-            f"{flag} predicts the labels {_shorten(teacher_labels)}; allowed: the run's labels, in its order: "
-            f"{_shorten(label_names)}"
-        )
-    teacher_size = getattr(config, "image_size", None)
-    if teacher_size != image_size:
-        raise ValueError(f"{flag} takes {teacher_size} px images; allowed: the student's {image_size} px")
+    labels = match_labels(teacher, label_names, flag=flag)
     try:
         processor = AutoImageProcessor.from_pretrained(name_or_path)
     except (OSError, ValueError):
-        processor = None
-    teacher_normalization = None if processor is None else (processor.image_mean, processor.image_std)
-    if teacher_normalization is None or not _same(teacher_normalization, (mean, std)):
-        found = (
-            "no image processor"
-            if processor is None
-            else f"mean {list(processor.image_mean)}, std {list(processor.image_std)}"
-        )
         raise ValueError(
-            f"{flag} normalizes its images differently ({found}); allowed: the run's mean {list(mean)}, std {list(std)}"
+            f"{flag} has no image processor (preprocessor_config.json): its normalization and size are unknown"
+        ) from None
+    own = preprocessing_of(processor, where=f"{flag}'s image processor")
+    teacher_size = getattr(teacher.config, "image_size", own.image_size)
+    if own.image_size != teacher_size:
+        raise ValueError(
+            f"{flag}'s image processor crops {own.image_size} px images; the teacher takes {teacher_size} px"
         )
-    return teacher.to(device).eval().requires_grad_(False)
-
-
-def _same(a, b) -> bool:
-    return all(len(list(x)) == len(list(y)) and all(abs(u - v) < 1e-6 for u, v in zip(x, y)) for x, y in zip(a, b))
-
-
-def _shorten(labels: list[str], limit: int = 6) -> str:
-    shown = ", ".join(map(str, labels[:limit]))
-    return f"[{shown}{', ...' if len(labels) > limit else ''}] ({len(labels)})"
+    return (
+        teacher.to(device).eval().requires_grad_(False),
+        TeacherInput(preprocessing, own, device=device),
+        labels.describe(),
+    )

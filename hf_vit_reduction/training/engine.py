@@ -21,11 +21,11 @@ from tqdm.auto import tqdm
 from transformers import BaseImageProcessor
 
 from .. import ViTReducedConfig, ViTReducedForImageClassification, summarize
-from ..conversion.provenance import recovery_provenance, write_provenance
 from ..evaluation.scoring import evaluate_model, evaluate_model_and_ema
 from ..hub.model_card import write_model_card
+from ..hub.provenance import recovery_provenance, write_provenance
 from ..hub.pushing import HubPusher, HubPushError
-from ..image_processing_vit_reduced import image_processor_for
+from ..image_processing_vit_reduced import PREPROCESSING_FIELDS, Preprocessing
 from . import loaders, outputs
 from .arguments import parse_args
 from .builders import (
@@ -68,9 +68,11 @@ from .data import (
     take,
 )
 from .distillation import Distiller, load_teacher
+from .labels import SAME, LabelMatch, match_labels
 from .loop_benchmark import LoopBenchmark
 from .outputs import DiskFullError
 from .preemption import PreemptionWatch, is_lost_process, lost_process
+from .starting_model import STARTING_MODEL, run_preprocessing
 from .state import TrainState, UpdatePlan, gathered_loss_and_images
 
 logger = logging.getLogger(__name__)
@@ -105,6 +107,7 @@ class Run:
     summary: dict
     run_config: dict
     top1_before: float | None  # --model_name_or_path: the starting model's top-1, for the provenance
+    labels: LabelMatch | None  # --model_name_or_path: how its labels were matched to the data's, for the provenance
     progress: tqdm  # one bar for the whole run, on the main process
 
     @property
@@ -287,6 +290,8 @@ def finish(run: Run) -> None:
             epochs=results["epochs"],
             top1_before=run.top1_before,
             top1_after=results["final_top1"],
+            labels=run.labels.describe(),
+            preprocessing={key: config.sources.get(key) for key in PREPROCESSING_FIELDS},
         )
     if accelerator.is_main_process:
         outputs.write_json(f"{config.output_dir}/results.json", results)
@@ -342,11 +347,13 @@ def build(config: RunConfig, process: PartialState) -> Run:
         log_with=None if config.report_to == "none" else config.report_to.split(","),
         project_dir=config.output_dir,
     )
-    model = load_model(config, data.label_names)
-    image_size = model.config.image_size
-    distiller = build_distiller(config, label_names=data.label_names, image_size=image_size, device=accelerator.device)
+    model, labels = load_model(config, data.label_names)
+    preprocessing = run_preprocessing(config, model.config.image_size)
+    distiller = build_distiller(
+        config, label_names=data.label_names, preprocessing=preprocessing, device=accelerator.device
+    )
     train_loader, eval_loader, eval_transform, columns = build_loaders(
-        config, data, sampler=sampler, image_size=image_size, accelerator=accelerator
+        config, data, sampler=sampler, image_size=preprocessing.image_size, accelerator=accelerator
     )
     optimizer = build_optimizer(model, lr=config.lr, weight_decay=config.weight_decay, fused=torch.cuda.is_available())
     scheduler = build_scheduler(
@@ -379,7 +386,7 @@ def build(config: RunConfig, process: PartialState) -> Run:
         scheduler=scheduler,
         criterion=build_train_criterion(**criterion_kwargs(config)),
         distiller=distiller,
-        normalize=Normalize(config.mean, config.std, device=accelerator.device),
+        normalize=Normalize(preprocessing.mean, preprocessing.std, device=accelerator.device),
         augment=build_batch_augmentation(
             **batch_augmentation_kwargs(config), num_classes=len(data.label_names), device=accelerator.device
         ),
@@ -392,14 +399,13 @@ def build(config: RunConfig, process: PartialState) -> Run:
             keep=config.checkpoints_total_limit,
         ),
         state=TrainState(),
-        processor=image_processor_for(
-            image_size, crop_pct=config.crop_pct, interpolation=config.interpolation, mean=config.mean, std=config.std
-        ),
+        processor=preprocessing.image_processor(),
         pusher=pusher,
         preemption=PreemptionWatch(accelerator),
         summary=summarize(accelerator.unwrap_model(model)),
         run_config=run_config,
         top1_before=None,
+        labels=labels,
         progress=None,
     )
     if config.model_name_or_path:  # what the recovery starts from; re-measured on resume, the RNG is reset below
@@ -410,6 +416,8 @@ def build(config: RunConfig, process: PartialState) -> Run:
     else:
         set_seed(config.seed + accelerator.process_index)  # distinct mixup and drop-path draws per process
     log_header(run, resumed_from=resume)
+    if labels is not None and labels.outcome != SAME:
+        logger.info("%s: %s", config.model_name_or_path, labels.sentence())
     run.progress = tqdm(
         total=plan.total_updates,
         initial=run.state.step,
@@ -449,22 +457,23 @@ def log_header(run: Run, *, resumed_from: str | None) -> None:
 
 
 def build_distiller(
-    config: RunConfig, *, label_names: list[str], image_size: int, device: torch.device
+    config: RunConfig, *, label_names: list[str], preprocessing: Preprocessing, device: torch.device
 ) -> Distiller | None:
     """With --teacher_model_name_or_path: the teacher, checked against the data and the student before any long
-    work, and how its predictions enter the loss."""
+    work (its labels put in the data's order), how the student's batch becomes its input, and how its predictions
+    enter the loss."""
     if not config.teacher_model_name_or_path:
         return None
-    teacher = load_teacher(
-        config.teacher_model_name_or_path,
-        label_names=label_names,
-        image_size=image_size,
-        mean=config.mean,
-        std=config.std,
-        device=device,
+    teacher, teacher_input, labels = load_teacher(
+        config.teacher_model_name_or_path, label_names=label_names, preprocessing=preprocessing, device=device
     )
     return Distiller(
-        teacher, mode=config.distillation, alpha=config.distillation_alpha, temperature=config.distillation_temperature
+        teacher,
+        mode=config.distillation,
+        alpha=config.distillation_alpha,
+        temperature=config.distillation_temperature,
+        teacher_input=teacher_input,
+        labels=labels,
     )
 
 
@@ -536,9 +545,12 @@ def load_data(config: RunConfig) -> ImageClassificationData:
     return data
 
 
-def load_model(config: RunConfig, label_names: list[str]) -> ViTReducedForImageClassification:
-    """A new model of --model_size, or the saved one at --model_name_or_path with a new classifier for the labels."""
-    labels = {"id2label": dict(enumerate(label_names)), "label2id": {name: i for i, name in enumerate(label_names)}}
+def load_model(
+    config: RunConfig, label_names: list[str]
+) -> tuple[ViTReducedForImageClassification, LabelMatch | None]:
+    """A new model of --model_size; or the saved one at --model_name_or_path with its labels matched to the data's
+    by name (its classifier rows reordered; other labels refused, or a new classifier with
+    --ignore_mismatched_sizes), and how they were matched."""
     if not config.model_name_or_path:
         model_config = ViTReducedConfig.from_preset(
             config.model_size,
@@ -547,27 +559,30 @@ def load_model(config: RunConfig, label_names: list[str]) -> ViTReducedForImageC
             reduction_mlp_ratio=config.reduction_mlp_ratio,
             mlp_share_group_size=config.mlp_share_group_size,
             drop_path_rate=config.drop_path,
-            **labels,
+            id2label=dict(enumerate(label_names)),
+            label2id={name: i for i, name in enumerate(label_names)},
         )
-        return ViTReducedForImageClassification(model_config)
+        return ViTReducedForImageClassification(model_config), None
     strategy = {"reduction_strategy": config.strategy} if config.strategy else {}
+    flag = f"--model_name_or_path={config.model_name_or_path!r}"
     try:
         model = ViTReducedForImageClassification.from_pretrained(
-            config.model_name_or_path,
-            **strategy,
-            **labels,
-            drop_path_rate=config.drop_path,
-            ignore_mismatched_sizes=True,
+            config.model_name_or_path, **strategy, drop_path_rate=config.drop_path
         )
     except OSError as error:  # the Hub client's answer for a path that is not there, or not cached offline
         reason = str(error).splitlines()[0]
         raise ValueError(
-            f"--model_name_or_path={config.model_name_or_path!r} is neither a folder holding a saved model nor a model "
-            f"in the local Hub cache: {reason}"
+            f"{flag} is neither a folder holding a saved model nor a model in the local Hub cache: {reason}"
         ) from None
     if config.image_size and config.image_size != model.config.image_size:
+        if config.sources.get("image_size") == STARTING_MODEL:
+            raise ValueError(
+                f"{flag}'s image processor crops {config.image_size} px images, but the model takes "
+                f"{model.config.image_size} px; pass --image_size to resize the model, or save a processor for its size"
+            )
         model = model.at_image_size(config.image_size)
-    return model
+    labels = match_labels(model, label_names, flag=flag, new_head_allowed=config.ignore_mismatched_sizes)
+    return model, labels
 
 
 def log_update(run: Run, loss: float) -> None:

@@ -7,6 +7,7 @@ something else it is a named flag or a named recipe, never a silent difference.
 
 import argparse
 
+from ..image_processing_vit_reduced import CROP_MODES
 from .config import FLAG
 
 # The paper's four commands (`distributed_train.sh 2 ... --batch-size 256 --grad-accum-steps 2 --opt adamw --lr 0.001
@@ -193,6 +194,12 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         "--interpolation", choices=INTERPOLATIONS, default=None, help="evaluation resize (ViT's pretrained: bicubic)"
     )
     recipe.add_argument("--crop_pct", "--crop-pct", type=float, default=None, help="evaluation center crop")
+    recipe.add_argument(
+        "--crop_mode",
+        choices=CROP_MODES,
+        default=None,
+        help="evaluation resize: the shorter side (center, timm's default) or both sides (squash)",
+    )
     recipe.add_argument("--mean", "--image_mean", type=float, nargs="+", default=None, help="per RGB channel")
     recipe.add_argument("--std", "--image_std", type=float, nargs="+", default=None, help="per RGB channel")
     recipe.add_argument("--aug_repeats", "--aug-repeats", type=int, default=None, help="only when distributed")

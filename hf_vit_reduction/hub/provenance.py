@@ -23,11 +23,20 @@ def read_provenance(folder: str | Path) -> dict | None:
 
 
 def recovery_provenance(
-    *, start: str, distillation: dict | None, epochs: int, top1_before: float, top1_after: float
+    *,
+    start: str,
+    distillation: dict | None,
+    epochs: int,
+    top1_before: float,
+    top1_after: float,
+    labels: dict,
+    preprocessing: dict,
 ) -> dict:
     """The record of a training run that started from the saved model `start`: the cut (its own record, when the
     converter wrote one), the distillation (None without a teacher), the epochs trained and top-1 (%) before and
-    after, both measured on the run's validation split as the run reports it."""
+    after, both measured on the run's validation split as the run reports it; how the model's labels were matched
+    to the data's (`labels.LabelMatch.describe`: the same, permuted, or a new head) and where each preprocessing
+    value came from (the starting model, a flag)."""
     return {
         "cut": read_provenance(start) if Path(start).is_dir() else None,
         "recovered_from": start,
@@ -35,4 +44,6 @@ def recovery_provenance(
         "recovery_epochs": epochs,
         "top1_before": top1_before,
         "top1_after": top1_after,
+        "labels": labels,
+        "preprocessing": preprocessing,
     }
