@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from transformers import BaseImageProcessor
 
 from .. import ViTReducedConfig, ViTReducedForImageClassification, summarize
+from ..evaluation.scoring import evaluate_model, evaluate_model_and_ema
 from ..hub.model_card import write_model_card
 from ..hub.provenance import recovery_provenance, write_provenance
 from ..hub.pushing import HubPusher, HubPushError
@@ -67,7 +68,6 @@ from .data import (
     take,
 )
 from .distillation import Distiller, load_teacher
-from .evaluation import evaluate_model, evaluate_model_and_ema
 from .labels import SAME, LabelMatch, match_labels
 from .loop_benchmark import LoopBenchmark
 from .outputs import DiskFullError
