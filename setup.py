@@ -30,7 +30,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["hf_vit_reduction", "hf_vit_reduction.*"]),
-    package_data={"hf_vit_reduction": ["training/metrics/*/*.py", "hub/templates/*.md"]},
+    package_data={"hf_vit_reduction": ["evaluation/metrics/*/*.py", "hub/templates/*.md"]},
     # The core is what loading and running a model needs (from_pretrained, pipeline); each extra adds a part.
     install_requires=[
         # .ci/constraints.txt pins every direct dependency at the versions the suite passed with (CI installs those).

@@ -36,6 +36,8 @@ COMMANDS = {
     "push": Command("hf_vit_reduction.hub.pushing", None, "push a model folder to the Hub"),
     "card": Command("hf_vit_reduction.hub.model_card", None, "write a model folder's model card (README.md)"),
     "summary": Command("hf_vit_reduction.summary", None, "parameters, unique MLPs and GMACs (the paper's Table 2)"),
+    "evaluate": Command("hf_vit_reduction.evaluation.evaluate", "train", "score models side by side on a dataset"),
+    "predict": Command("hf_vit_reduction.evaluation.predict", "train", "top-k labels of a folder of images"),
     "report": Command("hf_vit_reduction.study.report", "study", "runs to the paper's tables and plots"),
     "reproduce": Command("hf_vit_reduction.study.reproduce", "study", "train several strategies and seeds"),
     "benchmark": Command("hf_vit_reduction.study.benchmark", "study", "training and inference throughput"),

@@ -3,8 +3,8 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
+from hf_vit_reduction.evaluation.scoring import evaluate_model, evaluate_model_and_ema, top_k_metric
 from hf_vit_reduction.training.builders import Normalize, build_ema
-from hf_vit_reduction.training.evaluation import evaluate_model, evaluate_model_and_ema, top_k_metric
 
 
 def test_evaluation_matches_a_direct_computation(make_model):

@@ -192,6 +192,7 @@ OUTPUT = {"error: --batch_size=0 is not valid; allowed: an integer >= 1": ["--ba
 BASH = {
     'pip install -c .ci/constraints.txt -e ".[train]"',
     "hf-vit-reduction export runs/shallow-digits-seed42 model.onnx",
+    "hf-vit-reduction evaluate runs/shallow-digits-seed42 runs/shallow-digits-seed42/best_model --results_file scores.json",
     "# your own photos, in ImageNet's layout (<class>/<image>); without --validation_dir 15% of train is held out",
     "hf-vit-reduction reproduce --output_dir reproduction --strategies baseline shallow --seeds 0 -- --epochs 2",
     "#!/bin/bash",

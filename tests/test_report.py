@@ -296,3 +296,104 @@ def test_recovery_runs_are_tabled_beside_the_from_scratch_runs_of_their_strategy
         "| `recovered` | shallow | taylor | soft | 2 | 60.00% | 88.50% | 30 s | 89.50% | 110 s |"
         in results_section(result)
     )
+
+
+# Two rows as `hf-vit-reduction evaluate --results_file` writes them: a ViTReduced and a timm model.
+EVALUATED = [
+    {
+        "model": "runs/grouped",
+        "kind": "ViTReduced (grouped)",
+        "top1": 91.25,
+        "top5": 99.5,
+        "loss": 0.31,
+        "agreement": 100.0,
+        "images": 360,
+        "bad_images": 0,
+        "images_per_s": 2345.6,
+        "device": "cpu",
+        "dtype": "float32",
+        "batch_size": 64,
+        "parameters": 141898,
+        "gmacs": 0.013163968,
+        "gmacs_convention": "paper",
+        "strategy": "grouped",
+        "mlp_parameters": 66112,
+        "unique_mlps": 2,
+        "expansion_ratio": 4.0,
+        "label_match": "by name",
+        "preprocessing": "resize 32 (bicubic), centre crop 32x32",
+        "data": "digits (scikit-learn, embedded) [validation]",
+        "run_top1": 91.25,
+    },
+    {
+        "model": "timm:vit_tiny",
+        "kind": "timm vit_tiny_patch16_224",
+        "top1": 10.0,
+        "top5": 50.0,
+        "loss": 2.3,
+        "agreement": 12.5,
+        "images": 360,
+        "bad_images": 0,
+        "images_per_s": 120.0,
+        "device": "cpu",
+        "dtype": "float32",
+        "batch_size": 64,
+        "parameters": 5524234,
+        "gmacs": 1.08,
+        "gmacs_convention": "flop_counter",
+        "strategy": None,
+        "mlp_parameters": None,
+        "unique_mlps": None,
+        "expansion_ratio": None,
+        "label_match": "by name",
+        "preprocessing": "timm's evaluation transform",
+        "data": "digits (scikit-learn, embedded) [validation]",
+        "run_top1": None,
+    },
+]
+
+
+def test_evaluations_are_tabled_beside_the_runs(runs_dir, tmp_path):
+    from hf_vit_reduction.evaluation.evaluate import write_results
+
+    scores = tmp_path / "scores.json"
+    write_results(EVALUATED, str(scores))
+    result = report_runs([runs_dir, scores], tmp_path / "report")
+    assert result["evaluations"] == [row | {"results_file": str(scores)} for row in EVALUATED]
+    assert set(result["strategies"]) == {"baseline", "grouped", "shallow", "thin"}
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "### Table 1: accuracy and stability" in markdown and "### Evaluated models" in markdown
+    assert (
+        "| `runs/grouped` | ViTReduced (grouped) | digits (scikit-learn, embedded) [validation] | 91.25 | 99.50 | "
+        "100.00 | 141,898 | 66,112 | 2 | 0.01316 | 4.00× | 2,346 |" in markdown
+    )
+    assert "| `timm:vit_tiny` | timm vit_tiny_patch16_224 |" in markdown
+    assert "| 12.50 | 5,524,234 | – | – | 1.08* | – | 120 |" in markdown
+    assert f"`{scores}`: cpu, float32, batch 64" in markdown
+
+
+def test_evaluations_alone_make_a_report_without_plots(tmp_path, capsys):
+    from hf_vit_reduction.evaluation.evaluate import write_results
+
+    as_json, as_csv = tmp_path / "scores.json", tmp_path / "scores.csv"
+    write_results(EVALUATED, str(as_json))
+    write_results(EVALUATED, str(as_csv))
+    from_json = main([str(as_json), "--output_dir", str(tmp_path / "from_json")])["evaluations"]
+    from_csv = main([str(as_csv), "--output_dir", str(tmp_path / "from_csv")])["evaluations"]
+    # The CSV's rows read back as the JSON's: the same numbers, an empty cell as None.
+    assert [{k: v for k, v in row.items() if k != "results_file"} for row in from_csv] == EVALUATED
+    assert [row["top1"] for row in from_json] == [91.25, 10.0]
+    assert sorted(p.name for p in (tmp_path / "from_csv").iterdir()) == ["report.json", "report.md"]
+    out = capsys.readouterr().out
+    assert "Table 1" not in out and "### Evaluated models" in out
+    assert f"wrote {tmp_path / 'from_csv' / 'report.md'}, report.json\n" in out
+
+
+def test_a_bad_results_file_ends_in_one_error_line(tmp_path, capsys):
+    bad = tmp_path / "scores.json"
+    bad.write_text(json.dumps([{"model": "m", "top1": 1.0, "top5": 2.0, "agreement": 100.0}, {"model": "n"}]))
+    with pytest.raises(SystemExit):
+        main([str(bad), "--output_dir", str(tmp_path / "out")])
+    text = capsys.readouterr().err
+    assert text == f"error: evaluation results '{bad}': row 2 lacks top1, top5, agreement\n"
+    assert not (tmp_path / "out").exists()

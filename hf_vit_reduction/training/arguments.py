@@ -12,7 +12,7 @@ import torch
 from accelerate.tracking import get_available_trackers
 from accelerate.utils import LoggerType
 
-from ..cli import CommandParser
+from ..cli import command_parser
 from ..configuration_vit_reduced import PRESETS, REDUCTION_STRATEGIES
 from ..hub.pushing import add_hub_arguments, check_hub_arguments
 from .compile import MODES as COMPILE_MODES
@@ -37,7 +37,8 @@ _SECTION = re.compile(r"^([a-z]+)(\d+(?:\.\d+)?)$")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = CommandParser(
+    parser = command_parser(
+        "train",
         description="Train a parameter-reduced ViT (arXiv 2512.01059) with timm's recipe on Accelerate.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from transformers import BaseImageProcessor
 
 from .. import ViTReducedConfig, ViTReducedForImageClassification, summarize
+from ..evaluation.scoring import evaluate_model, evaluate_model_and_ema
 from ..hub.model_card import write_model_card
 from ..hub.provenance import recovery_provenance, write_provenance
 from ..hub.pushing import HubPusher, HubPushError
@@ -68,7 +69,6 @@ from .data import (
     take,
 )
 from .distillation import Distiller, load_teacher
-from .evaluation import evaluate_model, evaluate_model_and_ema
 from .labels import SAME, LabelMatch, match_labels
 from .loop_benchmark import LoopBenchmark
 from .outputs import DiskFullError
@@ -473,7 +473,7 @@ def log_header(run: Run, *, resumed_from: str | None) -> None:
     logger.info(
         "model: %s %s, %s parameters; %s updates of %s images on %d process(es)%s%s",
         run.summary["strategy"],
-        config.model_size,
+        f"from {config.model_name_or_path}" if config.model_name_or_path else config.model_size,
         f"{run.summary['num_parameters']:,}",
         f"{plan.total_updates:,}",
         f"{global_batch:,}",

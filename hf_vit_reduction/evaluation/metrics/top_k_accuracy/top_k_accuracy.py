@@ -17,7 +17,7 @@ Args:
 Returns:
     top1 (`float`), top{k} (`float`) in [0, 1], and count (`int`): the number of examples.
 Example:
-    >>> metric = evaluate.load("hf_vit_reduction/metrics/top_k_accuracy")
+    >>> metric = evaluate.load("hf_vit_reduction/evaluation/metrics/top_k_accuracy")
     >>> metric.compute(predictions=[[1, 0], [0, 1]], references=[1, 1], k=2)
     {'top1': 0.5, 'top2': 1.0, 'count': 2}
 """
