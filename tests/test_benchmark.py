@@ -144,6 +144,9 @@ def test_benchmark_rates_ratios_and_gmacs_from_a_planted_clock(monkeypatch, rest
         summary = summarize(config)
         assert row["gmacs"] == pytest.approx(summary["gmacs"]), name
         assert row["parameters"] == summary["num_parameters"], name
+        # The first warm-up step, timed on its own (under compile: the compile): 100 x a timed step's seconds.
+        first = (row["inference_first_step_s"], row["training_first_step_s"])
+        assert first == pytest.approx(tuple(100 * seconds for seconds in PLANTED_SECONDS[name])), name
 
 
 @pytest.mark.slow  # times real steps
@@ -170,3 +173,21 @@ def test_benchmark_refuses_bad_arguments(capsys, argv, message):
     with pytest.raises(SystemExit):
         main(["--device", "cpu", "--preset", "digits", *argv])
     assert message in capsys.readouterr().err
+
+
+def test_compiled_and_eager_are_timed_in_the_same_rounds(monkeypatch, restore_threads):
+    calls = []
+
+    def planted(name, config, args, compiled):
+        return lambda: calls.append((name, "compiled" if compiled else "eager"))
+
+    monkeypatch.setattr(benchmark, "gc", SimpleNamespace(collect=lambda: 0))
+    monkeypatch.setattr(benchmark.torch._dynamo, "reset", lambda: None)
+    monkeypatch.setattr(benchmark, "inference_step", planted)
+    monkeypatch.setattr(benchmark, "training_step", planted)
+    argv = [*TINY[:8], "--models", "baseline", "timm", "--warmup", "1", "--repeats", "2", "--steps", "1"]
+    results = main([*argv, "--compile", "--threads", "1"])
+    every = [(name, mode) for mode in ("eager", "compiled") for name in ("baseline", "timm")]
+    # Inference: one warm-up step each, then two rounds over all four; then the same for training.
+    assert calls == (every + every + every) * 2
+    assert [(row["model"], row["mode"]) for row in results["rows"]] == every

@@ -239,7 +239,7 @@ def test_a_previous_run_is_never_overwritten_silently(tmp_path):
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     result = run_command(command(out, "baseline", 1, 0, "--max_train_steps", "4", "--overwrite_output_dir"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((out / "results.json").read_text())["steps"] == 4
+    assert json.loads((out / "results.json").read_text())["steps"] == 5
 
 
 def test_resume_argument_errors(tmp_path):
@@ -382,9 +382,9 @@ def signal_at_step(script, monkeypatch, step: int, number=signal.SIGTERM):
     """The process gets `number` while update `step` is being logged, as from a scheduler."""
     log_update = script.log_update
 
-    def log_then_signal(run, loss):
-        log_update(run, loss)
-        if run.state.step == step:
+    def log_then_signal(run, update):
+        log_update(run, update)
+        if update.step == step:
             os.kill(os.getpid(), number)
 
     monkeypatch.setattr(script, "log_update", log_then_signal)
@@ -394,20 +394,22 @@ def signal_at_step(script, monkeypatch, step: int, number=signal.SIGTERM):
 def test_a_signal_ends_the_run_with_a_checkpoint_and_status_75_and_auto_resumes_it(tmp_path, monkeypatch, number):
     script = engine
     out = tmp_path / "run"
-    # A signal is reason enough to save.
-    argv = [*TINY, "--checkpointing_steps", "no", "--max_train_steps", "4", "--output_dir", str(out)]
-    signal_at_step(script, monkeypatch, 3, number)
+    # A signal is reason enough to save. Read every 2 updates: the signal at update 1's log (read at update 2) is
+    # reduced with update 3 and read at update 4, where the run stops.
+    argv = [*TINY, "--checkpointing_steps", "no", "--max_train_steps", "5", "--log_interval", "2"]
+    argv += ["--output_dir", str(out)]
+    signal_at_step(script, monkeypatch, 1, number)
     previous = signal.getsignal(number)
     with pytest.raises(SystemExit) as stop:
         script.main([*argv, "--resume_from_checkpoint", "auto"])  # nothing to resume yet: a fresh start
     assert stop.value.code == PREEMPTED_EXIT_STATUS == 75
-    assert [p.name for p in checkpoints(out)] == ["step_00000003"]  # the update under way was finished
+    assert [p.name for p in checkpoints(out)] == ["step_00000004"]
     assert not (out / "results.json").exists()
     assert signal.getsignal(number) is previous  # the handler is given back
     monkeypatch.undo()
     # The requeued job runs the same command.
     script.main([*argv, "--resume_from_checkpoint", "auto"])
-    assert json.loads((out / "results.json").read_text())["steps"] == 4
+    assert json.loads((out / "results.json").read_text())["steps"] == 5
     # Another run's folder is refused in one line, before anything is written.
     before = (out / "args.json").read_text()
     with pytest.raises(SystemExit) as stop:

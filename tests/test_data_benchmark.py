@@ -38,6 +38,20 @@ def test_both_loaders_are_measured_side_by_side(tmp_path, capsys):
         assert row["images_per_s_per_worker"] == row["images_per_s"]  # no workers: counted as one
         medians[row["loader"]] = row["images_per_s"]
     assert rows[0]["ours_over_timm"] == rows[1]["ours_over_timm"] == medians["ours"] / medians["timm"]
+    # The workers' own figure: uint8 batches/s, each round a pass of 4 batches (39 images of ours, 40 of timm's, in
+    # 8s) after 1 of warm-up; the median over rounds, per worker (none: the main process counted as one).
+    workers = {}
+    for row in rows:
+        assert len(row["uint8_batches_per_s_each_round"]) == 2 and row["uint8_batches_per_s"] > 0
+        assert row["uint8_batches_per_s"] == statistics.median(row["uint8_batches_per_s_each_round"])
+        assert row["uint8_batches_per_s_per_worker"] == row["uint8_batches_per_s"]
+        workers[row["loader"]] = row["uint8_batches_per_s"]
+    assert rows[0]["workers_ours_over_timm"] == workers["ours"] / workers["timm"]
+    # decode_jpeg and uint8 tensors against PIL on timm's boxes: an antialiased bilinear resize, within a grey level
+    # on average of PIL's.
+    paths = report["decode_paths"][str(folder)]
+    assert paths["images"] == 40 and set(paths["ms_per_image"]) == {"pil", "decode_jpeg"}
+    assert paths["mean_abs_difference"] < 1.0 and paths["max_abs_difference"] <= 255
     # 64 x 48 photos never allow a reduced decode for a 32 px crop (that needs a box of 64 x 64): all decoded whole.
     assert report["reduced_decode"][str(folder)]["reduced_share"] == 0
     assert report["epoch_start_seconds"] == {}  # no workers to start

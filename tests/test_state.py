@@ -1,10 +1,11 @@
 import json
+import math
 
 import pytest
 import torch
 from accelerate import Accelerator
 
-from hf_vit_reduction.training.state import TrainState, UpdatePlan, gathered_loss_and_images
+from hf_vit_reduction.training.state import TrainState, Update, UpdateMeter, UpdatePlan
 
 
 def plan(images=None, batch_size=32, grad_accum_steps=1, epochs=3, max_train_steps=None, num_processes=1):
@@ -58,9 +59,9 @@ def test_too_little_data_for_one_update_names_the_flags_to_lower(images, batch_s
 def test_train_state_counts_each_unreadable_file_once_and_round_trips():
     state = TrainState()
     state.note_bad_images(["a.jpg", "b.jpg"])
-    state.record_batch(loss=2.0, images=8)
+    state.record_update(update(loss_sum=2.0, batches=1, images=8))
     state.note_bad_images(["a.jpg"])  # drawn again in the next epoch
-    state.record_batch(loss=1.0, images=6)
+    state.record_update(update(loss_sum=1.0, batches=1, images=6))
     assert state.bad_train_images == ["a.jpg", "b.jpg"]
     assert (state.seen, state.mean_train_loss()) == (14, 1.5)
     state.step = 3
@@ -74,10 +75,36 @@ def test_train_state_counts_each_unreadable_file_once_and_round_trips():
     assert (state.loss_sum, state.loss_count) == (0.0, 0)
 
 
-def test_gathered_loss_and_images_in_one_process():
+def update(**fields) -> Update:
+    return Update(**{"step": 1, "lr": 0.1, "non_finite": False, "preempted": False, **fields})
+
+
+def test_the_meter_reads_every_update_since_the_last_read_at_once():
+    meter = UpdateMeter(Accelerator(cpu=True))
+    # Update 1: two accumulated batches (losses 0.5 and 1.5, 8 and 7 images); update 2: one batch, a signal noted.
+    meter.add_batch(torch.tensor(0.5, requires_grad=True), 8)
+    meter.add_batch(torch.tensor(1.5), 7)
+    meter.end_update(1, lr=0.01, preempted=False)
+    meter.add_batch(torch.tensor(3.0), 8)
+    meter.end_update(2, lr=0.02, preempted=True)
+    first, second = meter.read()
+    assert first == update(step=1, lr=0.01, loss_sum=2.0, batches=2, images=15)
+    assert (first.loss, second.loss) == (1.0, 3.0)
+    assert second == update(step=2, lr=0.02, loss_sum=3.0, batches=1, images=8, preempted=True)
+    assert meter.read() == []  # each update is read once
+    meter.add_batch(torch.tensor(math.inf), 8)
+    meter.add_batch(torch.tensor(2.0), 8)
+    meter.end_update(3, lr=0.03, preempted=False)
+    (third,) = meter.read()
+    assert third.non_finite and third.batches == 2 and not third.preempted
+    state = TrainState()
+    for each in (first, second):
+        state.record_update(each)
+    assert (state.seen, state.loss_count, state.mean_train_loss()) == (23, 3, 5.0 / 3)
+
+
+def test_gathering_bad_images_in_one_process():
     accelerator = Accelerator(cpu=True)
-    loss, images = gathered_loss_and_images(accelerator, torch.tensor(0.25, requires_grad=True), 31)
-    assert (loss, images) == (0.25, 31)
     state = TrainState(bad_train_images=["x.png"])
     state.gather(accelerator)
     assert state.bad_train_images == ["x.png"]

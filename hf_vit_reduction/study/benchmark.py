@@ -1,10 +1,13 @@
 """Throughput of the four strategies beside 🤗 Transformers' ViT and timm's ViT of the same size, in one run.
 
 For each model: inference images/s (eval, no grad) and training-step images/s (forward, backward and a fused AdamW
-step, with bf16 autocast on a GPU), eager and (optionally) under `torch.compile`, peak memory, parameters and GMACs.
+step, with bf16 autocast on a GPU), eager and (optionally) under `torch.compile` as `train --torch_compile` compiles
+(`hf_vit_reduction.training.compile`), the first step's seconds (under compile: the compile), peak memory,
+parameters and GMACs.
 Models have random weights and channels-last inputs; the dtype is bfloat16 on a GPU and float32 on a CPU. Each
-figure is the median of `--repeats` timed runs of `--steps` steps, after `--warmup` untimed steps, with the device
-synchronized around every timed run. The table gives ratios to both anchors and to our baseline, since absolute
+figure is the median of `--repeats` timed runs of `--steps` steps, after `--warmup` steps (the first timed on its
+own), with the device synchronized around every timed run; the timed runs go round every model, eager and compiled
+alike, so that a change of load falls on all of them. The table gives ratios to both anchors and to our baseline, since absolute
 figures move from machine to machine.
 
     hf-vit-reduction benchmark                                   # ViT-B/16, 224 px, GPU if present
@@ -21,7 +24,6 @@ import os
 import platform
 import statistics
 import time
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,8 @@ from ..cli import command_parser
 from ..configuration_vit_reduced import PRESETS, REDUCTION_STRATEGIES, ViTReducedConfig
 from ..modeling_vit_reduced import ViTReducedForImageClassification
 from ..summary import summarize
+from ..training.compile import MODES as COMPILE_MODES
+from ..training.compile import compile_model
 
 ANCHORS = ("transformers", "timm")
 MODELS = (*REDUCTION_STRATEGIES, *ANCHORS)
@@ -136,7 +140,7 @@ def inference_step(name, config, args, compiled: bool):
     """A callable running one eval forward pass without autograd on a fresh model `name`."""
     model = build_model(name, config).to(device=args.device, dtype=args.dtype).eval()
     model = model.to(memory_format=torch.channels_last)
-    forward = _logits(name, torch.compile(model) if compiled else model)
+    forward = _logits(name, compile_model(model, mode=args.torch_compile_mode) if compiled else model)
     pixels = _pixels(config, args.batch_size, args.device, args.dtype)
 
     def step():
@@ -152,7 +156,7 @@ def training_step(name, config, args, compiled: bool):
     model = build_model(name, config).to(device).train()
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    forward = _logits(name, torch.compile(model) if compiled else model)
+    forward = _logits(name, compile_model(model, mode=args.torch_compile_mode) if compiled else model)
     pixels = _pixels(config, args.train_batch_size, device, torch.float32)
     labels = torch.randint(config.num_labels, (args.train_batch_size,), device=device)
 
@@ -167,38 +171,47 @@ def training_step(name, config, args, compiled: bool):
 
 
 def measure(make_step, configs: dict, batch_size: int, args) -> dict:
-    """{name: (images/s, peak MiB or None)} of each model's step, timed round-robin.
+    """{(name, mode): (images/s, peak MiB or None, first step's seconds)} of each model's step in each mode (eager,
+    compiled), timed round-robin.
 
-    Every model is built and warmed up first; then each repeat times every model in turn, so that a change in the
-    machine's load during the run falls on all models alike. Peak memory (CUDA only) is what a model allocated
+    Every model is built in every mode and warmed up first (its first step timed on its own: compiled, the graphs'
+    build); then each repeat times every model in every mode in turn, so that a change in the machine's load during
+    the run falls on all of them alike, compiled and eager too. Peak memory (CUDA only) is what a model allocated
     from its construction to the end of its warm-up: weights, activations and, in training, gradients and AdamW
     state.
     """
-    device, steps, memory = args.device, {}, {}
-    for name, config in configs.items():
+    device, steps, memory, first = args.device, {}, {}, {}
+    keys = [(name, mode) for mode in args.modes for name in configs]
+    for name, mode in keys:
         gc.collect()
         if device.type == "cuda":
             allocated = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
-        steps[name] = make_step(name, config)
-        for _ in range(args.warmup):
-            steps[name]()
+        key = (name, mode)
+        steps[key] = make_step(name, configs[name], args=args, compiled=mode == "compiled")
         _synchronize(device)
-        memory[name] = (torch.cuda.max_memory_allocated(device) - allocated) / 2**20 if device.type == "cuda" else None
-    times = {name: [] for name in configs}
+        start = time.perf_counter()
+        steps[key]()
+        _synchronize(device)
+        first[key] = time.perf_counter() - start
+        for _ in range(args.warmup - 1):
+            steps[key]()
+        _synchronize(device)
+        memory[key] = (torch.cuda.max_memory_allocated(device) - allocated) / 2**20 if device.type == "cuda" else None
+    times = {key: [] for key in keys}
     for _ in range(args.repeats):
-        for name, step in steps.items():
+        for key, step in steps.items():
             _synchronize(device)
             start = time.perf_counter()
             for _ in range(args.steps):
                 step()
             _synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            times[key].append(time.perf_counter() - start)
     del steps
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {name: (batch_size * args.steps / statistics.median(times[name]), memory[name]) for name in configs}
+    return {key: (batch_size * args.steps / statistics.median(times[key]), memory[key], first[key]) for key in keys}
 
 
 def _machine(device: torch.device) -> dict:
@@ -230,27 +243,16 @@ def run(args) -> dict:
     configs = {name: _config(args, name) if name in REDUCTION_STRATEGIES else base for name in args.models}
     load_before = os.getloadavg()
     rows = []
-    for mode in ("eager", "compiled") if args.compile else ("eager",):
-        compiled = mode == "compiled"
-        if compiled:
-            torch._dynamo.reset()
-            # The four strategies share their forward code, and each model compiles in train and eval mode.
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(configs))
-        inference = measure(
-            partial(inference_step, args=args, compiled=compiled),
-            configs,
-            args.batch_size,
-            args,
-        )
-        training = measure(
-            partial(training_step, args=args, compiled=compiled),
-            configs,
-            args.train_batch_size,
-            args,
-        )
+    args.modes = ("eager", "compiled") if args.compile else ("eager",)
+    if args.compile:
+        torch._dynamo.reset()
+    inference = measure(inference_step, configs, args.batch_size, args)
+    training = measure(training_step, configs, args.train_batch_size, args)
+    for mode in args.modes:
         for name, config in configs.items():
             with torch.device("meta"):
                 model = build_model(name, config)
+            key = (name, mode)
             rows.append(
                 {
                     "model": name,
@@ -258,10 +260,12 @@ def run(args) -> dict:
                     "mode": mode,
                     "parameters": sum(p.numel() for p in model.parameters()),
                     "gmacs": summarize(config)["gmacs"],
-                    "inference_images_per_s": inference[name][0],
-                    "training_images_per_s": training[name][0],
-                    "inference_peak_memory_mib": inference[name][1],
-                    "training_peak_memory_mib": training[name][1],
+                    "inference_images_per_s": inference[key][0],
+                    "training_images_per_s": training[key][0],
+                    "inference_peak_memory_mib": inference[key][1],
+                    "training_peak_memory_mib": training[key][1],
+                    "inference_first_step_s": inference[key][2],
+                    "training_first_step_s": training[key][2],
                 }
             )
     for row in rows:
@@ -286,6 +290,7 @@ def run(args) -> dict:
         "repeats": args.repeats,
         "steps_per_repeat": args.steps,
         "compile": bool(args.compile),
+        "torch_compile_mode": args.torch_compile_mode,
         "memory_format": "channels_last",
         "attention": "sdpa",
         "keep_freed_memory": args.keep_freed_memory,
@@ -334,8 +339,8 @@ def format_table(results: dict) -> str:
         described,
         "",
         f"| model | mode | parameters | GMACs | inference img/s | {ratios} | training img/s | {ratios} | "
-        + "peak memory MiB (inference / training) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        + "first step s (inference / training; compiled: the compile) | peak memory MiB (inference / training) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results["rows"]:
         cells = [
@@ -347,6 +352,7 @@ def format_table(results: dict) -> str:
         for kind in ("inference", "training"):
             cells.append(_rate(row[f"{kind}_images_per_s"]))
             cells += [_number(row[f"{kind}_vs_{ref}"], 2) for ref in RATIO_TO]
+        cells.append(f"{_number(row['inference_first_step_s'], 2)} / {_number(row['training_first_step_s'], 2)}")
         cells.append(f"{_number(row['inference_peak_memory_mib'], 0)} / {_number(row['training_peak_memory_mib'], 0)}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -410,6 +416,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="eager only (default on CPU, where inductor's C++ builds take minutes)",
     )
+    parser.add_argument("--torch_compile_mode", choices=COMPILE_MODES, help="torch.compile's mode (default: torch's)")
     parser.add_argument("--threads", type=_positive(int), help="CPU threads (default: torch's)")
     parser.add_argument(
         "--keep_freed_memory",

@@ -15,6 +15,7 @@ from accelerate.utils import LoggerType
 from ..cli import command_parser
 from ..configuration_vit_reduced import PRESETS, REDUCTION_STRATEGIES
 from ..hub.pushing import add_hub_arguments, check_hub_arguments
+from .compile import MODES as COMPILE_MODES
 from .config import FLAG, NO_GPU, RunConfig
 from .data import add_data_arguments
 from .distillation import add_distillation_arguments, check_distillation_arguments
@@ -90,6 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="time the full loop on in-memory data against the bare step, then stop (hf_vit_reduction.loop_benchmark)",
     )
     run.add_argument("--benchmark_warmup", type=int, default=5)
+    run.add_argument(
+        "--torch_compile",
+        "--torchcompile",
+        action="store_true",
+        help="torch.compile the model (training and evaluation) and the EMA (hf_vit_reduction.training.compile)",
+    )
+    run.add_argument("--torch_compile_mode", choices=COMPILE_MODES, default=None, help="torch.compile's mode")
+    run.add_argument(
+        "--log_interval",
+        "--log-interval",
+        type=int,
+        default=50,
+        help="the host reads the loss every N updates (and before every evaluation and checkpoint); a signal or a "
+        "non-finite loss takes effect there",
+    )
     add_hub_arguments(parser.add_argument_group("Hub (🤗 Transformers' Trainer names)"))
     return parser
 
@@ -200,7 +216,14 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     def fail(flag, allowed):
         parser.error(f"{flag}={getattr(args, flag.lstrip('-'))!r} is not valid; allowed: {allowed}")
 
-    for flag in ("--batch_size", "--eval_batch_size", "--grad_accum_steps", "--epochs", "--eval_every"):
+    for flag in (
+        "--batch_size",
+        "--eval_batch_size",
+        "--grad_accum_steps",
+        "--epochs",
+        "--eval_every",
+        "--log_interval",
+    ):
         if getattr(args, flag.lstrip("-")) < 1:
             fail(flag, "an integer >= 1")
     for flag in ("--max_train_steps", "--max_train_samples", "--max_eval_samples", "--image_size"):

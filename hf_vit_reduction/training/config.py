@@ -99,6 +99,9 @@ class RunConfig:
     report_to: str
     benchmark_loop: bool
     benchmark_warmup: int
+    torch_compile: bool
+    torch_compile_mode: str | None
+    log_interval: int
     # Hub
     push_to_hub: bool
     hub_model_id: str | None

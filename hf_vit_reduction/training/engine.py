@@ -4,9 +4,9 @@
 """
 
 import logging
-import math
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,6 +49,7 @@ from .checkpointing import (
     resolve,
     skip_batches,
 )
+from .compile import compile_model
 from .config import (
     FITTED,
     RunConfig,
@@ -73,7 +74,7 @@ from .loop_benchmark import LoopBenchmark
 from .outputs import DiskFullError
 from .preemption import PreemptionWatch, is_lost_process, lost_process
 from .starting_model import STARTING_MODEL, run_preprocessing
-from .state import TrainState, UpdatePlan, gathered_loss_and_images
+from .state import TrainState, Update, UpdateMeter, UpdatePlan
 
 logger = logging.getLogger(__name__)
 
@@ -182,12 +183,19 @@ def end_epoch(run: Run) -> None:
 
 
 def train_one_epoch(run: Run, epoch: int, callbacks=()) -> None:
-    """The epoch's updates: augment on the device, forward, loss, backward, step, EMA, log, mid-epoch checkpoints."""
+    """The epoch's updates: augment on the device, forward, loss, backward, step, EMA, log, mid-epoch checkpoints.
+
+    The host waits for the device once per --log_interval updates (`UpdateMeter.read`), and before a checkpoint
+    and at the epoch's end; no batch and no update waits on its own.
+    """
     config, accelerator, model, state = run.config, run.accelerator, run.model, run.state
     run.scheduler.step(epoch)
     (run.train_sampler or run.train_loader.dataset).set_epoch(epoch)
     run.train_loader.generator.manual_seed(config.seed + epoch)  # a stream's worker seeds: a function of the epoch
     epoch_end = run.plan.epoch_end(epoch)
+    meter = UpdateMeter(accelerator)
+    timing_compile = config.torch_compile and state.compile_seconds is None
+    start = time.perf_counter()
     model.train()
     for batch in skip_batches(run.train_loader, run.plan.batches_to_skip(epoch, state.step)):
         if state.step >= epoch_end:
@@ -208,28 +216,46 @@ def train_one_epoch(run: Run, epoch: int, callbacks=()) -> None:
             accelerator.backward(loss)
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
-        loss_value, images_seen = gathered_loss_and_images(accelerator, loss, len(targets))
-        if not math.isfinite(loss_value):  # before the EMA, a checkpoint or a log sees the step
-            raise SystemExit(
-                f"error: non-finite loss ({loss_value}) at step {state.step + 1}; last good checkpoint: "
-                f"{run.saver.latest() or 'none'}. Nothing was written after it."
-            )
-        state.record_batch(loss=loss_value, images=images_seen)
+        meter.add_batch(loss, len(targets))
         if not accelerator.sync_gradients:
             continue
         state.step += 1
+        meter.end_update(state.step, lr=run.optimizer.param_groups[0]["lr"], preempted=run.preemption.signalled)
         run.scheduler.step_update(num_updates=state.step)
         if run.ema is not None:
             run.ema.update(run.unwrapped_model, step=state.step)
-        log_update(run, loss_value)
         for callback in callbacks:
             callback.on_update(state)
-        if run.saver.due(state.step) and state.step < epoch_end:
+        checkpoint_due = run.saver.due(state.step) and state.step < epoch_end
+        if timing_compile or checkpoint_due or state.step % config.log_interval == 0 or state.step == epoch_end:
+            read_updates(run, meter, stop_if_preempted=state.step < epoch_end)  # the epoch's end stops after it
+        if timing_compile:
+            timing_compile, state.compile_seconds = False, time.perf_counter() - start
+            logger.info(
+                "compiled in %.1f s (the first update's graphs; evaluation's at the first evaluation)",
+                state.compile_seconds,
+            )
+        if checkpoint_due:
             save_checkpoint(run)
-        if state.step < epoch_end:  # an epoch's last update is followed by its evaluation and checkpoint first
-            run.preemption.stop_if_requested(run.saver, state)
+    read_updates(run, meter, stop_if_preempted=False)  # a loader that ran out early
     if state.step < epoch_end:
         logger.warning("the data ran out after %d of %d updates", state.step, epoch_end)
+
+
+def read_updates(run: Run, meter: UpdateMeter, *, stop_if_preempted: bool) -> None:
+    """The updates since the last read, copied to the host at once: counted, logged, and checked before the EMA's
+    or the model's weights can be written; a signal to any process stops the run here, after a checkpoint."""
+    updates = meter.read()
+    for update in updates:
+        if update.non_finite:
+            raise SystemExit(
+                f"error: non-finite loss ({update.loss}) at step {update.step}; last good checkpoint: "
+                f"{run.saver.latest() or 'none'}. Nothing was written after it."
+            )
+        run.state.record_update(update)
+        log_update(run, update)
+    if stop_if_preempted and any(update.preempted for update in updates):
+        run.preemption.stop(run.saver, run.state)
 
 
 def validate(run: Run, epoch: int) -> dict:
@@ -369,6 +395,10 @@ def build(config: RunConfig, process: PartialState) -> Run:
     ema = None
     if config.model_ema:
         ema = build_ema(accelerator.unwrap_model(model), **ema_kwargs(config), total_updates=plan.total_updates)
+    if config.torch_compile:  # in place, Accelerate's wrapper included: weights and key names stay as they are
+        compile_model(model, mode=config.torch_compile_mode)
+        if ema is not None:
+            compile_model(ema.module, mode=config.torch_compile_mode)
     pusher = start_pusher(config, accelerator)
     run_config = start_outputs(config, accelerator)
     run = Run(
@@ -585,12 +615,11 @@ def load_model(
     return model, labels
 
 
-def log_update(run: Run, loss: float) -> None:
-    lr = run.optimizer.param_groups[0]["lr"]
+def log_update(run: Run, update: Update) -> None:
     run.progress.update(1)
-    run.progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+    run.progress.set_postfix(loss=f"{update.loss:.3f}", lr=f"{update.lr:.2e}")
     if run.accelerator.log_with:
-        run.accelerator.log({"train/loss": loss, "train/lr": lr}, step=run.state.step)
+        run.accelerator.log({"train/loss": update.loss, "train/lr": update.lr}, step=update.step)
 
 
 def configure_logging(*, is_main_process: bool) -> None:

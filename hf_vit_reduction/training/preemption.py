@@ -1,8 +1,10 @@
 """Preemption: a scheduler's SIGTERM or SIGUSR1 becomes a checkpoint at the next update and a distinct exit status.
 
 SLURM sends SIGTERM (or, with `--signal=USR1@SECONDS`, SIGUSR1 ahead of time) and kills the job a grace period
-later. The signal may reach any one process of a run; the handler only notes it, and the processes agree at an
-update boundary (one all-reduce) to write a checkpoint together and exit with `PREEMPTED_EXIT_STATUS`.
+later. The signal may reach any one process of a run; the handler only notes it. Each update carries this
+process's flag in the loop's one reduced tensor (`state.UpdateMeter`), so the processes agree, at the update where
+the host next reads it (within --log_interval updates, and before any checkpoint), to write a checkpoint together
+and exit with `PREEMPTED_EXIT_STATUS`; at an epoch's end, after its checkpoint, they agree in one all-reduce.
 """
 
 import logging
@@ -50,18 +52,26 @@ class PreemptionWatch:
     def _note(self, number, frame) -> None:
         self.received = signal.Signals(number).name
 
+    @property
+    def signalled(self) -> bool:
+        """Whether this process got a signal (what it adds to the loop's reduced tensor)."""
+        return self.received is not None
+
     def requested(self) -> bool:
-        """Call at the same point on every process (an update boundary): one all-reduce of the flags."""
-        flag = torch.tensor([float(self.received is not None)], device=self.accelerator.device)
+        """Call at the same point on every process: one all-reduce of the flags."""
+        flag = torch.tensor([float(self.signalled)], device=self.accelerator.device)
         if self.accelerator.num_processes > 1:
             flag = self.accelerator.reduce(flag, "sum")
         return bool(flag.item())
 
     def stop_if_requested(self, saver, state) -> None:
-        """When any process got a signal: a checkpoint of this update (unless one exists), written by every process
-        together whatever --checkpointing_steps says, then `Preempted`."""
-        if not self.requested():
-            return
+        """When any process got a signal: `stop`."""
+        if self.requested():
+            self.stop(saver, state)
+
+    def stop(self, saver, state) -> None:
+        """Call on every process together: a checkpoint of this update (unless one exists), written whatever
+        --checkpointing_steps says, then `Preempted`."""
         checkpoint = saver.saved(state.step) or saver.save(state, force=True)
         if self.accelerator.is_main_process:
             logger.warning(

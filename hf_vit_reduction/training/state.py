@@ -24,14 +24,16 @@ class TrainState:
     history: RunHistory = field(default_factory=RunHistory)
     elapsed_before: float = 0.0  # wall time of the runs this one resumed
     started: float = field(default_factory=time.time)
+    compile_seconds: float | None = None  # --torch_compile: this start's first update, graphs built (not restored)
 
     def wall_time(self) -> float:
         return self.elapsed_before + time.time() - self.started
 
-    def record_batch(self, *, loss: float, images: int) -> None:
-        self.loss_sum += loss
-        self.loss_count += 1
-        self.seen += images
+    def record_update(self, update: "Update") -> None:
+        """Add an update's batches, every process's: the epoch's training loss is their mean."""
+        self.loss_sum += update.loss_sum
+        self.loss_count += update.batches
+        self.seen += update.images
 
     def note_bad_images(self, descriptions: list[str]) -> None:
         if descriptions:
@@ -59,6 +61,7 @@ class TrainState:
             "bad_train_examples": self.bad_train_images[:BAD_IMAGE_EXAMPLES],
             "bad_train_images": self.bad_train_images,
             "history": self.history.state_dict(),
+            "compile_seconds": self.compile_seconds,
         }
 
     @classmethod
@@ -76,12 +79,72 @@ class TrainState:
         )
 
 
-def gathered_loss_and_images(accelerator, loss: torch.Tensor, images: int) -> tuple[float, int]:
-    """The mean loss over every process and the images they trained on, in one host sync per batch."""
-    local = torch.stack([loss.detach().float().reshape(()), torch.tensor(float(images), device=loss.device)])
-    gathered = accelerator.gather(local.reshape(1, 2)).tolist()
-    losses = [row[0] for row in gathered]
-    return sum(losses) / len(losses), int(sum(row[1] for row in gathered))
+@dataclass(frozen=True)
+class Update:
+    """One optimizer update as the host reads it: the mean loss over every process's batches, the images they
+    trained on, whether any batch's loss was not finite, and whether any process was asked to stop."""
+
+    step: int
+    lr: float
+    loss_sum: float  # over every process's batches
+    batches: int  # batches of every process (grad_accum_steps x processes, fewer when a batch was all unreadable)
+    images: int
+    non_finite: bool
+    preempted: bool
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.batches, 1)
+
+
+class UpdateMeter:
+    """The training loop's figures, kept on the device and read by the host once every few updates.
+
+    Each batch adds its loss, its image count and whether its loss is finite to a small tensor on the device (no
+    host sync); each update adds this process's preemption flag and reduces the tensor across processes once (one
+    all-reduce, asynchronous on a GPU); `read()` copies every update since the last read to the host at once (the
+    one host sync). The loop reads every --log_interval updates and before anything that evaluates, saves or ends.
+    """
+
+    FIELDS = ("loss_sum", "batches", "images", "non_finite", "preempted")
+
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+        self.window = torch.zeros(len(self.FIELDS), device=accelerator.device)  # this process, this update
+        self.pending: list[tuple[int, float, torch.Tensor]] = []  # (step, lr, reduced window) not yet read
+
+    def add_batch(self, loss: torch.Tensor, images: int) -> None:
+        loss = loss.detach().float().reshape(())
+        self.window[0] += loss
+        self.window[1] += 1
+        self.window[2] += images
+        self.window[3] += (~loss.isfinite()).float()
+
+    def end_update(self, step: int, *, lr: float, preempted: bool) -> None:
+        """Close update `step`: one all-reduce (a sum) of every process's window; none is read yet."""
+        self.window[4] = float(preempted)
+        self.pending.append((step, lr, self.accelerator.reduce(self.window, "sum")))  # reduce returns a copy
+        self.window.zero_()
+
+    def read(self) -> list[Update]:
+        """The updates since the last read, in order, copied to the host together."""
+        if not self.pending:
+            return []
+        rows = torch.stack([reduced for _, _, reduced in self.pending]).tolist()
+        updates = [
+            Update(
+                step=step,
+                lr=lr,
+                loss_sum=loss_sum,
+                batches=int(batches),
+                images=int(images),
+                non_finite=non_finite > 0,
+                preempted=preempted > 0,
+            )
+            for (step, lr, _), (loss_sum, batches, images, non_finite, preempted) in zip(self.pending, rows)
+        ]
+        self.pending = []
+        return updates
 
 
 @dataclass(frozen=True)

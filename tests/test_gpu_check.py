@@ -1,0 +1,51 @@
+""".ci/gpu-check --device cpu: the GPU check's smoke run (tiny sizes, eager), so that the script cannot rot."""
+
+import json
+import subprocess
+
+import pytest
+from PIL import Image
+from script_runs import ROOT, environment
+
+from hf_vit_reduction.cli import COMMANDS
+
+
+@pytest.mark.slow  # about a minute and a half on 2 cores
+def test_the_gpu_check_runs_every_step_at_tiny_sizes_and_writes_its_report(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    result = subprocess.run(
+        [str(ROOT / ".ci" / "gpu-check"), "--device", "cpu", "--out", str(out), "--work", str(work)],
+        cwd=ROOT,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    report = json.loads((out / "gpu-check.json").read_text())
+    steps = report["steps"]
+    for name in ("environment", "benchmark", "photos", "loop", "train"):
+        assert steps[name]["status"] == "passed", (name, steps[name], result.stderr[-2000:])
+    if "evaluate" in COMMANDS:
+        assert steps["evaluate"]["status"] == "passed", steps["evaluate"]
+        assert result.returncode == 0
+    else:  # the evaluate command is built on its own branch: until then the step fails, and says why
+        assert steps["evaluate"]["last_lines"] == ["not run: this checkout has no `hf-vit-reduction evaluate` command"]
+        assert result.returncode == 1 and "error: step evaluate failed" in result.stderr
+    # The benchmark's six models, eager only; the loop's figure; the run's 8 updates of shallow.
+    assert {(row["model"], row["mode"]) for row in report["benchmark"]["rows"]} == {
+        (name, "eager") for name in ("baseline", "grouped", "shallow", "thin", "transformers", "timm")
+    }
+    assert 0 < report["loop"]["loop_vs_bare"] and report["loop"]["timed_updates"] == 4
+    assert report["train"]["steps"] == 8 and report["train"]["strategy"] == "shallow"
+    assert report["targets"]["loop_vs_bare_step"]["measured"] == report["loop"]["loop_vs_bare"]
+    assert report["targets"]["compiled_vs_eager_worst"]["met"] is None  # nothing compiled in the smoke run
+    assert report["h100_estimate"]["seconds"] > sum(step["seconds"] for step in steps.values())
+    # The folder is ImageNet's layout: a folder per class of 500 x 375 JPEGs, 32 for training and 8 for validation.
+    for split, count in (("train", 32), ("validation", 8)):
+        images = sorted((work / "photos" / split).glob("*/*.jpg"))
+        assert len(images) == count and len({image.parent.name for image in images}) == 2
+        assert Image.open(images[0]).size == (500, 375)
+    markdown = (out / "gpu-check.md").read_text()
+    assert "| step | status | seconds |" in markdown and "| ViTReduced shallow | eager |" in markdown
+    assert "H100 estimate for the GPU sizes:" in markdown
