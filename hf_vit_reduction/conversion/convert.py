@@ -196,26 +196,26 @@ def _max_logit_difference(source_logits, model) -> float:
     return (model(pixels).logits.float() - expected).abs().max().item()
 
 
-def _transformers_source(args) -> Source:
+def _transformers_source(path: str, *, drop_pooler: bool, **_) -> Source:
     """A Transformers ViT folder, with the processor saved beside it."""
-    if not os.path.isdir(args.input):
-        raise _missing_folder(args.input)
-    source = load_transformers_folder(args.input)
-    model = from_transformers(source, drop_pooler=args.drop_pooler)
+    if not os.path.isdir(path):
+        raise _missing_folder(path)
+    source = load_transformers_folder(path)
+    model = from_transformers(source, drop_pooler=drop_pooler)
 
     def logits(pixels):
         output = source(pixels)
         return output.logits if hasattr(output, "logits") else output.last_hidden_state[:, 0]
 
-    return Source(model, logits, _saved_preprocessing(args.input, model))
+    return Source(model, logits, _saved_preprocessing(path, model))
 
 
-def _timm_source(args) -> Source:
+def _timm_source(path: str, *, timm_model: str | None, image_size: int | None, **_) -> Source:
     """A timm model name, weights file or saved folder, with timm's evaluation settings for it (its
     pretrained_cfg, timm's defaults where it has none)."""
     from timm.data import resolve_data_config
 
-    source = _load_timm_source(args.input, args.timm_model, args.image_size)
+    source = _load_timm_source(path, timm_model, image_size)
     model = from_timm(source)
     data_config = resolve_data_config({}, model=source)
     preprocessing = Preprocessing(
@@ -234,43 +234,34 @@ def _timm_source(args) -> Source:
     return Source(model, source, preprocessing)
 
 
-def _vit_reduced_source(args) -> Source:
+def _vit_reduced_source(path: str, **_) -> Source:
     """A baseline saved by this package (a trained run), with the processor saved beside it."""
-    if not os.path.isdir(args.input):
-        raise _missing_folder(args.input)
+    if not os.path.isdir(path):
+        raise _missing_folder(path)
     try:
-        model = ViTReducedForImageClassification.from_pretrained(args.input).eval()
+        model = ViTReducedForImageClassification.from_pretrained(path).eval()
     except OSError as error:
         raise ValueError(
-            f"--input {args.input} is not a saved ViTReduced model folder: {str(error).splitlines()[0]}"
+            f"--input {path} is not a saved ViTReduced model folder: {str(error).splitlines()[0]}"
         ) from None
     if model.config.reduction_strategy != "baseline":
         raise ValueError(
-            f"--input {args.input} holds a {model.config.reduction_strategy!r} model; allowed: a 'baseline' "
+            f"--input {path} holds a {model.config.reduction_strategy!r} model; allowed: a 'baseline' "
             "(a post-hoc reduction starts from full MLPs)"
         )
-    return Source(model, lambda pixels: model(pixels).logits, _saved_preprocessing(args.input, model))
+    return Source(model, lambda pixels: model(pixels).logits, _saved_preprocessing(path, model))
 
 
-# Where each --from value's models come from.
+# Where each --from value's models come from: each loader takes the --input path and the options of every source,
+# using its own.
 SOURCES = {"transformers": _transformers_source, "timm": _timm_source, "vit_reduced": _vit_reduced_source}
 
 
-def _calibration_for(model, preprocessing: Preprocessing, args):
-    """Calibration images transformed as the converted model's processor transforms them."""
-    calibration = load_calibration(
-        samples=args.calibration_samples,
-        seed=args.seed,
-        preprocessing=preprocessing,
-        dataset_name=args.dataset_name,
-        dataset_config_name=args.dataset_config_name,
-        train_dir=args.train_dir,
-        train_split=args.train_split,
-        image_column=args.image_column,
-        label_column=args.label_column,
-        cache_dir=args.cache_dir,
-    )
-    if args.prune_method == "taylor" and int(calibration.labels.max()) >= model.config.num_labels:
+def _calibration_for(model, preprocessing: Preprocessing, *, prune_method: str, **data):
+    """Calibration images transformed as the converted model's processor transforms them; `data` is the rest of
+    `load_calibration`'s parameters."""
+    calibration = load_calibration(preprocessing=preprocessing, **data)
+    if prune_method == "taylor" and int(calibration.labels.max()) >= model.config.num_labels:
         raise ValueError(
             f"--prune_method taylor needs the model's labels: the calibration data ({calibration.source}) has "
             f"label {int(calibration.labels.max())}, the model {model.config.num_labels} classes"
@@ -396,12 +387,27 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         reduction = check_arguments(args)
-        source = SOURCES[args.source](args)
+        source = SOURCES[args.source](
+            args.input, drop_pooler=args.drop_pooler, timm_model=args.timm_model, image_size=args.image_size
+        )
         model = source.model
         difference = _max_logit_difference(source.logits, model)
         calibration = None
         if reduction is not None and needs_calibration(args.prune_method, args.share_method):
-            calibration = _calibration_for(model, source.preprocessing, args)
+            calibration = _calibration_for(
+                model,
+                source.preprocessing,
+                prune_method=args.prune_method,
+                samples=args.calibration_samples,
+                seed=args.seed,
+                dataset_name=args.dataset_name,
+                dataset_config_name=args.dataset_config_name,
+                train_dir=args.train_dir,
+                train_split=args.train_split,
+                image_column=args.image_column,
+                label_column=args.label_column,
+                cache_dir=args.cache_dir,
+            )
         if reduction:
             model = reduce(model, **reduction, calibration=calibration)
     except (ValueError, FileNotFoundError, NotADirectoryError) as error:

@@ -26,6 +26,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..cli import command_parser
+from ..training.compile import compile_model
 from ..training.data import add_data_arguments
 from ..training.outputs import write_atomic
 from .loading import label_map, load_split, scoring_loader
@@ -115,7 +116,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     transformers.utils.logging.disable_progress_bar()  # one bar per model scored, not one per weights file read
     try:  # every bad model, label set or data source fails here, before any image is scored
-        data = load_split(args)
+        data = load_split(
+            dataset_name=args.dataset_name,
+            dataset_config_name=args.dataset_config_name,
+            train_dir=args.train_dir,
+            validation_dir=args.validation_dir,
+            train_split=args.train_split,
+            validation_split=args.validation_split,
+            image_column=args.image_column,
+            label_column=args.label_column,
+            cache_dir=args.cache_dir,
+            train_val_split=args.train_val_split,
+            seed=args.seed,
+            max_eval_samples=args.max_eval_samples,
+        )
         classifiers = [load_classifier(name, device=accelerator.device) for name in dict.fromkeys(args.models)]
         label_maps = [label_map(c, data.label_names, by_index=args.ignore_label_names) for c in classifiers]
     except (ValueError, FileNotFoundError, NotADirectoryError) as error:
@@ -131,7 +145,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     workers = default_workers(accelerator) if args.workers is None else args.workers
     rows = []
     for classifier, mapping in zip(classifiers, label_maps):
-        scores = score(classifier, data, label_map=mapping, args=args, workers=workers, accelerator=accelerator)
+        scores = score(
+            classifier,
+            data,
+            label_map=mapping,
+            by_index=args.ignore_label_names,
+            on_bad_image=args.on_bad_image,
+            batch_size=args.eval_batch_size,
+            workers=workers,
+            pin_memory=args.pin_mem,
+            channels_last=args.channels_last,
+            torch_compile=args.torch_compile,
+            mixed_precision=args.mixed_precision,
+            split=args.validation_split,
+            accelerator=accelerator,
+        )
         rows.append(scores)
     add_agreement(rows, classifiers, by_index=args.ignore_label_names)
     if accelerator.is_main_process:
@@ -142,7 +170,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return rows
 
 
-def score(classifier: Classifier, data, *, label_map: list[int], args, workers: int, accelerator: Accelerator) -> dict:
+def score(
+    classifier: Classifier,
+    data,
+    *,
+    label_map: list[int],
+    by_index: bool,
+    on_bad_image: str,
+    batch_size: int,
+    workers: int,
+    pin_memory: bool,
+    channels_last: bool,
+    torch_compile: bool,
+    mixed_precision: str,
+    split: str,
+    accelerator: Accelerator,
+) -> dict:
     """One model's row, with each image's top-1 class (`predictions`) for the agreement."""
     probe = classifier.transform(Image.new("RGB", (64, 64)))
     placeholder = torch.zeros_like(probe)
@@ -151,22 +194,22 @@ def score(classifier: Classifier, data, *, label_map: list[int], args, workers: 
         classifier,
         label_map=label_map,
         placeholder=placeholder,
-        on_bad_image=args.on_bad_image,
-        batch_size=args.eval_batch_size,
+        on_bad_image=on_bad_image,
+        batch_size=batch_size,
         workers=workers,
-        pin_memory=args.pin_mem,
+        pin_memory=pin_memory,
     )
     loader = accelerator.prepare(loader)
     figures = compute_figures(classifier, tuple(probe.shape))
     model, normalize = classifier.model, classifier.normalize
-    if args.channels_last:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
         normalize = ChannelsLast(normalize)
-    if args.torch_compile:
-        model = torch.compile(model)
+    if torch_compile:  # as `train --torch_compile` compiles
+        model = compile_model(model)
     # A warm-up batch first (compilation, cuDNN's choice of kernels), as timm's validate.py: images/s is the steady
     # state's.
-    warm_up = placeholder.expand(args.eval_batch_size, *placeholder.shape).to(accelerator.device)
+    warm_up = placeholder.expand(batch_size, *placeholder.shape).to(accelerator.device)
     with torch.no_grad(), accelerator.autocast():
         model(pixel_values=normalize(warm_up))
     _synchronize(accelerator)
@@ -182,12 +225,12 @@ def score(classifier: Classifier, data, *, label_map: list[int], args, workers: 
         "images": scores["count"],
         "images_per_s": (scores["count"] + scores["bad_images"]) / seconds,
         "device": _device_name(accelerator),
-        "dtype": {"no": "float32", "bf16": "bfloat16 autocast", "fp16": "float16 autocast"}[args.mixed_precision],
-        "batch_size": args.eval_batch_size * accelerator.num_processes,
+        "dtype": {"no": "float32", "bf16": "bfloat16 autocast", "fp16": "float16 autocast"}[mixed_precision],
+        "batch_size": batch_size * accelerator.num_processes,
         **figures,
-        "label_match": "by index" if args.ignore_label_names else "by name",
+        "label_match": "by index" if by_index else "by name",
         "preprocessing": classifier.preprocessing,
-        "data": f"{data.source} [{args.validation_split}]",
+        "data": f"{data.source} [{split}]",
         "run_top1": _run_top1(classifier.name),
     }
 

@@ -1,8 +1,6 @@
 """The split to score and its loader: training's data loading and decoding, each model's own preprocessing, and
 the dataset's labels mapped to the model's classes."""
 
-import argparse
-
 import datasets
 import torch
 from torch.utils.data import DataLoader
@@ -12,28 +10,19 @@ from ..training.data import ImageClassificationData, load_image_classification_d
 from .sources import Classifier
 
 
-def load_split(args: argparse.Namespace) -> ImageClassificationData:
+def load_split(
+    *, train_dir: str | None, validation_dir: str | None, max_eval_samples: int | None, **loading
+) -> ImageClassificationData:
     """The validation split the data flags name (the embedded digits' by default); ValueError on bad input.
 
-    A lone --validation_dir is read as both splits: the loader needs a train split, and only the validation one is
-    scored.
+    `loading` is the rest of `load_image_classification_data`'s parameters. A lone --validation_dir is read as both
+    splits: the loader needs a train split, and only the validation one is scored.
     """
-    train_dir = args.train_dir or args.validation_dir
     data = load_image_classification_data(
-        dataset_name=args.dataset_name,
-        dataset_config_name=args.dataset_config_name,
-        train_dir=train_dir,
-        validation_dir=args.validation_dir,
-        train_split=args.train_split,
-        validation_split=args.validation_split,
-        image_column=args.image_column,
-        label_column=args.label_column,
-        cache_dir=args.cache_dir,
-        train_val_split=args.train_val_split,
-        seed=args.seed,
+        train_dir=train_dir or validation_dir, validation_dir=validation_dir, **loading
     )
-    if args.max_eval_samples:
-        data.validation = take(data.validation, args.max_eval_samples)
+    if max_eval_samples:
+        data.validation = take(data.validation, max_eval_samples)
     check_readable(data.validation, image_column=data.image_column, source=data.source)
     return data
 
