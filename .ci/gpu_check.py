@@ -169,7 +169,8 @@ def make_photos(folder: Path, count: int, *, processes: int) -> None:
 def benchmark_figures(results: dict) -> dict:
     rows = {(row["model"], row["mode"]): row for row in results["rows"]}
     figures = {}
-    compiled = "compiled" if any(mode == "compiled" for _, mode in rows) else "eager"
+    compiled = "compiled" if any(mode == "compiled" for _, mode in rows) else "eager"  # eager: the smoke run's
+    figures["benchmark_mode"] = compiled
     baseline, timm, shallow = (rows.get((name, compiled)) for name in ("baseline", "timm", "shallow"))
     if baseline and timm:
         figures["baseline_compiled_vs_timm_compiled_training"] = (

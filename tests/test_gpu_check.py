@@ -40,6 +40,9 @@ def test_the_gpu_check_runs_every_step_at_tiny_sizes_and_writes_its_report(tmp_p
     assert report["train"]["steps"] == 8 and report["train"]["strategy"] == "shallow"
     assert report["targets"]["loop_vs_bare_step"]["measured"] == report["loop"]["loop_vs_bare"]
     assert report["targets"]["compiled_vs_eager_worst"]["met"] is None  # nothing compiled in the smoke run
+    assert (
+        report["benchmark_mode"] == "eager" and "Targets (benchmark rows: eager)" in (out / "gpu-check.md").read_text()
+    )
     assert report["h100_estimate"]["seconds"] > sum(step["seconds"] for step in steps.values())
     # The folder is ImageNet's layout: a folder per class of 500 x 375 JPEGs, 32 for training and 8 for validation.
     for split, count in (("train", 32), ("validation", 8)):
