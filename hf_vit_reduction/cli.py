@@ -70,7 +70,7 @@ def require_extra(extra: str, *, command: str) -> None:
         )
 
 
-def main(argv: list[str] | None = None):
+def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         width = max(map(len, COMMANDS))
@@ -78,11 +78,15 @@ def main(argv: list[str] | None = None):
         lines += [f"  {name:<{width}}  {command.help}" for name, command in COMMANDS.items()]
         lines += ["", f"`{PROG} <command> --help` lists a command's flags."]
         print("\n".join(lines))
-        return None if argv else sys.exit(2)
+        if not argv:
+            sys.exit(2)
+        return
     name, *rest = argv
     if name not in COMMANDS:
         raise SystemExit(f"error: {name!r} is not a command of {PROG}; allowed: {', '.join(COMMANDS)}")
     command = COMMANDS[name]
     if command.extra is not None:
         require_extra(command.extra, command=f"{PROG} {name}")
-    return importlib.import_module(command.module).main(rest)
+    # What a command's main returns (its report, its rows) is for callers in Python; the console script's exit
+    # status is 0 unless the command exits otherwise.
+    importlib.import_module(command.module).main(rest)

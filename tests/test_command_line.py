@@ -213,7 +213,7 @@ def test_every_command_runs_from_a_wheel_install(tmp_path):
     assert run("hf-vit-reduction", "--help").count("\n  ") == len(COMMANDS)
     for name in COMMANDS:
         assert run("hf-vit-reduction", name, "--help").startswith(f"usage: hf-vit-reduction {name} ")
-    run("hf-vit-reduction", "train", "--strategy", "grouped", "--output_dir", "run", *short)
+    run("hf-vit-reduction", "train", "--strategy", "baseline", "--output_dir", "run", *short)
     assert json.loads((work / "run" / "results.json").read_text())["steps"] == 2
     assert (work / "run" / "README.md").is_file()
     run(
@@ -229,6 +229,18 @@ def test_every_command_runs_from_a_wheel_install(tmp_path):
         "shallow",
     )
     assert json.loads((work / "cut" / "config.json").read_text())["reduction_strategy"] == "shallow"
-    run("hf-vit-reduction", "reproduce", "--output_dir", "repro", "--strategies", "thin", "--seeds", "0", "--", *short)
+    reproduced = [flag for flag in short if flag not in ("--report_to", "none")]  # reproduce sets --report_to
+    run(
+        "hf-vit-reduction",
+        "reproduce",
+        "--output_dir",
+        "repro",
+        "--strategies",
+        "thin",
+        "--seeds",
+        "0",
+        "--",
+        *reproduced,
+    )
     assert (work / "repro" / "report" / "report.md").is_file()
     assert "| ViT-B/16 thin | thin |" in run(str(bin_dir / "python"), "-m", "hf_vit_reduction", "summary")
