@@ -117,7 +117,7 @@ def test_benchmark_rates_ratios_and_gmacs_from_a_planted_clock(monkeypatch, rest
     now = [0.0]
 
     def planted_step(kind):
-        def make(name, config, args, compiled):
+        def make(name, config, settings, compiled):
             seconds = PLANTED_SECONDS[name][kind]
             # The warm-up step, then three timed repeats whose median is `seconds` (their mean is not).
             durations = iter([100 * seconds, seconds, 3 * seconds, seconds / 2])
@@ -178,7 +178,7 @@ def test_benchmark_refuses_bad_arguments(capsys, argv, message):
 def test_compiled_and_eager_are_timed_in_the_same_rounds(monkeypatch, restore_threads):
     calls = []
 
-    def planted(name, config, args, compiled):
+    def planted(name, config, settings, compiled):
         return lambda: calls.append((name, "compiled" if compiled else "eager"))
 
     monkeypatch.setattr(benchmark, "gc", SimpleNamespace(collect=lambda: 0))

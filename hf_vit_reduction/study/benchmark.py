@@ -24,6 +24,7 @@ import os
 import platform
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -46,14 +47,38 @@ RATIO_TO = (*ANCHORS, "baseline")
 RATIO_NAMES = {"transformers": "Transformers", "timm": "timm", "baseline": "baseline"}
 
 
-def _config(args, strategy: str = "baseline") -> ViTReducedConfig:
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """What one benchmark measures and how, resolved once from the flags (the device's defaults filled in)."""
+
+    models: tuple[str, ...]
+    preset: str
+    image_size: int | None
+    patch_size: int | None
+    num_labels: int
+    device: torch.device
+    dtype: torch.dtype  # inference's; training runs float32 weights under bfloat16 autocast on a GPU
+    batch_size: int
+    train_batch_size: int
+    warmup: int
+    repeats: int
+    steps: int
+    modes: tuple[str, ...]  # ("eager",) or ("eager", "compiled")
+    torch_compile_mode: str | None
+    keep_freed_memory: bool
+    output_json: str | None
+
+
+def _config(settings: BenchmarkSettings, strategy: str = "baseline") -> ViTReducedConfig:
     overrides = {
-        field: getattr(args, field) for field in ("image_size", "patch_size") if getattr(args, field) is not None
+        field: getattr(settings, field)
+        for field in ("image_size", "patch_size")
+        if getattr(settings, field) is not None
     }
     return ViTReducedConfig.from_preset(
-        args.preset,
+        settings.preset,
         reduction_strategy=strategy,
-        num_labels=args.num_labels,
+        num_labels=settings.num_labels,
         attn_implementation="sdpa",
         **overrides,
     )
@@ -136,12 +161,12 @@ def _pixels(config, batch_size: int, device, dtype) -> torch.Tensor:
     ).contiguous(memory_format=torch.channels_last)
 
 
-def inference_step(name, config, args, compiled: bool):
+def inference_step(name, config, settings: BenchmarkSettings, compiled: bool):
     """A callable running one eval forward pass without autograd on a fresh model `name`."""
-    model = build_model(name, config).to(device=args.device, dtype=args.dtype).eval()
+    model = build_model(name, config).to(device=settings.device, dtype=settings.dtype).eval()
     model = model.to(memory_format=torch.channels_last)
-    forward = _logits(name, compile_model(model, mode=args.torch_compile_mode) if compiled else model)
-    pixels = _pixels(config, args.batch_size, args.device, args.dtype)
+    forward = _logits(name, compile_model(model, mode=settings.torch_compile_mode) if compiled else model)
+    pixels = _pixels(config, settings.batch_size, settings.device, settings.dtype)
 
     def step():
         with torch.inference_mode():
@@ -150,15 +175,15 @@ def inference_step(name, config, args, compiled: bool):
     return step
 
 
-def training_step(name, config, args, compiled: bool):
+def training_step(name, config, settings: BenchmarkSettings, compiled: bool):
     """A callable running one training step (forward, backward, fused AdamW) on a fresh model `name`."""
-    device = args.device
+    device = settings.device
     model = build_model(name, config).to(device).train()
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    forward = _logits(name, compile_model(model, mode=args.torch_compile_mode) if compiled else model)
-    pixels = _pixels(config, args.train_batch_size, device, torch.float32)
-    labels = torch.randint(config.num_labels, (args.train_batch_size,), device=device)
+    forward = _logits(name, compile_model(model, mode=settings.torch_compile_mode) if compiled else model)
+    pixels = _pixels(config, settings.train_batch_size, device, torch.float32)
+    labels = torch.randint(config.num_labels, (settings.train_batch_size,), device=device)
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -170,7 +195,7 @@ def training_step(name, config, args, compiled: bool):
     return step
 
 
-def measure(make_step, configs: dict, batch_size: int, args) -> dict:
+def measure(make_step, configs: dict, batch_size: int, settings: BenchmarkSettings) -> dict:
     """{(name, mode): (images/s, peak MiB or None, first step's seconds)} of each model's step in each mode (eager,
     compiled), timed round-robin.
 
@@ -180,30 +205,30 @@ def measure(make_step, configs: dict, batch_size: int, args) -> dict:
     from its construction to the end of its warm-up: weights, activations and, in training, gradients and AdamW
     state.
     """
-    device, steps, memory, first = args.device, {}, {}, {}
-    keys = [(name, mode) for mode in args.modes for name in configs]
+    device, steps, memory, first = settings.device, {}, {}, {}
+    keys = [(name, mode) for mode in settings.modes for name in configs]
     for name, mode in keys:
         gc.collect()
         if device.type == "cuda":
             allocated = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
         key = (name, mode)
-        steps[key] = make_step(name, configs[name], args=args, compiled=mode == "compiled")
+        steps[key] = make_step(name, configs[name], settings, compiled=mode == "compiled")
         _synchronize(device)
         start = time.perf_counter()
         steps[key]()
         _synchronize(device)
         first[key] = time.perf_counter() - start
-        for _ in range(args.warmup - 1):
+        for _ in range(settings.warmup - 1):
             steps[key]()
         _synchronize(device)
         memory[key] = (torch.cuda.max_memory_allocated(device) - allocated) / 2**20 if device.type == "cuda" else None
     times = {key: [] for key in keys}
-    for _ in range(args.repeats):
+    for _ in range(settings.repeats):
         for key, step in steps.items():
             _synchronize(device)
             start = time.perf_counter()
-            for _ in range(args.steps):
+            for _ in range(settings.steps):
                 step()
             _synchronize(device)
             times[key].append(time.perf_counter() - start)
@@ -211,7 +236,9 @@ def measure(make_step, configs: dict, batch_size: int, args) -> dict:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {key: (batch_size * args.steps / statistics.median(times[key]), memory[key], first[key]) for key in keys}
+    return {
+        key: (batch_size * settings.steps / statistics.median(times[key]), memory[key], first[key]) for key in keys
+    }
 
 
 def _machine(device: torch.device) -> dict:
@@ -237,18 +264,17 @@ def _machine(device: torch.device) -> dict:
     }
 
 
-def run(args) -> dict:
-    """Measure every model in `args.models`; the rows of the table and the settings they were measured with."""
-    base = _config(args)
-    configs = {name: _config(args, name) if name in REDUCTION_STRATEGIES else base for name in args.models}
+def run(settings: BenchmarkSettings) -> dict:
+    """Measure every model in `settings.models`; the rows of the table and the settings they were measured with."""
+    base = _config(settings)
+    configs = {name: _config(settings, name) if name in REDUCTION_STRATEGIES else base for name in settings.models}
     load_before = os.getloadavg()
     rows = []
-    args.modes = ("eager", "compiled") if args.compile else ("eager",)
-    if args.compile:
+    if "compiled" in settings.modes:
         torch._dynamo.reset()
-    inference = measure(inference_step, configs, args.batch_size, args)
-    training = measure(training_step, configs, args.train_batch_size, args)
-    for mode in args.modes:
+    inference = measure(inference_step, configs, settings.batch_size, settings)
+    training = measure(training_step, configs, settings.train_batch_size, settings)
+    for mode in settings.modes:
         for name, config in configs.items():
             with torch.device("meta"):
                 model = build_model(name, config)
@@ -275,36 +301,36 @@ def run(args) -> dict:
                 row[f"{kind}_vs_{reference}"] = (
                     row[f"{kind}_images_per_s"] / match[0][f"{kind}_images_per_s"] if match else None
                 )
-    settings = {
-        "preset": args.preset,
+    recorded = {
+        "preset": settings.preset,
         "image_size": base.image_size,
         "patch_size": base.patch_size,
         "num_labels": base.num_labels,
-        "device": str(args.device),
-        "dtype": str(args.dtype).removeprefix("torch."),
-        "training_autocast": "bfloat16" if args.device.type == "cuda" else None,
+        "device": str(settings.device),
+        "dtype": str(settings.dtype).removeprefix("torch."),
+        "training_autocast": "bfloat16" if settings.device.type == "cuda" else None,
         "optimizer": "AdamW(fused=True)",
-        "batch_size": args.batch_size,
-        "train_batch_size": args.train_batch_size,
-        "warmup_steps": args.warmup,
-        "repeats": args.repeats,
-        "steps_per_repeat": args.steps,
-        "compile": bool(args.compile),
-        "torch_compile_mode": args.torch_compile_mode,
+        "batch_size": settings.batch_size,
+        "train_batch_size": settings.train_batch_size,
+        "warmup_steps": settings.warmup,
+        "repeats": settings.repeats,
+        "steps_per_repeat": settings.steps,
+        "compile": "compiled" in settings.modes,
+        "torch_compile_mode": settings.torch_compile_mode,
         "memory_format": "channels_last",
         "attention": "sdpa",
-        "keep_freed_memory": args.keep_freed_memory,
+        "keep_freed_memory": settings.keep_freed_memory,
     }
     peak_memory = (
         "CUDA memory a model allocated from its construction to the end of its warm-up: weights, "
         "activations and, in training, gradients and AdamW state"
-        if args.device.type == "cuda"
+        if settings.device.type == "cuda"
         else "not measured on CPU (null): the process's resident set does not return to a baseline between "
         "models, so its growth would not be the model's"
     )
     return {
-        "settings": settings,
-        "machine": _machine(args.device),
+        "settings": recorded,
+        "machine": _machine(settings.device),
         "gmacs": "the paper's convention (hf_vit_reduction.summary); the anchors share the baseline's architecture",
         "peak_memory": peak_memory,
         "load_average": {"before": load_before, "after": os.getloadavg()},
@@ -368,7 +394,7 @@ def _positive(kind):
     return parse
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> BenchmarkSettings:
     parser = command_parser(
         "benchmark",
         description=__doc__,
@@ -430,11 +456,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.split(":")[0] not in ("cuda", "cpu"):
         parser.error(f"--device {device} is not valid; allowed: cuda, cpu")
-    args.device = torch.device(device)
-    if args.device.type == "cuda" and not torch.cuda.is_available():
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda is not valid here: no GPU is available")
-    gpu = args.device.type == "cuda"
-    args.dtype = torch.bfloat16 if gpu else torch.float32
+    gpu = torch.device(device).type == "cuda"
     defaults = {
         "batch_size": (256, 8),
         "train_batch_size": (128, 8),
@@ -443,26 +467,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "steps": (10, 1),
         "compile": (True, False),
     }
-    for field, (on_gpu, on_cpu) in defaults.items():
-        if getattr(args, field) is None:
-            setattr(args, field, on_gpu if gpu else on_cpu)
-    args.models = list(dict.fromkeys(args.models))
+    values = {
+        field: (on_gpu if gpu else on_cpu) if getattr(args, field) is None else getattr(args, field)
+        for field, (on_gpu, on_cpu) in defaults.items()
+    }
+    settings = BenchmarkSettings(
+        models=tuple(dict.fromkeys(args.models)),
+        preset=args.preset,
+        image_size=args.image_size,
+        patch_size=args.patch_size,
+        num_labels=args.num_labels,
+        device=torch.device(device),
+        dtype=torch.bfloat16 if gpu else torch.float32,
+        batch_size=values["batch_size"],
+        train_batch_size=values["train_batch_size"],
+        warmup=values["warmup"],
+        repeats=values["repeats"],
+        steps=values["steps"],
+        modes=("eager", "compiled") if values["compile"] else ("eager",),
+        torch_compile_mode=args.torch_compile_mode,
+        keep_freed_memory=args.keep_freed_memory,
+        output_json=args.output_json,
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.keep_freed_memory and not keep_freed_memory():
         parser.error("--keep_freed_memory needs glibc's mallopt, which is not available here")
     try:
-        _config(args)
+        _config(settings)
     except ValueError as error:
         parser.error(str(error))
-    return args
+    return settings
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    results = run(args)
+    settings = parse_args(argv)
+    results = run(settings)
     print(format_table(results))
-    if args.output_json:
-        with open(args.output_json, "w") as file:
+    if settings.output_json:
+        with open(settings.output_json, "w") as file:
             json.dump(results, file, indent=2)
     return results

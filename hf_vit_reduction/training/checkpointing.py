@@ -65,7 +65,16 @@ def check_output_dir(output_dir, resume_from_checkpoint, overwrite_output_dir) -
 AUTO = "auto"
 # Flags that manage a run rather than define it: a requeued command may differ in these (the workers follow the
 # cores of the machine it lands on).
-RUN_MANAGEMENT = ("resume_from_checkpoint", "overwrite_output_dir", "workers", "pin_mem", "report_to")
+RUN_MANAGEMENT = (
+    "resume_from_checkpoint",
+    "overwrite_output_dir",
+    "workers",
+    "pin_mem",
+    "report_to",
+    "log_interval",
+    "torch_compile",
+    "torch_compile_mode",
+)
 
 
 def resolve(output_dir, resume_from_checkpoint: str) -> Path | None:
