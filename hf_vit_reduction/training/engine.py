@@ -469,7 +469,7 @@ def log_header(run: Run, *, resumed_from: str | None) -> None:
         f"{len(data.validation):,}",
         len(data.label_names),
     )
-    global_batch = config.batch_size * config.grad_accum_steps * run.accelerator.num_processes
+    global_batch = config.global_batch * run.accelerator.num_processes
     logger.info(
         "model: %s %s, %s parameters; %s updates of %s images on %d process(es)%s%s",
         run.summary["strategy"],
