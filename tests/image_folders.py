@@ -44,3 +44,8 @@ def write_photo_folder(root, classes=("china", "flower"), per_class=4, seed=0):
         for i in range(per_class):
             next(photos).save(root / name / f"{i}.png")
     return root
+
+
+def oversized_png(path):
+    """A real PNG of 200 megapixels, more than Pillow's decompression-bomb limit (24 kB: 1-bit zeros)."""
+    Image.new("1", (20_000, 10_000)).save(path)

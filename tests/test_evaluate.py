@@ -239,6 +239,10 @@ def test_unreadable_images_are_counted_and_left_out(run_dir, tmp_path):
     (folder / "7" / "broken.png").write_bytes(b"not a png")
     (row,) = evaluate([str(run_dir), "--validation_dir", str(folder), "--workers", "0"])
     assert row["images"] == 2 and row["bad_images"] == 1
+    with pytest.raises(SystemExit) as stop:
+        evaluate([str(run_dir), "--validation_dir", str(folder), "--workers", "1", "--on_bad_image", "error"])
+    assert str(stop.value.code).startswith(f"error: cannot read image {folder / '7' / 'broken.png'}: cannot identify")
+    assert "\n" not in str(stop.value.code)
 
 
 def _broken_folder(root):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from image_folders import truncated_jpeg, write_folder
+from image_folders import oversized_png, truncated_jpeg, write_folder
 from PIL import Image
 from script_runs import ONE_PROCESS, TWO_PROCESSES, import_script, run_script
 from transformers import pipeline
@@ -344,6 +344,53 @@ def test_a_tiny_folder_trains_with_the_flags_lowered_and_counts_each_bad_file_on
     assert results["bad_train_images"] == 2  # two files, each drawn once per epoch
     # 16 files a epoch, 2 of them unreadable: 2 x 14 images trained on.
     assert results["train_images_per_s"] * results["wall_time_s"] == pytest.approx(28)
+
+
+TINY_FOLDER_RUN = (
+    *("--batch_size", "4", "--grad_accum_steps", "1", "--epochs", "2", "--mixup", "0", "--cutmix", "0"),
+    *("--model_size", "digits", "--image_size", "8", "--report_to", "none"),
+)
+
+
+def test_an_image_over_pillow_s_pixel_limit_is_skipped_and_counted(tmp_path):
+    assert Image.MAX_IMAGE_PIXELS < 200_000_000  # Pillow's decompression-bomb limit, which the file exceeds
+    write_folder(tmp_path / "train", per_class=7)
+    write_folder(tmp_path / "val", per_class=2)
+    Image.new("RGB", (12, 12)).save(tmp_path / "train" / "cat" / "7.png")
+    oversized_png(tmp_path / "train" / "dog" / "huge.png")
+    out = tmp_path / "out"
+    import_script().main(
+        [
+            *("--train_dir", str(tmp_path / "train"), "--validation_dir", str(tmp_path / "val")),
+            *TINY_FOLDER_RUN,
+            *("--workers", "0", "--output_dir", str(out)),
+        ]
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert results["bad_train_images"] == 1 and results["steps"] == 8  # 16 files an epoch, 15 readable
+    assert results["train_images_per_s"] * results["wall_time_s"] == pytest.approx(30)
+
+
+@pytest.mark.parametrize("bad, workers", [("truncated", 0), ("truncated", 1), ("oversized", 1)])
+def test_on_bad_image_error_ends_a_run_that_draws_an_unreadable_image_in_one_line(tmp_path, bad, workers):
+    write_folder(tmp_path / "train", per_class=7)
+    write_folder(tmp_path / "val", per_class=2)
+    broken = tmp_path / "train" / "cat" / ("broken.jpg" if bad == "truncated" else "huge.png")
+    (truncated_jpeg if bad == "truncated" else oversized_png)(broken)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        import_script().main(
+            [
+                *("--train_dir", str(tmp_path / "train"), "--validation_dir", str(tmp_path / "val")),
+                *TINY_FOLDER_RUN,
+                *("--workers", str(workers), "--on_bad_image", "error", "--output_dir", str(out)),
+            ]
+        )
+    message = str(stop.value.code)
+    cause = "image file is truncated" if bad == "truncated" else "exceeds limit of 178956970 pixels"
+    assert message.startswith(f"error: cannot read image {broken}: ") and cause in message, message
+    assert "replace or remove the file (or pass --on_bad_image skip), then " in message  # and how to go on
+    assert "\n" not in message and not (out / "results.json").exists()
 
 
 @pytest.mark.parametrize(

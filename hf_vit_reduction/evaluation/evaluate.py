@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ..cli import command_parser
 from ..training.compile import compile_model
 from ..training.data import add_data_arguments
+from ..training.loaders import UnreadableImageError
 from ..training.outputs import write_atomic
 from .loading import label_map, load_split, scoring_loader
 from .scoring import evaluate_model
@@ -145,21 +146,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     workers = default_workers(accelerator) if args.workers is None else args.workers
     rows = []
     for classifier, mapping in zip(classifiers, label_maps):
-        scores = score(
-            classifier,
-            data,
-            label_map=mapping,
-            by_index=args.ignore_label_names,
-            on_bad_image=args.on_bad_image,
-            batch_size=args.eval_batch_size,
-            workers=workers,
-            pin_memory=args.pin_mem,
-            channels_last=args.channels_last,
-            torch_compile=args.torch_compile,
-            mixed_precision=args.mixed_precision,
-            split=args.validation_split,
-            accelerator=accelerator,
-        )
+        try:
+            scores = score(
+                classifier,
+                data,
+                label_map=mapping,
+                by_index=args.ignore_label_names,
+                on_bad_image=args.on_bad_image,
+                batch_size=args.eval_batch_size,
+                workers=workers,
+                pin_memory=args.pin_mem,
+                channels_last=args.channels_last,
+                torch_compile=args.torch_compile,
+                mixed_precision=args.mixed_precision,
+                split=args.validation_split,
+                accelerator=accelerator,
+            )
+        except UnreadableImageError as error:  # --on_bad_image error
+            raise SystemExit(f"error: {error.line()}") from None
         rows.append(scores)
     add_agreement(rows, classifiers, by_index=args.ignore_label_names)
     if accelerator.is_main_process:

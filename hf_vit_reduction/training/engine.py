@@ -151,6 +151,9 @@ def running(config: RunConfig) -> Iterator[Run]:
         yield run
     except DiskFullError as error:  # raised on every process together; the last complete checkpoint stays
         raise SystemExit(f"error: {error}. {run.saver.resume_hint('free space')}") from None
+    except loaders.UnreadableImageError as error:  # --on_bad_image error, on an image the run drew
+        hint = run.saver.resume_hint("replace or remove the file (or pass --on_bad_image skip)")
+        raise SystemExit(f"error: {error.line()}. {hint}") from None
     except RuntimeError as error:
         if not is_lost_process(error):
             raise

@@ -19,8 +19,18 @@ from timm.data.transforms import RandomResizedCropAndInterpolation
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, default_collate
 from torchvision.transforms import Compose
 
-# What PIL raises for a file that is not an image, is truncated or is empty.
-UNREADABLE_IMAGE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
+# What PIL raises for a file that is not an image, is truncated or is empty, or has more pixels than Pillow's
+# decompression-bomb limit allows (Image.MAX_IMAGE_PIXELS).
+UNREADABLE_IMAGE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+class UnreadableImageError(ValueError):
+    """An image that cannot be decoded, under `on_bad_image="error"`: its message names the image and the cause."""
+
+    def line(self) -> str:
+        """The message alone. Raised in a DataLoader worker, the exception reaches the main process rebuilt from the
+        worker's traceback text, whose last line is `...UnreadableImageError: <message>`."""
+        return str(self).strip().rsplit(f"{type(self).__name__}: ", 1)[-1]
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -151,7 +161,7 @@ class ExampleTransform:
                     image = crop(open_image(value))
             except UNREADABLE_IMAGE_ERRORS as error:
                 if self.on_bad_image == "error":
-                    raise ValueError(f"cannot read image {image_description(value)}: {error}") from error
+                    raise UnreadableImageError(f"cannot read image {image_description(value)}: {error}") from error
                 size = self.placeholder_size
                 pixel_values.append(None if size is None else torch.zeros(3, size, size, dtype=torch.uint8))
                 bad.append(image_description(value))
