@@ -257,17 +257,17 @@ def test_bash_block(first_line, workspace, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_quickstart_gives_the_figure_the_readme_states(tmp_path):
-    """The quickstart block verbatim and unshortened, on a fresh clone's folder: the top-1 the README states, and a
-    first screen of three header lines with no warning from Accelerate about values it was not passed."""
-    # Two threads, as this 2-core machine gives a run by default: the floats, and so the figure, depend on the
-    # thread count (the same command with one thread ends at 97.22%). Set, the variable also tells Accelerate how
-    # many threads to use, so it has nothing to warn about.
+def test_the_quickstart_meets_the_bound_the_readme_states(tmp_path):
+    """The quickstart block verbatim and unshortened, on a fresh clone's folder: at least the top-1 the README states
+    as its bound (the last digits differ between processors and thread counts), and a first screen of three header
+    lines with no warning from Accelerate about values it was not passed."""
+    # Two threads, as a 2-core machine gives a run by default. Set, the variable also tells Accelerate how many
+    # threads to use, so it has nothing to warn about.
     done = run_bash(block(QUICKSTART).text, tmp_path, short="", OMP_NUM_THREADS="2")
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / QUICKSTART_RUN / "results.json").read_text())
-    stated = re.search(r"ended at (\d+\.\d\d)% top-1", README.read_text(encoding="utf-8"))
-    assert stated and f"{results['final_top1']:.2f}" == stated.group(1)
+    bound = re.search(r"The command ends at (\d+\.\d)% top-1 or better", README.read_text(encoding="utf-8"))
+    assert bound and results["final_top1"] >= float(bound.group(1))
     assert "were not passed" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if " INFO " in line]
     assert [line.split(" INFO ")[1].split(":")[0] for line in lines[:3]] == [
