@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import psutil
@@ -20,10 +19,9 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 from script_runs import (
     ONE_PROCESS,
-    ROOT,
     SCRIPT,
     TWO_PROCESSES,
-    environment,
+    PausedRun,
     patched_script_command,
     run_command,
     script_command,
@@ -89,17 +87,11 @@ def assert_same_run(reference, resumed):
 
 
 def kill_after_checkpoint(cmd, out, step):
-    process = subprocess.Popen(
-        cmd, cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
-    deadline = time.time() + 240
-    while not (out / CHECKPOINTS / f"step_{step:08d}").is_dir():
-        assert process.poll() is None, process.stderr.read()[-3000:]
-        assert time.time() < deadline
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)  # the whole launch: launcher and workers
-    process.wait()
-    assert not (out / "results.json").exists(), "killed too late: the run had finished"
+    """SIGKILL to the whole launch (launcher and workers) right after checkpoint `step` is complete."""
+    run = PausedRun(cmd, out.with_name(f"{out.name}-pause"), step)
+    run.wait_until_paused()
+    run.kill()
+    assert not (out / "results.json").exists()
 
 
 @pytest.mark.slow
@@ -420,18 +412,6 @@ def test_a_signal_ends_the_run_with_a_checkpoint_and_status_75_and_auto_resumes_
     assert (out / "args.json").read_text() == before
 
 
-def start_and_wait_for_checkpoint(cmd, out, step):
-    process = subprocess.Popen(
-        cmd, cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.time() + 240
-    while not (out / CHECKPOINTS / f"step_{step:08d}").is_dir():
-        assert process.poll() is None, process.stderr.read()[-3000:]
-        assert time.time() < deadline
-        time.sleep(0.05)
-    return process
-
-
 def worker(launcher: subprocess.Popen, rank: int) -> psutil.Process:
     """The training process of `rank` that `accelerate launch` started."""
     for child in psutil.Process(launcher.pid).children(recursive=True):
@@ -453,12 +433,14 @@ def two_process_reference(tmp_path_factory):
 @pytest.mark.slow
 def test_a_signal_to_one_of_two_processes_checkpoints_both_and_resumes_exactly(tmp_path, two_process_reference):
     out = tmp_path / "run"
-    launch = start_and_wait_for_checkpoint(command(out, "grouped", 2, 0), out, 3)
-    worker(launch, rank=1).send_signal(signal.SIGTERM)  # as a scheduler would, to one process only
-    stderr = launch.communicate(timeout=120)[1]
+    launch = PausedRun(command(out, "grouped", 2, 0), tmp_path / "pause", 3)
+    launch.wait_until_paused(ranks=(0, 1))
+    worker(launch.process, rank=1).send_signal(signal.SIGTERM)  # as a scheduler would, to one process only
+    launch.go_on()
+    returncode, stderr = launch.wait()
     # The processes exit 75 once the checkpoint is complete (torchrun may end the second one first, with SIGTERM,
     # as it stops every process when one exits); torchrun (accelerate launch) reports any of that as status 1.
-    assert launch.returncode == 1 and "exitcode  : 75" in stderr
+    assert returncode == 1 and "exitcode  : 75" in stderr
     (line,) = [line for line in stderr.splitlines() if "preempted (a signal on another process) at step" in line]
     step = int(line.split(" at step ")[1].split(":")[0])
     assert 3 <= step < 14 and checkpoints(out)[-1].name == f"step_{step:08d}"
@@ -470,15 +452,16 @@ def test_a_signal_to_one_of_two_processes_checkpoints_both_and_resumes_exactly(t
 
 
 @pytest.mark.slow
-def test_a_lost_process_ends_the_other_in_seconds_and_the_run_resumes_exactly(tmp_path, two_process_reference):
+def test_a_lost_process_ends_the_other_and_the_run_resumes_exactly(tmp_path, two_process_reference):
     out = tmp_path / "run"
-    launch = start_and_wait_for_checkpoint(command(out, "grouped", 2, 0), out, 3)
-    survivor = worker(launch, rank=0)
-    worker(launch, rank=1).kill()  # SIGKILL, as the kernel's OOM killer would
-    start = time.monotonic()
-    stderr = launch.communicate(timeout=60)[1]
-    assert time.monotonic() - start < 60 and not survivor.is_running()
-    assert launch.returncode == 1
+    launch = PausedRun(command(out, "grouped", 2, 0), tmp_path / "pause", 3)
+    launch.wait_until_paused(ranks=(0, 1))
+    survivor = worker(launch.process, rank=0)
+    worker(launch.process, rank=1).kill()  # SIGKILL, as the kernel's OOM killer would
+    launch.go_on()  # the survivor trains on, into an all-reduce with a lost process, until torchrun's agent ends it
+    returncode, stderr = launch.wait()
+    assert not survivor.is_running() and not (out / "results.json").exists()
+    assert returncode == 1
     assert "exitcode  : -9" in stderr and "Signal 9 (SIGKILL) received by PID" in stderr  # torchrun's report
     result = run_command(command(out, "grouped", 2, 0, "--resume_from_checkpoint", "latest"))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -491,34 +474,24 @@ def test_without_a_launcher_the_survivor_of_a_lost_process_ends_on_its_own_with_
     out = tmp_path / "run"
     port = str(free_port())
     ranks = [
-        subprocess.Popen(
+        PausedRun(
             command(out, "grouped", 1, 0),
-            cwd=ROOT,
-            env=environment(
-                RANK=str(rank),
-                LOCAL_RANK=str(rank),
-                WORLD_SIZE="2",
-                LOCAL_WORLD_SIZE="2",
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=port,
-            ),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+            tmp_path / "pause",
+            3,
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            LOCAL_WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
         )
         for rank in (0, 1)
     ]
-    deadline = time.time() + 240
-    while not (out / CHECKPOINTS / "step_00000003").is_dir():
-        assert ranks[0].poll() is None, ranks[0].stderr.read()[-3000:]
-        assert time.time() < deadline
-        time.sleep(0.05)
+    ranks[0].wait_until_paused(ranks=(0, 1))
     ranks[1].kill()
-    start = time.monotonic()
-    stderr = ranks[0].communicate(timeout=60)[1]
-    assert time.monotonic() - start < 60
-    ranks[1].wait()
-    assert ranks[0].returncode == 1 and "Traceback" not in stderr
+    ranks[0].go_on()  # into the next update's all-reduce, where gloo finds the other process gone
+    returncode, stderr = ranks[0].wait()
+    assert returncode == 1 and "Traceback" not in stderr
     line = stderr.strip().splitlines()[-1]
     assert line.startswith("error: another process of the run was lost after update ")
     assert line.endswith(

@@ -14,6 +14,7 @@ import pytest
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from PIL import Image
+from script_runs import HANG_S
 from transformers import pipeline
 from wheel_install import install_wheel
 
@@ -101,7 +102,7 @@ def test_a_command_s_bad_flag_names_the_command(capsys):
 def test_the_console_script_and_python_m_are_the_same_command():
     console = Path(sys.executable).with_name("hf-vit-reduction")
     outputs = [
-        subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=HANG_S).stdout
         for command in ([str(console), "summary"], [sys.executable, "-m", "hf_vit_reduction", "summary"])
     ]
     # timm's ViT-B/16 (86,567,656) less 12 x half of each MLP's hidden units (768 x 1536 x 2 + 1536 weights each).
@@ -169,7 +170,7 @@ def test_a_core_only_install_loads_a_model_runs_the_pipeline_and_names_the_extra
         env=environment,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=HANG_S,
     )
     assert done.returncode == 0, done.stderr
     predictions = json.loads(done.stdout.strip().splitlines()[-1])
@@ -183,7 +184,12 @@ def test_a_core_only_install_loads_a_model_runs_the_pipeline_and_names_the_extra
         (["-m", "hf_vit_reduction", "train", "--help"], "train"),
     ):
         done = subprocess.run(
-            [sys.executable, "-S", *command], check=False, env=environment, capture_output=True, text=True, timeout=600
+            [sys.executable, "-S", *command],
+            check=False,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=HANG_S,
         )
         assert done.returncode == 1 and done.stdout == "", done.stderr
         assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
@@ -206,7 +212,7 @@ def test_every_command_runs_from_a_wheel_install(tmp_path):
     short = ["--max_train_steps", "2", "--max_eval_samples", "40", "--workers", "0", "--report_to", "none"]
 
     def run(*argv):
-        done = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=600, check=False)
+        done = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=HANG_S, check=False)
         assert done.returncode == 0, (argv, done.stderr[-2000:])
         return done.stdout
 

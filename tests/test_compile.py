@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 from safetensors.torch import load_file
-from script_runs import ROOT, environment, run_command
+from script_runs import HANG_S, ROOT, environment, run_command
 from test_checkpointing import assert_same_run, command, kill_after_checkpoint
 
 from hf_vit_reduction.training.checkpointing import CHECKPOINTS, EMA_WEIGHTS
@@ -21,7 +21,7 @@ CHECKPOINT_FILES = ("model.safetensors", EMA_WEIGHTS)  # Accelerate's save_state
 
 
 def train(out, processes, *extra):
-    result = run_command(command(out, "grouped", processes, 0, *extra), timeout=900)
+    result = run_command(command(out, "grouped", processes, 0, *extra), timeout=HANG_S)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -120,7 +120,7 @@ def test_the_compiled_model_under_fsdp2_computes_the_eager_gradients(tmp_path):
         *(str(worker), str(ROOT / "accelerate_configs" / "fsdp.yaml"), ",".join(strategies)),
     ]
     result = subprocess.run(
-        command, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=900, check=False
+        command, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=HANG_S, check=False
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])

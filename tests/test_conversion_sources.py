@@ -151,7 +151,7 @@ def test_a_users_timm_vit_converted_cut_on_photos_recovered_with_distillation_an
 
     from image_folders import write_photo_folder
     from PIL import Image
-    from script_runs import run_command
+    from script_runs import HANG_S, run_command
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
     from transformers import pipeline
 
@@ -166,7 +166,7 @@ def test_a_users_timm_vit_converted_cut_on_photos_recovered_with_distillation_an
     save_for_hf(source, tmp_path / "source", model_config={"label_names": list(classes)}, safe_serialization=True)
 
     def command(*argv):
-        result = run_command([sys.executable, "-m", "hf_vit_reduction", *map(str, argv)], timeout=600)
+        result = run_command([sys.executable, "-m", "hf_vit_reduction", *map(str, argv)], timeout=HANG_S)
         assert result.returncode == 0, result.stderr[-3000:]
 
     train = tmp_path / "photos" / "train"

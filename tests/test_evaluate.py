@@ -10,7 +10,7 @@ import timm
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from script_runs import TWO_PROCESSES, run_command, run_script
+from script_runs import HANG_S, TWO_PROCESSES, run_command, run_script
 from timm.data import create_transform, resolve_data_config
 from timm.models import save_for_hf
 from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification, ViTImageProcessor
@@ -302,7 +302,7 @@ def test_under_accelerate_launch_every_image_is_counted_once(run_dir, vit_dir, t
     results = tmp_path / "two.json"
     # 37 images in batches of 4 on two processes: the last batch is padded, and the padding must not count.
     command = [*TWO_PROCESSES, "-m", "hf_vit_reduction", "evaluate", str(run_dir), str(vit_dir)]
-    finished = run_command([*command, *FAST[:-1], "4", "--results_file", str(results)], timeout=300)
+    finished = run_command([*command, *FAST[:-1], "4", "--results_file", str(results)], timeout=HANG_S)
     assert finished.returncode == 0, finished.stderr[-3000:]
     two = json.loads(results.read_text())
     one = evaluate([str(run_dir), str(vit_dir), *FAST])
@@ -319,7 +319,7 @@ def test_a_paper_recipe_run_with_its_0_9_crop_scores_as_its_run_pipeline_and_tim
     out = tmp_path / "paper"
     arguments = ["--recipe", "paper", "--model_size", "digits", "--image_size", "48", "--output_dir", str(out)]
     arguments += ["--max_train_steps", "2", "--batch_size", "8", "--max_eval_samples", str(COUNT), "--workers", "0"]
-    finished = run_script([*arguments, "--report_to", "none"], timeout=400)
+    finished = run_script([*arguments, "--report_to", "none"], timeout=HANG_S)
     assert finished.returncode == 0, finished.stderr[-3000:]
     evaluation = timm_evaluation_of(out)
     assert json.loads((out / "args.json").read_text())["recipe"]["crop_pct"]["value"] == 0.9

@@ -11,7 +11,7 @@ import sys
 import textwrap
 
 import pytest
-from script_runs import ROOT, environment
+from script_runs import HANG_S, ROOT, environment
 
 from hf_vit_reduction import REDUCTION_STRATEGIES
 
@@ -106,7 +106,7 @@ def test_fsdp2_on_two_cpu_processes_matches_the_unsharded_model_and_restores_a_s
         ",".join(REDUCTION_STRATEGIES),
     ]
     result = subprocess.run(
-        command, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=600, check=False
+        command, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=HANG_S, check=False
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 from PIL import Image
-from script_runs import ROOT, environment
+from script_runs import HANG_S, ROOT, environment
 
 from hf_vit_reduction.cli import COMMANDS
 
@@ -19,7 +19,7 @@ def test_the_gpu_check_runs_every_step_at_tiny_sizes_and_writes_its_report(tmp_p
         env=environment(),
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=HANG_S,
         check=False,
     )
     report = json.loads((out / "gpu-check.json").read_text())

@@ -23,6 +23,7 @@ import huggingface_hub
 import pytest
 import torch
 from hub_server import DROP, HubServer
+from script_runs import HANG_S
 from transformers import ViTImageProcessor
 
 from hf_vit_reduction import ViTReducedConfig, ViTReducedForImageClassification
@@ -40,7 +41,7 @@ from hf_vit_reduction.hub.pushing import (
 ROOT = Path(__file__).resolve().parents[1]
 WRITE_TOKEN = "hf_loopbackWriteToken7Q2x9"
 READ_TOKEN = "hf_loopbackReadToken3Kd81"
-CLIENT_TIMEOUT_S = 300
+CLIENT_TIMEOUT_S = HANG_S  # only against a hang
 
 
 def build_model_folder(folder: Path, seed: int, results: dict | None = None) -> Path:
@@ -468,7 +469,7 @@ FAILURES = {  # case: (token, injected (route, status), what the line must say)
     "500": (WRITE_TOKEN, ("commit", 500), "while uploading {files} files: the Hub had a server error (500: "),
     "503": (WRITE_TOKEN, ("create", 503), "while creating the repository: the Hub had a server error (503: "),
     "refused": (WRITE_TOKEN, None, "while creating the repository: could not connect to http://127.0.0.1:"),
-    "timeout": (WRITE_TOKEN, None, "while creating the repository: no answer from http://127.0.0.1:"),  # in 3 s
+    "timeout": (WRITE_TOKEN, None, "while creating the repository: no answer from http://127.0.0.1:"),  # in 10 s
 }
 
 
@@ -489,7 +490,7 @@ def test_failed_push_ends_in_one_line_and_changes_nothing(server, tmp_path, case
             f"me/fail-{case}",
             client_env(endpoint, tmp_path / "home", token),
             "--timeout",
-            "3",
+            "10",  # far longer than any answer takes, however loaded the machine: only a held route times out
             "--hub_push_attempts",
             "1",
         )
@@ -516,13 +517,15 @@ def test_failed_push_ends_in_one_line_and_changes_nothing(server, tmp_path, case
 @pytest.mark.slow
 def test_a_push_outlasts_a_time_out_a_server_error_and_a_dropped_connection(server, tmp_path):
     folder = build_model_folder(tmp_path / "run", seed=5)
-    server.stall("create", 5)  # the client gives up after 2 s
+    # The client gives up after 10 s, far longer than any answer takes however loaded the machine: only the
+    # stalled one (30 s) times out.
+    server.stall("create", 30)
     server.fail("commit", 500)
     server.drop("commit")  # the server goes away halfway through the commit request
     env = client_env(server.url, tmp_path / "home")
     start = time.monotonic()
     result = push_command(
-        folder, "me/retried", env, "--timeout", "2", "--hub_push_attempts", "4", "--hub_push_max_wait", "20"
+        folder, "me/retried", env, "--timeout", "10", "--hub_push_attempts", "4", "--hub_push_max_wait", "20"
     )
     assert result.returncode == 0, result.stderr
     assert server.clear_failures() == []
@@ -531,7 +534,7 @@ def test_a_push_outlasts_a_time_out_a_server_error_and_a_dropped_connection(serv
     assert "(no answer from http://127.0.0.1:" in retries[0] and retries[0].endswith("attempt 2 in 2 s")
     assert "(the Hub had a server error (500: " in retries[1] and retries[1].endswith("attempt 3 in 4 s")
     assert retries[2].endswith("attempt 4 in 8 s")
-    assert time.monotonic() - start >= 2 + 2 + 4 + 8  # the time-out and the three waits
+    assert time.monotonic() - start >= 10 + 2 + 4 + 8  # the time-out and the three waits
     assert [commit.summary for commit in server.commits("me/retried")][-1] == "Upload model with hf_vit_reduction"
     assert server.files("me/retried")["model.safetensors"] == (folder / "model.safetensors").read_bytes()
 

@@ -9,7 +9,7 @@ import torch
 from card_checks import check_card
 from image_folders import sample_photos, write_photo_folder
 from PIL import Image
-from script_runs import environment, run_script
+from script_runs import HANG_S, environment, run_script
 from timm.data import resolve_data_config
 from timm.data.transforms_factory import create_transform
 from timm.models import get_pretrained_cfg
@@ -157,7 +157,7 @@ def test_pipeline_predicts_what_evaluation_did_for_a_trained_model(tmp_path, rec
             *("--output_dir", str(out), "--max_train_steps", "2", "--batch_size", "2", "--workers", "0"),
             *("--report_to", "none"),
         ],
-        timeout=240,
+        timeout=HANG_S,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     images = sorted(validation.glob("*/*.png"))
@@ -185,7 +185,7 @@ def test_pipeline_predicts_what_timm_evaluation_did_for_a_converted_model(tmp_pa
         env=environment(),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_S,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from hub_server import HubServer
 from PIL import Image
-from script_runs import import_script
+from script_runs import HANG_S, import_script
 from sklearn.datasets import load_sample_images
 
 from hf_vit_reduction.cli import COMMANDS
@@ -167,7 +167,7 @@ def run_bash(text: str, cwd: Path, short: str = SHORT, **env) -> subprocess.Comp
         env=environment,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=HANG_S,
         check=False,
     )
 
@@ -327,7 +327,7 @@ def test_hub_blocks_push_then_load_without_the_package(hub, workspace, tmp_path)
             env=client,
             capture_output=True,
             text=True,
-            timeout=600,
+            timeout=HANG_S,
             check=False,
         )
         assert done.returncode == 0, done.stderr[-3000:]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from image_folders import oversized_png, truncated_jpeg, write_folder
 from PIL import Image
-from script_runs import ONE_PROCESS, TWO_PROCESSES, import_script, run_script
+from script_runs import HANG_S, ONE_PROCESS, TWO_PROCESSES, import_script, run_script
 from transformers import pipeline
 
 from hf_vit_reduction import REDUCTION_STRATEGIES, ViTReducedForImageClassification
@@ -19,7 +19,7 @@ SMOKE = ["--max_train_samples", "256", "--max_eval_samples", "37", "--workers", 
 
 
 def run(args, launcher=ONE_PROCESS):
-    return run_script(args, launcher, timeout=240)
+    return run_script(args, launcher, timeout=HANG_S)
 
 
 @pytest.mark.slow
