@@ -134,6 +134,35 @@ def test_other_labels_need_ignore_mismatched_sizes_which_makes_a_recorded_new_he
     assert "predicted cat, dog, owl." in card
 
 
+def test_a_model_saved_without_label_names_is_matched_by_index_and_says_so(tmp_path, make_model, photos, caplog):
+    start = make_model(num_labels=2)  # no id2label given: Transformers names the classes LABEL_0, LABEL_1
+    start.save_pretrained(tmp_path / "start")
+    DeiTImageProcessorPil(**DEIT_STYLE).save_pretrained(tmp_path / "start")
+    assert start.config.id2label == {0: "LABEL_0", 1: "LABEL_1"}
+    config = parse_args(flags(tmp_path / "unused", "--model_name_or_path", str(tmp_path / "start"), *photos))
+    model, _ = engine.load_model(config, list(CLASSES))
+    pixels = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():  # class i is the data's label i: the head is kept as it was
+        torch.testing.assert_close(model.eval()(pixels).logits, start(pixels).logits)
+    assert model.config.id2label == dict(enumerate(CLASSES))
+    out = tmp_path / "out"
+    with caplog.at_level("INFO"):
+        engine.main(flags(out, "--model_name_or_path", str(tmp_path / "start"), *photos))
+    assert "no label names ([LABEL_0, LABEL_1] (2), Transformers' placeholders): its classes are the data's" in (
+        caplog.text
+    )
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["labels"] == {"labels": "by index", "model_labels": ["LABEL_0", "LABEL_1"]}
+    card = (out / "README.md").read_text()
+    assert "- The starting model named no labels (LABEL_0, LABEL_1): its classes were taken as the data's" in card
+    # Placeholders for another number of classes than the data's are not a match.
+    three = make_model(num_labels=3)
+    three.save_pretrained(tmp_path / "three")
+    DeiTImageProcessorPil(**DEIT_STYLE).save_pretrained(tmp_path / "three")
+    with pytest.raises(ValueError, match=r"predicts the labels \[LABEL_0, LABEL_1, LABEL_2\] \(3\), not the data's"):
+        engine.load_model(parse_args(flags(out, "--model_name_or_path", str(tmp_path / "three"))), list(CLASSES))
+
+
 def test_validation_classes_that_training_lacks_are_one_line_naming_them(tmp_path):
     write_photo_folder(tmp_path / "train", CLASSES, per_class=2)
     write_photo_folder(tmp_path / "val", (*CLASSES, "zebra"), per_class=1)

@@ -225,6 +225,11 @@ def how_it_was_made(provenance: dict) -> list[str]:
             )
         elif labels.get("labels") == "permuted":
             lines.append("- The starting model's classifier rows were reordered to the data's label order.")
+        elif labels.get("labels") == "by index":
+            lines.append(
+                f"- The starting model named no labels ({theirs}{', ...' if len(labels['model_labels']) > 10 else ''}"
+                "): its classes were taken as the data's labels by index."
+            )
     return lines
 
 

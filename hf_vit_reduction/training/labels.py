@@ -1,8 +1,11 @@
 """A pretrained classifier's labels matched to the data's by name.
 
 A model (student or teacher) whose labels are the data's in another order gets its classifier rows permuted to the
-data's order, so that it predicts what it did; labels that are not the data's are refused in one line, unless a new
-classifier is asked for (Transformers' `ignore_mismatched_sizes`), which only a student can have.
+data's order, so that it predicts what it did. A model saved without label names (Transformers' placeholders
+`LABEL_0`, `LABEL_1`, ..., what `save_pretrained` writes when none were given) with exactly the data's number of
+classes is matched by index: its class i is the data's label i. Real names that are not the data's are refused in
+one line, unless a new classifier is asked for (Transformers' `ignore_mismatched_sizes`), which only a student can
+have.
 """
 
 from dataclasses import dataclass
@@ -11,12 +14,12 @@ import torch
 from torch import nn
 
 # What `match_labels` did to the model's classifier.
-SAME, PERMUTED, NEW_HEAD = "same", "permuted", "new head"
+SAME, PERMUTED, BY_INDEX, NEW_HEAD = "same", "permuted", "by index", "new head"
 
 
 @dataclass(frozen=True)
 class LabelMatch:
-    outcome: str  # SAME, PERMUTED or NEW_HEAD
+    outcome: str  # SAME, PERMUTED, BY_INDEX or NEW_HEAD
     model_labels: list[str]  # the model's labels, in its own order, before the match
 
     def sentence(self) -> str:
@@ -25,6 +28,11 @@ class LabelMatch:
             return f"it predicts {shorten(self.model_labels)}: a new classifier for the data's labels (--ignore_mismatched_sizes)"
         if self.outcome == PERMUTED:
             return "the data's labels in another order: its classifier rows were reordered"
+        if self.outcome == BY_INDEX:
+            return (
+                f"no label names ({shorten(self.model_labels)}, Transformers' placeholders): its classes are the "
+                "data's labels by index"
+            )
         return "the data's labels"
 
     def describe(self) -> dict:
@@ -36,6 +44,11 @@ class LabelMatch:
 
 def model_labels(config) -> list[str]:
     return [str(config.id2label[i]) for i in range(config.num_labels)] if config.num_labels else []
+
+
+def placeholder_labels(count: int) -> list[str]:
+    """What Transformers' configs name `count` classes when no names were given."""
+    return [f"LABEL_{i}" for i in range(count)]
 
 
 def shorten(labels: list[str], limit: int = 6) -> str:
@@ -62,6 +75,9 @@ def match_labels(model, label_names: list[str], *, flag: str, new_head_allowed: 
                 classifier.bias.copy_(classifier.bias[order])
         _set_labels(model.config, data)
         return LabelMatch(PERMUTED, theirs)
+    if theirs == placeholder_labels(len(data)):
+        _set_labels(model.config, data)
+        return LabelMatch(BY_INDEX, theirs)
     if not new_head_allowed:
         raise ValueError(
             f"{flag} predicts the labels {shorten(theirs)}, not the data's {shorten(data)}; pass "
