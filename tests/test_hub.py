@@ -502,7 +502,7 @@ def test_failed_push_ends_in_one_line_and_changes_nothing(server, tmp_path, case
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith(f"error: pushing {folder} to me/fail-{case} failed ")
     assert expected.format(files=len(pushed_files(folder))) in line
-    assert (" within 3 s. " in line) == (case == "timeout")
+    assert (" within 10 s. " in line) == (case == "timeout")
     assert line.endswith(
         f"The local folder {folder} is complete and unchanged; push it again with "
         f"`hf-vit-reduction push {folder} --hub_model_id me/fail-{case}`"
