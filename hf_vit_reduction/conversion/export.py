@@ -25,6 +25,7 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import AutoImageProcessor
 
 from ..cli import PROG, command_parser, require_extra
+from ..configuration_vit_reduced import ViTReducedConfig
 from ..hub.native_model_card import ARCHITECTURES, render_native_model_card
 from ..image_processing_vit_reduced import Preprocessing, preprocessing_of
 from ..modeling_vit_reduced import ViTReducedForImageClassification
@@ -208,10 +209,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _check_arguments(args)
         require_extra(FORMAT_EXTRAS[args.format], command=f"{PROG} export --format {args.format}")
-        model = ViTReducedForImageClassification.from_pretrained(args.model).eval()
-        if args.format != "onnx":
-            check_representable(model.config, args.format)
+        if args.format != "onnx":  # before the weights are read
+            check_representable(ViTReducedConfig.from_pretrained(args.model), args.format)
             preprocessing = _saved_preprocessing(args.model)
+        model = ViTReducedForImageClassification.from_pretrained(args.model).eval()
     except ValueError as error:
         parser.error(str(error))
     if args.format == "onnx":

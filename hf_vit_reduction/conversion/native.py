@@ -68,7 +68,13 @@ WRITTEN_FIELDS = {
     ),
 }
 # timm's activation names (`get_act_layer`) for Transformers' activation names of the same function.
-TIMM_ACTIVATIONS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "quick_gelu": "quick_gelu", "silu": "silu"}
+TIMM_ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "quick_gelu": "quick_gelu",
+    "silu": "silu",
+    "relu": "relu",
+}
 TIMM_LAYER_NORM_EPS = 1e-6
 # timm's plain ViT factories by (width, depth, heads); any other shape is built by vit_base's with its model_args.
 TIMM_SIZES = {(192, 12, 3): "tiny", (384, 12, 6): "small", (768, 12, 12): "base", (1024, 24, 16): "large"}
@@ -83,7 +89,7 @@ def check_representable(config: ViTReducedConfig, format: str) -> None:
     base = {field.name for field in fields(PreTrainedConfig)}
     problems = [
         f"{field.name}={getattr(config, field.name)!r} (the default is {field.default!r})"
-        for field in fields(ViTReducedConfig)
+        for field in fields(config)
         if field.name not in base
         and field.name not in WRITTEN_FIELDS[format]
         and getattr(config, field.name) != field.default
