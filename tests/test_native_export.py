@@ -3,20 +3,31 @@ against the ViTReduced model it came from (logits, labels, preprocessing) and ag
 
 import json
 import math
+import subprocess
+import textwrap
 from dataclasses import dataclass
 
 import pytest
 import timm
 import torch
-from image_folders import sample_photos
+from image_folders import sample_photos, write_photo_folder
+from PIL import Image
+from script_runs import environment
 from timm.data import create_transform
 from torchvision.transforms import functional as tvF
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, BitImageProcessor, ViTConfig
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    BitImageProcessor,
+    ViTConfig,
+)
 
 from hf_vit_reduction import REDUCTION_STRATEGIES, ViTReducedConfig, ViTReducedForImageClassification
 from hf_vit_reduction.conversion.convert import main as convert
 from hf_vit_reduction.conversion.export import main as export
 from hf_vit_reduction.conversion.native import (
+    NATIVE_FORMATS,
     TIMM_ACTIVATIONS,
     UnrepresentableError,
     check_representable,
@@ -279,3 +290,120 @@ def test_bad_export_input_is_one_line_and_writes_nothing(case, tmp_path, capsys)
     error = capsys.readouterr().err
     assert error.startswith(f"error: {expected.format(out=out)}") and error.count("\n") == 1, error
     assert sorted(path.name for path in tmp_path.rglob("*")) == before
+
+
+# The slow tier: the exported folders in a Python where hf_vit_reduction cannot be imported.
+
+LOAD_NATIVELY = """
+    import importlib.util, json, sys
+    import torch
+    from PIL import Image
+    from transformers import AutoConfig, AutoModelForImageClassification, pipeline
+
+    assert importlib.util.find_spec("hf_vit_reduction") is None
+    folders, pixels_path, photos, out = json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+    pixels = torch.load(pixels_path)
+    results = {}
+    for folder in folders:
+        model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=False).eval()
+        classifier = pipeline("image-classification", model=folder, trust_remote_code=False)
+        images = [Image.open(photo).convert("RGB") for photo in photos]
+        with torch.no_grad():
+            logits = model(pixels).logits
+        result = {
+            "class": type(model).__name__,
+            "logits": logits,
+            "top1": [predictions[0]["label"] for predictions in classifier(photos, top_k=1)],
+            "processed": classifier.image_processor(images, return_tensors="pt").pixel_values,
+        }
+        if folder.endswith("timm"):
+            import timm
+
+            with torch.no_grad():
+                result["timm_logits"] = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()(pixels)
+        results[folder] = result
+    # A ViTReduced config saved on its own, read with its remote code.
+    config = AutoConfig.from_pretrained(sys.argv[5], trust_remote_code=True)
+    results["config"] = {"module": type(config).__module__, "strategy": config.reduction_strategy}
+    torch.save(results, out)
+"""
+
+
+def run_bare(python, code: str, *args: str, cwd) -> None:
+    """Run `code` in `python` (where this package cannot be imported) from `cwd`, away from this checkout."""
+    result = subprocess.run(
+        [str(python), "-c", textwrap.dedent(code), *args],
+        cwd=cwd,
+        env={key: value for key, value in environment().items() if key != "PYTHONPATH"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """Each strategy's model saved with the digits recipe's preprocessing (shorter side to 32 px, bicubic), exported
+    in both formats; real photos; and the model's logits and this package's processors on them."""
+    root = tmp_path_factory.mktemp("exports")
+    photos = [str(path) for path in sorted(write_photo_folder(root / "photos", per_class=6).glob("*/*.png"))]
+    images = [Image.open(photo).convert("RGB") for photo in photos]
+    torch.save(PIXELS, root / "pixels.pt")
+    models = {}
+    for seed, strategy in enumerate(REDUCTION_STRATEGIES):
+        model = models[strategy] = trained_like(strategy, seed=seed)
+        source = save_folder(model, root / strategy, crop_pct=1.0)
+        for format in NATIVE_FORMATS:
+            export([str(source), str(root / f"{strategy}-{format}"), "--format", format])
+    processed = {  # this package's processor, on each backend (timm's evaluation exactly with PIL)
+        backend: AutoImageProcessor.from_pretrained(root / "thin", backend=backend)(images, return_tensors="pt")
+        for backend in ("pil", "torchvision")
+    }
+    AutoConfig.from_pretrained(root / "thin").save_pretrained(root / "config-alone")
+    return {"root": root, "photos": photos, "models": models, "processed": processed}
+
+
+def top1(model, pixels) -> list[str]:
+    return [model.config.id2label[index] for index in logits_of(model, pixels).argmax(-1).tolist()]
+
+
+@pytest.mark.slow  # one process loading 8 folders, about half a minute on 2 cores
+def test_every_export_loads_without_the_package_with_our_logits_and_pipeline_labels(exports, python_without_package):
+    root = exports["root"]
+    folders = [str(root / f"{strategy}-{format}") for strategy in REDUCTION_STRATEGIES for format in NATIVE_FORMATS]
+    arguments = (json.dumps(folders), str(root / "pixels.pt"), json.dumps(exports["photos"]), str(root / "out.pt"))
+    run_bare(python_without_package, LOAD_NATIVELY, *arguments, str(root / "config-alone"), cwd=root)
+    loaded = torch.load(root / "out.pt")
+    config = loaded.pop("config")
+    assert config["module"].startswith("transformers_modules.") and config["strategy"] == "thin"
+    shifted = {}
+    for folder, result in loaded.items():
+        strategy, format = folder.rsplit("/", 1)[1].split("-")
+        model = exports["models"][strategy]
+        native_class = {"transformers": "ViTForImageClassification", "timm": "TimmWrapperForImageClassification"}
+        assert result["class"] == native_class[format], folder
+        assert (result["logits"] - logits_of(model)).abs().max() <= 1e-5, folder
+        if format == "timm":
+            assert (result["timm_logits"] - logits_of(model)).abs().max() <= 1e-5, folder
+        # The pipeline labels what the ViTReduced model labels on the pixels the exported processor gave.
+        assert result["top1"] == top1(model, result["processed"]), folder
+        # Those pixels: timm's evaluation (ours on PIL) exactly for timm's format; for Transformers', the same backend
+        # as ours (torchvision), where only the floored crop offset moves some photos by a pixel.
+        ours = exports["processed"]["pil" if format == "timm" else "torchvision"].pixel_values
+        same = [torch.equal(mine, theirs) for mine, theirs in zip(ours, result["processed"])]
+        expected = top1(model, ours)
+        assert [label for label, kept in zip(result["top1"], same) if kept] == [
+            label for label, kept in zip(expected, same) if kept
+        ], folder
+        shifted[folder] = (len(same) - sum(same), sum(a != b for a, b in zip(result["top1"], expected)))
+        if format == "timm":
+            assert all(same) and result["top1"] == expected, folder
+    transformers_shifted = {folder: counts for folder, counts in shifted.items() if folder.endswith("transformers")}
+    # Some photos keep our pixels exactly (and so our labels), and the labels vary from photo to photo.
+    assert all(0 < moved < len(exports["photos"]) for moved, _ in transformers_shifted.values()), shifted
+    assert any(
+        len(set(top1(model, exports["processed"]["pil"].pixel_values))) > 1 for model in exports["models"].values()
+    )
+    print("photos moved by the floored crop, and labels changed:", shifted)
