@@ -407,3 +407,61 @@ def test_every_export_loads_without_the_package_with_our_logits_and_pipeline_lab
         len(set(top1(model, exports["processed"]["pil"].pixel_values))) > 1 for model in exports["models"].values()
     )
     print("photos moved by the floored crop, and labels changed:", shifted)
+
+
+LOAD_FROM_THE_HUB = """
+    import importlib.util, sys
+    import timm, torch
+    from transformers import AutoModelForImageClassification, pipeline
+
+    assert importlib.util.find_spec("hf_vit_reduction") is None
+    timm_repo, transformers_repo, pixels_path, photo, out = sys.argv[1:]
+    pixels = torch.load(pixels_path)
+    with torch.no_grad():
+        logits = {
+            "timm": timm.create_model(f"hf-hub:{timm_repo}", pretrained=True).eval()(pixels),
+            "timm wrapper": AutoModelForImageClassification.from_pretrained(timm_repo).eval()(pixels).logits,
+            "transformers": AutoModelForImageClassification.from_pretrained(transformers_repo).eval()(pixels).logits,
+        }
+    labels = {repo: pipeline("image-classification", model=repo)(photo)[0]["label"] for repo in sys.argv[1:3]}
+    torch.save({"logits": logits, "labels": labels}, out)
+"""
+
+
+@pytest.mark.slow  # two pushes and a client process against the loopback Hub
+def test_exported_folders_push_and_load_from_the_hub_without_the_package(exports, python_without_package, tmp_path):
+    from hub_server import HubServer
+    from test_hub import READ_TOKEN, WRITE_TOKEN, client_env, push_command
+
+    root, model = exports["root"], exports["models"]["thin"]
+    with HubServer({WRITE_TOKEN: {"user": "me", "write": True}, READ_TOKEN: {"user": "me", "write": False}}) as hub:
+        for format in NATIVE_FORMATS:
+            folder = tmp_path / format
+            export([str(root / "thin"), str(folder), "--format", format, "--hub_model_id", f"me/vit-thin-{format}"])
+            assert f'"me/vit-thin-{format}"' in (folder / "README.md").read_text()
+            result = push_command(folder, f"me/vit-thin-{format}", client_env(hub.url, tmp_path / "home"))
+            assert result.returncode == 0, result.stderr
+            assert set(hub.files(f"me/vit-thin-{format}")) == {".gitattributes"} | {p.name for p in folder.iterdir()}
+        env = client_env(hub.url, tmp_path / "home-load", token=READ_TOKEN, package=False)
+        arguments = ("me/vit-thin-timm", "me/vit-thin-transformers", str(root / "pixels.pt"), exports["photos"][0])
+        done = subprocess.run(
+            [
+                str(python_without_package),
+                "-c",
+                textwrap.dedent(LOAD_FROM_THE_HUB),
+                *arguments,
+                str(tmp_path / "out.pt"),
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    loaded = torch.load(tmp_path / "out.pt")
+    for name, logits in loaded["logits"].items():
+        assert (logits - logits_of(model)).abs().max() <= 1e-5, name
+    expected = top1(model, exports["processed"]["pil"].pixel_values[:1])[0]
+    assert loaded["labels"]["me/vit-thin-timm"] == expected
