@@ -127,16 +127,9 @@ def shared_mlp_note(config: ViTReducedConfig) -> str | None:
 
 
 def _encoder_weights(model: ViTReducedForImageClassification) -> dict[str, torch.Tensor]:
-    """The model's weights with each block's MLP under the block's own keys (a shared MLP under each of its blocks),
-    as separate tensors."""
-    state = model.state_dict()
-    for index in range(model.config.num_hidden_layers):
-        mlp = model.vit.layers[index].mlp
-        for name in ("fc1", "fc2"):
-            for part in ("weight", "bias"):
-                state[f"vit.layers.{index}.mlp.{name}.{part}"] = getattr(getattr(mlp, name), part)
+    """The model's weights as separate tensors; `state_dict` lists a shared MLP under each of its blocks."""
     with torch.no_grad():
-        return {key: value.detach().clone() for key, value in state.items()}
+        return {key: value.detach().clone() for key, value in model.state_dict().items()}
 
 
 def to_transformers(model: ViTReducedForImageClassification):
