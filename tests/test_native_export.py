@@ -179,7 +179,7 @@ def test_exported_processor_is_evaluation_but_for_the_floored_crop_offset(name, 
     assert type(exported) is BitImageProcessor
     exported.save_pretrained(tmp_path)
     pil = AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
-    photos = sample_photos(24)
+    photos = sample_photos(12)
     shifted = 0
     for photo in photos:
         pixels = pil(photo, return_tensors="pt").pixel_values[0]
