@@ -33,6 +33,7 @@ from hf_vit_reduction.conversion.native import (
     check_representable,
     to_timm,
     to_transformers,
+    training_only_notes,
     transformers_image_processor,
 )
 from hf_vit_reduction.image_processing_vit_reduced import Preprocessing, image_processor_for
@@ -118,6 +119,19 @@ def test_transformers_keeps_a_layer_norm_eps_that_timm_cannot_hold():
         to_timm(model)
     with pytest.raises(UnrepresentableError, match=r"hidden_act='gelu_new'"):
         check_representable(trained_like("thin", hidden_act="gelu_new").config, "timm")
+
+
+def test_a_training_only_field_is_exported_and_said_not_carried():
+    model = trained_like("baseline", drop_path_rate=0.1, hidden_dropout_prob=0.1)
+    assert training_only_notes(model.config, "transformers") == [
+        "drop_path_rate=0.1 is not carried (Transformers' ViT has no stochastic depth); inference is unchanged"
+    ]
+    assert [note.split(" is ")[0] for note in training_only_notes(model.config, "timm")] == [
+        "hidden_dropout_prob=0.1",
+        "drop_path_rate=0.1",
+    ]
+    assert to_transformers(model).config.hidden_dropout_prob == 0.1
+    assert (logits_of(to_timm(model)) - logits_of(model)).abs().max() <= 1e-5
 
 
 @dataclass(repr=False)
