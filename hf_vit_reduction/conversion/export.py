@@ -165,9 +165,10 @@ def export_native(
             f"{source} has no image processor: the export carries no preprocessing"
             + (" (timm's defaults apply)" if format == "timm" else " (pipeline needs one)")
         )
+    # Transformers' folder saves it; the card of either describes the preprocessing with its values.
+    processor = None if preprocessing is None else transformers_image_processor(preprocessing)
     if format == "transformers":
         native = to_transformers(model).eval()
-        processor = None if preprocessing is None else transformers_image_processor(preprocessing)
 
         def logits(pixels):
             return native(pixels).logits
@@ -179,7 +180,6 @@ def export_native(
 
     else:
         native = logits = to_timm(model, preprocessing)
-        processor = None if preprocessing is None else transformers_image_processor(preprocessing)
 
         def save(folder: Path):
             save_timm(native, folder, config)
