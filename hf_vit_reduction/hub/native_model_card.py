@@ -62,6 +62,7 @@ def render_native_model_card(
         library=LIBRARIES[format],
         source=source,
         location=location,
+        repo_id=repo_id,
         timm_location=f"hf-hub:{repo_id}" if repo_id else f"local-dir:{location}",
         strategy=strategy,
         strategy_description=STRATEGY_DESCRIPTIONS[strategy],
