@@ -32,7 +32,9 @@ COMMANDS = {
         "hf_vit_reduction.training.engine", "train", "train a ViTReduced (= run_image_classification.py)"
     ),
     "convert": Command("hf_vit_reduction.conversion.convert", "train", "bring a ViT or DeiT in, and cut it"),
-    "export": Command("hf_vit_reduction.conversion.export", "onnx", "export a model folder to ONNX"),
+    "export": Command(
+        "hf_vit_reduction.conversion.export", None, "export a model folder to ONNX, Transformers or timm"
+    ),
     "push": Command("hf_vit_reduction.hub.pushing", None, "push a model folder to the Hub"),
     "card": Command("hf_vit_reduction.hub.model_card", None, "write a model folder's model card (README.md)"),
     "summary": Command("hf_vit_reduction.summary", None, "parameters, unique MLPs and GMACs (the paper's Table 2)"),

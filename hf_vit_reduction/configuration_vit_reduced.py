@@ -94,6 +94,8 @@ class ViTReducedConfig(PreTrainedConfig):
     ```"""
 
     model_type = "vit_reduced"
+    # A config saved on its own carries its code for remote-code readers, as the model and processor do.
+    _auto_class = "AutoConfig"
 
     hidden_size: int = 768
     num_hidden_layers: int = 12

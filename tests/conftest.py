@@ -5,6 +5,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -23,3 +28,19 @@ def make_model():
         return ViTReducedForImageClassification(config).eval()
 
     return make
+
+
+@pytest.fixture(scope="session")
+def python_without_package(tmp_path_factory) -> Path:
+    """A Python that has torch and transformers but cannot import hf_vit_reduction.
+
+    A fresh virtual environment whose .pth lists this environment's site-packages: a plain path entry, which does
+    not activate the editable install's import finder (a .pth of its own in that folder).
+    """
+    venv = tmp_path_factory.mktemp("bare") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    site = Path(subprocess.check_output([python, "-c", purelib], text=True).strip())
+    (site / "shared_environment.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    return python

@@ -1,5 +1,9 @@
 """The README's "Using it with the ecosystem" examples, run: 🤗 Trainer, PEFT LoRA and AutoPeftModel."""
 
+import os
+import subprocess
+import textwrap
+
 import pytest
 import torch
 from peft import AutoPeftModel, LoraConfig, PeftModel, get_peft_model
@@ -87,3 +91,60 @@ def test_auto_peft_model_loads_an_adapter_once_the_package_is_in_peft_s_import_a
         got = loaded(PIXELS).logits
     assert not torch.allclose(got, make_model("grouped")(PIXELS).logits)
     torch.testing.assert_close(got, expected)
+
+
+REMOTE_CODE_ADAPTER = """
+    import importlib.util, sys
+    import torch
+    from peft import AutoPeftModel, LoraConfig, get_peft_model
+    from transformers import AutoModelForImageClassification
+
+    assert importlib.util.find_spec("hf_vit_reduction") is None
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    if sys.argv[1] == "adapt":
+        base = AutoModelForImageClassification.from_pretrained("base", trust_remote_code=True)
+        adapted = get_peft_model(base, LoraConfig(r=4, target_modules=["qkv", "fc1"], modules_to_save=["classifier"]))
+        with torch.no_grad():
+            for name, parameter in adapted.named_parameters():
+                if "lora_B" in name:
+                    parameter.normal_()
+        torch.save(adapted.eval()(pixels).logits, "expected.pt")
+        adapted.save_pretrained("adapter")
+    else:  # a new process: the base's code is imported from Transformers' module cache
+        try:
+            AutoPeftModel.from_pretrained("adapter", trust_remote_code=True)
+        except ValueError as error:
+            print("refused:", str(error).split(" which ")[0])
+        AutoModelForImageClassification.from_pretrained("base", trust_remote_code=True)
+        loaded = AutoPeftModel.from_pretrained(
+            "adapter", import_allowlist=["transformers_modules"], trust_remote_code=True
+        ).eval()
+        with torch.no_grad():
+            print("equal:", torch.equal(loaded(pixels).logits, torch.load("expected.pt")))
+"""
+
+
+@pytest.mark.slow  # two processes without this package
+def test_auto_peft_model_loads_an_adapter_on_a_remote_code_base_with_the_readme_s_allowlist(
+    make_model, tmp_path, python_without_package
+):
+    make_model("grouped").save_pretrained(tmp_path / "base")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"} | {"HF_HOME": str(tmp_path / "hf")}
+    outputs = []
+    for step in ("adapt", "load"):
+        done = subprocess.run(
+            [str(python_without_package), "-c", textwrap.dedent(REMOTE_CODE_ADAPTER), step],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs.append(done.stdout)
+    refusal, loaded = outputs[1].splitlines()
+    assert refusal.startswith(
+        "refused: The auto mapping wants to import 'transformers_modules.base."
+    ) and refusal.endswith(".modeling_vit_reduced'")
+    assert loaded == "equal: True"

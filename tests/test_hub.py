@@ -12,7 +12,6 @@ import queue
 import socket
 import subprocess
 import sys
-import sysconfig
 import textwrap
 import threading
 import time
@@ -178,22 +177,6 @@ def server():
     tokens = {WRITE_TOKEN: {"user": "me", "write": True}, READ_TOKEN: {"user": "me", "write": False}}
     with HubServer(tokens) as hub:
         yield hub
-
-
-@pytest.fixture(scope="module")
-def python_without_package(tmp_path_factory) -> Path:
-    """A Python that has torch and transformers but cannot import hf_vit_reduction.
-
-    A fresh virtual environment whose .pth lists this environment's site-packages: a plain path entry, which does
-    not activate the editable install's import finder (a .pth of its own in that folder).
-    """
-    venv = tmp_path_factory.mktemp("bare") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    purelib = "import sysconfig; print(sysconfig.get_path('purelib'))"
-    site = Path(subprocess.check_output([python, "-c", purelib], text=True).strip())
-    (site / "shared_environment.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    return python
 
 
 @pytest.fixture(scope="module")

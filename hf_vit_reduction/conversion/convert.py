@@ -26,8 +26,6 @@ calibration uses too. `from_transformers`, `from_timm` and `reduce` are importab
 
 import argparse
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +42,7 @@ from . import from_timm, from_transformers, reduce
 from .calibration import DEFAULT_CALIBRATION_SAMPLES, load_calibration
 from .post_hoc import POST_HOC_STRATEGIES, PRUNE_METHODS, SHARE_METHODS, check_reduce_arguments, needs_calibration
 from .transformers_vit import load_transformers_folder
+from .writing import check_output_folder, max_logit_difference, write_folder
 
 __all__ = ["from_timm", "from_transformers", "main", "reduce"]
 
@@ -156,44 +155,6 @@ def _read_state_dict(path: str) -> dict:
         if isinstance(state.get(wrapper), Mapping):
             state = state[wrapper]
     return {key.removeprefix("module."): value for key, value in state.items() if isinstance(value, torch.Tensor)}
-
-
-def _check_output(output: Path, overwrite: bool):
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"--output_dir {output} is a file; allowed: a folder")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise ValueError(f"--output_dir {output} exists and is not empty; pass --overwrite_output_dir to replace it")
-
-
-def _write_folder(output: Path, write):
-    """Run `write(folder)` on a staging folder beside `output`, then put it in place: nothing partial is left."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private
-        write(staging)
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-@torch.no_grad()
-def _max_logit_difference(source_logits, model) -> float:
-    """Largest difference between the logits of the source and of the converted model on 2 random images."""
-    config, weight = model.config, next(model.parameters())
-    pixels = torch.randn(
-        2,
-        config.num_channels,
-        config.image_size,
-        config.image_size,
-        generator=torch.Generator().manual_seed(0),
-    ).to(weight)  # a bfloat16 checkpoint stays bfloat16
-    expected = source_logits(pixels).float()
-    return (model(pixels).logits.float() - expected).abs().max().item()
 
 
 def _transformers_source(path: str, *, drop_pooler: bool, **_) -> Source:
@@ -353,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_arguments(args) -> dict | None:
     """The reduction the flags ask for (None: convert only), or a ValueError naming the flag."""
-    _check_output(args.output_dir, args.overwrite_output_dir)
+    check_output_folder(args.output_dir, args.overwrite_output_dir)
     reduction = None
     if args.strategy != "baseline":
         reduction = {
@@ -391,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
             args.input, drop_pooler=args.drop_pooler, timm_model=args.timm_model, image_size=args.image_size
         )
         model = source.model
-        difference = _max_logit_difference(source.logits, model)
+        difference = max_logit_difference(source.logits, lambda pixels: model(pixels).logits, model)
         calibration = None
         if reduction is not None and needs_calibration(args.prune_method, args.share_method):
             calibration = _calibration_for(
@@ -441,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
         write_provenance(folder, provenance)
         write_model_card(folder, conversion=conversion, final_folder=args.output_dir)
 
-    _write_folder(args.output_dir, write)
+    write_folder(args.output_dir, write)
     print(
         f"Wrote {args.output_dir}: {model.config.reduction_strategy}, {model.num_parameters():,} parameters. "
         f"The converted baseline's logits differ from the source's by at most {difference:.2e} "

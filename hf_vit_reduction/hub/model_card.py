@@ -258,8 +258,11 @@ def _strategy_parameter(config: ViTReducedConfig) -> str:
 def _preprocessing(folder: Path) -> list[tuple[str, str]] | None:
     """What the saved image processor does, step by step, in numbers; None without one."""
     processor = read_json(folder / "preprocessor_config.json")
-    if processor is None:
-        return None
+    return None if processor is None else preprocessing_steps(processor)
+
+
+def preprocessing_steps(processor: dict) -> list[tuple[str, str]]:
+    """What an image processor (its saved dict) does, step by step, in numbers."""
     steps = []
     if processor.get("do_convert_rgb"):
         steps.append(("convert", "to RGB"))
