@@ -7,6 +7,7 @@ import torch
 from transformers import ViTConfig, ViTForImageClassification
 
 PIXELS = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+SIZES = {"image_size": 32, "patch_size": 8}
 LABELS = ["cat", "dog", "owl", "fox", "elk"]
 TIMM_TINY = {
     "img_size": 32,

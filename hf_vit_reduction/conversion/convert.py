@@ -30,6 +30,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -43,7 +44,7 @@ from ..modeling_vit_reduced import ViTReducedForImageClassification
 from . import from_timm, from_transformers, reduce
 from .calibration import DEFAULT_CALIBRATION_SAMPLES, load_calibration
 from .post_hoc import POST_HOC_STRATEGIES, PRUNE_METHODS, SHARE_METHODS, check_reduce_arguments, needs_calibration
-from .transformers_vit import load_transformers_folder
+from .transformers_vit import load_transformers_folder, reference_output
 
 __all__ = ["from_timm", "from_transformers", "main", "reduce"]
 
@@ -202,12 +203,7 @@ def _transformers_source(path: str, *, drop_pooler: bool, **_) -> Source:
         raise _missing_folder(path)
     source = load_transformers_folder(path)
     model = from_transformers(source, drop_pooler=drop_pooler)
-
-    def logits(pixels):
-        output = source(pixels)
-        return output.logits if hasattr(output, "logits") else output.last_hidden_state[:, 0]
-
-    return Source(model, logits, _saved_preprocessing(path, model))
+    return Source(model, partial(reference_output, source), _saved_preprocessing(path, model))
 
 
 def _timm_source(path: str, *, timm_model: str | None, image_size: int | None, **_) -> Source:
