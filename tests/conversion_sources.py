@@ -103,3 +103,13 @@ def timm_family(name: str, **kwargs):
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.1)
     return model.eval()
+
+
+# ViTReduced's ViT-family options in combinations that cover each one (issue 30), for tests parametrized over them.
+MODEL_OPTIONS = {
+    "distilled": {"distillation_token": True},
+    "registers_layer_scale": {"num_register_tokens": 2, "no_embed_class": True, "layer_scale_init_value": 0.1},
+    "pre_norm_quick_gelu": {"pre_norm": True, "hidden_act": "quick_gelu"},
+    "avg_fc_norm": {"class_token": False, "pooling": "avg", "fc_norm": True},
+    "map": {"pooling": "map", "num_register_tokens": 1},
+}
