@@ -131,7 +131,8 @@ def _timm_requirements(model) -> list[tuple[bool, str]]:
     from timm.layers import Attention, AttentionPoolLatent, LayerScale, Mlp, PatchEmbed
     from timm.models.vision_transformer import Block
 
-    patch_embed, pool, width = model.patch_embed, model.attn_pool, model.blocks[0].mlp.fc1.out_features
+    patch_embed, pool = model.patch_embed, model.attn_pool
+    width = getattr(getattr(model.blocks[0].mlp, "fc1", None), "out_features", None)
     requirements = [
         (model.global_pool in POOLINGS, f"global_pool={model.global_pool!r} (allowed: {', '.join(POOLINGS)})"),
         (

@@ -18,9 +18,8 @@ from timm.utils import ModelEmaV3
 logger = logging.getLogger(__name__)
 
 # No weight decay on these (besides biases, norms and LayerScale, which timm excludes as 1-D tensors), as timm's ViT
-# declares in `no_weight_decay()` (its `dist_token` included; the register tokens and MAP's query, which timm
-# leaves decayed, are learned prefix tokens like the class token). timm matches them as fnmatch patterns from 1.0.21
-# on (exact names before), hence setup.py's pin.
+# declares in `no_weight_decay()` (its distillation and register tokens included; MAP's query is decayed). timm
+# matches them as fnmatch patterns from 1.0.21 on (exact names before), hence setup.py's pin.
 NO_WEIGHT_DECAY = ("*position_embeddings", "*cls_token", "*distillation_token", "*register_tokens")
 
 # An EMA without warm-up still holding more than this share of the first update's weights at the end of the run is
