@@ -250,8 +250,11 @@ def test_interpolated_position_encoding_and_size_error(make_model):
 
 
 @pytest.mark.slow  # compiling takes seconds
-def test_fullgraph_compile_has_no_graph_break(make_model):
-    model = make_model("grouped", drop_path_rate=0.1)
+@pytest.mark.parametrize(
+    "options", [{}, MODEL_OPTIONS["distilled"], MODEL_OPTIONS["map"]], ids=["vit", "distilled", "map"]
+)
+def test_fullgraph_compile_has_no_graph_break(make_model, options):
+    model = make_model("grouped", drop_path_rate=0.1, **options)
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     with torch.no_grad():
         assert torch.allclose(compiled(PIXELS).logits, model(PIXELS).logits, atol=1e-6)

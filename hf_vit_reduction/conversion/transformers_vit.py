@@ -1,4 +1,5 @@
-"""🤗 Transformers' ViT -> a baseline ViTReduced with the same logits."""
+"""🤗 Transformers' ViT family (ViT, DeiT, DINOv2, CLIP's vision tower) -> a baseline ViTReduced with the same
+outputs."""
 
 import os
 import re
@@ -26,14 +27,16 @@ def _square(value, field: str) -> int:
 @dataclass(frozen=True)
 class _Family:
     """How a Transformers ViT-family class maps onto ViTReduced: its encoder's attribute, the names of its weights
-    (ours, encoder-relative, as regular expressions -> theirs), its heads, its config's options, and the weights
-    it has that compute nothing at inference."""
+    (ours, encoder-relative, as regular expressions -> theirs), its heads, its config's options, the weights it has
+    that compute nothing at inference, and whether its class token's position embedding is ours to fold into the
+    class token (its registers follow an embedded class token; ours, with `no_embed_class`, embed the patches only)."""
 
     encoder: str | None  # the encoder's attribute (`vit`, `deit`), None for an encoder class
     renames: tuple[tuple[str, str], ...]
     heads: dict[str, str]  # our head -> theirs
     options: Callable[[object], dict] = lambda config: {}
     unused: tuple[str, ...] = ()  # their weights that no forward without masking uses
+    folds_class_position: bool = False
 
 
 _VIT_RENAMES = (
@@ -88,8 +91,6 @@ _FAMILIES = {
         lambda config: {"distillation_token": True},
     ),
     "Dinov2Model": _Family(None, _DINOV2_RENAMES, {}, _dinov2_options, unused=("embeddings.mask_token",)),
-    # DINOv2's registers follow the class token, which has a position embedding; ours (no_embed_class) holds the
-    # class token's sum with it instead (see _fold_class_position).
     "Dinov2WithRegistersModel": _Family(
         None,
         _DINOV2_RENAMES,
@@ -100,6 +101,7 @@ _FAMILIES = {
             "no_embed_class": True,
         },
         unused=("embeddings.mask_token",),
+        folds_class_position=True,
     ),
     # CLIP's post_layernorm acts on the pooled class token only: fc_norm.
     "CLIPVisionModel": _Family(None, _CLIP_RENAMES, {}, lambda config: {"pre_norm": True, "fc_norm": True}),
@@ -230,12 +232,12 @@ def _transformers_state_to_ours(source, encoder, family: _Family, config, *, dro
 
 
 def _fit_shapes(state: dict, family: _Family) -> dict:
-    """CLIP keeps its class token and position embedding without batch dimensions; DINOv2 with registers embeds the
-    class token's position, which ours (no_embed_class) holds folded into the class token."""
+    """Our token shapes (CLIP keeps its class token and position embedding without batch dimensions), and the class
+    token's position folded into it where the family asks."""
     cls, positions = "vit.embeddings.cls_token", "vit.embeddings.position_embeddings"
     state[cls] = state[cls].reshape(1, 1, -1)
     state[positions] = state[positions].reshape(1, -1, state[cls].shape[-1])
-    if family is _FAMILIES["Dinov2WithRegistersModel"]:
+    if family.folds_class_position:
         state[cls] = state[cls] + state[positions][:, :1]
         state[positions] = state[positions][:, 1:]
     return state
