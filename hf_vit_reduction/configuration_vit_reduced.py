@@ -4,8 +4,12 @@ import math
 import numbers
 
 from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
 
 REDUCTION_STRATEGIES = ("baseline", "grouped", "shallow", "thin")
+# What the encoder's output is pooled to for the classifier: the class token, the mean of the patch tokens, or
+# multi-head attention pooling with a learned query (MAP, as SigLIP).
+POOLINGS = ("token", "avg", "map")
 
 # `reduction_mlp_ratio=None` resolves to these (arXiv 2512.01059, section 3).
 DEFAULT_REDUCTION_MLP_RATIOS = {
@@ -56,9 +60,24 @@ SHAPE_FIELDS = (
     "num_channels",
     "qkv_bias",
 )
-# Fields that fix the shapes or the sharing of the weights: a checkpoint only loads into an identical set.
+# The ViT-family options (timm's VisionTransformer arguments): each off by default, today's ViT. Every one changes
+# the weights' keys or what the same weights compute, so a checkpoint loads only with its own values.
+FAMILY_FIELDS = (
+    "class_token",
+    "distillation_token",
+    "num_register_tokens",
+    "no_embed_class",
+    "layer_scale_init_value",
+    "pre_norm",
+    "pooling",
+    "fc_norm",
+    "hidden_act",
+)
+# Fields that fix the shapes or the sharing of the weights, or what they compute: a checkpoint only loads into an
+# identical set.
 ARCHITECTURE_FIELDS = (
     *SHAPE_FIELDS,
+    *FAMILY_FIELDS,
     "reduction_strategy",
     "reduction_mlp_ratio",
     "mlp_share_group_size",
@@ -82,6 +101,28 @@ class ViTReducedConfig(PreTrainedConfig):
             Number of adjacent blocks that share one MLP under `grouped`.
         drop_path_rate (`float`, defaults to 0.0):
             Stochastic depth of the last block; it rises linearly from 0 at the first block, as in timm.
+        hidden_act (`str`, defaults to `"gelu"`):
+            The MLPs' activation, a key of Transformers' `ACT2FN` (`"quick_gelu"` for OpenAI's CLIP towers).
+        class_token (`bool`, defaults to `True`):
+            Prepend a learned class token (timm's `class_token`).
+        distillation_token (`bool`, defaults to `False`):
+            A second prepended token with its own classifier (DeiT's distillation token); the two heads' logits are
+            averaged, as DeiT does at inference. Needs the class token and `pooling="token"`.
+        num_register_tokens (`int`, defaults to 0):
+            Learned tokens after the class (and distillation) token that no head reads (timm's `reg_tokens`).
+        no_embed_class (`bool`, defaults to `False`):
+            Position embeddings on the patches only, added before the prefix tokens are prepended (DeiT III,
+            DINOv2 with registers); otherwise the prefix tokens have their own.
+        layer_scale_init_value (`float`, *optional*):
+            Initial value of LayerScale's per-channel scales on both residual branches of every block (timm's
+            `init_values`: DeiT III, DINOv2); `None` has no LayerScale.
+        pre_norm (`bool`, defaults to `False`):
+            A LayerNorm between the embeddings and the first block (CLIP's `pre_layrnorm`, timm's `pre_norm`).
+        pooling (`str`, defaults to `"token"`):
+            What the classifier reads: `"token"` the class token, `"avg"` the mean of the patch tokens, `"map"`
+            attention pooling of the patch tokens by one learned query (SigLIP).
+        fc_norm (`bool`, defaults to `False`):
+            The final LayerNorm acts on the pooled features instead of on every token (timm's `fc_norm`).
 
     Example:
 
@@ -114,6 +155,14 @@ class ViTReducedConfig(PreTrainedConfig):
     reduction_mlp_ratio: float | None = None
     mlp_share_group_size: int = 2
     drop_path_rate: float = 0.0
+    class_token: bool = True
+    distillation_token: bool = False
+    num_register_tokens: int = 0
+    no_embed_class: bool = False
+    layer_scale_init_value: float | None = None
+    pre_norm: bool = False
+    pooling: str = "token"
+    fc_norm: bool = False
 
     def __post_init__(self, **kwargs):
         self.reduction_strategy = self.reduction_strategy or "baseline"
@@ -138,6 +187,17 @@ class ViTReducedConfig(PreTrainedConfig):
         if self.reduction_strategy == "thin":
             return int(self.hidden_size * self.reduction_mlp_ratio)
         return self.intermediate_size
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches: the class token, the distillation token, the registers (as timm's)."""
+        return int(self.class_token) + int(self.distillation_token) + self.num_register_tokens
+
+    @property
+    def num_positions(self) -> int:
+        """Rows of the position embedding: the patches, and the prefix tokens unless `no_embed_class`."""
+        grid = self.image_size // self.patch_size
+        return grid * grid + (0 if self.no_embed_class else self.num_prefix_tokens)
 
     @property
     def num_unique_mlps(self) -> int:
@@ -195,6 +255,9 @@ class ViTReducedConfig(PreTrainedConfig):
             fail("layer_norm_eps", "a number > 0")
         if not is_real(self.initializer_range) or self.initializer_range < 0:
             fail("initializer_range", "a number >= 0")
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
+            fail("hidden_act", "a name in transformers.activations.ACT2FN, e.g. 'gelu', 'quick_gelu'")
+        self._validate_family_options(fail, is_int, is_real)
 
         strategy = self.reduction_strategy
         if strategy not in REDUCTION_STRATEGIES:
@@ -239,6 +302,26 @@ class ViTReducedConfig(PreTrainedConfig):
                 "reduction_mlp_ratio",
                 f"a ratio that gives >= 1 hidden unit with hidden_size={self.hidden_size}",
             )
+
+    def _validate_family_options(self, fail, is_int, is_real):
+        for field in ("class_token", "distillation_token", "no_embed_class", "pre_norm", "fc_norm"):
+            if not isinstance(getattr(self, field), bool):
+                fail(field, "True or False")
+        if not is_int(self.num_register_tokens) or self.num_register_tokens < 0:
+            fail("num_register_tokens", "an integer >= 0")
+        if self.layer_scale_init_value is not None and not is_real(self.layer_scale_init_value):
+            fail("layer_scale_init_value", "None (no LayerScale) or a finite number")
+        if self.pooling not in POOLINGS:
+            fail("pooling", f"one of {', '.join(map(repr, POOLINGS))}")
+        if self.pooling == "token" and not self.class_token:
+            fail("pooling", "'avg' or 'map' with class_token=False ('token' pools the class token)")
+        if self.distillation_token:
+            if not self.class_token:
+                fail("distillation_token", "False with class_token=False (DeiT's two heads read two tokens)")
+            if self.pooling != "token":
+                fail("pooling", "'token' with distillation_token=True (the class head reads the class token)")
+            if self.fc_norm:
+                fail("fc_norm", "False with distillation_token=True (both heads read the normed tokens)")
 
 
 __all__ = ["ViTReducedConfig"]

@@ -5,6 +5,7 @@ Self-contained (torch, transformers and this folder only) so that it runs as Hub
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -31,14 +32,26 @@ AUTO_MAP = {
 
 
 class ViTReducedEmbeddings(nn.Module):
-    """CLS token, patch embedding and learned position embedding."""
+    """Patch embedding, the prefix tokens (class, distillation, registers: those the config asks for, in timm's
+    order) and the learned position embedding (on the patches only under `no_embed_class`)."""
 
     def __init__(self, config: ViTReducedConfig):
         super().__init__()
         self.patch_size = config.patch_size
         self.grid_size = config.image_size // config.patch_size
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-        self.position_embeddings = nn.Parameter(torch.zeros(1, self.grid_size**2 + 1, config.hidden_size))
+        self.no_embed_class = config.no_embed_class
+        # Prefix tokens that have rows in the position embedding.
+        self.num_embedded_prefix_tokens = 0 if config.no_embed_class else config.num_prefix_tokens
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.class_token else None
+        self.distillation_token = (
+            nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.distillation_token else None
+        )
+        self.register_tokens = (
+            nn.Parameter(torch.zeros(1, config.num_register_tokens, config.hidden_size))
+            if config.num_register_tokens
+            else None
+        )
+        self.position_embeddings = nn.Parameter(torch.zeros(1, config.num_positions, config.hidden_size))
         self.projection = nn.Conv2d(
             config.num_channels,
             config.hidden_size,
@@ -48,9 +61,9 @@ class ViTReducedEmbeddings(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
-        """Bicubic resize of the patch position embeddings to another input resolution."""
-        dim = self.position_embeddings.shape[-1]
-        grid = self.position_embeddings[:, 1:].reshape(1, self.grid_size, self.grid_size, dim).permute(0, 3, 1, 2)
+        """Bicubic resize of the patch position embeddings to another input resolution (prefix rows kept)."""
+        dim, prefix = self.position_embeddings.shape[-1], self.num_embedded_prefix_tokens
+        grid = self.position_embeddings[:, prefix:].reshape(1, self.grid_size, self.grid_size, dim).permute(0, 3, 1, 2)
         grid = nn.functional.interpolate(
             grid,
             size=(height // self.patch_size, width // self.patch_size),
@@ -59,7 +72,7 @@ class ViTReducedEmbeddings(nn.Module):
         )
         return torch.cat(
             (
-                self.position_embeddings[:, :1],
+                self.position_embeddings[:, :prefix],
                 grid.permute(0, 2, 3, 1).reshape(1, -1, dim),
             ),
             dim=1,
@@ -74,11 +87,18 @@ class ViTReducedEmbeddings(nn.Module):
                 "pass interpolate_pos_encoding=True to run at another size."
             )
         embeddings = self.projection(pixel_values).flatten(2).transpose(1, 2)
-        embeddings = torch.cat((self.cls_token.expand(batch_size, -1, -1), embeddings), dim=1)
-        if interpolate_pos_encoding:
-            embeddings = embeddings + self.interpolate_pos_encoding(height, width)
+        positions = (
+            self.interpolate_pos_encoding(height, width) if interpolate_pos_encoding else self.position_embeddings
+        )
+        prefix = [
+            token.expand(batch_size, -1, -1)
+            for token in (self.cls_token, self.distillation_token, self.register_tokens)
+            if token is not None
+        ]
+        if self.no_embed_class:
+            embeddings = torch.cat((*prefix, embeddings + positions), dim=1)
         else:
-            embeddings = embeddings + self.position_embeddings
+            embeddings = torch.cat((*prefix, embeddings), dim=1) + positions
         return self.dropout(embeddings)
 
 
@@ -154,6 +174,17 @@ class ViTReducedMLP(nn.Module):
         return self.fc2(self.activation_fn(self.fc1(hidden_states)))
 
 
+class ViTReducedLayerScale(nn.Module):
+    """LayerScale: a learned per-channel scale of a residual branch (DeiT III, DINOv2)."""
+
+    def __init__(self, config: ViTReducedConfig):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(config.hidden_size))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states * self.gamma
+
+
 class ViTReducedDropPath(nn.Module):
     """Stochastic depth: drops the whole residual branch per sample while training."""
 
@@ -173,7 +204,8 @@ class ViTReducedDropPath(nn.Module):
 
 
 class ViTReducedLayer(GradientCheckpointingLayer):
-    """Pre-norm block. Under `grouped`, the blocks of a group hold one and the same `mlp` module."""
+    """Pre-norm block. Under `grouped`, the blocks of a group hold one and the same `mlp` module; LayerScale's
+    scales belong to the block, so they are never shared."""
 
     def __init__(self, config: ViTReducedConfig, layer_idx: int, drop_path: float, mlp: ViTReducedMLP):
         super().__init__()
@@ -182,14 +214,44 @@ class ViTReducedLayer(GradientCheckpointingLayer):
         self.attention = ViTReducedAttention(config)
         self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = mlp
+        has_layer_scale = config.layer_scale_init_value is not None
+        self.layer_scale1 = ViTReducedLayerScale(config) if has_layer_scale else nn.Identity()
+        self.layer_scale2 = ViTReducedLayerScale(config) if has_layer_scale else nn.Identity()
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.drop_path = ViTReducedDropPath(drop_path)
 
     def forward(self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
         attn_output, _ = self.attention(self.layernorm_before(hidden_states), **kwargs)
-        hidden_states = hidden_states + self.drop_path(self.dropout(attn_output))
+        hidden_states = hidden_states + self.drop_path(self.layer_scale1(self.dropout(attn_output)))
         mlp_output = self.mlp(self.layernorm_after(hidden_states))
-        return hidden_states + self.drop_path(self.dropout(mlp_output))
+        return hidden_states + self.drop_path(self.layer_scale2(self.dropout(mlp_output)))
+
+
+class ViTReducedAttentionPool(nn.Module):
+    """Multi-head attention pooling (MAP, as timm's `AttentionPoolLatent` and SigLIP): one learned query attends to
+    the tokens, then a residual MLP of the unreduced width. Its MLP is the head's, not a block's: named `ffn_*`."""
+
+    def __init__(self, config: ViTReducedConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.latent = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.q = nn.Linear(config.hidden_size, config.hidden_size)
+        self.kv = nn.Linear(config.hidden_size, 2 * config.hidden_size)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn_fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation_fn = ACT2FN[config.hidden_act]
+        self.ffn_fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        batch_size, seq_len, width = hidden_states.shape
+        query = self.q(self.latent.expand(batch_size, -1, -1)).view(batch_size, 1, self.num_heads, self.head_dim)
+        kv = self.kv(hidden_states).view(batch_size, seq_len, 2, self.num_heads, self.head_dim)
+        key, value = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        pooled = nn.functional.scaled_dot_product_attention(query.transpose(1, 2), key, value)
+        pooled = self.proj(pooled.transpose(1, 2).reshape(batch_size, width))
+        return pooled + self.ffn_fc2(self.activation_fn(self.ffn_fc1(self.norm(pooled))))
 
 
 class ViTReducedPreTrainedModel(PreTrainedModel):
@@ -229,8 +291,20 @@ class ViTReducedPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, ViTReducedEmbeddings):
+            # timm's draws: an option that is off draws nothing, so a plain ViT's init is unchanged.
             init.trunc_normal_(module.position_embeddings, std=std, a=-2.0, b=2.0)
-            init.normal_(module.cls_token, std=1e-6)
+            if module.cls_token is not None:
+                init.normal_(module.cls_token, std=1e-6)
+            if module.distillation_token is not None:
+                init.trunc_normal_(module.distillation_token, std=std, a=-2.0, b=2.0)
+            if module.register_tokens is not None:
+                init.normal_(module.register_tokens, std=1e-6)
+        elif isinstance(module, ViTReducedLayerScale):
+            init.constant_(module.gamma, self.config.layer_scale_init_value)
+        elif isinstance(module, ViTReducedAttentionPool):
+            # timm's trunc_normal_tf_: truncated at two standard deviations.
+            latent_std = module.latent.shape[-1] ** -0.5
+            init.trunc_normal_(module.latent, std=latent_std, a=-2 * latent_std, b=2 * latent_std)
 
     def _init_mlp(self, layer: ViTReducedLayer):
         config = self.config
@@ -329,7 +403,8 @@ class ViTReducedPreTrainedModel(PreTrainedModel):
 
 
 class ViTReducedModel(ViTReducedPreTrainedModel):
-    """The encoder. Block i owns `layers[i].mlp`; under `grouped` the blocks of a group hold the same MLP module."""
+    """The encoder and its pooling. Block i owns `layers[i].mlp`; under `grouped` the blocks of a group hold the same
+    MLP module. `pooler_output` is what the classifier reads: the pooled features after the final norm."""
 
     _auto_class = "AutoModel"
 
@@ -341,12 +416,16 @@ class ViTReducedModel(ViTReducedPreTrainedModel):
         # strategies; _init_weights replaces all of it, so building leaves the RNG to the init.
         with torch.random.fork_rng(devices=[]):
             self.embeddings = ViTReducedEmbeddings(config)
+            self.pre_layernorm = (
+                nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pre_norm else nn.Identity()
+            )
             mlps = [ViTReducedMLP(config) for _ in range(config.num_unique_mlps)]
             self.layers = nn.ModuleList(
                 ViTReducedLayer(config, index, rate, mlps[config.mlp_index(index)])
                 for index, rate in enumerate(drop_path_rates)
             )
             self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            self.attention_pool = ViTReducedAttentionPool(config) if config.pooling == "map" else None
         # A shared MLP is saved once, under its first block; the others are tied to it on load.
         self._tied_weights_keys = {
             f"layers.{index}.mlp.{name}": f"layers.{config.first_block_of_mlp(index)}.mlp.{name}"
@@ -372,15 +451,43 @@ class ViTReducedModel(ViTReducedPreTrainedModel):
     ) -> BaseModelOutputWithPooling:
         pixel_values = pixel_values.to(self.embeddings.projection.weight.dtype)
         hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
+        hidden_states = self.pre_layernorm(hidden_states)
         for layer in self.layers:
             hidden_states = layer(hidden_states, **kwargs)
-        sequence_output = self.layernorm(hidden_states)
-        # As DINOv2: the pooled output is the final CLS token after the last norm, what the classifier reads.
-        return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=sequence_output[:, 0])
+        fc_norm = self.config.fc_norm
+        sequence_output = hidden_states if fc_norm else self.layernorm(hidden_states)
+        pooled_output = self.pool(sequence_output)
+        # As timm's forward_head: the pooled features after the final norm, what the classifier reads.
+        return BaseModelOutputWithPooling(
+            last_hidden_state=sequence_output,
+            pooler_output=self.layernorm(pooled_output) if fc_norm else pooled_output,
+        )
+
+    def pool(self, sequence_output: torch.Tensor) -> torch.Tensor:
+        """The class token, the mean of the patch tokens, or their attention pooling (`config.pooling`)."""
+        if self.config.pooling == "token":
+            return sequence_output[:, 0]
+        patches = sequence_output[:, self.config.num_prefix_tokens :]
+        return patches.mean(dim=1) if self.config.pooling == "avg" else self.attention_pool(patches)
+
+
+@dataclass
+class ViTReducedImageClassifierOutput(ImageClassifierOutput):
+    r"""
+    cls_logits (`torch.FloatTensor`, *optional*):
+        With a distillation token: the class head's logits (trained on the labels).
+    distillation_logits (`torch.FloatTensor`, *optional*):
+        With a distillation token: the distillation head's logits (trained on the teacher's predictions). `logits`
+        is the mean of the two, as DeiT predicts.
+    """
+
+    cls_logits: torch.FloatTensor | None = None
+    distillation_logits: torch.FloatTensor | None = None
 
 
 class ViTReducedForImageClassification(ViTReducedPreTrainedModel):
-    """ViTReduced with a linear classifier on the final CLS token, as timm's and Transformers' ViT."""
+    """ViTReduced with a linear classifier on the pooled features, as timm's ViT; with a distillation token, a second
+    classifier on that token and the two averaged, as DeiT."""
 
     _auto_class = "AutoModelForImageClassification"
 
@@ -393,6 +500,11 @@ class ViTReducedForImageClassification(ViTReducedPreTrainedModel):
             self.classifier = (
                 nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
             )
+            self.distillation_classifier = (
+                (nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity())
+                if config.distillation_token
+                else None
+            )
         self.post_init()
 
     @can_return_tuple
@@ -402,15 +514,21 @@ class ViTReducedForImageClassification(ViTReducedPreTrainedModel):
         labels: torch.Tensor | None = None,
         interpolate_pos_encoding: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> ImageClassifierOutput:
+    ) -> ViTReducedImageClassifierOutput:
         outputs = self.vit(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
-        logits = self.classifier(outputs.pooler_output)
+        logits = cls_logits = self.classifier(outputs.pooler_output)
+        distillation_logits = None
+        if self.distillation_classifier is not None:
+            distillation_logits = self.distillation_classifier(outputs.last_hidden_state[:, 1])
+            logits = (cls_logits + distillation_logits) / 2
         loss = self.loss_function(labels, logits, self.config, **kwargs) if labels is not None else None
-        return ImageClassifierOutput(
+        return ViTReducedImageClassifierOutput(
             loss=loss,
             logits=logits,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            cls_logits=None if distillation_logits is None else cls_logits,
+            distillation_logits=distillation_logits,
         )
 
 

@@ -17,13 +17,20 @@ from .modeling_vit_reduced import ViTReducedForImageClassification, ViTReducedMo
 def _macs(config: ViTReducedConfig, num_labels: int) -> tuple[int, int]:
     """(MACs in the paper's convention, MACs of the attention matmuls) of one image's forward pass."""
     patches = (config.image_size // config.patch_size) ** 2
-    tokens = patches + 1
+    tokens = patches + config.num_prefix_tokens
     width, mlp_width = config.hidden_size, config.mlp_hidden_size
     layernorm = 5 * tokens * width  # the paper's (fvcore-style) count: 5 operations per element
     patch_embedding = patches * width * config.num_channels * config.patch_size**2
     block = tokens * width * (3 * width + width + 2 * mlp_width) + 2 * layernorm
-    paper = patch_embedding + config.num_hidden_layers * block + layernorm + width * num_labels
+    heads = 2 if config.distillation_token else 1
+    paper = patch_embedding + config.num_hidden_layers * block + layernorm + heads * width * num_labels
     attention = config.num_hidden_layers * 2 * tokens * tokens * width
+    if config.pre_norm:
+        paper += layernorm
+    if config.pooling == "map":
+        # One query: its projection, keys and values of the patches, the output projection, the unreduced MLP.
+        paper += width * (width + 2 * patches * width + width + 2 * config.intermediate_size) + 5 * width
+        attention += 2 * patches * width
     return paper, attention
 
 

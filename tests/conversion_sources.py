@@ -7,6 +7,7 @@ import torch
 from transformers import ViTConfig, ViTForImageClassification
 
 PIXELS = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+SIZES = {"image_size": 32, "patch_size": 8}
 LABELS = ["cat", "dog", "owl", "fox", "elk"]
 TIMM_TINY = {
     "img_size": 32,
@@ -72,3 +73,43 @@ def timm_vit(**kwargs):
             if "bias" in name or "norm" in name:
                 parameter.add_(torch.randn_like(parameter) * 0.1)
     return model.eval()
+
+
+# The ViT family behind popular timm checkpoints (issue 30), each tiny: registry name -> the ViTReduced options
+# its architecture needs (the rest at their defaults). LayerScale's initial value is not in the weights: a converted
+# model records timm's LayerScale default, 1e-5.
+TIMM_FAMILY = {
+    "vit_base_patch16_224": {},
+    "vit_base_patch16_384": {},
+    "vit_base_patch32_224": {},
+    "deit_base_patch16_224": {},
+    "vit_base_patch16_224.mae": {},
+    "deit_base_distilled_patch16_224": {"distillation_token": True},
+    "deit3_base_patch16_224": {"no_embed_class": True, "layer_scale_init_value": 1e-5},
+    "vit_base_patch14_dinov2": {"layer_scale_init_value": 1e-5},
+    "vit_base_patch14_reg4_dinov2": {"num_register_tokens": 4, "no_embed_class": True, "layer_scale_init_value": 1e-5},
+    "vit_base_patch16_clip_quickgelu_224": {"pre_norm": True, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5},
+    "vit_base_patch16_gap_224": {"class_token": False, "pooling": "avg"},
+    "vit_base_patch16_siglip_224": {"class_token": False, "pooling": "map"},
+}
+
+
+def timm_family(name: str, **kwargs):
+    """A tiny timm model of `name`'s architecture; every parameter (tokens, LayerScale, norms included) perturbed at
+    random, so that each one's copy shows in the outputs."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, **{**TIMM_TINY, "num_classes": 5, **kwargs})
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    return model.eval()
+
+
+# ViTReduced's ViT-family options in combinations that cover each one (issue 30), for tests parametrized over them.
+MODEL_OPTIONS = {
+    "distilled": {"distillation_token": True},
+    "registers_layer_scale": {"num_register_tokens": 2, "no_embed_class": True, "layer_scale_init_value": 0.1},
+    "pre_norm_quick_gelu": {"pre_norm": True, "hidden_act": "quick_gelu"},
+    "avg_fc_norm": {"class_token": False, "pooling": "avg", "fc_norm": True},
+    "map": {"pooling": "map", "num_register_tokens": 1},
+}

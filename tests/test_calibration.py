@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conversion_sources import unique_mlps
+from conversion_sources import MODEL_OPTIONS, unique_mlps
 from image_folders import write_photo_folder
 from PIL import Image
 from transformers.image_utils import PILImageResampling
@@ -42,8 +42,10 @@ def test_activation_importance_is_the_mean_absolute_hidden_activation(make_model
         torch.testing.assert_close(scores, expected.abs().mean(dim=(0, 1)))
 
 
-def test_taylor_importance_is_the_first_order_loss_change_per_image(make_model):
-    model = make_model()
+@pytest.mark.parametrize("options", [{}, *MODEL_OPTIONS.values()], ids=["vit", *MODEL_OPTIONS])
+def test_taylor_importance_is_the_first_order_loss_change_per_image(make_model, options):
+    # Through the model's own head: its pooling (class token, average, MAP) and, distilled, its two heads' mean.
+    model = make_model(**options)
     calibration = calibration_of(count=12)
     calibration.batch_size = 5  # batches of 5, 5 and 2
     mlp = model.vit.layers[2].mlp

@@ -131,6 +131,19 @@ def test_presets_and_overrides():
         ({"drop_path_rate": 1.5}, "drop_path_rate", "1.5"),
         ({"hidden_dropout_prob": -0.1}, "hidden_dropout_prob", "-0.1"),
         ({"layer_norm_eps": 0}, "layer_norm_eps", "0"),
+        # The ViT family's options.
+        ({"num_register_tokens": -1}, "num_register_tokens", "-1"),
+        ({"num_register_tokens": 1.5}, "num_register_tokens", "1.5"),
+        ({"distillation_token": True, "pooling": "avg"}, "pooling", "'avg'"),
+        ({"distillation_token": True, "class_token": False, "pooling": "avg"}, "distillation_token", "True"),
+        ({"distillation_token": True, "fc_norm": True}, "fc_norm", "True"),
+        ({"class_token": False}, "pooling", "'token'"),
+        ({"pooling": "max"}, "pooling", "'max'"),
+        ({"class_token": 1}, "class_token", "1"),
+        ({"pre_norm": "yes"}, "pre_norm", "'yes'"),
+        ({"layer_scale_init_value": "small"}, "layer_scale_init_value", "'small'"),
+        ({"layer_scale_init_value": math.inf}, "layer_scale_init_value", "inf"),
+        ({"hidden_act": "swiglu"}, "hidden_act", "'swiglu'"),
     ],
 )
 def test_bad_values_raise_value_error_naming_field_value_and_allowed(kwargs, field, value):
@@ -139,3 +152,16 @@ def test_bad_values_raise_value_error_naming_field_value_and_allowed(kwargs, fie
     message = str(error.value)
     assert message.startswith(f"{field}={value} ")
     assert "allowed:" in message
+
+
+def test_vit_family_options_default_to_todays_vit_and_count_prefix_tokens():
+    config = ViTReducedConfig()
+    assert (config.class_token, config.distillation_token, config.num_register_tokens) == (True, False, 0)
+    assert (config.no_embed_class, config.layer_scale_init_value, config.pre_norm) == (False, None, False)
+    assert (config.pooling, config.fc_norm, config.hidden_act) == ("token", False, "gelu")
+    assert (config.num_prefix_tokens, config.num_positions) == (1, 197)
+    dinov2_registers = ViTReducedConfig(patch_size=14, num_register_tokens=4, no_embed_class=True)
+    assert (dinov2_registers.num_prefix_tokens, dinov2_registers.num_positions) == (5, 256)
+    deit = ViTReducedConfig(distillation_token=True)
+    assert (deit.num_prefix_tokens, deit.num_positions) == (2, 198)
+    assert ViTReducedConfig(class_token=False, pooling="map").num_prefix_tokens == 0

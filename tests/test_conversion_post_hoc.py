@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from conversion_sources import PIXELS, max_difference, transformers_vit, unique_mlps
+from conversion_sources import MODEL_OPTIONS, PIXELS, max_difference, transformers_vit, unique_mlps
 
 from hf_vit_reduction import ViTReducedForImageClassification
 from hf_vit_reduction.conversion import reduce
@@ -203,6 +203,33 @@ def test_sharing_identical_mlps_changes_no_output(make_model):
         for share_method in ("leader", "mean"):
             grouped = reduce(baseline, "grouped", share_method=share_method)
             assert max_difference(grouped(PIXELS).logits, expected) <= 1e-6
+
+
+CUTS = [
+    *({"strategy": "shallow", "prune_method": method} for method in ("first", "magnitude", "activation", "taylor")),
+    *({"strategy": "grouped", "share_method": method} for method in ("leader", "mean", "aligned")),
+]
+
+
+@pytest.mark.parametrize("options", MODEL_OPTIONS.values(), ids=list(MODEL_OPTIONS))
+@pytest.mark.parametrize("cut", CUTS, ids=lambda cut: cut.get("prune_method") or cut["share_method"])
+def test_every_cut_works_on_every_option_and_keeps_what_is_not_an_mlp(make_model, options, cut):
+    baseline = make_model(**options)
+    calibration = Calibration(
+        pixel_values=torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(2)),
+        labels=torch.arange(6),
+    )
+    with torch.no_grad():
+        if cut["strategy"] == "grouped":  # identical MLPs within each group: sharing them changes no output
+            for index in (1, 3):
+                baseline.vit.layers[index].mlp.load_state_dict(baseline.vit.layers[index - 1].mlp.state_dict())
+        expected = baseline(PIXELS).logits
+        kept = {"reduction_mlp_ratio": 1.0} if cut["strategy"] == "shallow" else {}  # every unit kept: the same
+        reduced = reduce(baseline, **cut, **kept, calibration=calibration)
+        assert max_difference(reduced(PIXELS).logits, expected) <= 1e-5
+    assert {field: getattr(reduced.config, field) for field in options} == options
+    outside = {k: v for k, v in baseline.state_dict().items() if ".mlp." not in k}
+    assert all(torch.equal(reduced.state_dict()[k], v) for k, v in outside.items())
 
 
 def test_reduced_model_saves_and_loads(make_model, tmp_path):

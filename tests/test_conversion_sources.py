@@ -8,10 +8,13 @@ import torch
 from conversion_sources import (
     LABELS,
     PIXELS,
+    SIZES,
+    TIMM_FAMILY,
     TIMM_TINY,
     max_difference,
     resize_size,
     same_pixels,
+    timm_family,
     timm_vit,
     transformers_vit,
 )
@@ -28,6 +31,10 @@ from transformers import (
     DeiTImageProcessor,
     Dinov2Config,
     Dinov2Model,
+    Dinov2WithRegistersConfig,
+    Dinov2WithRegistersModel,
+    SiglipVisionConfig,
+    SiglipVisionModel,
     SwinConfig,
     SwinForImageClassification,
 )
@@ -37,6 +44,7 @@ from hf_vit_reduction.conversion.convert import main
 from hf_vit_reduction.image_processing_vit_reduced import Preprocessing, preprocessing_of
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
+DINOV2_TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "mlp_ratio": 2}
 IMAGENET = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
 
 
@@ -87,11 +95,29 @@ def test_a_timm_folder_converts_with_its_pretrained_cfg_and_label_names(tmp_path
         assert max_difference(model(PIXELS).logits, source(PIXELS)) < 1e-5
 
 
-def test_a_distilled_timm_deit_is_one_line_naming_its_distillation_token(tmp_path, capsys):
-    source = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, **TIMM_TINY)
-    save_for_hf(source, tmp_path / "download")
+@pytest.mark.parametrize("family", TIMM_FAMILY)
+def test_every_timm_family_saved_for_the_hub_converts_with_equal_logits(tmp_path, family):
+    source = timm_family(family)
+    save_for_hf(source, tmp_path / "download", safe_serialization=True)
+    main(["--from", "timm", "--input", str(tmp_path / "download"), "--output_dir", str(tmp_path / "out")])
+    model = ViTReducedForImageClassification.from_pretrained(tmp_path / "out")
+    with torch.no_grad():
+        assert max_difference(model(PIXELS).logits, source(PIXELS)) <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "family, feature",
+    [
+        ("eva02_base_patch14_224", "rotary position embeddings (RoPE)"),
+        ("vit_giant_patch14_dinov2", "SwiGLU MLPs"),
+        ("beit_base_patch16_224", "relative position bias"),
+    ],
+)
+def test_a_timm_family_vitreduced_cannot_hold_is_one_line_naming_the_feature(tmp_path, capsys, family, feature):
+    save_for_hf(timm_family(family), tmp_path / "download", safe_serialization=True)
     line = _error_line(capsys, ["--from", "timm", "--input", str(tmp_path / "download"), "--output_dir", "out"])
-    assert "ViTReduced cannot represent: a distillation token" in line
+    assert "cannot represent" in line and feature in line
+    assert not (tmp_path / "out").exists()
 
 
 def _transformers_download(folder, model):
@@ -100,30 +126,57 @@ def _transformers_download(folder, model):
     return str(folder)
 
 
-UNREPRESENTABLE = {
+# Transformers' ViT family, each tiny, with what the converted model's logits equal in its output.
+TRANSFORMERS_FAMILY = {
     "DeiTForImageClassification": (
-        lambda: DeiTForImageClassification(DeiTConfig(**TINY, image_size=32, patch_size=8)),
-        "cannot represent the distillation token",
+        lambda: DeiTForImageClassification(DeiTConfig(**TINY, **SIZES, id2label=dict(enumerate(LABELS)))),
+        lambda output: output.logits,
     ),
     "DeiTForImageClassificationWithTeacher": (
-        lambda: DeiTForImageClassificationWithTeacher(DeiTConfig(**TINY, image_size=32, patch_size=8)),
-        "cannot represent the distillation token",
+        lambda: DeiTForImageClassificationWithTeacher(DeiTConfig(**TINY, **SIZES, id2label=dict(enumerate(LABELS)))),
+        lambda output: output.logits,
     ),
+    "Dinov2Model": (lambda: Dinov2Model(Dinov2Config(**DINOV2_TINY, **SIZES)), lambda output: output.pooler_output),
+    "Dinov2WithRegistersModel": (
+        lambda: Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**DINOV2_TINY, **SIZES, num_register_tokens=2)),
+        lambda output: output.pooler_output,
+    ),
+    "CLIPVisionModel": (
+        lambda: CLIPVisionModel(CLIPVisionConfig(**TINY, **SIZES)),
+        lambda output: output.pooler_output,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", TRANSFORMERS_FAMILY)
+def test_every_transformers_family_download_converts_with_equal_outputs(tmp_path, name):
+    build, reference = TRANSFORMERS_FAMILY[name]
+    torch.manual_seed(0)
+    source = build().eval()
+    with torch.no_grad():
+        for parameter in source.parameters():  # LayerScale, tokens, norms and biases away from their init
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    source.save_pretrained(tmp_path / name)
+    processor = DeiTImageProcessor(size={"height": 36, "width": 36}, crop_size={"height": 32, "width": 32}, **IMAGENET)
+    processor.save_pretrained(tmp_path / name)
+    main(["--from", "transformers", "--input", str(tmp_path / name), "--output_dir", str(tmp_path / "out")])
+    model = ViTReducedForImageClassification.from_pretrained(tmp_path / "out")
+    with torch.no_grad():
+        assert max_difference(model(PIXELS).logits, reference(source(PIXELS))) <= 1e-4
+
+
+UNREPRESENTABLE = {
     "BeitForImageClassification": (
-        lambda: BeitForImageClassification(BeitConfig(**TINY, image_size=32, patch_size=8)),
+        lambda: BeitForImageClassification(BeitConfig(**TINY, **SIZES)),
         "cannot represent relative position bias and layer scale",
-    ),
-    "Dinov2Model": (
-        lambda: Dinov2Model(Dinov2Config(**TINY, image_size=32, patch_size=8)),
-        "cannot represent layer scale",
     ),
     "SwinForImageClassification": (
         lambda: SwinForImageClassification(SwinConfig(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1])),
         "cannot represent windowed attention with relative position bias",
     ),
-    "CLIPVisionModel": (
-        lambda: CLIPVisionModel(CLIPVisionConfig(**TINY, image_size=32, patch_size=8)),
-        "cannot represent a LayerNorm before the blocks",
+    "SiglipVisionModel": (
+        lambda: SiglipVisionModel(SiglipVisionConfig(**TINY, **SIZES)),
+        "cannot represent attention pooling in Transformers' layout",
     ),
 }
 
@@ -134,6 +187,15 @@ def test_a_family_vitreduced_cannot_hold_is_one_line_naming_the_feature(tmp_path
     folder = _transformers_download(tmp_path / name, build())
     line = _error_line(capsys, ["--from", "transformers", "--input", folder, "--output_dir", str(tmp_path / "out")])
     assert message in line and f"({name})" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_dinov2_with_swiglu_mlps_is_one_line_naming_them(tmp_path, capsys):
+    folder = _transformers_download(
+        tmp_path / "g", Dinov2Model(Dinov2Config(**DINOV2_TINY, **SIZES, use_swiglu_ffn=True))
+    )
+    line = _error_line(capsys, ["--from", "transformers", "--input", folder, "--output_dir", str(tmp_path / "out")])
+    assert "SwiGLU MLPs" in line
     assert not (tmp_path / "out").exists()
 
 

@@ -1,7 +1,9 @@
 import pytest
 import torch
-from conversion_sources import PIXELS, max_difference, timm_vit
+from conversion_sources import PIXELS, TIMM_FAMILY, max_difference, timm_family, timm_vit
 
+from hf_vit_reduction import ViTReducedConfig
+from hf_vit_reduction.configuration_vit_reduced import FAMILY_FIELDS
 from hf_vit_reduction.conversion import from_timm
 
 
@@ -48,37 +50,79 @@ def test_from_timm_copies_imagenet_labels_activation_and_missing_biases():
         assert max_difference(model(PIXELS).logits, source(PIXELS)) <= 1e-4
 
 
+@pytest.mark.parametrize("name", TIMM_FAMILY)
+def test_the_vit_family_converts_from_timm_with_equal_outputs(name):
+    source = timm_family(name)
+    with torch.no_grad():
+        expected = source(PIXELS)
+        model = from_timm(source)
+        assert max_difference(model(PIXELS).logits, expected) <= 1e-4
+        config = model.config
+        from_state = from_timm(
+            source.state_dict(),
+            num_attention_heads=4,
+            hidden_act=config.hidden_act,
+            layer_norm_eps=config.layer_norm_eps,
+        )
+        assert max_difference(from_state(PIXELS).logits, expected) <= 1e-4
+    defaults = ViTReducedConfig()
+    options = {field: getattr(config, field) for field in (*FAMILY_FIELDS, "layer_norm_eps")}
+    assert options == {field: getattr(defaults, field) for field in options} | TIMM_FAMILY[name]
+    # CLIP's patch embedding has no bias; the converted one's is zero.
+    zero_biases = 0 if source.patch_embed.proj.bias is not None else source.embed_dim
+    assert model.num_parameters() == sum(p.numel() for p in source.parameters()) + zero_biases
+
+
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "kwargs, pooling, fc_norm",
     [
-        ({"global_pool": "avg"}, "global_pool='avg'"),
-        ({"class_token": False, "global_pool": "avg"}, "class_token=False"),
-        ({"reg_tokens": 4}, "reg_tokens=4"),
-        ({"qk_norm": True}, "qk_norm"),
-        ({"init_values": 1e-5}, r"layer scale \(init_values\)"),
-        ({"pre_norm": True}, r"pre_norm=True"),
-        ({"no_embed_class": True}, "no_embed_class=True"),
-        ({"dynamic_img_size": True}, "dynamic_img_size=True"),
-        ({"fc_norm": True, "global_pool": "avg"}, "fc_norm"),
-        ({"img_size": (32, 48)}, "non-square img_size"),
-        ({"drop_rate": 0.1}, "head dropout"),
+        ({"global_pool": "avg"}, "avg", True),  # timm's default fc_norm for average pooling
+        ({"global_pool": "avg", "fc_norm": False}, "avg", False),
+        ({"class_token": False, "global_pool": "avg"}, "avg", True),
+        ({"global_pool": "token", "fc_norm": True}, "token", True),
+        ({"global_pool": "map"}, "map", False),  # with a class token, MAP pools the patches only
+        ({"reg_tokens": 2}, "token", False),
+        ({"reg_tokens": 2, "global_pool": "avg"}, "avg", True),
+        ({"pre_norm": True, "init_values": 0.5}, "token", False),
     ],
 )
-def test_from_timm_refuses_what_it_cannot_represent(kwargs, message):
+def test_from_timm_converts_pooling_and_norm_placements(kwargs, pooling, fc_norm):
+    source = timm_family("vit_base_patch16_224", **kwargs)
+    with torch.no_grad():
+        model = from_timm(source)
+        assert (model.config.pooling, model.config.fc_norm) == (pooling, fc_norm)
+        assert max_difference(model(PIXELS).logits, source(PIXELS)) <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, message",
+    [
+        ("vit_base_patch16_224", {"qk_norm": True}, "qk_norm"),
+        ("vit_base_patch16_224", {"dynamic_img_size": True}, "dynamic_img_size=True"),
+        ("vit_base_patch16_224", {"img_size": (32, 48)}, "non-square img_size"),
+        ("vit_base_patch16_224", {"drop_rate": 0.1}, "head dropout"),
+        ("vit_base_patch16_224", {"global_pool": "avgmax"}, "global_pool='avgmax'"),
+        ("vit_base_patch16_224", {"final_norm": False}, "no final LayerNorm"),
+        ("vit_base_patch16_224", {"global_pool": "avg", "reg_tokens": 1, "pool_include_prefix": True}, "prefix"),
+        ("vit_giant_patch14_dinov2", {}, "cannot represent: SwiGLU MLPs$"),
+        ("eva02_base_patch14_224", {}, r"rotary position embeddings \(RoPE\)"),
+        ("beit_base_patch16_224", {}, "relative position bias"),
+    ],
+)
+def test_from_timm_refuses_what_it_cannot_represent(name, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        from_timm(timm_vit(**kwargs))
+        from_timm(timm_family(name, **kwargs))
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "name, kwargs, message",
     [
-        ({"init_values": 1e-5}, r"layer scale \(init_values\) \(keys: blocks.0.ls1"),
-        ({"reg_tokens": 4}, "register tokens"),
-        ({"global_pool": "avg", "fc_norm": True}, "fc_norm"),
-        ({"no_embed_class": True}, "not a class token plus a square grid"),
+        ("vit_base_patch16_224", {"qk_norm": True}, "qk_norm"),
+        ("vit_giant_patch14_dinov2", {}, "SwiGLU MLPs"),
+        ("vit_base_patch16_224", {"img_size": (32, 40)}, "not supported"),
     ],
 )
-def test_from_timm_state_dict_refuses_foreign_keys(kwargs, message):
-    state = timm_vit(**kwargs).state_dict()
+def test_from_timm_state_dict_refuses_what_it_cannot_represent(name, kwargs, message):
+    state = timm_family(name, **kwargs).state_dict()
     with pytest.raises(ValueError, match=message):
         from_timm(state, num_attention_heads=4)

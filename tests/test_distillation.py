@@ -6,6 +6,7 @@ import torch
 from test_hub import python_without_package, server  # noqa: F401 (fixtures)
 from torchvision.transforms.functional import InterpolationMode, resize
 
+from hf_vit_reduction import ViTReducedConfig, ViTReducedForImageClassification
 from hf_vit_reduction.image_processing_vit_reduced import Preprocessing, image_processor_for
 from hf_vit_reduction.training import engine
 from hf_vit_reduction.training.arguments import parse_args
@@ -14,6 +15,7 @@ from hf_vit_reduction.training.distillation import (
     hard_distillation_loss,
     load_teacher,
     soft_distillation_loss,
+    student_heads,
 )
 
 STUDENT = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]])
@@ -260,3 +262,40 @@ def test_a_transformers_vit_cut_with_calibration_distilled_pushed_and_loaded_wit
     loaded = json.loads(loaded.stdout.splitlines()[-1])
     # Another process, so another thread count may sum in another order: the same weights within float rounding.
     assert not loaded["package_importable"] and loaded["max_logit_difference"] <= 1e-5, loaded["max_logit_difference"]
+
+
+def test_a_distilled_student_learns_the_labels_with_its_class_head_and_the_teacher_with_the_other():
+    # DeiT's recipe, as the engine computes its loss: the class head on the labels, the distillation head on the
+    # teacher's top class; the two terms weighed by alpha.
+    torch.manual_seed(0)
+    config = ViTReducedConfig.from_preset("digits", num_labels=10, distillation_token=True)
+    student, teacher = ViTReducedForImageClassification(config), ViTReducedForImageClassification(config).eval()
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 3, 5, 9])
+    with torch.no_grad():
+        teacher_top = teacher(pixel_values=images).logits.argmax(-1)
+    for alpha in (0.0, 0.5, 1.0):
+        student.zero_grad()
+        distiller = Distiller(teacher, mode="hard", alpha=alpha, temperature=1.0, distillation_head=True)
+        output = student(pixel_values=images)
+        logits, distillation_logits = student_heads(output, distiller)
+        loss = distiller(torch.nn.functional.cross_entropy(logits, labels), distillation_logits, images)
+        expected = (1 - alpha) * torch.nn.functional.cross_entropy(output.cls_logits, labels)
+        expected += alpha * torch.nn.functional.cross_entropy(output.distillation_logits, teacher_top)
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+        loss.backward()
+        class_moved = student.classifier.weight.grad.abs().sum().item() > 0
+        distillation_moved = student.distillation_classifier.weight.grad.abs().sum().item() > 0
+        assert (class_moved, distillation_moved) == (alpha < 1, alpha > 0)
+    assert distiller.describe()["distillation_head"] is True
+
+
+def test_without_a_teacher_or_a_distillation_token_one_head_takes_every_term(make_model):
+    distilled, plain = make_model(distillation_token=True), make_model()
+    images = torch.randn(2, 3, 32, 32)
+    output = distilled(pixel_values=images)
+    # No teacher: the labels train the mean of the two heads, what the model predicts.
+    assert all(logits is output.logits for logits in student_heads(output, None))
+    output = plain(pixel_values=images)
+    distiller = Distiller(make_model(seed=1), mode="hard", alpha=0.5, temperature=1.0)
+    assert all(logits is output.logits for logits in student_heads(output, distiller))
+    assert "distillation_head" not in distiller.describe()

@@ -324,3 +324,31 @@ def test_card_says_how_a_cut_and_recovered_model_was_made(make_model, tmp_path):
     )
     (tmp_path / "provenance.json").unlink()
     assert "How it was made" not in render_model_card(tmp_path).text
+
+
+def test_card_of_a_distilled_deit_says_which_heads_predict_and_what_trained_them(make_model, tmp_path):
+    make_model(distillation_token=True, num_register_tokens=2).save_pretrained(tmp_path)
+    recovery = {
+        "recovered_from": "runs/cut",
+        "distillation": {
+            "teacher": "runs/teacher",
+            "distillation": "hard",
+            "distillation_alpha": 0.5,
+            "distillation_head": True,
+        },
+        "recovery_epochs": 1,
+        "top1_before": 50.0,
+        "top1_after": 60.0,
+    }
+    (tmp_path / "provenance.json").write_text(json.dumps(recovery))
+    text = render_model_card(tmp_path).text
+    assert (
+        "| architecture | a distillation token and head: predictions average the class and distillation heads "
+        "(DeiT); 2 register tokens |" in text
+    )
+    assert (
+        "with hard distillation from `runs/teacher` (alpha 0.5) into the distillation head, the labels into the "
+        "class head (DeiT's recipe): top-1 50.00% before, 60.00% after." in text
+    )
+    make_model().save_pretrained(tmp_path / "plain")
+    assert "| architecture | a plain ViT (class token, GELU MLPs) |" in render_model_card(tmp_path / "plain").text

@@ -11,6 +11,7 @@ from itertools import pairwise
 
 import pytest
 import torch
+from conversion_sources import MODEL_OPTIONS, max_difference
 from PIL import Image
 from safetensors import safe_open
 from timm.layers import resample_abs_pos_embed
@@ -249,8 +250,11 @@ def test_interpolated_position_encoding_and_size_error(make_model):
 
 
 @pytest.mark.slow  # compiling takes seconds
-def test_fullgraph_compile_has_no_graph_break(make_model):
-    model = make_model("grouped", drop_path_rate=0.1)
+@pytest.mark.parametrize(
+    "options", [{}, MODEL_OPTIONS["distilled"], MODEL_OPTIONS["map"]], ids=["vit", "distilled", "map"]
+)
+def test_fullgraph_compile_has_no_graph_break(make_model, options):
+    model = make_model("grouped", drop_path_rate=0.1, **options)
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     with torch.no_grad():
         assert torch.allclose(compiled(PIXELS).logits, model(PIXELS).logits, atol=1e-6)
@@ -329,8 +333,14 @@ def test_remote_code_loads_without_the_package_and_keeps_the_architecture_guard(
     model = make_model("grouped")
     model.save_pretrained(tmp_path / "model")
     make_model("shallow").save_pretrained(tmp_path / "shallow")
+    # The ViT family's options run as remote code too.
+    families = [make_model("grouped", **MODEL_OPTIONS["distilled"]), make_model("thin", **MODEL_OPTIONS["map"])]
+    families.append(make_model(**MODEL_OPTIONS["registers_layer_scale"], pre_norm=True, hidden_act="quick_gelu"))
+    for index, family in enumerate(families):
+        family.save_pretrained(tmp_path / f"family{index}")
     with torch.no_grad():
         expected = model(PIXELS).logits
+        expected_families = [family(PIXELS).logits for family in families]
     torch.save(PIXELS, tmp_path / "pixels.pt")
     script = textwrap.dedent(
         f"""
@@ -351,6 +361,12 @@ def test_remote_code_loads_without_the_package_and_keeps_the_architecture_guard(
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         with torch.no_grad():
             torch.save(model(torch.load({str(tmp_path / "pixels.pt")!r})).logits, {str(tmp_path / "out.pt")!r})
+            for index in range({len(families)}):
+                family = AutoModelForImageClassification.from_pretrained(
+                    {str(tmp_path)!r} + f"/family{{index}}", trust_remote_code=True
+                ).eval()
+                pixels = torch.load({str(tmp_path / "pixels.pt")!r})
+                torch.save(family(pixels).logits, {str(tmp_path)!r} + f"/family{{index}}.pt")
         shallow = {str(tmp_path / "shallow")!r}
         for load in (
             lambda: AutoModelForImageClassification.from_pretrained(
@@ -381,6 +397,8 @@ def test_remote_code_loads_without_the_package_and_keeps_the_architecture_guard(
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+    for index, logits in enumerate(expected_families):
+        assert torch.equal(torch.load(tmp_path / f"family{index}.pt"), logits)
 
 
 def test_pipeline_classifies_an_image(make_model, tmp_path):
@@ -606,3 +624,214 @@ def test_offloaded_inference_equals_in_memory_inference(make_model, tmp_path, st
     assert placements == {"cpu", "disk"}, offloaded.hf_device_map
     with torch.no_grad():
         assert torch.equal(offloaded(PIXELS).logits, model(PIXELS).logits)
+
+
+# --- The ViT family's options: Transformers' common checks for each, and what each computes ------------------------
+
+OPTION_IDS = list(MODEL_OPTIONS)
+OPTIONS = list(MODEL_OPTIONS.values())
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=OPTION_IDS)
+@pytest.mark.parametrize("strategy", REDUCTION_STRATEGIES)
+def test_options_save_load_round_trip_under_every_strategy(make_model, tmp_path, options, strategy):
+    model = make_model(strategy, **options)
+    model.save_pretrained(tmp_path)
+    loaded, info = AutoModelForImageClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert {field: getattr(loaded.config, field) for field in options} == options
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(PIXELS).logits, model(PIXELS).logits)
+    assert mlp_calls_per_forward(loaded) == mlp_calls_per_forward(model)
+    # LayerScale belongs to the block: a grouped model shares its MLPs only.
+    if "layer_scale_init_value" in options and strategy == "grouped":
+        layers = loaded.vit.layers
+        assert layers[1].mlp is layers[0].mlp and layers[1].layer_scale2 is not layers[0].layer_scale2
+        assert layers[1].layer_scale2.gamma.data_ptr() != layers[0].layer_scale2.gamma.data_ptr()
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=OPTION_IDS)
+def test_options_init_matches_transformers_common_test_seeding(monkeypatch, options):
+    from transformers import PreTrainedModel, set_seed
+
+    original = PreTrainedModel._initialize_weights
+
+    def seeded(self, module, is_custom_code=False):
+        set_seed(0)
+        original(self, module, is_custom_code)
+
+    monkeypatch.setattr(PreTrainedModel, "_initialize_weights", seeded)
+    config = ViTReducedConfig.from_preset("digits", reduction_strategy="grouped", num_labels=10, **options)
+    built = ViTReducedForImageClassification(config)
+    loaded = ViTReducedForImageClassification.from_pretrained(None, config=config, state_dict={})
+    assert built.state_dict().keys() == loaded.state_dict().keys()
+    assert all(torch.equal(value, loaded.state_dict()[key]) for key, value in built.state_dict().items())
+    assert not any(parameter.is_meta for parameter in loaded.parameters())
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=OPTION_IDS)
+def test_options_eager_sdpa_hidden_states_and_attentions(make_model, options):
+    eager = make_model(attn_implementation="eager", **options)
+    sdpa = make_model(attn_implementation="sdpa", **options)
+    tokens = 64 + eager.config.num_prefix_tokens  # an 8 x 8 grid and the prefix tokens
+    output = eager(PIXELS, output_hidden_states=True, output_attentions=True)
+    assert len(output.hidden_states) == 5 and output.hidden_states[-1].shape == (3, tokens, 64)
+    assert len(output.attentions) == 4 and output.attentions[0].shape == (3, 4, tokens, tokens)
+    with torch.no_grad():
+        assert max_difference(eager(PIXELS).logits, sdpa(PIXELS).logits) <= 1e-5
+        larger = torch.randn(1, 3, 48, 48)
+        assert sdpa(larger, interpolate_pos_encoding=True).logits.shape == (1, 10)
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=OPTION_IDS)
+def test_options_gradient_checkpointing_gives_the_same_gradients(make_model, options):
+    def gradients(model):
+        model.train()
+        model(PIXELS, labels=torch.tensor([0, 1, 2])).loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    plain = gradients(make_model("grouped", **options))
+    model = make_model("grouped", **options)
+    model.activation_checkpointing_enable()
+    checkpointed = gradients(model)
+    assert plain.keys() == checkpointed.keys() == {name for name, _ in model.named_parameters()}
+    assert all(torch.allclose(plain[name], checkpointed[name], atol=1e-6) for name in plain)
+
+
+def test_options_that_are_off_create_nothing_and_draw_nothing(make_model):
+    # Today's ViT: the same keys as before the options existed, so saved models load unchanged.
+    model = make_model()
+    assert [key for key in model.state_dict() if not key.startswith("vit.layers.")] == [
+        "vit.embeddings.cls_token",
+        "vit.embeddings.position_embeddings",
+        "vit.embeddings.projection.weight",
+        "vit.embeddings.projection.bias",
+        "vit.layernorm.weight",
+        "vit.layernorm.bias",
+        "classifier.weight",
+        "classifier.bias",
+    ]
+    assert {key.split(".", 3)[3] for key in model.state_dict() if key.startswith("vit.layers.")} == {
+        f"{module}.{part}"
+        for module in ("layernorm_before", "attention.qkv", "attention.proj", "layernorm_after", "mlp.fc1", "mlp.fc2")
+        for part in ("weight", "bias")
+    }
+    # Options whose weights need no random draw (LayerScale, pre-norm, fc_norm) leave the others' init unchanged.
+    drawn = make_model(layer_scale_init_value=0.5, pre_norm=True, hidden_act="quick_gelu").state_dict()
+    assert all(torch.equal(value, drawn[key]) for key, value in model.state_dict().items())
+    assert torch.all(drawn["vit.layers.2.layer_scale2.gamma"] == 0.5)
+
+
+def test_options_init_follows_timm(make_model):
+    model = make_model(distillation_token=True, num_register_tokens=64, pooling="token")
+    embeddings = model.vit.embeddings
+    assert embeddings.distillation_token.std().item() == pytest.approx(0.02, rel=0.5)  # 64 draws
+    assert embeddings.register_tokens.std().item() == pytest.approx(1e-6, rel=0.1)
+    assert embeddings.position_embeddings.shape == (1, 64 + 1 + 1 + 64, 64)
+    latent = make_model(pooling="map").vit.attention_pool.latent
+    assert latent.std().item() == pytest.approx(64**-0.5 * 0.88, rel=0.25)  # truncated at two std, as timm's
+    assert latent.abs().max().item() <= 2 * 64**-0.5
+
+
+def test_distilled_logits_are_the_mean_of_the_class_and_distillation_heads(make_model):
+    model = make_model(distillation_token=True)
+    with torch.no_grad():
+        output = model(PIXELS, labels=torch.tensor([1, 2, 3]))
+        tokens = model.vit(PIXELS).last_hidden_state
+    cls_logits = tokens[:, 0] @ model.classifier.weight.T + model.classifier.bias
+    distillation_logits = tokens[:, 1] @ model.distillation_classifier.weight.T + model.distillation_classifier.bias
+    torch.testing.assert_close(output.cls_logits, cls_logits)
+    torch.testing.assert_close(output.distillation_logits, distillation_logits)
+    torch.testing.assert_close(output.logits, (cls_logits + distillation_logits) / 2)
+    assert output.loss.item() == pytest.approx(
+        torch.nn.functional.cross_entropy(output.logits, torch.tensor([1, 2, 3])).item()
+    )
+    assert make_model()(PIXELS).distillation_logits is None
+
+
+def test_average_pooling_and_fc_norm_and_pre_norm_placements(make_model):
+    model = make_model(class_token=False, pooling="avg", fc_norm=True, pre_norm=True, layer_scale_init_value=0.0)
+    encoder = model.vit
+    with torch.no_grad():
+        for norm in (encoder.pre_layernorm, encoder.layernorm):  # away from the identity, so that placement shows
+            norm.weight.normal_(1, 0.5)
+            norm.bias.normal_(0, 0.5)
+        output = encoder(PIXELS)
+        embedded = encoder.embeddings(PIXELS)
+    # LayerScale at 0 turns every block into the identity: what is left is the embedding and the norms.
+    assert embedded.shape == (3, 64, 64)  # no class token
+    torch.testing.assert_close(output.last_hidden_state, encoder.pre_layernorm(embedded))  # fc_norm: no final norm
+    pooled = torch.nn.functional.layer_norm(
+        encoder.pre_layernorm(embedded).mean(dim=1), (64,), encoder.layernorm.weight, encoder.layernorm.bias, 1e-6
+    )
+    torch.testing.assert_close(output.pooler_output, pooled)
+
+
+def test_no_embed_class_and_registers_place_the_position_embeddings(make_model):
+    for no_embed_class in (False, True):
+        model = make_model(num_register_tokens=2, no_embed_class=no_embed_class)
+        embeddings = model.vit.embeddings
+        with torch.no_grad():
+            embeddings.position_embeddings.normal_()
+            tokens = embeddings(PIXELS)
+        patches = embeddings.projection(PIXELS).flatten(2).transpose(1, 2)
+        positions = embeddings.position_embeddings[0]
+        prefix = torch.cat((embeddings.cls_token[0], embeddings.register_tokens[0]))
+        if no_embed_class:
+            assert positions.shape[0] == 64
+            torch.testing.assert_close(tokens[0, :3], prefix)
+            torch.testing.assert_close(tokens[0, 3:], patches[0] + positions)
+        else:
+            assert positions.shape[0] == 67
+            torch.testing.assert_close(tokens[0], torch.cat((prefix, patches[0])) + positions)
+
+
+def test_map_pooling_is_timms_attention_pool(make_model):
+    from timm.layers import AttentionPoolLatent, QuickGELU
+
+    model = make_model(class_token=False, pooling="map", hidden_act="quick_gelu")
+    ours = model.vit.attention_pool
+    theirs = AttentionPoolLatent(64, num_heads=4, mlp_ratio=4.0, norm_layer=torch.nn.LayerNorm, act_layer=QuickGELU)
+    theirs.norm.eps = 1e-6
+    renames = {"ffn_fc1": "mlp.fc1", "ffn_fc2": "mlp.fc2"}
+    state = {}
+    for key, value in ours.state_dict().items():
+        module, part = key.rsplit(".", 1) if "." in key else (key, None)
+        state[".".join(filter(None, (renames.get(module, module), part)))] = value
+    theirs.load_state_dict(state)
+    tokens = torch.randn(3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(tokens), theirs.eval()(tokens), atol=1e-5, rtol=1e-5)
+        sequence = model.vit(PIXELS).last_hidden_state
+        torch.testing.assert_close(model.vit(PIXELS).pooler_output, theirs(sequence), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "saved, requested, message",
+    [
+        ({"layer_scale_init_value": 0.1}, {"layer_scale_init_value": None}, "layer_scale_init_value=None"),
+        ({"class_token": False, "pooling": "avg"}, {"class_token": False, "pooling": "map"}, "pooling='map'"),
+        ({}, {"hidden_act": "quick_gelu"}, "hidden_act='quick_gelu' but the checkpoint has 'gelu'"),
+        ({}, {"fc_norm": True}, "fc_norm=True but the checkpoint has False"),
+    ],
+)
+def test_loading_with_other_options_fails_clearly(make_model, tmp_path, saved, requested, message):
+    # Pooling, the activation and the norm's place change no weight key: strict loading compares them all.
+    make_model(**saved).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        ViTReducedForImageClassification.from_pretrained(tmp_path, **requested)
+
+
+def test_a_model_saved_before_the_options_existed_loads_as_todays_vit(make_model, tmp_path):
+    model = make_model()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for field in ("class_token", "distillation_token", "num_register_tokens", "no_embed_class"):
+        del config[field]
+    for field in ("layer_scale_init_value", "pre_norm", "pooling", "fc_norm"):
+        del config[field]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = ViTReducedForImageClassification.from_pretrained(tmp_path)
+    assert (loaded.config.pooling, loaded.config.num_prefix_tokens) == ("token", 1)
+    with torch.no_grad():
+        assert torch.equal(loaded(PIXELS).logits, model(PIXELS).logits)

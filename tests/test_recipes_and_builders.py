@@ -17,6 +17,7 @@ from timm.data.random_erasing import RandomErasing
 from timm.data.transforms_factory import create_transform
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.models import get_pretrained_cfg
+from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
@@ -389,7 +390,15 @@ TIMM_TO_OURS = (
     (r"^blocks\.(\d+)\.mlp\.", r"vit.layers.\1.mlp."),
     (r"^norm\.", "vit.layernorm."),
     (r"^head\.", "classifier."),
+    (r"^dist_token$", "vit.embeddings.distillation_token"),
+    (r"^reg_token$", "vit.embeddings.register_tokens"),
+    (r"^head_dist\.", "distillation_classifier."),
+    (r"^blocks\.(\d+)\.ls(\d)\.", r"vit.layers.\1.layer_scale\2."),
 )
+
+
+# The digits preset's shape as timm's arguments.
+DIGITS_TIMM = {"img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 4, "num_classes": 10}
 
 
 def _reference_timm_model(strategy: str) -> VisionTransformer:
@@ -440,6 +449,26 @@ def test_optimizer_groups_are_timm_create_optimizer_v2_s(make_model, strategy):
     assert type(ours) is type(theirs)
     for key in ("lr", "betas", "eps", "amsgrad", "maximize"):
         assert ours.defaults[key] == theirs.defaults[key], key
+
+
+@pytest.mark.parametrize(
+    "options, reference",
+    [
+        ({"distillation_token": True}, lambda: VisionTransformerDistilled(**DIGITS_TIMM)),
+        (
+            {"num_register_tokens": 2, "layer_scale_init_value": 1e-5},
+            lambda: VisionTransformer(**DIGITS_TIMM, reg_tokens=2, init_values=1e-5),
+        ),
+    ],
+)
+def test_optimizer_groups_of_the_vit_family_are_timms(make_model, options, reference):
+    # timm spares the distillation and register tokens (and LayerScale, 1-D) from weight decay.
+    model, timm_model = make_model(**options), reference()
+    ours = builders.build_optimizer(model, lr=1e-3, weight_decay=0.05, fused=False)
+    theirs = create_optimizer_v2(timm_model, **optimizer_kwargs(cfg=TIMM_SEED_ARGS))
+    our_names = {id(p): name for name, p in model.named_parameters()}
+    their_names = {id(p): _our_name(name) for name, p in timm_model.named_parameters()}
+    assert _groups_by_name(ours, our_names) == _groups_by_name(theirs, their_names)
 
 
 def _moved_fraction(before: dict, after: dict, target: dict) -> dict:

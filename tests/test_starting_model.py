@@ -222,3 +222,47 @@ def test_a_teachers_term_enters_the_loss_on_the_augmented_batch_in_its_own_prepr
         )
     torch.testing.assert_close(seen["loss"], expected, atol=1e-5, rtol=0)
     assert not torch.allclose(seen["loss"], criterion(seen["logits"], seen["targets"]).detach(), atol=1e-3)
+
+
+def test_a_distilled_student_learns_the_targets_with_its_class_head_and_the_teacher_with_the_other(
+    tmp_path, make_model, photos
+):
+    student = make_model(num_labels=2, id2label=dict(enumerate(CLASSES)), distillation_token=True)
+    student.save_pretrained(tmp_path / "start")
+    DeiTImageProcessorPil(**DEIT_STYLE).save_pretrained(tmp_path / "start")
+    save_start(make_model, tmp_path / "teacher", seed=5)
+    argv = ["--model_name_or_path", str(tmp_path / "start"), "--teacher_model_name_or_path", str(tmp_path / "teacher")]
+    config = parse_args(
+        flags(tmp_path / "out", *argv, "--distillation", "hard", "--distillation_alpha", "0.3", *photos)
+    )
+    seen = {}
+    with engine.running(config) as run:
+        criterion, backward = run.criterion, run.accelerator.backward
+
+        def recorded_criterion(logits, targets):
+            seen["logits"], seen["targets"] = logits, targets
+            return criterion(logits, targets)
+
+        def recorded_backward(loss, **kwargs):
+            seen["loss"] = loss.detach()
+            return backward(loss, **kwargs)
+
+        run.criterion, run.accelerator.backward = recorded_criterion, recorded_backward
+
+        def record(module, args, kwargs, output):
+            seen.setdefault("images", kwargs["pixel_values"].detach())
+            seen.setdefault("output", output)
+
+        hook = run.model.register_forward_hook(record, with_kwargs=True)
+        engine.train_one_epoch(run, 0)
+        hook.remove()
+    output = seen["output"]
+    # The targets train the class head alone; the teacher's top class trains the distillation head.
+    assert seen["logits"] is output.cls_logits and not torch.equal(output.cls_logits, output.logits)
+    with torch.no_grad():
+        teacher_top = run.distiller.teacher(pixel_values=seen["images"]).logits.argmax(-1)
+        expected = 0.7 * criterion(output.cls_logits, seen["targets"]) + 0.3 * torch.nn.functional.cross_entropy(
+            output.distillation_logits, teacher_top
+        )
+    torch.testing.assert_close(seen["loss"], expected, atol=1e-5, rtol=0)
+    assert run.distiller.describe()["distillation_head"] is True

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from hf_vit_reduction import REDUCTION_STRATEGIES, ViTReducedConfig, summarize
 from hf_vit_reduction.summary import main
@@ -52,3 +53,16 @@ def test_command_summarizes_a_saved_model(make_model, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f'"num_parameters": {model.num_parameters()}' in out
     assert '"strategy": "thin"' in out
+
+
+def test_a_distilled_deit_counts_both_tokens_and_heads():
+    import timm
+
+    summary = summarize(ViTReducedConfig(distillation_token=True, num_labels=1000))
+    with torch.device("meta"):
+        deit = timm.create_model("deit_base_distilled_patch16_224", pretrained=False)
+    assert summary["num_parameters"] == sum(p.numel() for p in deit.parameters())
+    # 198 tokens: the class and distillation tokens and 196 patches; two heads.
+    tokens, blocks = 198, 12 * (198 * 768 * (4 * 768 + 2 * 3072) + 2 * 5 * 198 * 768)
+    expected = blocks + 196 * 768 * 3 * 16 * 16 + 5 * tokens * 768 + 2 * 768 * 1000
+    assert summary["gmacs"] * 1e9 == pytest.approx(expected)

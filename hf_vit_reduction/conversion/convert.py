@@ -28,6 +28,7 @@ import argparse
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -41,7 +42,7 @@ from ..modeling_vit_reduced import ViTReducedForImageClassification
 from . import from_timm, from_transformers, reduce
 from .calibration import DEFAULT_CALIBRATION_SAMPLES, load_calibration
 from .post_hoc import POST_HOC_STRATEGIES, PRUNE_METHODS, SHARE_METHODS, check_reduce_arguments, needs_calibration
-from .transformers_vit import load_transformers_folder
+from .transformers_vit import load_transformers_folder, reference_output
 from .writing import check_output_folder, max_logit_difference, write_folder
 
 __all__ = ["from_timm", "from_transformers", "main", "reduce"]
@@ -163,12 +164,7 @@ def _transformers_source(path: str, *, drop_pooler: bool, **_) -> Source:
         raise _missing_folder(path)
     source = load_transformers_folder(path)
     model = from_transformers(source, drop_pooler=drop_pooler)
-
-    def logits(pixels):
-        output = source(pixels)
-        return output.logits if hasattr(output, "logits") else output.last_hidden_state[:, 0]
-
-    return Source(model, logits, _saved_preprocessing(path, model))
+    return Source(model, partial(reference_output, source), _saved_preprocessing(path, model))
 
 
 def _timm_source(path: str, *, timm_model: str | None, image_size: int | None, **_) -> Source:

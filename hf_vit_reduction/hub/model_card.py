@@ -168,6 +168,7 @@ def render_model_card(
         strategy=strategy,
         strategy_description=STRATEGY_DESCRIPTIONS[strategy],
         strategy_parameter=_strategy_parameter(config),
+        architecture=_architecture(config),
         paper=PAPER,
         cost=cost,
         image_size=config.image_size,
@@ -212,6 +213,8 @@ def how_it_was_made(provenance: dict) -> list[str]:
             if "distillation_temperature" in distillation:
                 how += f", temperature {distillation['distillation_temperature']}"
             how += ")"
+            if distillation.get("distillation_head"):
+                how += " into the distillation head, the labels into the class head (DeiT's recipe)"
         lines.append(
             f"- Recovered from `{provenance['recovered_from']}` for {provenance['recovery_epochs']} epochs {how}: "
             f"top-1 {provenance['top1_before']:.2f}% before, {provenance['top1_after']:.2f}% after."
@@ -238,6 +241,25 @@ def write_model_card(folder: str | Path, **kwargs) -> Path:
     path = Path(folder) / "README.md"
     render_model_card(folder, **kwargs).save(path)
     return path
+
+
+def _architecture(config: ViTReducedConfig) -> str:
+    """The ViT family's options the model has, in words ("a plain ViT" without any)."""
+    pooling = {"token": "the class token", "avg": "the mean patch token", "map": "attention pooling (MAP)"}
+    parts = [
+        "a distillation token and head: predictions average the class and distillation heads (DeiT)"
+        if config.distillation_token
+        else "",
+        "" if config.class_token else "no class token",
+        f"{config.num_register_tokens} register tokens" if config.num_register_tokens else "",
+        "position embeddings on the patches only" if config.no_embed_class else "",
+        "LayerScale" if config.layer_scale_init_value is not None else "",
+        "a LayerNorm before the blocks" if config.pre_norm else "",
+        f"classifies {pooling[config.pooling]}" if config.pooling != "token" else "",
+        "the final norm on the pooled features (fc_norm)" if config.fc_norm else "",
+        f"{config.hidden_act} MLPs" if config.hidden_act != "gelu" else "",
+    ]
+    return "; ".join(part for part in parts if part) or "a plain ViT (class token, GELU MLPs)"
 
 
 def _strategy_parameter(config: ViTReducedConfig) -> str:

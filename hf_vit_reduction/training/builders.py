@@ -17,9 +17,10 @@ from timm.utils import ModelEmaV3
 
 logger = logging.getLogger(__name__)
 
-# No weight decay on these (besides biases and norms, which timm excludes as 1-D tensors), as timm's ViT declares in
-# `no_weight_decay()`. timm matches them as fnmatch patterns from 1.0.21 on (exact names before), hence setup.py's pin.
-NO_WEIGHT_DECAY = ("*position_embeddings", "*cls_token")
+# No weight decay on these (besides biases, norms and LayerScale, which timm excludes as 1-D tensors), as timm's ViT
+# declares in `no_weight_decay()` (its distillation and register tokens included; MAP's query is decayed). timm
+# matches them as fnmatch patterns from 1.0.21 on (exact names before), hence setup.py's pin.
+NO_WEIGHT_DECAY = ("*position_embeddings", "*cls_token", "*distillation_token", "*register_tokens")
 
 # An EMA without warm-up still holding more than this share of the first update's weights at the end of the run is
 # reported with a warning: the reported model has then barely moved from where the run started.

@@ -10,7 +10,10 @@ gradient sync; in eval mode it draws no random numbers, so a resumed run is the 
   scaled by T² so that its gradients keep their size as T changes.
 - `hard` (DeiT, Touvron et al. 2021): cross-entropy of the student's logits with the teacher's top-1 class.
 
-The loss is (1 - alpha) x the run's loss on its targets + alpha x the distillation term.
+The loss is (1 - alpha) x the run's loss on its targets + alpha x the distillation term. A student with a
+distillation token (a distilled DeiT) is trained as DeiT trains it: its class head on the targets, its distillation
+head on the teacher (`student_heads`); it predicts with the mean of the two. Any other student puts both terms on its
+one head.
 """
 
 import argparse
@@ -60,6 +63,14 @@ def hard_distillation_loss(student_logits, teacher_logits) -> torch.Tensor:
     return F.cross_entropy(student_logits, teacher_logits.argmax(dim=-1))
 
 
+def student_heads(output, distiller) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits the run's targets train, logits the teacher trains): with a teacher, a distilled student's class and
+    distillation heads (DeiT's recipe); otherwise its logits, for both."""
+    if distiller is not None and getattr(output, "distillation_logits", None) is not None:
+        return output.cls_logits, output.distillation_logits
+    return output.logits, output.logits
+
+
 class TeacherInput:
     """The student's normalized batch as the teacher's processor would have given it: back to [0, 1] with the
     student's mean and std, normalized with the teacher's, and resized (its interpolation, antialiased) to the
@@ -104,6 +115,7 @@ class Distiller:
         temperature: float,
         teacher_input=None,
         labels: dict | None = None,
+        distillation_head: bool = False,
     ):
         if mode not in DISTILLATION_MODES:
             raise ValueError(f"distillation={mode!r} is not valid; allowed: 'soft', 'hard'")
@@ -111,6 +123,7 @@ class Distiller:
         self.mode, self.alpha, self.temperature = mode, alpha, temperature
         self.teacher_input = teacher_input or (lambda images: images)
         self.labels = labels
+        self.distillation_head = distillation_head  # the student's own head for the teacher (a distillation token)
 
     def __call__(self, loss: torch.Tensor, student_logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -129,6 +142,7 @@ class Distiller:
             "distillation": self.mode,
             "distillation_alpha": self.alpha,
             **({"distillation_temperature": self.temperature} if self.mode == "soft" else {}),
+            **({"distillation_head": True} if self.distillation_head else {}),
         }
 
 

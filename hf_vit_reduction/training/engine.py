@@ -68,7 +68,7 @@ from .data import (
     load_image_classification_data,
     take,
 )
-from .distillation import Distiller, load_teacher
+from .distillation import Distiller, load_teacher, student_heads
 from .labels import SAME, LabelMatch, match_labels
 from .loop_benchmark import LoopBenchmark
 from .outputs import DiskFullError
@@ -212,10 +212,11 @@ def train_one_epoch(run: Run, epoch: int, callbacks=()) -> None:
         if config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with accelerator.accumulate(model), accelerator.autocast():
-            logits = model(pixel_values=images).logits
+            # A distilled student (DeiT) learns the targets with its class head and the teacher with its other head.
+            logits, distillation_logits = student_heads(model(pixel_values=images), run.distiller)
             loss = run.criterion(logits, targets)
             if run.distiller is not None:
-                loss = run.distiller(loss, logits, images)
+                loss = run.distiller(loss, distillation_logits, images)
             accelerator.backward(loss)
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
@@ -379,7 +380,11 @@ def build(config: RunConfig, process: PartialState) -> Run:
     model, labels = load_model(config, data.label_names)
     preprocessing = run_preprocessing(config, model.config.image_size)
     distiller = build_distiller(
-        config, label_names=data.label_names, preprocessing=preprocessing, device=accelerator.device
+        config,
+        label_names=data.label_names,
+        preprocessing=preprocessing,
+        device=accelerator.device,
+        distillation_head=model.config.distillation_token,
     )
     train_loader, eval_loader, eval_transform, columns = build_loaders(
         config, data, sampler=sampler, image_size=preprocessing.image_size, accelerator=accelerator
@@ -490,11 +495,16 @@ def log_header(run: Run, *, resumed_from: str | None) -> None:
 
 
 def build_distiller(
-    config: RunConfig, *, label_names: list[str], preprocessing: Preprocessing, device: torch.device
+    config: RunConfig,
+    *,
+    label_names: list[str],
+    preprocessing: Preprocessing,
+    device: torch.device,
+    distillation_head: bool,
 ) -> Distiller | None:
     """With --teacher_model_name_or_path: the teacher, checked against the data and the student before any long
     work (its labels put in the data's order), how the student's batch becomes its input, and how its predictions
-    enter the loss."""
+    enter the loss (through the student's distillation head, if it has one)."""
     if not config.teacher_model_name_or_path:
         return None
     teacher, teacher_input, labels = load_teacher(
@@ -507,6 +517,7 @@ def build_distiller(
         temperature=config.distillation_temperature,
         teacher_input=teacher_input,
         labels=labels,
+        distillation_head=distillation_head,
     )
 
 
