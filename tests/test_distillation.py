@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from test_hub import python_without_package, server  # noqa: F401 (fixtures)
+from test_hub import server  # noqa: F401 (a fixture)
 from torchvision.transforms.functional import InterpolationMode, resize
 
 from hf_vit_reduction import ViTReducedConfig, ViTReducedForImageClassification
