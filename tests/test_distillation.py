@@ -192,7 +192,7 @@ def test_resume_with_a_teacher_after_sigkill_is_exact_and_the_teacher_is_nowhere
 def test_a_transformers_vit_cut_with_calibration_distilled_pushed_and_loaded_with_remote_code(
     tmp_path,
     server,  # noqa: F811 (test_hub's loopback Hub)
-    python_without_package,  # noqa: F811
+    python_without_package,
 ):
     import subprocess
     import sys
