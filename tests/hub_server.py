@@ -67,6 +67,8 @@ class Commit:
 class Repo:
     repo_id: str
     private: bool
+    gated: bool = False  # readable only by the users in `granted` (who accepted its terms)
+    granted: set[str] = field(default_factory=set)
     branches: dict[str, str] = field(default_factory=dict)  # name -> commit oid
     commits: dict[str, Commit] = field(default_factory=dict)
     lfs_objects: dict[str, bytes] = field(default_factory=dict)  # sha256 -> bytes
@@ -159,6 +161,21 @@ class HubServer:
             self._held.clear()
         self._release.set()
 
+    def add_repo(
+        self, repo_id: str, files: dict[str, bytes], *, private: bool = False, gated: bool = False, granted=()
+    ) -> str:
+        """A repository holding `files` in one commit on main, as another user made it; returns the commit's oid.
+        A file is stored in LFS as an upload would store it."""
+        with self.lock:
+            if repo_id in self.repos:
+                raise ValueError(f"{repo_id} exists")
+            repo = self.repos[repo_id] = Repo(repo_id, private, gated, set(granted))
+            lfs = {path for path, data in files.items() if _is_lfs(path, data[:512], len(data))}
+            commit = Commit(next(self._oids), None, "initial commit", "", dict(files), lfs)
+            repo.commits[commit.oid] = commit
+            repo.branches["main"] = commit.oid
+            return commit.oid
+
     def commits(self, repo_id: str, branch: str = "main") -> list[Commit]:
         """The branch's commits, oldest first."""
         with self.lock:
@@ -216,6 +233,8 @@ class HubServer:
         repo = self.repos.get(repo_id)
         if repo is None or (repo.private and repo_id.split("/")[0] != user["user"]):
             raise HubError(404, f"Repository Not Found: {repo_id}", "RepoNotFound")
+        if repo.gated and user["user"] not in repo.granted:
+            raise HubError(403, f"Access to model {repo_id} is restricted: accept its conditions first", "GatedRepo")
         if write:
             _check_write(user, repo_id)
         return repo
@@ -277,12 +296,7 @@ class HubServer:
             for entry in payload["files"]:
                 _check_fields(entry, {"path", "sample", "size"}, {"path", "sample", "size"}, "preupload file")
                 sample = base64.b64decode(entry["sample"])
-                lfs = (
-                    entry["path"].endswith(LFS_SUFFIXES)
-                    or ".tfevents." in entry["path"]
-                    or b"\0" in sample
-                    or entry["size"] > LFS_THRESHOLD
-                )
+                lfs = _is_lfs(entry["path"], sample, entry["size"])
                 data = stored.files.get(entry["path"])
                 oid = None
                 if data is not None:
@@ -399,7 +413,7 @@ class HubServer:
             "sha": commit.oid,
             "private": repo.private,
             "disabled": False,
-            "gated": False,
+            "gated": "manual" if repo.gated else False,
             "downloads": 0,
             "likes": 0,
             "tags": card.get("tags", []),
@@ -469,6 +483,10 @@ ROUTES = {  # name: (methods, path pattern, needs Authorization)
     "model-info": ("GET", rf"/api/models/{REPO}(?:/revision/(?P<revision>[^/]+))?", True),
     "resolve": ("HEAD|GET", rf"/{REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)", True),
 }
+
+
+def _is_lfs(path: str, sample: bytes, size: int) -> bool:
+    return path.endswith(LFS_SUFFIXES) or ".tfevents." in path or b"\0" in sample or size > LFS_THRESHOLD
 
 
 def _check_write(user: dict, repo_id: str) -> None:

@@ -25,17 +25,20 @@ calibration uses too. `from_transformers`, `from_timm` and `reduce` are importab
 """
 
 import argparse
+import dataclasses
+import difflib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoImageProcessor
 
 from ..cli import command_parser
+from ..hub.locating import locate_model
 from ..hub.model_card import write_model_card
 from ..hub.provenance import write_provenance
 from ..image_processing_vit_reduced import CROP_MODES, Preprocessing, preprocessing_of
@@ -48,7 +51,7 @@ from .transformers_vit import load_transformers_folder
 __all__ = ["from_timm", "from_transformers", "main", "reduce"]
 
 
-@dataclass
+@dataclasses.dataclass
 class Source:
     """A loaded source: its converted baseline, the source's own logits, and the preprocessing its processor
     (or, without one, its library's default) says it expects."""
@@ -56,6 +59,7 @@ class Source:
     model: ViTReducedForImageClassification
     logits: Callable[[torch.Tensor], torch.Tensor]
     preprocessing: Preprocessing
+    described: str  # what the provenance and card name as the source: a path, `org/name@commit`, a timm name
 
 
 def _checked(preprocessing: Preprocessing, model, where: str) -> Preprocessing:
@@ -76,72 +80,128 @@ def _saved_preprocessing(folder: str, model) -> Preprocessing:
     return _checked(preprocessing_of(AutoImageProcessor.from_pretrained(folder), where), model, where)
 
 
-def _missing_folder(path: str) -> ValueError:
-    return ValueError(f"--input {path} does not exist (a local folder is needed: the Hub is not reachable from here)")
-
-
-def _load_timm_source(path: str, timm_model: str | None, image_size: int | None):
-    """A timm model from a saved folder (timm's `save_for_hf`, as a Hub download is: config.json with its
-    pretrained_cfg, and weights), a model name (random weights), or a state dict file of `timm_model`'s architecture.
+def _load_timm_source(
+    path: str, timm_model: str | None, image_size: int | None, *, hub: dict, random_weights: bool
+) -> tuple[object, str]:
+    """A timm model and what it is, for the provenance: a saved folder (timm's `save_for_hf`, as a Hub download
+    is: config.json with its pretrained_cfg, and weights) or Hub id of one (`org/name`, `hf-hub:org/name`), a state
+    dict file of `timm_model`'s architecture, or a registry name `NAME[.TAG]` with the pretrained weights timm's
+    registry names for it (random weights only with `random_weights`). `hub` is `locate_model`'s revision and token.
 
     `image_size` builds the architecture at another size than its name's (timm's `img_size`), e.g. for weights
     fine-tuned at 384 px under a 224 px name.
     """
     size = {} if image_size is None else {"img_size": image_size}
-    if os.path.isdir(path):
-        return _load_timm_folder(path, timm_model, size)
-    if os.sep in path and not os.path.exists(path):
-        raise _missing_folder(path)
+    if random_weights and (os.path.exists(path) or "/" in path or path.startswith("hf-hub:")):
+        raise ValueError(f"--random_weights applies to a timm model name; --input {path} holds its own weights")
     if os.path.isfile(path):
-        if not timm_model:
-            raise ValueError(
-                f"--input {path} is a weights file; pass --timm_model NAME (e.g. vit_base_patch16_224) to give "
-                "its architecture"
-            )
-        state = _read_state_dict(path)
-        num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
-        model = _create_timm_model(timm_model, "--timm_model", num_classes=num_classes, **size)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as error:
-            raise ValueError(
-                f"The weights in {path} do not fit the timm model {timm_model!r}"
-                + (f" at --image_size {image_size}" if image_size else " (at another image size, pass --image_size)")
-                + ": "
-                + " ".join(str(error).splitlines()[:3])
-            ) from error
-        return model.eval()
+        return _load_timm_weights_file(path, timm_model, image_size, size), path
+    if os.path.isdir(path) or "/" in path:
+        located = locate_model(path.removeprefix("hf-hub:"), flag="--input", **hub)
+        return _load_timm_folder(located.folder, timm_model, size, name=path), located.describe()
     if timm_model:
         raise ValueError(
             "--timm_model names the architecture of a weights file; with a model name as --input, leave it out"
         )
-    return _create_timm_model(path, "--input", **size).eval()
+    if hub["revision"] is not None:
+        raise ValueError(f"--revision applies to a Hub id; --input {path} is a timm model name (NAME[.TAG])")
+    return _create_timm_model(path, random_weights=random_weights, **size).eval(), _timm_name_source(
+        path, random_weights
+    )
 
 
-def _load_timm_folder(path: str, timm_model: str | None, size: dict):
+def _load_timm_weights_file(path: str, timm_model: str | None, image_size: int | None, size: dict):
+    if not timm_model:
+        raise ValueError(
+            f"--input {path} is a weights file; pass --timm_model NAME (e.g. vit_base_patch16_224) to give "
+            "its architecture"
+        )
+    state = _read_state_dict(path)
+    num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
+    model = _create_timm_architecture(timm_model, "--timm_model", num_classes=num_classes, **size)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(
+            f"The weights in {path} do not fit the timm model {timm_model!r}"
+            + (f" at --image_size {image_size}" if image_size else " (at another image size, pass --image_size)")
+            + ": "
+            + " ".join(str(error).splitlines()[:3])
+        ) from error
+    return model.eval()
+
+
+def _load_timm_folder(path: str, timm_model: str | None, size: dict, *, name: str):
     import timm
 
     if timm_model:
         raise ValueError("--timm_model names the architecture of a weights file; a saved folder records its own")
     if not (Path(path) / "config.json").is_file():
-        raise ValueError(f"--input {path} has no config.json; allowed: a folder saved by timm (save_for_hf)")
+        raise ValueError(f"--input {name} has no config.json; allowed: a folder saved by timm (save_for_hf)")
     try:
         return timm.create_model(f"local-dir:{path}", pretrained=True, **size).eval()
     except (RuntimeError, KeyError, OSError) as error:
         raise ValueError(
-            f"--input {path} is not a timm model folder: " + " ".join(str(error).splitlines()[:2])
+            f"--input {name} is not a timm model folder: " + " ".join(str(error).splitlines()[:2])
         ) from None
 
 
-def _create_timm_model(name: str, flag: str, **kwargs):
+def _timm_name_source(name: str, random_weights: bool) -> str:
+    if random_weights:
+        return f"{name} (random weights: --random_weights)"
+    from timm.models import get_pretrained_cfg
+
+    return f"{name} (timm's pretrained weights, {get_pretrained_cfg(name).hf_hub_id or 'its registry URL'})"
+
+
+def _create_timm_model(name: str, *, random_weights: bool, **kwargs):
+    """The registry name `NAME[.TAG]` with the pretrained weights timm names for it (checked, and its Hub
+    repository fetched, before the model is built), or random weights."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    _check_timm_name(name, "--input")
+    if random_weights:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    architecture, _, tag = name.partition(".")
+    try:
+        pretrained = get_pretrained_cfg(name)
+    except RuntimeError:
+        pretrained = None
+    if pretrained is None or not (pretrained.hf_hub_id or pretrained.url or pretrained.file):
+        tags = timm.list_pretrained(f"{architecture}.*")
+        raise ValueError(
+            f"--input {name!r}: timm has no pretrained weights for "
+            + (f"the tag {tag!r} of {architecture!r}" if tag else repr(architecture))
+            + (f"; its tags with weights: {', '.join(tags)}" if tags else "")
+            + "; pass --random_weights to convert it untrained"
+        )
+    if pretrained.hf_hub_id:  # fetched here so that a missing or unreadable repository is one line, up front
+        locate_model(pretrained.hf_hub_id, flag=f"--input {name!r}: timm's")
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except (RuntimeError, OSError, ValueError) as error:  # a download timm makes itself, or weights that do not fit
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"--input {name!r}: timm cannot load its pretrained weights ({reason})") from None
+
+
+def _create_timm_architecture(name: str, flag: str, **kwargs):
+    import timm
+
+    _check_timm_name(name, flag)
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def _check_timm_name(name: str, flag: str) -> None:
     import timm
 
     if not timm.is_model(name):
+        close = difflib.get_close_matches(name.partition(".")[0], timm.list_models(), n=3)
         raise ValueError(
-            f"{flag} {name!r} is not a timm model name (e.g. vit_base_patch16_224)"
-            + (" nor a file" if flag == "--input" else "")
+            f"{flag} {name!r} is not a timm model name"
+            + (", a file, a folder nor a Hub id" if flag == "--input" else "")
+            + (f"; close names: {', '.join(close)}" if close else " (e.g. vit_base_patch16_224)")
         )
-    return timm.create_model(name, pretrained=False, **kwargs)
 
 
 def _read_state_dict(path: str) -> dict:
@@ -196,26 +256,41 @@ def _max_logit_difference(source_logits, model) -> float:
     return (model(pixels).logits.float() - expected).abs().max().item()
 
 
-def _transformers_source(path: str, *, drop_pooler: bool, **_) -> Source:
-    """A Transformers ViT folder, with the processor saved beside it."""
-    if not os.path.isdir(path):
-        raise _missing_folder(path)
-    source = load_transformers_folder(path)
+def _transformers_source(path: str, *, drop_pooler: bool, hub: dict, **options) -> Source:
+    """A Transformers ViT folder or Hub id, with the processor saved beside it; a timm repository (config.json
+    with `architecture`, Transformers' `timm_wrapper`) is read as `--from timm` reads it."""
+    located = locate_model(path, flag="--input", **hub)
+    if "architecture" in _read_config(located.folder, path):
+        source = _timm_source(located.folder, hub={"revision": None, "token": None}, **options)
+        return dataclasses.replace(source, described=located.describe())
+    source = load_transformers_folder(located.folder, name=path)
     model = from_transformers(source, drop_pooler=drop_pooler)
 
     def logits(pixels):
         output = source(pixels)
         return output.logits if hasattr(output, "logits") else output.last_hidden_state[:, 0]
 
-    return Source(model, logits, _saved_preprocessing(path, model))
+    return Source(model, logits, _saved_preprocessing(located.folder, model), located.describe())
 
 
-def _timm_source(path: str, *, timm_model: str | None, image_size: int | None, **_) -> Source:
-    """A timm model name, weights file or saved folder, with timm's evaluation settings for it (its
+def _read_config(folder: str, name: str) -> dict:
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"--input {name} has no config.json: not a saved model")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"--input {name}: config.json is not JSON ({error})") from None
+
+
+def _timm_source(
+    path: str, *, timm_model: str | None, image_size: int | None, hub: dict, random_weights: bool, **_
+) -> Source:
+    """A timm model name, weights file, saved folder or Hub id, with timm's evaluation settings for it (its
     pretrained_cfg, timm's defaults where it has none)."""
     from timm.data import resolve_data_config
 
-    source = _load_timm_source(path, timm_model, image_size)
+    source, described = _load_timm_source(path, timm_model, image_size, hub=hub, random_weights=random_weights)
     model = from_timm(source)
     data_config = resolve_data_config({}, model=source)
     preprocessing = Preprocessing(
@@ -231,15 +306,14 @@ def _timm_source(path: str, *, timm_model: str | None, image_size: int | None, *
             f"the timm model's pretrained_cfg has crop_mode={preprocessing.crop_mode!r}; allowed: "
             + ", ".join(CROP_MODES)
         )
-    return Source(model, source, preprocessing)
+    return Source(model, source, preprocessing, described)
 
 
-def _vit_reduced_source(path: str, **_) -> Source:
-    """A baseline saved by this package (a trained run), with the processor saved beside it."""
-    if not os.path.isdir(path):
-        raise _missing_folder(path)
+def _vit_reduced_source(path: str, *, hub: dict, **_) -> Source:
+    """A baseline saved by this package (a trained run), a folder or Hub id, with the processor saved beside it."""
+    located = locate_model(path, flag="--input", **hub)
     try:
-        model = ViTReducedForImageClassification.from_pretrained(path).eval()
+        model = ViTReducedForImageClassification.from_pretrained(located.folder).eval()
     except OSError as error:
         raise ValueError(
             f"--input {path} is not a saved ViTReduced model folder: {str(error).splitlines()[0]}"
@@ -249,7 +323,8 @@ def _vit_reduced_source(path: str, **_) -> Source:
             f"--input {path} holds a {model.config.reduction_strategy!r} model; allowed: a 'baseline' "
             "(a post-hoc reduction starts from full MLPs)"
         )
-    return Source(model, lambda pixels: model(pixels).logits, _saved_preprocessing(path, model))
+    preprocessing = _saved_preprocessing(located.folder, model)
+    return Source(model, lambda pixels: model(pixels).logits, preprocessing, located.describe())
 
 
 # Where each --from value's models come from: each loader takes the --input path and the options of every source,
@@ -289,8 +364,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--input",
         required=True,
-        help="transformers, vit_reduced: a local model folder; timm: a model name (random weights) or a .safetensors/.pth "
-        "state dict (with --timm_model)",
+        help="a local model folder (it wins) or a Hub id (org/name); timm also: a registry name NAME[.TAG] (its "
+        "pretrained weights), hf-hub:org/name, or a .safetensors/.pth state dict (with --timm_model)",
+    )
+    parser.add_argument("--revision", help="a Hub id's branch, tag or commit (default: main)")
+    parser.add_argument(
+        "--hub_token", help="a token to read a private or gated Hub id (default: HF_TOKEN or the login)"
+    )
+    parser.add_argument(
+        "--random_weights",
+        action="store_true",
+        help="timm: build a registry name with random weights instead of downloading its pretrained ones",
     )
     parser.add_argument("--output_dir", required=True, type=Path, help="folder to write")
     parser.add_argument("--timm_model", help="timm architecture of a state dict given as --input")
@@ -375,6 +459,8 @@ def check_arguments(args) -> dict | None:
             raise ValueError("--image_size applies to --from timm only (a Transformers folder records its size)")
         if args.image_size < 1:
             raise ValueError(f"--image_size {args.image_size} is not valid; allowed: an integer >= 1")
+    if args.source != "timm" and args.random_weights:
+        raise ValueError("--random_weights applies to --from timm with a model name only")
     if args.source != "transformers" and args.drop_pooler:
         raise ValueError("--drop_pooler applies to --from transformers only")
     if args.calibration_samples < 1:
@@ -388,7 +474,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         reduction = check_arguments(args)
         source = SOURCES[args.source](
-            args.input, drop_pooler=args.drop_pooler, timm_model=args.timm_model, image_size=args.image_size
+            args.input,
+            drop_pooler=args.drop_pooler,
+            timm_model=args.timm_model,
+            image_size=args.image_size,
+            random_weights=args.random_weights,
+            hub={"revision": args.revision, "token": args.hub_token},
         )
         model = source.model
         difference = _max_logit_difference(source.logits, model)
@@ -414,12 +505,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(error))
 
     conversion = {
-        "source": f"{args.source} {args.input}" + (f" ({args.timm_model})" if args.timm_model else ""),
+        "source": f"{args.source} {source.described}" + (f" ({args.timm_model})" if args.timm_model else ""),
+        **({"weights": "random (--random_weights): untrained"} if args.random_weights else {}),
         "method": _describe_reduction(reduction),
         "largest logit difference (converted baseline vs source, 2 random images)": f"{difference:.2e}",
     }
     provenance = {
         "source": conversion["source"],
+        **({"weights": "random (--random_weights)"} if args.random_weights else {}),
         "strategy": model.config.reduction_strategy,
         # The method of the strategy only: a shallow cut has no sharing method, a grouped one no pruning method.
         **{
@@ -443,8 +536,9 @@ def main(argv: list[str] | None = None) -> None:
 
     _write_folder(args.output_dir, write)
     print(
-        f"Wrote {args.output_dir}: {model.config.reduction_strategy}, {model.num_parameters():,} parameters. "
-        f"The converted baseline's logits differ from the source's by at most {difference:.2e} "
+        f"Wrote {args.output_dir}: {model.config.reduction_strategy}, {model.num_parameters():,} parameters"
+        + (", RANDOM weights (--random_weights: untrained, it has learned nothing)" if args.random_weights else "")
+        + f". The converted baseline's logits differ from the source's by at most {difference:.2e} "
         "on 2 random images."
     )
 

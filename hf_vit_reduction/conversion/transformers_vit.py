@@ -142,21 +142,23 @@ UNREPRESENTABLE = {
 }
 
 
-def load_transformers_folder(path):
-    """The Transformers ViT saved in a local folder, loaded with every weight accounted for."""
+def load_transformers_folder(path, name: str | None = None):
+    """The Transformers ViT saved in a local folder (`name`: what the user called it, e.g. the Hub id it was
+    downloaded from), loaded with every weight accounted for."""
     from transformers import AutoConfig, ViTForImageClassification, ViTModel
 
     if not os.path.isdir(path):
-        raise ValueError(f"{path} does not exist (a local model folder is needed: the Hub is not reachable from here)")
+        raise ValueError(f"{path} is not a folder; allowed: a folder holding a saved Transformers ViT")
+    name = path if name is None else name
     config = AutoConfig.from_pretrained(path)
     if config.model_type in UNREPRESENTABLE:
         raise ValueError(
-            f"{path} holds a {config.model_type!r} model ({', '.join(config.architectures or [])}); ViTReduced "
+            f"{name} holds a {config.model_type!r} model ({', '.join(config.architectures or [])}); ViTReduced "
             f"cannot represent {UNREPRESENTABLE[config.model_type]}"
         )
     if config.model_type != "vit":
         raise ValueError(
-            f"{path} holds a {config.model_type!r} model; allowed: 'vit' (ViTForImageClassification or ViTModel)"
+            f"{name} holds a {config.model_type!r} model; allowed: 'vit' (ViTForImageClassification or ViTModel)"
         )
     architectures = config.architectures or ["ViTForImageClassification"]
     if "ViTForImageClassification" in architectures:
@@ -164,7 +166,7 @@ def load_transformers_folder(path):
     elif "ViTModel" in architectures:
         model_class = ViTModel
     else:
-        raise ValueError(f"{path} holds architectures={architectures}; allowed: ViTForImageClassification, ViTModel")
+        raise ValueError(f"{name} holds architectures={architectures}; allowed: ViTForImageClassification, ViTModel")
     model, info = model_class.from_pretrained(path, output_loading_info=True)
     missing = sorted(info["missing_keys"])
     unexpected = sorted(info["unexpected_keys"])
@@ -176,5 +178,5 @@ def load_transformers_folder(path):
     mismatched = sorted(key for key, *_ in info["mismatched_keys"])
     problems = {"missing": missing, "unexpected": unexpected, "mismatched": mismatched}
     if details := describe_key_problems(problems):
-        raise ValueError(f"The weights at {path} do not fit a {model_class.__name__} ({details})")
+        raise ValueError(f"The weights at {name} do not fit a {model_class.__name__} ({details})")
     return model.eval()
