@@ -11,9 +11,14 @@ serves the routes those clients call (found by running them against it) and noth
     POST /{repo}.git/info/lfs/objects/batch      LFS upload actions: one signed PUT address per new object
     PUT  /lfs-objects/{ticket}                   the object's bytes; the sha256 and size must match the batch
     POST /api/models/{repo}/commit/{rev}         NDJSON commit: header, file, lfsFile, deletedFile, deletedFolder
-    GET  /api/models/{repo}[/revision/{rev}]     model info (sha, siblings, private, card data)
+    GET  /api/models/{repo}[/revision/{rev}]     model info (sha, siblings, private, gated, card data)
     GET  /api/models/{repo}/tree/{rev}[/{path}]  file listing
     HEAD|GET /{repo}/resolve/{rev}/{path}        file bytes with X-Repo-Commit, ETag, X-Linked-Etag/-Size
+    GET  /api/datasets/..., HEAD|GET /datasets/{repo}/resolve/...   the same three for a dataset, which is all
+                                                 `datasets.load_dataset("org/name")` calls
+
+Repositories other users made are seeded with `add_repo` (a dataset as `datasets/org/name`); a gated one answers
+403 GatedRepo to every user who has not accepted its terms (`granted`).
 
 Anything else is 404, e.g. `GET /api/agent-harnesses`, which `huggingface_hub` asks for once, best effort.
 
@@ -165,7 +170,7 @@ class HubServer:
         self, repo_id: str, files: dict[str, bytes], *, private: bool = False, gated: bool = False, granted=()
     ) -> str:
         """A repository holding `files` in one commit on main, as another user made it; returns the commit's oid.
-        A file is stored in LFS as an upload would store it."""
+        A file is stored in LFS as an upload would store it. A dataset's `repo_id` is `datasets/org/name`."""
         with self.lock:
             if repo_id in self.repos:
                 raise ValueError(f"{repo_id} exists")
@@ -214,6 +219,8 @@ class HubServer:
                 if injected:
                     raise HubError(injected, f"injected failure of {route}")
                 parts = {key: unquote(value) for key, value in match.groupdict().items() if value is not None}
+                if parts.pop("kind", "").startswith("datasets"):  # a dataset is kept under its Hub URL's name
+                    parts["repo"] = f"datasets/{parts['repo']}"
                 return getattr(self, f"_{route.replace('-', '_')}")(user, parts, query, headers, body)
             finally:
                 with self.lock:
@@ -231,7 +238,7 @@ class HubServer:
 
     def _repo(self, user: dict, repo_id: str, write: bool = False) -> Repo:
         repo = self.repos.get(repo_id)
-        if repo is None or (repo.private and repo_id.split("/")[0] != user["user"]):
+        if repo is None or (repo.private and repo_id.removeprefix("datasets/").split("/")[0] != user["user"]):
             raise HubError(404, f"Repository Not Found: {repo_id}", "RepoNotFound")
         if repo.gated and user["user"] not in repo.granted:
             raise HubError(403, f"Access to model {repo_id} is restricted: accept its conditions first", "GatedRepo")
@@ -406,10 +413,10 @@ class HubServer:
             commit = repo.commits[self._head_oid(repo, parts.get("revision", "main"))]
             card = _card_data(commit.files.get("README.md", b""))
         info = {
-            "_id": repo.repo_id,
-            "id": repo.repo_id,
-            "modelId": repo.repo_id,
-            "author": repo.repo_id.split("/")[0],
+            "_id": repo.repo_id.removeprefix("datasets/"),
+            "id": repo.repo_id.removeprefix("datasets/"),
+            "modelId": repo.repo_id.removeprefix("datasets/"),
+            "author": repo.repo_id.removeprefix("datasets/").split("/")[0],
             "sha": commit.oid,
             "private": repo.private,
             "disabled": False,
@@ -479,9 +486,9 @@ ROUTES = {  # name: (methods, path pattern, needs Authorization)
     "lfs-batch": ("POST", rf"/{REPO}\.git/info/lfs/objects/batch", True),
     "lfs-upload": ("PUT", r"/lfs-objects/(?P<ticket>[\w-]+)", False),  # signed address, as the Hub's S3 URLs
     "commit": ("POST", rf"/api/models/{REPO}/commit/(?P<revision>[^/]+)", True),
-    "tree": ("GET", rf"/api/models/{REPO}/tree/(?P<revision>[^/]+)(?:/(?P<path>.+))?", True),
-    "model-info": ("GET", rf"/api/models/{REPO}(?:/revision/(?P<revision>[^/]+))?", True),
-    "resolve": ("HEAD|GET", rf"/{REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)", True),
+    "tree": ("GET", rf"/api/(?P<kind>models|datasets)/{REPO}/tree/(?P<revision>[^/]+)(?:/(?P<path>.+))?", True),
+    "model-info": ("GET", rf"/api/(?P<kind>models|datasets)/{REPO}(?:/revision/(?P<revision>[^/]+))?", True),
+    "resolve": ("HEAD|GET", rf"/(?P<kind>datasets/)?{REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)", True),
 }
 
 

@@ -251,10 +251,12 @@ def _broken_folder(root):
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["{tmp}/absent"], "model '{tmp}/absent' is neither a model folder"),
+        (["{tmp}/absent"], "model {tmp}/absent does not exist: it is neither a local folder nor a Hub id"),
+        (["org/absent"], "model 'org/absent' is not in the local Hub cache"),
         (["{tmp}/not_classifier"], "is a 'gpt2' model, not an image classifier"),
         (["timm:vit_tiny_patch16_225"], "'vit_tiny_patch16_225' is not a timm model name; close names"),
-        (["timm:test_vit3.r160_in1k"], "timm cannot load its weights offline or from the folder"),
+        (["timm:test_vit3.r160_in1k"], "timm's 'timm/test_vit3.r160_in1k' is not in the local Hub cache"),
+        (["timm:test_vit3.nope"], "timm has no pretrained weights for the tag 'nope' of 'test_vit3'; its tags"),
         (["{run}", "--validation_dir", "{tmp}/broken"], "none of the 2 images of the validation split"),
         (["{run}", "--results_file", "{tmp}/nowhere/r.json"], "the folder '{tmp}/nowhere' does not exist"),
         (["{run}", "--results_file", "{tmp}/r.txt"], "must end in .json or .csv"),

@@ -38,7 +38,7 @@ import torch
 from transformers import AutoImageProcessor
 
 from ..cli import command_parser
-from ..hub.locating import locate_model
+from ..hub.locating import fetch_timm_pretrained, locate_model
 from ..hub.model_card import write_model_card
 from ..hub.provenance import write_provenance
 from ..image_processing_vit_reduced import CROP_MODES, Preprocessing, preprocessing_of
@@ -158,26 +158,14 @@ def _create_timm_model(name: str, *, random_weights: bool, **kwargs):
     """The registry name `NAME[.TAG]` with the pretrained weights timm names for it (checked, and its Hub
     repository fetched, before the model is built), or random weights."""
     import timm
-    from timm.models import get_pretrained_cfg
 
     _check_timm_name(name, "--input")
     if random_weights:
         return timm.create_model(name, pretrained=False, **kwargs)
-    architecture, _, tag = name.partition(".")
     try:
-        pretrained = get_pretrained_cfg(name)
-    except RuntimeError:
-        pretrained = None
-    if pretrained is None or not (pretrained.hf_hub_id or pretrained.url or pretrained.file):
-        tags = timm.list_pretrained(f"{architecture}.*")
-        raise ValueError(
-            f"--input {name!r}: timm has no pretrained weights for "
-            + (f"the tag {tag!r} of {architecture!r}" if tag else repr(architecture))
-            + (f"; its tags with weights: {', '.join(tags)}" if tags else "")
-            + "; pass --random_weights to convert it untrained"
-        )
-    if pretrained.hf_hub_id:  # fetched here so that a missing or unreadable repository is one line, up front
-        locate_model(pretrained.hf_hub_id, flag=f"--input {name!r}: timm's")
+        fetch_timm_pretrained(name, flag="--input")
+    except ValueError as error:
+        raise ValueError(f"{error}; pass --random_weights to convert it untrained") from None
     try:
         return timm.create_model(name, pretrained=True, **kwargs)
     except (RuntimeError, OSError, ValueError) as error:  # a download timm makes itself, or weights that do not fit

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..cli import command_parser
+from ..hub.locating import locate_model
 from ..modeling_vit_reduced import ViTReducedForImageClassification
 
 
@@ -71,11 +72,19 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", help="a saved ViTReducedForImageClassification folder")
+    parser.add_argument("model", help="a saved ViTReducedForImageClassification folder or its Hub id")
     parser.add_argument("output", type=Path, help="the .onnx file to write")
     parser.add_argument("--opset_version", type=int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--revision", help="a Hub id's branch, tag or commit (default: main)")
+    parser.add_argument(
+        "--hub_token", help="a token to read a private or gated Hub id (default: HF_TOKEN or the login)"
+    )
     args = parser.parse_args(argv)
-    if not Path(args.model, "config.json").is_file():
+    try:
+        folder = locate_model(args.model, revision=args.revision, token=args.hub_token, flag="model").folder
+    except ValueError as error:
+        parser.error(str(error))
+    if not Path(folder, "config.json").is_file():
         parser.error(f"model {args.model!r} is not a saved model folder (no config.json)")
     if args.opset_version < 18:
         parser.error(
@@ -85,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         import onnxruntime  # noqa: F401
     except ImportError:
         parser.error('onnxruntime is not installed; allowed: install the extra, pip install "hf-vit-reduction[onnx]"')
-    model = ViTReducedForImageClassification.from_pretrained(args.model)
+    model = ViTReducedForImageClassification.from_pretrained(folder)
     export_onnx(model, args.output, opset_version=args.opset_version)
     difference = max_onnx_logit_difference(model, args.output)
     print(f"Wrote {args.output}; onnxruntime's logits differ from PyTorch's by at most {difference:.2e} on 3 images.")

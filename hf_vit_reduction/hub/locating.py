@@ -72,6 +72,29 @@ def download_repository(
     return LocatedModel(name=repo_id, folder=folder, repo_id=repo_id, commit=Path(folder).name)
 
 
+def fetch_timm_pretrained(name: str, *, flag: str) -> None:
+    """Check that timm's registry names pretrained weights for `NAME[.TAG]` and fetch their Hub repository into
+    the cache, so that `timm.create_model(name, pretrained=True)` then loads them from there; a name or tag without
+    weights, or a repository that cannot be had, is one ValueError."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    architecture, _, tag = name.partition(".")
+    try:
+        pretrained = get_pretrained_cfg(name)
+    except RuntimeError:  # a tag the registry does not know
+        pretrained = None
+    if pretrained is None or not (pretrained.hf_hub_id or pretrained.url or pretrained.file):
+        tags = timm.list_pretrained(f"{architecture}.*")
+        raise ValueError(
+            f"{flag} {name!r}: timm has no pretrained weights for "
+            + (f"the tag {tag!r} of {architecture!r}" if tag else repr(architecture))
+            + (f"; its tags with weights: {', '.join(tags)}" if tags else "")
+        )
+    if pretrained.hf_hub_id:
+        download_repository(pretrained.hf_hub_id, flag=f"{flag} {name!r}: timm's")
+
+
 def describe_hub_error(error: Exception, *, repo_id: str, revision: str | None, token: str | None) -> str | None:
     """What went wrong reading `repo_id` from the Hub, as the rest of one line after the flag; None for an error
     that is not the Hub's (a bug, to be raised as it is)."""
