@@ -90,8 +90,10 @@ def test_a_teacher_needs_the_runs_labels_and_a_processor(tmp_path, make_model):
     make_model(id2label=dict(enumerate(DIGITS))).save_pretrained(tmp_path / "bare")
     with pytest.raises(ValueError, match=r"has no image processor \(preprocessor_config.json\)"):
         load_teacher(str(tmp_path / "bare"), **good)
-    with pytest.raises(ValueError, match="is neither a folder holding a saved image classifier"):
+    with pytest.raises(ValueError, match="missing does not exist: it is neither a local folder nor a Hub id"):
         load_teacher(str(tmp_path / "missing"), **good)
+    with pytest.raises(ValueError, match="'org/teacher' is not in the local Hub cache"):  # offline, as conftest sets
+        load_teacher("org/teacher", **good)
 
 
 def test_a_teacher_of_another_size_and_normalization_sees_the_students_pixels_as_its_processor_would(
