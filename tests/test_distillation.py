@@ -142,7 +142,10 @@ def test_a_missing_or_mismatched_teacher_stops_the_script_before_training(tmp_pa
     image_processor_for(32, crop_pct=1.0, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3).save_pretrained(
         tmp_path / "five"
     )
-    for teacher, message in ((tmp_path / "missing", "is neither a folder"), (tmp_path / "five", "predicts the")):
+    for teacher, message in (
+        (tmp_path / "missing", "missing does not exist: it is neither a local folder nor a Hub id"),
+        (tmp_path / "five", "predicts the"),
+    ):
         out = tmp_path / "out"
         with pytest.raises(SystemExit) as stop:
             engine.main(

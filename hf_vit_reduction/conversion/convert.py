@@ -3,9 +3,10 @@
 Converts a 🤗 Transformers or timm ViT to a baseline whose logits equal the source's (`hf_vit_reduction.conversion`),
 optionally reduces it after the fact to `shallow` or `grouped`, and writes weights, config, code and image processor:
 
-    hf-vit-reduction convert --from transformers --input vit-folder --output_dir out
-    hf-vit-reduction convert --from timm --input vit_base_patch16_224 --output_dir out --strategy shallow
-    hf-vit-reduction convert --from timm --input downloaded-timm-folder --output_dir out
+    hf-vit-reduction convert --from transformers --input google/vit-base-patch16-224 --output_dir out
+    hf-vit-reduction convert --from timm --input vit_base_patch16_224.augreg2_in21k_ft_in1k --output_dir out \
+        --strategy shallow
+    hf-vit-reduction convert --from timm --input timm-folder-or-hub-id --output_dir out
     hf-vit-reduction convert --from timm --input weights.safetensors --timm_model vit_base_patch16_224 \\
         --output_dir out --strategy grouped --share_method mean
     hf-vit-reduction convert --from vit_reduced --input trained-baseline --output_dir out \\
@@ -15,9 +16,11 @@ optionally reduces it after the fact to `shallow` or `grouped`, and writes weigh
 training split of `--dataset_name` / `--train_dir` (the embedded digits without either), transformed as the model's
 image processor does. A training split with fewer images than `--calibration_samples` is refused.
 
-The sources: Transformers' ViTForImageClassification and ViTModel (a non-distilled DeiT from the Hub is saved as
-one), timm's vit_* and deit_* (a folder as timm saves it, a weights file, or a model name, which builds that
-architecture with random weights: nothing is downloaded), and this package's baselines. Other families (DeiT's
+A model is a local folder (it wins) or a Hub id, downloaded into the Hub cache at --revision with --hub_token or
+HF_TOKEN (`hub.locating`). The sources: Transformers' ViTForImageClassification and ViTModel (a non-distilled DeiT
+from the Hub is saved as one), timm's vit_* and deit_* (a folder or Hub repository as timm saves it, which
+`--from transformers` reads as timm too, a weights file, or a registry name NAME[.TAG] with the pretrained weights
+timm's registry names, random ones only with --random_weights), and this package's baselines. Other families (DeiT's
 distillation token, BEiT, DINOv2, Swin, CLIP, ...) are refused in one line naming what ViTReduced cannot represent.
 The output folder's processor is the source's preprocessing (its saved processor, or its library's default), which
 calibration uses too. `from_transformers`, `from_timm` and `reduce` are importable from here as from
@@ -105,9 +108,8 @@ def _load_timm_source(
         )
     if hub["revision"] is not None:
         raise ValueError(f"--revision applies to a Hub id; --input {path} is a timm model name (NAME[.TAG])")
-    return _create_timm_model(path, random_weights=random_weights, **size).eval(), _timm_name_source(
-        path, random_weights
-    )
+    model = _create_timm_model(path, random_weights=random_weights, **size).eval()
+    return model, _timm_name_source(path, random_weights)
 
 
 def _load_timm_weights_file(path: str, timm_model: str | None, image_size: int | None, size: dict):
