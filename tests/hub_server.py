@@ -13,7 +13,8 @@ serves the routes those clients call (found by running them against it) and noth
     POST /api/models/{repo}/commit/{rev}         NDJSON commit: header, file, lfsFile, deletedFile, deletedFolder
     GET  /api/models/{repo}[/revision/{rev}]     model info (sha, siblings, private, gated, card data)
     GET  /api/models/{repo}/tree/{rev}[/{path}]  file listing
-    HEAD|GET /{repo}/resolve/{rev}/{path}        file bytes with X-Repo-Commit, ETag, X-Linked-Etag/-Size
+    HEAD|GET /{repo}/resolve/{rev}/{path}        file bytes with X-Repo-Commit, ETag, X-Linked-Etag/-Size; a
+                                                 Range header gets 206 and those bytes (datasets reads parquet so)
     GET  /api/datasets/..., HEAD|GET /datasets/{repo}/resolve/...   the same three for a dataset, which is all
                                                  `datasets.load_dataset("org/name")` calls
 
@@ -28,7 +29,7 @@ uploaded object is checked against its sha256 and size, unknown routes, unknown 
 keys are refused (400/404 with the reason), and an LFS file can only be committed after its object was uploaded.
 Files are kept per commit (`server.files(repo_id)`, `server.commits(repo_id)`) for assertions, and every request is
 logged (`server.requests`). `fail(route, status)` makes one route answer an error, `hold(route)` holds its requests until `release()`.
-`stall(route, seconds)` delays one answer; `drop(route)` makes the server go away in the middle of a request: it reads half of the body, then closes the
+`stall(route, seconds)` delays one answer; `drop(route[, method=])` makes the server go away in the middle of a request: it reads half of the body, then closes the
 connection without an answer. `max_in_flight[route]` is the most requests to a route it served at once.
 """
 
@@ -98,7 +99,8 @@ class HubServer:
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
         self.lock = threading.RLock()
         self._tickets: dict[str, tuple[str, str, int]] = {}  # signed PUT ticket -> (repo, sha256, size)
-        self._failures: dict[str, list[int]] = {}  # route -> statuses to answer, DROP to close the connection
+        self._failures: dict[str, list[int]] = {}  # route -> statuses to answer
+        self._drops: dict[str, list[str | None]] = {}  # route -> the method of each request to cut off (None: any)
         self._stalls: dict[str, list[float]] = {}
         self._in_flight: dict[str, int] = {}
         self.max_in_flight: dict[str, int] = {}
@@ -130,9 +132,11 @@ class HubServer:
         with self.lock:
             self._stalls.setdefault(route, []).extend([seconds] * times)
 
-    def drop(self, route: str, times: int = 1) -> None:
-        """The next `times` requests to `route` are cut off halfway through their body, without an answer."""
-        self.fail(route, DROP, times)
+    def drop(self, route: str, times: int = 1, method: str | None = None) -> None:
+        """The next `times` requests to `route` (only those of `method`, e.g. "GET", when given) are cut off
+        halfway through their body, without an answer."""
+        with self.lock:
+            self._drops.setdefault(route, []).extend([method] * times)
 
     def dropped(self, method: str, target: str) -> bool:
         """Whether this request is one to cut off (the injected drop is used up)."""
@@ -140,8 +144,9 @@ class HubServer:
         for route, (route_method, pattern, _) in ROUTES.items():
             if re.fullmatch(pattern, path) and method in route_method.split("|"):
                 with self.lock:
-                    if (self._failures.get(route) or [None])[0] == DROP:
-                        self._failures[route].pop(0)
+                    drops = self._drops.get(route) or []
+                    if drops and drops[0] in (None, method):
+                        drops.pop(0)
                         return True
                 return False
         return False
@@ -150,8 +155,10 @@ class HubServer:
         """Drop the injected failures no request consumed, and return them."""
         with self.lock:
             left = [(route, status) for route, statuses in self._failures.items() for status in statuses]
+            left += [(route, DROP) for route, drops in self._drops.items() for _ in drops]
             left += [(route, f"stall {seconds:g} s") for route, stalls in self._stalls.items() for seconds in stalls]
             self._failures.clear()
+            self._drops.clear()
             self._stalls.clear()
         return left
 
@@ -474,7 +481,15 @@ class HubServer:
             answer |= {"ETag": f'"{sha}"', "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data))}
         else:
             answer["ETag"] = f'"{git_blob_oid(data)}"'
-        return 200, answer, data
+        byte_range = re.fullmatch(r"bytes=(\d*)-(\d*)", headers.get("Range", ""))
+        if byte_range is None or not any(byte_range.groups()):
+            return 200, answer, data
+        first, last = byte_range.groups()  # "a-b", "a-" or the suffix "-n", as the Hub's storage serves them
+        start = int(first) if first else max(len(data) - int(last), 0)
+        end = min(int(last), len(data) - 1) if first and last else len(data) - 1
+        if start > end:
+            raise HubError(416, f"Range Not Satisfiable: {headers['Range']} of {len(data)} bytes")
+        return 206, answer | {"Content-Range": f"bytes {start}-{end}/{len(data)}"}, data[start : end + 1]
 
 
 REPO = r"(?P<repo>[\w.-]+/[\w.-]+?)"

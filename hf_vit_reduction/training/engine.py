@@ -22,6 +22,7 @@ from transformers import BaseImageProcessor
 
 from .. import ViTReducedConfig, ViTReducedForImageClassification, summarize
 from ..evaluation.scoring import evaluate_model, evaluate_model_and_ema
+from ..hub.locating import LocatedModel
 from ..hub.model_card import write_model_card
 from ..hub.provenance import recovery_provenance, write_provenance
 from ..hub.pushing import HubPusher, HubPushError
@@ -107,6 +108,7 @@ class Run:
     preemption: PreemptionWatch  # SIGTERM/SIGUSR1: a checkpoint at the next update, then exit status 75
     summary: dict
     run_config: dict
+    start: LocatedModel | None  # --model_name_or_path: where it is (its Hub commit), for the provenance
     top1_before: float | None  # --model_name_or_path: the starting model's top-1, for the provenance
     labels: LabelMatch | None  # --model_name_or_path: how its labels were matched to the data's, for the provenance
     progress: tqdm  # one bar for the whole run, on the main process
@@ -311,7 +313,7 @@ def finish(run: Run) -> None:
         )
     if config.model_name_or_path:
         results["provenance"] = recovery_provenance(
-            start=locate_starting_model(config),
+            start=run.start,
             distillation=run.distiller and run.distiller.describe(),
             epochs=results["epochs"],
             top1_before=run.top1_before,
@@ -434,6 +436,7 @@ def build(config: RunConfig, process: PartialState) -> Run:
         preemption=PreemptionWatch(accelerator),
         summary=summarize(accelerator.unwrap_model(model)),
         run_config=run_config,
+        start=locate_starting_model(config) if config.model_name_or_path else None,
         top1_before=None,
         labels=labels,
         progress=None,
