@@ -155,7 +155,7 @@ def load_teacher(
         teacher = AutoModelForImageClassification.from_pretrained(located.folder)
     except (OSError, ValueError) as error:
         raise ValueError(f"{flag} does not hold a saved image classifier: {str(error).splitlines()[0]}") from None
-    teacher.config.name_or_path = located.describe()  # what from_pretrained records, with the Hub commit
+    teacher.name_or_path = located.describe()  # what from_pretrained records of a Hub id, with its commit
     labels = match_labels(teacher, label_names, flag=flag)
     try:
         processor = AutoImageProcessor.from_pretrained(located.folder)
