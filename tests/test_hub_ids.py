@@ -119,6 +119,12 @@ def error_line(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+def push(hub, home: Path, folder: Path, repo_id: str) -> str:
+    """`hf-vit-reduction push` of `folder` to `repo_id`; the commit it made."""
+    succeeded(command(hub, home, "push", folder, "--hub_model_id", repo_id))
+    return hub["server"].commits(repo_id)[-1].oid
+
+
 @torch.no_grad()
 def converted_logits(folder: Path, pixels: torch.Tensor) -> torch.Tensor:
     return ViTReducedForImageClassification.from_pretrained(folder).eval()(pixel_values=pixels).logits
@@ -396,9 +402,10 @@ def test_a_lost_connection_is_retried_as_huggingface_hub_retries_then_one_line(h
 
 
 def test_a_users_flow_from_a_hub_id_with_hub_data(hub, tmp_path):
-    """Convert a Hub id, fine-tune it on a Hub dataset with a new head, cut the pushed result calibrated on that
-    data, recover it by distillation from the pushed teacher, then score and predict with Hub ids."""
-    server, home = hub["server"], tmp_path / "home"
+    """Convert a Hub id, push it, fine-tune it by its Hub id on a Hub dataset with a new head, push that (the
+    teacher), cut it by its Hub id calibrated on that data, recover it by distillation from the teacher's Hub id,
+    then score it beside the teacher named by Hub id and by folder."""
+    home = tmp_path / "home"
     vit_commit = hub["commits"]["google/vit-check"]
     data = ("--dataset_name", "me/photos")
     short = ("--recipe", "finetune", "--max_train_steps", "2", "--batch_size", "8", "--workers", "0")
@@ -416,7 +423,7 @@ def test_a_users_flow_from_a_hub_id_with_hub_data(hub, tmp_path):
             tmp_path / "baseline",
         )
     )
-    baseline_commit = server.add_repo("me/vit-check-baseline", folder_files(tmp_path / "baseline"))
+    baseline_commit = push(hub, home, tmp_path / "baseline", "me/vit-check-baseline")
     finetuned = tmp_path / "finetuned"
     succeeded(
         command(
@@ -436,10 +443,7 @@ def test_a_users_flow_from_a_hub_id_with_hub_data(hub, tmp_path):
     assert record["recovered_from"] == f"me/vit-check-baseline@{baseline_commit}"
     assert record["cut"]["source"] == f"transformers google/vit-check@{vit_commit}"  # the downloaded provenance
     assert record["labels"]["labels"] == "new head" and record["labels"]["model_labels"] == LABELS
-    teacher_files = {
-        path: data for path, data in folder_files(finetuned).items() if not path.startswith("checkpoints/")
-    }
-    teacher_commit = server.add_repo("me/vit-check-photos", teacher_files)
+    teacher_commit = push(hub, home, finetuned, "me/vit-check-photos")
 
     cut = tmp_path / "cut"
     succeeded(
