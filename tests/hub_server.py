@@ -99,8 +99,8 @@ class HubServer:
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
         self.lock = threading.RLock()
         self._tickets: dict[str, tuple[str, str, int]] = {}  # signed PUT ticket -> (repo, sha256, size)
-        self._failures: dict[str, list[int]] = {}  # route -> statuses to answer
-        self._drops: dict[str, list[str | None]] = {}  # route -> the method of each request to cut off (None: any)
+        # route -> (status to answer or DROP to close the connection, the method it applies to or None for any)
+        self._failures: dict[str, list[tuple[int, str | None]]] = {}
         self._stalls: dict[str, list[float]] = {}
         self._in_flight: dict[str, int] = {}
         self.max_in_flight: dict[str, int] = {}
@@ -125,7 +125,7 @@ class HubServer:
     def fail(self, route: str, status: int, times: int = 1) -> None:
         """The next `times` requests to `route` (a name from ROUTES) answer `status`."""
         with self.lock:
-            self._failures.setdefault(route, []).extend([status] * times)
+            self._failures.setdefault(route, []).extend([(status, None)] * times)
 
     def stall(self, route: str, seconds: float, times: int = 1) -> None:
         """The next `times` requests to `route` are answered `seconds` late (a client's time-out)."""
@@ -136,7 +136,7 @@ class HubServer:
         """The next `times` requests to `route` (only those of `method`, e.g. "GET", when given) are cut off
         halfway through their body, without an answer."""
         with self.lock:
-            self._drops.setdefault(route, []).extend([method] * times)
+            self._failures.setdefault(route, []).extend([(DROP, method)] * times)
 
     def dropped(self, method: str, target: str) -> bool:
         """Whether this request is one to cut off (the injected drop is used up)."""
@@ -144,9 +144,9 @@ class HubServer:
         for route, (route_method, pattern, _) in ROUTES.items():
             if re.fullmatch(pattern, path) and method in route_method.split("|"):
                 with self.lock:
-                    drops = self._drops.get(route) or []
-                    if drops and drops[0] in (None, method):
-                        drops.pop(0)
+                    queue = self._failures.get(route) or []
+                    if queue and queue[0][0] == DROP and queue[0][1] in (None, method):
+                        queue.pop(0)
                         return True
                 return False
         return False
@@ -154,11 +154,9 @@ class HubServer:
     def clear_failures(self) -> list[tuple[str, int]]:
         """Drop the injected failures no request consumed, and return them."""
         with self.lock:
-            left = [(route, status) for route, statuses in self._failures.items() for status in statuses]
-            left += [(route, DROP) for route, drops in self._drops.items() for _ in drops]
+            left = [(route, status) for route, queue in self._failures.items() for status, _ in queue]
             left += [(route, f"stall {seconds:g} s") for route, stalls in self._stalls.items() for seconds in stalls]
             self._failures.clear()
-            self._drops.clear()
             self._stalls.clear()
         return left
 
@@ -212,7 +210,9 @@ class HubServer:
                 continue
             with self.lock:
                 held = route in self._held
-                injected = self._failures.get(route, []) and self._failures[route].pop(0)
+                queue = self._failures.get(route) or []
+                # A drop waiting at the head is for another method (its own were cut off before reaching here).
+                injected = queue.pop(0)[0] if queue and queue[0][0] != DROP else None
                 stall = self._stalls.get(route, []) and self._stalls[route].pop(0)
             with self.lock:
                 self._in_flight[route] = self._in_flight.get(route, 0) + 1
