@@ -21,7 +21,7 @@ from hub_server import DROP, HubServer
 from image_folders import sample_photos
 from test_hub import READ_TOKEN, WRITE_TOKEN, client_env
 from timm.models import save_for_hf
-from transformers import ViTImageProcessor
+from transformers import ViTImageProcessor, pipeline
 
 from hf_vit_reduction import ViTReducedForImageClassification
 
@@ -404,7 +404,7 @@ def test_a_lost_connection_is_retried_as_huggingface_hub_retries_then_one_line(h
 def test_a_users_flow_from_a_hub_id_with_hub_data(hub, tmp_path):
     """Convert a Hub id, push it, fine-tune it by its Hub id on a Hub dataset with a new head, push that (the
     teacher), cut it by its Hub id calibrated on that data, recover it by distillation from the teacher's Hub id,
-    then score it beside the teacher named by Hub id and by folder."""
+    then score it beside the teacher named by Hub id and by folder, and predict with the teacher's Hub id."""
     home = tmp_path / "home"
     vit_commit = hub["commits"]["google/vit-check"]
     data = ("--dataset_name", "me/photos")
@@ -494,3 +494,17 @@ def test_a_users_flow_from_a_hub_id_with_hub_data(hub, tmp_path):
     by_id, by_folder, _ = json.loads(scores.read_text())
     assert by_id["model"] == "me/vit-check-photos" and by_id["images"] == 8
     assert (by_id["top1"], by_id["loss"]) == (by_folder["top1"], by_folder["loss"])  # one model, named two ways
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index, photo in enumerate(sample_photos(4, seed=3)):
+        photo.save(photos / f"{index}.png")
+    predictions = tmp_path / "predictions.jsonl"
+    succeeded(
+        command(hub, home, "predict", "me/vit-check-photos", photos, "--output_file", predictions, "--top_k", "1")
+    )
+    predicted = {
+        Path(line["file"]).name: line["labels"][0] for line in map(json.loads, predictions.read_text().splitlines())
+    }
+    classify = pipeline("image-classification", model=str(finetuned))  # the same model, from its folder
+    assert predicted == {path.name: classify(str(path))[0]["label"] for path in sorted(photos.iterdir())}
