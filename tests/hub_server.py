@@ -11,9 +11,15 @@ serves the routes those clients call (found by running them against it) and noth
     POST /{repo}.git/info/lfs/objects/batch      LFS upload actions: one signed PUT address per new object
     PUT  /lfs-objects/{ticket}                   the object's bytes; the sha256 and size must match the batch
     POST /api/models/{repo}/commit/{rev}         NDJSON commit: header, file, lfsFile, deletedFile, deletedFolder
-    GET  /api/models/{repo}[/revision/{rev}]     model info (sha, siblings, private, card data)
+    GET  /api/models/{repo}[/revision/{rev}]     model info (sha, siblings, private, gated, card data)
     GET  /api/models/{repo}/tree/{rev}[/{path}]  file listing
-    HEAD|GET /{repo}/resolve/{rev}/{path}        file bytes with X-Repo-Commit, ETag, X-Linked-Etag/-Size
+    HEAD|GET /{repo}/resolve/{rev}/{path}        file bytes with X-Repo-Commit, ETag, X-Linked-Etag/-Size; a
+                                                 Range header gets 206 and those bytes (datasets reads parquet so)
+    GET  /api/datasets/..., HEAD|GET /datasets/{repo}/resolve/...   the same three for a dataset, which is all
+                                                 `datasets.load_dataset("org/name")` calls
+
+Repositories other users made are seeded with `add_repo` (a dataset as `datasets/org/name`); a gated one answers
+403 GatedRepo to every user who has not accepted its terms (`granted`).
 
 Anything else is 404, e.g. `GET /api/agent-harnesses`, which `huggingface_hub` asks for once, best effort.
 
@@ -23,7 +29,7 @@ uploaded object is checked against its sha256 and size, unknown routes, unknown 
 keys are refused (400/404 with the reason), and an LFS file can only be committed after its object was uploaded.
 Files are kept per commit (`server.files(repo_id)`, `server.commits(repo_id)`) for assertions, and every request is
 logged (`server.requests`). `fail(route, status)` makes one route answer an error, `hold(route)` holds its requests until `release()`.
-`stall(route, seconds)` delays one answer; `drop(route)` makes the server go away in the middle of a request: it reads half of the body, then closes the
+`stall(route, seconds)` delays one answer; `drop(route[, method=])` makes the server go away in the middle of a request: it reads half of the body, then closes the
 connection without an answer. `max_in_flight[route]` is the most requests to a route it served at once.
 """
 
@@ -67,6 +73,8 @@ class Commit:
 class Repo:
     repo_id: str
     private: bool
+    gated: bool = False  # readable only by the users in `granted` (who accepted its terms)
+    granted: set[str] = field(default_factory=set)
     branches: dict[str, str] = field(default_factory=dict)  # name -> commit oid
     commits: dict[str, Commit] = field(default_factory=dict)
     lfs_objects: dict[str, bytes] = field(default_factory=dict)  # sha256 -> bytes
@@ -91,7 +99,8 @@ class HubServer:
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
         self.lock = threading.RLock()
         self._tickets: dict[str, tuple[str, str, int]] = {}  # signed PUT ticket -> (repo, sha256, size)
-        self._failures: dict[str, list[int]] = {}  # route -> statuses to answer, DROP to close the connection
+        # route -> (status to answer or DROP to close the connection, the method it applies to or None for any)
+        self._failures: dict[str, list[tuple[int, str | None]]] = {}
         self._stalls: dict[str, list[float]] = {}
         self._in_flight: dict[str, int] = {}
         self.max_in_flight: dict[str, int] = {}
@@ -116,16 +125,18 @@ class HubServer:
     def fail(self, route: str, status: int, times: int = 1) -> None:
         """The next `times` requests to `route` (a name from ROUTES) answer `status`."""
         with self.lock:
-            self._failures.setdefault(route, []).extend([status] * times)
+            self._failures.setdefault(route, []).extend([(status, None)] * times)
 
     def stall(self, route: str, seconds: float, times: int = 1) -> None:
         """The next `times` requests to `route` are answered `seconds` late (a client's time-out)."""
         with self.lock:
             self._stalls.setdefault(route, []).extend([seconds] * times)
 
-    def drop(self, route: str, times: int = 1) -> None:
-        """The next `times` requests to `route` are cut off halfway through their body, without an answer."""
-        self.fail(route, DROP, times)
+    def drop(self, route: str, times: int = 1, method: str | None = None) -> None:
+        """The next `times` requests to `route` (only those of `method`, e.g. "GET", when given) are cut off
+        halfway through their body, without an answer."""
+        with self.lock:
+            self._failures.setdefault(route, []).extend([(DROP, method)] * times)
 
     def dropped(self, method: str, target: str) -> bool:
         """Whether this request is one to cut off (the injected drop is used up)."""
@@ -133,8 +144,9 @@ class HubServer:
         for route, (route_method, pattern, _) in ROUTES.items():
             if re.fullmatch(pattern, path) and method in route_method.split("|"):
                 with self.lock:
-                    if (self._failures.get(route) or [None])[0] == DROP:
-                        self._failures[route].pop(0)
+                    queue = self._failures.get(route) or []
+                    if queue and queue[0][0] == DROP and queue[0][1] in (None, method):
+                        queue.pop(0)
                         return True
                 return False
         return False
@@ -142,7 +154,7 @@ class HubServer:
     def clear_failures(self) -> list[tuple[str, int]]:
         """Drop the injected failures no request consumed, and return them."""
         with self.lock:
-            left = [(route, status) for route, statuses in self._failures.items() for status in statuses]
+            left = [(route, status) for route, queue in self._failures.items() for status, _ in queue]
             left += [(route, f"stall {seconds:g} s") for route, stalls in self._stalls.items() for seconds in stalls]
             self._failures.clear()
             self._stalls.clear()
@@ -158,6 +170,21 @@ class HubServer:
         with self.lock:
             self._held.clear()
         self._release.set()
+
+    def add_repo(
+        self, repo_id: str, files: dict[str, bytes], *, private: bool = False, gated: bool = False, granted=()
+    ) -> str:
+        """A repository holding `files` in one commit on main, as another user made it; returns the commit's oid.
+        A file is stored in LFS as an upload would store it. A dataset's `repo_id` is `datasets/org/name`."""
+        with self.lock:
+            if repo_id in self.repos:
+                raise ValueError(f"{repo_id} exists")
+            repo = self.repos[repo_id] = Repo(repo_id, private, gated, set(granted))
+            lfs = {path for path, data in files.items() if _is_lfs(path, data[:512], len(data))}
+            commit = Commit(next(self._oids), None, "initial commit", "", dict(files), lfs)
+            repo.commits[commit.oid] = commit
+            repo.branches["main"] = commit.oid
+            return commit.oid
 
     def commits(self, repo_id: str, branch: str = "main") -> list[Commit]:
         """The branch's commits, oldest first."""
@@ -183,7 +210,9 @@ class HubServer:
                 continue
             with self.lock:
                 held = route in self._held
-                injected = self._failures.get(route, []) and self._failures[route].pop(0)
+                queue = self._failures.get(route) or []
+                # A drop waiting at the head is for another method (its own were cut off before reaching here).
+                injected = queue.pop(0)[0] if queue and queue[0][0] != DROP else None
                 stall = self._stalls.get(route, []) and self._stalls[route].pop(0)
             with self.lock:
                 self._in_flight[route] = self._in_flight.get(route, 0) + 1
@@ -197,6 +226,8 @@ class HubServer:
                 if injected:
                     raise HubError(injected, f"injected failure of {route}")
                 parts = {key: unquote(value) for key, value in match.groupdict().items() if value is not None}
+                if parts.pop("kind", "").startswith("datasets"):  # a dataset is kept under its Hub URL's name
+                    parts["repo"] = f"datasets/{parts['repo']}"
                 return getattr(self, f"_{route.replace('-', '_')}")(user, parts, query, headers, body)
             finally:
                 with self.lock:
@@ -214,8 +245,10 @@ class HubServer:
 
     def _repo(self, user: dict, repo_id: str, write: bool = False) -> Repo:
         repo = self.repos.get(repo_id)
-        if repo is None or (repo.private and repo_id.split("/")[0] != user["user"]):
+        if repo is None or (repo.private and repo_id.removeprefix("datasets/").split("/")[0] != user["user"]):
             raise HubError(404, f"Repository Not Found: {repo_id}", "RepoNotFound")
+        if repo.gated and user["user"] not in repo.granted:
+            raise HubError(403, f"Access to model {repo_id} is restricted: accept its conditions first", "GatedRepo")
         if write:
             _check_write(user, repo_id)
         return repo
@@ -277,12 +310,7 @@ class HubServer:
             for entry in payload["files"]:
                 _check_fields(entry, {"path", "sample", "size"}, {"path", "sample", "size"}, "preupload file")
                 sample = base64.b64decode(entry["sample"])
-                lfs = (
-                    entry["path"].endswith(LFS_SUFFIXES)
-                    or ".tfevents." in entry["path"]
-                    or b"\0" in sample
-                    or entry["size"] > LFS_THRESHOLD
-                )
+                lfs = _is_lfs(entry["path"], sample, entry["size"])
                 data = stored.files.get(entry["path"])
                 oid = None
                 if data is not None:
@@ -392,14 +420,14 @@ class HubServer:
             commit = repo.commits[self._head_oid(repo, parts.get("revision", "main"))]
             card = _card_data(commit.files.get("README.md", b""))
         info = {
-            "_id": repo.repo_id,
-            "id": repo.repo_id,
-            "modelId": repo.repo_id,
-            "author": repo.repo_id.split("/")[0],
+            "_id": repo.repo_id.removeprefix("datasets/"),
+            "id": repo.repo_id.removeprefix("datasets/"),
+            "modelId": repo.repo_id.removeprefix("datasets/"),
+            "author": repo.repo_id.removeprefix("datasets/").split("/")[0],
             "sha": commit.oid,
             "private": repo.private,
             "disabled": False,
-            "gated": False,
+            "gated": "manual" if repo.gated else False,
             "downloads": 0,
             "likes": 0,
             "tags": card.get("tags", []),
@@ -453,7 +481,15 @@ class HubServer:
             answer |= {"ETag": f'"{sha}"', "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data))}
         else:
             answer["ETag"] = f'"{git_blob_oid(data)}"'
-        return 200, answer, data
+        byte_range = re.fullmatch(r"bytes=(\d*)-(\d*)", headers.get("Range", ""))
+        if byte_range is None or not any(byte_range.groups()):
+            return 200, answer, data
+        first, last = byte_range.groups()  # "a-b", "a-" or the suffix "-n", as the Hub's storage serves them
+        start = int(first) if first else max(len(data) - int(last), 0)
+        end = min(int(last), len(data) - 1) if first and last else len(data) - 1
+        if start > end:
+            raise HubError(416, f"Range Not Satisfiable: {headers['Range']} of {len(data)} bytes")
+        return 206, answer | {"Content-Range": f"bytes {start}-{end}/{len(data)}"}, data[start : end + 1]
 
 
 REPO = r"(?P<repo>[\w.-]+/[\w.-]+?)"
@@ -465,10 +501,14 @@ ROUTES = {  # name: (methods, path pattern, needs Authorization)
     "lfs-batch": ("POST", rf"/{REPO}\.git/info/lfs/objects/batch", True),
     "lfs-upload": ("PUT", r"/lfs-objects/(?P<ticket>[\w-]+)", False),  # signed address, as the Hub's S3 URLs
     "commit": ("POST", rf"/api/models/{REPO}/commit/(?P<revision>[^/]+)", True),
-    "tree": ("GET", rf"/api/models/{REPO}/tree/(?P<revision>[^/]+)(?:/(?P<path>.+))?", True),
-    "model-info": ("GET", rf"/api/models/{REPO}(?:/revision/(?P<revision>[^/]+))?", True),
-    "resolve": ("HEAD|GET", rf"/{REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)", True),
+    "tree": ("GET", rf"/api/(?P<kind>models|datasets)/{REPO}/tree/(?P<revision>[^/]+)(?:/(?P<path>.+))?", True),
+    "model-info": ("GET", rf"/api/(?P<kind>models|datasets)/{REPO}(?:/revision/(?P<revision>[^/]+))?", True),
+    "resolve": ("HEAD|GET", rf"/(?P<kind>datasets/)?{REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)", True),
 }
+
+
+def _is_lfs(path: str, sample: bytes, size: int) -> bool:
+    return path.endswith(LFS_SUFFIXES) or ".tfevents." in path or b"\0" in sample or size > LFS_THRESHOLD
 
 
 def _check_write(user: dict, repo_id: str) -> None:

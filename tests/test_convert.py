@@ -79,6 +79,7 @@ def test_command_converts_timm_names_and_state_dict_files(tmp_path):
             "timm",
             "--input",
             "vit_tiny_patch16_224",
+            "--random_weights",
             "--output",
             str(tmp_path / "named"),
         ]

@@ -92,8 +92,10 @@ def test_a_teacher_needs_the_runs_labels_and_a_processor(tmp_path, make_model):
     make_model(id2label=dict(enumerate(DIGITS))).save_pretrained(tmp_path / "bare")
     with pytest.raises(ValueError, match=r"has no image processor \(preprocessor_config.json\)"):
         load_teacher(str(tmp_path / "bare"), **good)
-    with pytest.raises(ValueError, match="is neither a folder holding a saved image classifier"):
+    with pytest.raises(ValueError, match="missing does not exist: it is neither a local folder nor a Hub id"):
         load_teacher(str(tmp_path / "missing"), **good)
+    with pytest.raises(ValueError, match="'org/teacher' is not in the local Hub cache"):  # offline, as conftest sets
+        load_teacher("org/teacher", **good)
 
 
 def test_a_teacher_of_another_size_and_normalization_sees_the_students_pixels_as_its_processor_would(
@@ -142,7 +144,10 @@ def test_a_missing_or_mismatched_teacher_stops_the_script_before_training(tmp_pa
     image_processor_for(32, crop_pct=1.0, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3).save_pretrained(
         tmp_path / "five"
     )
-    for teacher, message in ((tmp_path / "missing", "is neither a folder"), (tmp_path / "five", "predicts the")):
+    for teacher, message in (
+        (tmp_path / "missing", "missing does not exist: it is neither a local folder nor a Hub id"),
+        (tmp_path / "five", "predicts the"),
+    ):
         out = tmp_path / "out"
         with pytest.raises(SystemExit) as stop:
             engine.main(

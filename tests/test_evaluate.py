@@ -255,10 +255,12 @@ def _broken_folder(root):
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["{tmp}/absent"], "model '{tmp}/absent' is neither a model folder"),
+        (["{tmp}/absent"], "model {tmp}/absent does not exist: it is neither a local folder nor a Hub id"),
+        (["org/absent"], "model 'org/absent' is not in the local Hub cache"),
         (["{tmp}/not_classifier"], "is a 'gpt2' model, not an image classifier"),
         (["timm:vit_tiny_patch16_225"], "'vit_tiny_patch16_225' is not a timm model name; close names"),
-        (["timm:test_vit3.r160_in1k"], "timm cannot load its weights offline or from the folder"),
+        (["timm:test_vit3.r160_in1k"], "timm's 'timm/test_vit3.r160_in1k' is not in the local Hub cache"),
+        (["timm:test_vit3.nope"], "timm has no pretrained weights for the tag 'nope' of 'test_vit3'; its tags"),
         (["{run}", "--validation_dir", "{tmp}/broken"], "none of the 2 images of the validation split"),
         (["{run}", "--results_file", "{tmp}/nowhere/r.json"], "the folder '{tmp}/nowhere' does not exist"),
         (["{run}", "--results_file", "{tmp}/r.txt"], "must end in .json or .csv"),
@@ -359,3 +361,18 @@ def test_a_timm_name_with_its_weights_in_the_local_cache(tmp_path, monkeypatch, 
     assert row["predictions"] == top1(model, create_transform(**config), images)
     assert row["loss"] == pytest.approx(mean_loss(model, create_transform(**config), images, labels), rel=1e-5)
     assert "labels matched by index" in capsys.readouterr().out
+
+
+def test_a_timm_imagenet_head_is_labelled_as_conversion_labels_it(tmp_path):
+    """One reading of a timm model's labels: evaluate matches by the names convert writes into id2label (ImageNet's
+    descriptions, as Transformers' ImageNet classifiers and their pipeline output name the classes)."""
+    from hf_vit_reduction.evaluation.sources import load_classifier
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=1)
+    save_for_hf(model, tmp_path / "timm", model_args={"img_size": 32, "patch_size": 8, "depth": 1})
+    convert(["--from", "timm", "--input", str(tmp_path / "timm"), "--output_dir", str(tmp_path / "converted")])
+    converted = AutoModelForImageClassification.from_pretrained(tmp_path / "converted").config.id2label
+    classifier = load_classifier(str(tmp_path / "timm"), device=torch.device("cpu"))
+    assert classifier.label_names == [converted[i] for i in range(1000)]
+    assert classifier.label_names[0] == "tench, Tinca tinca" and classifier.label_names[134] == "crane (n02012849)"

@@ -169,7 +169,17 @@ def test_pipeline_predicts_what_evaluation_did_for_a_trained_model(tmp_path, rec
 
 @pytest.mark.slow  # a ViT-Ti conversion and its pipeline at 224 px
 def test_pipeline_predicts_what_timm_evaluation_did_for_a_converted_model(tmp_path):
-    convert(["--from", "timm", "--input", "deit_tiny_patch16_224", "--output", str(tmp_path / "converted")])
+    convert(
+        [
+            "--from",
+            "timm",
+            "--input",
+            "deit_tiny_patch16_224",
+            "--random_weights",
+            "--output",
+            str(tmp_path / "converted"),
+        ]
+    )
     import timm
 
     evaluation = create_transform(**resolve_data_config({}, model=timm.create_model("deit_tiny_patch16_224")))

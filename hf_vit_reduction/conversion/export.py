@@ -26,6 +26,7 @@ from transformers import AutoImageProcessor
 
 from ..cli import PROG, command_parser, require_extra
 from ..configuration_vit_reduced import ViTReducedConfig
+from ..hub.locating import locate_model
 from ..hub.native_model_card import ARCHITECTURES, render_native_model_card
 from ..image_processing_vit_reduced import Preprocessing, preprocessing_of
 from ..modeling_vit_reduced import ViTReducedForImageClassification
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", help="a saved ViTReducedForImageClassification folder")
+    parser.add_argument("model", help="a saved ViTReducedForImageClassification folder or its Hub id")
     parser.add_argument("output", type=Path, help="onnx: the .onnx file to write; transformers, timm: the folder")
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="what to write (default onnx)")
     parser.add_argument("--opset_version", type=int, help="onnx: the ONNX opset (default 18)")
@@ -110,13 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--hub_model_id", help="transformers, timm: the Hub repository the card's snippets load (default: the folder)"
     )
     parser.add_argument("--overwrite_output_dir", action="store_true", help="transformers, timm: replace a folder")
+    parser.add_argument("--revision", help="a Hub id's branch, tag or commit (default: main)")
+    parser.add_argument(
+        "--hub_token", help="a token to read a private or gated Hub id (default: HF_TOKEN or the login)"
+    )
     return parser
 
 
 def _check_arguments(args) -> None:
     """A ValueError naming the flag that does not fit the format; nothing is read or written before."""
-    if not Path(args.model, "config.json").is_file():
-        raise ValueError(f"model {args.model!r} is not a saved model folder (no config.json)")
     if args.format == "onnx":
         for flag in ("hub_model_id", "overwrite_output_dir"):
             if getattr(args, flag):
@@ -209,10 +212,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _check_arguments(args)
         require_extra(FORMAT_EXTRAS[args.format], command=f"{PROG} export --format {args.format}")
+        folder = locate_model(args.model, revision=args.revision, token=args.hub_token, flag="model").folder
+        if not Path(folder, "config.json").is_file():
+            raise ValueError(f"model {args.model!r} is not a saved model folder (no config.json)")
         if args.format != "onnx":  # before the weights are read
-            check_representable(ViTReducedConfig.from_pretrained(args.model), args.format)
-            preprocessing = _saved_preprocessing(args.model)
-        model = ViTReducedForImageClassification.from_pretrained(args.model).eval()
+            check_representable(ViTReducedConfig.from_pretrained(folder), args.format)
+            preprocessing = _saved_preprocessing(folder)
+        model = ViTReducedForImageClassification.from_pretrained(folder).eval()
     except ValueError as error:
         parser.error(str(error))
     if args.format == "onnx":

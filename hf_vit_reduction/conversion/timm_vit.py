@@ -273,32 +273,37 @@ def _timm_uniform_blocks(model) -> tuple[list[str], dict]:
 
 
 def _timm_labels(model) -> dict:
-    """The class names a timm model carries (`label_names` of a saved model's config), ImageNet's for one of timm's
-    ImageNet heads; none otherwise."""
+    """The config's labels from `timm_label_names`; none where the model names none."""
+    names = timm_label_names(model)
+    if names is None or len(names) != model.num_classes:
+        return {}
+    return {"id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)}}
+
+
+def timm_label_names(model) -> list[str] | None:
+    """The class names of a timm model by index, as a user reads them in a card and in pipeline output: the
+    `label_names` of its pretrained_cfg (a saved model's config), or for a head of an ImageNet subset ImageNet's
+    descriptions ("tench, Tinca tinca"), the synset id added to the two names ImageNet repeats ("crane", "maillot");
+    None otherwise. Conversion and evaluation both read a timm model's labels here."""
     from timm.data import ImageNetInfo, infer_imagenet_subset
 
     saved = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
-    if saved and len(saved) == model.num_classes:
-        names = [saved[i] for i in range(model.num_classes)] if isinstance(saved, (list, tuple)) else None
+    if saved:
         if isinstance(saved, dict):
-            names = [saved.get(i, saved.get(str(i))) for i in range(model.num_classes)]
-        return {"id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)}}
+            return [saved.get(i, saved.get(str(i))) for i in range(len(saved))]
+        return list(saved)
     subset = infer_imagenet_subset(model)
     if not subset:
-        return {}
+        return None
     info = ImageNetInfo(subset)
     if info.num_classes() != model.num_classes:
-        return {}
+        return None
     names = [info.index_to_description(index) for index in range(model.num_classes)]
     # label2id needs unique names; ImageNet has two "crane"s and two "maillot"s.
-    names = [
+    return [
         f"{name} ({info.index_to_label_name(index)})" if names.count(name) > 1 else name
         for index, name in enumerate(names)
     ]
-    return {
-        "id2label": dict(enumerate(names)),
-        "label2id": {name: index for index, name in enumerate(names)},
-    }
 
 
 # The options of the ViT family, read off a timm state dict's keys: config field -> its value.

@@ -265,37 +265,39 @@ ARCHITECTURES = {
 }
 
 
-def load_transformers_folder(path):
-    """The Transformers ViT-family model saved in a local folder, loaded with every weight accounted for."""
+def load_transformers_folder(path, name: str | None = None):
+    """The Transformers ViT-family model saved in a local folder (`name`: what the user called it, e.g. the Hub id it
+    was downloaded from), loaded with every weight accounted for."""
     import transformers
     from transformers import AutoConfig
 
     if not os.path.isdir(path):
-        raise ValueError(f"{path} does not exist (a local model folder is needed: the Hub is not reachable from here)")
+        raise ValueError(f"{path} is not a folder; allowed: a folder holding a saved Transformers ViT")
+    name = path if name is None else name
     config = AutoConfig.from_pretrained(path)
     if config.model_type in UNREPRESENTABLE:
         raise ValueError(
-            f"{path} holds a {config.model_type!r} model ({', '.join(config.architectures or [])}); ViTReduced "
+            f"{name} holds a {config.model_type!r} model ({', '.join(config.architectures or [])}); ViTReduced "
             f"cannot represent {UNREPRESENTABLE[config.model_type]}"
         )
     if config.model_type not in ARCHITECTURES:
-        raise ValueError(f"{path} holds a {config.model_type!r} model; allowed: {', '.join(map(repr, ARCHITECTURES))}")
+        raise ValueError(f"{name} holds a {config.model_type!r} model; allowed: {', '.join(map(repr, ARCHITECTURES))}")
     allowed = ARCHITECTURES[config.model_type]
     architectures = config.architectures or allowed[:1]
-    name = next((name for name in allowed if name in architectures), None)
-    if name is None:
-        raise ValueError(f"{path} holds architectures={architectures}; allowed: {', '.join(allowed)}")
-    model_class = getattr(transformers, name)
+    architecture = next((candidate for candidate in allowed if candidate in architectures), None)
+    if architecture is None:
+        raise ValueError(f"{name} holds architectures={architectures}; allowed: {', '.join(allowed)}")
+    model_class = getattr(transformers, architecture)
     model, info = model_class.from_pretrained(path, output_loading_info=True)
     missing = sorted(info["missing_keys"])
     unexpected = sorted(info["unexpected_keys"])
-    if name == "ViTModel" and missing and all("pooler." in k for k in missing):
+    if architecture == "ViTModel" and missing and all("pooler." in k for k in missing):
         # Saved without a pooler (add_pooling_layer=False): the randomly initialized one is not the checkpoint's.
         model.pooler, missing = None, []
     # The classifier does not use a pooler, so a checkpoint's pooler weights change none of its outputs.
-    unexpected = [k for k in unexpected if not (name == "ViTForImageClassification" and "pooler." in k)]
+    unexpected = [k for k in unexpected if not (architecture == "ViTForImageClassification" and "pooler." in k)]
     mismatched = sorted(key for key, *_ in info["mismatched_keys"])
     problems = {"missing": missing, "unexpected": unexpected, "mismatched": mismatched}
     if details := describe_key_problems(problems):
-        raise ValueError(f"The weights at {path} do not fit a {model_class.__name__} ({details})")
+        raise ValueError(f"The weights at {name} do not fit a {model_class.__name__} ({details})")
     return model.eval()

@@ -3,8 +3,8 @@
     hf-vit-reduction evaluate runs/baseline runs/grouped --results_file scores.json
     hf-vit-reduction evaluate converted/ timm:deit_tiny_patch16_224 --dataset_name imagenet-1k --mixed_precision bf16
 
-A model is a run folder (its final model), best_model/, a converted or cut folder, a Hub id in the local cache,
-timm:NAME or a folder saved by timm. Each gets top-1, top-5 and the mean cross-entropy on the same images, images/s
+A model is a run folder (its final model), best_model/, a converted or cut folder, a Hub id (downloaded into the Hub
+cache; a local folder of the same name wins), timm:NAME or a folder saved by timm. Each gets top-1, top-5 and the mean cross-entropy on the same images, images/s
 (end to end, decoding included, as timm's validate.py; the device, dtype and batch named), parameters, GMACs, and the
 share of images on which its top-1 equals the first model's. The data flags are training's: the embedded digits'
 validation split by default. Labels are matched by name (--ignore_label_names: by index). Under `accelerate launch`
@@ -69,7 +69,7 @@ GMACS_CONVENTIONS = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = command_parser("evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("models", nargs="+", help="run or model folders, Hub ids in the local cache, timm:NAME")
+    parser.add_argument("models", nargs="+", help="run or model folders, Hub ids, timm:NAME")
     add_scoring_arguments(parser)
     parser.add_argument("--results_file", "--results-file", default=None, help="rows per model: .json or .csv")
     parser.add_argument(
@@ -94,6 +94,10 @@ def add_scoring_arguments(parser) -> None:
     parser.add_argument("--mixed_precision", choices=("no", "bf16", "fp16"), default="no", help="autocast dtype")
     parser.add_argument("--channels_last", "--channels-last", action="store_true")
     parser.add_argument("--torch_compile", "--torch-compile", action="store_true", help="torch.compile each model")
+    parser.add_argument("--revision", help="the branch, tag or commit of a model given as a Hub id (default: main)")
+    parser.add_argument(
+        "--hub_token", help="a token to read private or gated Hub ids (default: HF_TOKEN or the login)"
+    )
 
 
 def check_results_file(path: str) -> None:
@@ -131,7 +135,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             seed=args.seed,
             max_eval_samples=args.max_eval_samples,
         )
-        classifiers = [load_classifier(name, device=accelerator.device) for name in dict.fromkeys(args.models)]
+        classifiers = [
+            load_classifier(name, device=accelerator.device, revision=args.revision, token=args.hub_token)
+            for name in dict.fromkeys(args.models)
+        ]
         label_maps = [label_map(c, data.label_names, by_index=args.ignore_label_names) for c in classifiers]
     except (ValueError, FileNotFoundError, NotADirectoryError) as error:
         raise SystemExit(f"error: {error}") from None

@@ -34,7 +34,7 @@ OUTPUT_FORMATS = (".jsonl", ".csv")
 
 def parse_args(argv: list[str] | None = None):
     parser = command_parser("predict", description=__doc__)
-    parser.add_argument("model", help="a run or model folder, a Hub id in the local cache, timm:NAME")
+    parser.add_argument("model", help="a run or model folder, a Hub id, timm:NAME")
     parser.add_argument("inputs", nargs="+", help="image files, or folders searched for images")
     parser.add_argument("--output_file", required=True, help=".jsonl or .csv")
     parser.add_argument("--top_k", type=int, default=5)
@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     try:
         files = find_images(args.inputs)
         check_one_readable(files)
-        classifier = load_classifier(args.model, device=accelerator.device)
+        classifier = load_classifier(
+            args.model, device=accelerator.device, revision=args.revision, token=args.hub_token
+        )
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
     if classifier.label_names is None:

@@ -1,10 +1,11 @@
 """What a user names as a model, turned into a classifier and its own preprocessing.
 
     RUN_OR_MODEL_FOLDER     a run's output_dir, best_model/, a converted or cut folder, any save_pretrained folder
-    org/name                a Transformers image classifier in the local Hub cache
-    timm:NAME               a timm model with its pretrained weights (from the local cache); NAME may carry a tag
+    org/name                a Hub id (a local folder of that name wins): a Transformers image classifier, or a
+                            timm repository (config.json with "architecture"), downloaded into the Hub cache
+    timm:NAME               a timm model with the pretrained weights timm's registry names; NAME may carry a tag
     TIMM_FOLDER             a folder saved by timm (`timm.models.save_for_hf`: config.json with "architecture")
-    hf-hub:ID, local-dir:P  timm's own prefixes, passed to `timm.create_model`
+    hf-hub:ID, local-dir:P  timm's own prefixes: a Hub id or a folder of timm's layout
 
 A Transformers model is preprocessed by the image processor saved with it; a timm model by its `pretrained_cfg`
 (`timm.data.resolve_data_config` and `create_transform`). Every problem is a one-line ValueError naming the model,
@@ -25,11 +26,12 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
 
 from .. import ViTReducedForImageClassification, summarize
+from ..conversion.timm_vit import timm_label_names
+from ..hub.locating import fetch_timm_pretrained, locate_model
 from ..image_processing_vit_reduced import ViTReducedImageProcessor, ViTReducedImageProcessorPil
 from ..training.builders import Normalize
 
 TIMM_PREFIX = "timm:"
-TIMM_SOURCES = ("hf-hub:", "local-dir:")  # timm.create_model's own
 # The paper's Table 2 figures that only a ViTReduced model has (hf_vit_reduction.summary).
 TABLE_2_KEYS = ("strategy", "mlp_parameters", "unique_mlps", "expansion_ratio")
 
@@ -77,25 +79,30 @@ class ProcessorTransform:
         return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
 
 
-def load_classifier(name: str, *, device: torch.device) -> Classifier:
-    """The classifier and preprocessing `name` stands for (see the module's docstring); ValueError when none."""
-    if name.startswith(TIMM_PREFIX) or name.startswith(TIMM_SOURCES):
+def load_classifier(
+    name: str, *, device: torch.device, revision: str | None = None, token: str | None = None
+) -> Classifier:
+    """The classifier and preprocessing `name` stands for (see the module's docstring), a Hub id read at
+    `revision` with `token`; ValueError when none."""
+    if name.startswith((TIMM_PREFIX, "local-dir:")):
         return load_timm(name.removeprefix(TIMM_PREFIX), name=name, device=device)
     if os.path.isfile(name):
         raise ValueError(
-            f"model {name!r} is a file; allowed: a model folder (config.json and weights), a Hub id in the local "
-            "cache, timm:NAME, or a folder saved by timm"
+            f"model {name!r} is a file; allowed: a model folder (config.json and weights), a Hub id, timm:NAME, "
+            "or a folder saved by timm"
         )
-    if os.path.isdir(name):
-        config_path = os.path.join(name, "config.json")
-        if not os.path.isfile(config_path):
-            raise ValueError(
-                f"model {name!r} holds no config.json: not a saved model (a run folder holds its final model "
-                "once the run has finished)"
-            )
-        if "architecture" in _read_json(config_path, name):  # timm's save_for_hf format
-            return load_timm(f"local-dir:{name}", name=name, device=device)
-    return load_transformers(name, device=device)
+    located = locate_model(name.removeprefix("hf-hub:"), revision=revision, token=token, flag="model")
+    config_path = os.path.join(located.folder, "config.json")
+    if not os.path.isfile(config_path):
+        raise ValueError(
+            f"model {name!r} holds no config.json: not a saved model (a run folder holds its final model "
+            "once the run has finished)"
+        )
+    if "architecture" in _read_json(config_path, name):  # timm's save_for_hf format, as the Hub's timm models
+        return load_timm(f"local-dir:{located.folder}", name=name, device=device)
+    if name.startswith("hf-hub:"):
+        raise ValueError(f"model {name!r} is not a timm repository (its config.json names no architecture)")
+    return load_transformers(located.folder, name=name, device=device)
 
 
 def _read_json(path: str, name: str) -> dict:
@@ -106,29 +113,27 @@ def _read_json(path: str, name: str) -> dict:
         raise ValueError(f"model {name!r}: config.json is not JSON ({error})") from None
 
 
-def load_transformers(name: str, *, device: torch.device) -> Classifier:
-    """A Transformers image classifier (folder or local Hub cache), preprocessed by its saved image processor."""
+def load_transformers(folder: str, *, name: str, device: torch.device) -> Classifier:
+    """A Transformers image classifier saved in `folder` (`name`: as the user named it), preprocessed by its saved
+    image processor."""
     try:
-        config = AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as error:  # not there, not cached offline, or not a Transformers config
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as error:  # not a Transformers config
         reason = str(error).splitlines()[0]
-        raise ValueError(
-            f"model {name!r} is neither a model folder, a model in the local Hub cache, nor a timm model "
-            f"(timm:NAME): {reason}"
-        ) from None
+        raise ValueError(f"model {name!r} is neither a Transformers model nor a timm model: {reason}") from None
     if type(config) not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING:
         raise ValueError(
             f"model {name!r} is a {config.model_type!r} model, not an image classifier; allowed: models that "
             "AutoModelForImageClassification loads"
         )
     try:
-        processor = AutoImageProcessor.from_pretrained(name)
+        processor = AutoImageProcessor.from_pretrained(folder)
     except (OSError, ValueError) as error:
         raise ValueError(
             f"model {name!r} has no image processor saved with it ({str(error).splitlines()[0]}); it is scored "
             "through its own preprocessing"
         ) from None
-    model = AutoModelForImageClassification.from_pretrained(name).eval().to(device)
+    model = AutoModelForImageClassification.from_pretrained(folder).eval().to(device)
     transform, normalize, preprocessing = processor_preprocessing(processor, device=device)
     if isinstance(model, ViTReducedForImageClassification):
         kind = f"ViTReduced ({model.config.reduction_strategy})"
@@ -180,18 +185,20 @@ def load_timm(model_name: str, *, name: str, device: torch.device) -> Classifier
     import timm
     from timm.data import create_transform, resolve_data_config
 
-    registry_name = None if model_name.startswith(TIMM_SOURCES) else model_name.split(".")[0]
-    if registry_name is not None and not timm.is_model(registry_name):
-        close = difflib.get_close_matches(registry_name, timm.list_models(), n=5)
-        raise ValueError(
-            f"model {name!r}: {registry_name!r} is not a timm model name"
-            + (f"; close names: {', '.join(close)}" if close else "; allowed: a name of timm.list_models()")
-        )
+    if not model_name.startswith("local-dir:"):
+        registry_name = model_name.split(".")[0]
+        if not timm.is_model(registry_name):
+            close = difflib.get_close_matches(registry_name, timm.list_models(), n=5)
+            raise ValueError(
+                f"model {name!r}: {registry_name!r} is not a timm model name"
+                + (f"; close names: {', '.join(close)}" if close else "; allowed: a name of timm.list_models()")
+            )
+        fetch_timm_pretrained(model_name, flag="model")
     try:
         model = timm.create_model(model_name, pretrained=True)
     except (OSError, RuntimeError, ValueError) as error:
         raise ValueError(
-            f"model {name!r}: timm cannot load its weights offline or from the folder "
+            f"model {name!r}: timm cannot load its weights "
             f"({str(error).splitlines()[0] if str(error) else type(error).__name__})"
         ) from None
     model = model.eval().to(device)
@@ -211,17 +218,6 @@ def load_timm(model_name: str, *, name: str, device: torch.device) -> Classifier
         label_names=timm_label_names(model),
         num_classes=model.num_classes,
     )
-
-
-def timm_label_names(model) -> list[str] | None:
-    """The class names in a timm model's pretrained_cfg, or ImageNet's for a model of an ImageNet subset."""
-    names = model.pretrained_cfg.get("label_names")
-    if names:
-        return [names[i] for i in range(len(names))] if isinstance(names, dict) else list(names)
-    from timm.data import ImageNetInfo, infer_imagenet_subset
-
-    subset = infer_imagenet_subset(model)
-    return ImageNetInfo(subset).label_names() if subset else None
 
 
 def compute_figures(classifier: Classifier, input_shape: tuple[int, ...]) -> dict:

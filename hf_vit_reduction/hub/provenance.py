@@ -7,6 +7,8 @@ adds its recovery (teacher, distillation, epochs, top-1 before and after), keepi
 import json
 from pathlib import Path
 
+from .locating import LocatedModel
+
 PROVENANCE_FILE = "provenance.json"
 
 
@@ -24,7 +26,7 @@ def read_provenance(folder: str | Path) -> dict | None:
 
 def recovery_provenance(
     *,
-    start: str,
+    start: LocatedModel,
     distillation: dict | None,
     epochs: int,
     top1_before: float,
@@ -32,14 +34,14 @@ def recovery_provenance(
     labels: dict,
     preprocessing: dict,
 ) -> dict:
-    """The record of a training run that started from the saved model `start`: the cut (its own record, when the
-    converter wrote one), the distillation (None without a teacher), the epochs trained and top-1 (%) before and
+    """The record of a training run that started from the saved model `start` (a folder, or a Hub id with its
+    commit): the cut (its own record, when the converter wrote one), the distillation (None without a teacher), the epochs trained and top-1 (%) before and
     after, both measured on the run's validation split as the run reports it; how the model's labels were matched
     to the data's (`labels.LabelMatch.describe`: the same, permuted, or a new head) and where each preprocessing
     value came from (the starting model, a flag)."""
     return {
-        "cut": read_provenance(start) if Path(start).is_dir() else None,
-        "recovered_from": start,
+        "cut": read_provenance(start.folder),
+        "recovered_from": start.describe(),
         "distillation": distillation,
         "recovery_epochs": epochs,
         "top1_before": top1_before,

@@ -342,7 +342,11 @@ def add_hub_arguments(parser: argparse.ArgumentParser) -> None:
         "checkpoint: also the newest checkpoint as last-checkpoint/",
     )
     parser.add_argument("--hub_revision", default=None, help="branch to push to (created when missing)")
-    parser.add_argument("--hub_token", default=None, help="else HF_TOKEN or the login cache; never written anywhere")
+    parser.add_argument(
+        "--hub_token",
+        default=None,
+        help="to push, and to read private or gated Hub ids; else HF_TOKEN or the login cache; never written anywhere",
+    )
     _add_retry_arguments(parser, attempts="--hub_push_attempts", max_wait="--hub_push_max_wait")
 
 

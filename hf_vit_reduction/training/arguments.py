@@ -51,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--model_name_or_path",
         default=None,
-        help="start from a saved or converted model, with its preprocessing (flags given override it)",
+        help="start from a saved or converted model (a folder, or a Hub id read with --hub_token or HF_TOKEN), "
+        "with its preprocessing (flags given override it)",
     )
+    model.add_argument("--revision", default=None, help="a Hub id's branch, tag or commit (default: main)")
     model.add_argument(
         "--ignore_mismatched_sizes",
         action="store_true",
@@ -231,6 +233,12 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             fail(flag, "an integer >= 1")
     if args.lr <= 0:
         fail("--lr", "a number > 0")
+    for revision, model in (
+        ("--revision", "--model_name_or_path"),
+        ("--teacher_revision", "--teacher_model_name_or_path"),
+    ):
+        if getattr(args, revision.lstrip("-")) is not None and getattr(args, model.lstrip("-")) is None:
+            parser.error(f"{revision} needs {model} (it names a revision of that Hub id)")
     for flag in ("--weight_decay", "--mixup", "--cutmix", "--warmup_epochs", "--min_lr", "--warmup_lr"):
         if getattr(args, flag.lstrip("-")) < 0:
             fail(flag, "a number >= 0")

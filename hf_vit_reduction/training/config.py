@@ -24,6 +24,7 @@ class RunConfig:
     model_size: str
     image_size: int | None  # None: the preset's or the starting model's
     model_name_or_path: str | None
+    revision: str | None  # of a Hub id given as --model_name_or_path
     ignore_mismatched_sizes: bool  # a starting model with other labels gets a new classifier
     drop_path: float
     # data
@@ -85,6 +86,7 @@ class RunConfig:
     seed: int
     # distillation
     teacher_model_name_or_path: str | None
+    teacher_revision: str | None
     distillation: str | None
     distillation_temperature: float
     distillation_alpha: float

@@ -21,6 +21,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
+from ..hub.locating import locate_model
 from ..image_processing_vit_reduced import Preprocessing, preprocessing_of
 from .labels import match_labels
 
@@ -33,6 +34,7 @@ def add_distillation_arguments(group) -> None:
         default=None,
         help="a folder or Hub id of a Transformers image classifier with the same labels",
     )
+    group.add_argument("--teacher_revision", default=None, help="a teacher Hub id's branch, tag or commit (main)")
     group.add_argument("--distillation", choices=DISTILLATION_MODES, default=None, help="soft with a teacher")
     group.add_argument("--distillation_temperature", type=float, default=1.0, help="soft: the softmax temperature")
     group.add_argument("--distillation_alpha", type=float, default=0.5, help="weight of the distillation term")
@@ -147,24 +149,30 @@ class Distiller:
 
 
 def load_teacher(
-    name_or_path: str, *, label_names: list[str], preprocessing: Preprocessing, device
+    name_or_path: str,
+    *,
+    label_names: list[str],
+    preprocessing: Preprocessing,
+    device,
+    revision: str | None = None,
+    token: str | None = None,
 ) -> tuple[torch.nn.Module, TeacherInput, dict]:
-    """The teacher at `name_or_path`, its labels put in the run's order, and how the student's batch becomes its
-    input (from its saved image processor); and what its labels needed, for the provenance. Labels that are not the
-    run's, or no image processor, are a ValueError in one line."""
+    """The teacher at `name_or_path` (a folder, or a Hub id at `revision` read with `token`), its labels put in the
+    run's order, and how the student's batch becomes its input (from its saved image processor); and what its
+    labels needed, for the provenance. Labels that are not the run's, or no image processor, are a ValueError in one
+    line."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     flag = f"--teacher_model_name_or_path={name_or_path!r}"
+    located = locate_model(name_or_path, revision=revision, token=token, flag="--teacher_model_name_or_path")
     try:
-        teacher = AutoModelForImageClassification.from_pretrained(name_or_path)
+        teacher = AutoModelForImageClassification.from_pretrained(located.folder)
     except (OSError, ValueError) as error:
-        raise ValueError(
-            f"{flag} is neither a folder holding a saved image classifier nor one in the local Hub cache: "
-            f"{str(error).splitlines()[0]}"
-        ) from None
+        raise ValueError(f"{flag} does not hold a saved image classifier: {str(error).splitlines()[0]}") from None
+    teacher.name_or_path = located.describe()  # what from_pretrained records of a Hub id, with its commit
     labels = match_labels(teacher, label_names, flag=flag)
     try:
-        processor = AutoImageProcessor.from_pretrained(name_or_path)
+        processor = AutoImageProcessor.from_pretrained(located.folder)
     except (OSError, ValueError):
         raise ValueError(
             f"{flag} has no image processor (preprocessor_config.json): its normalization and size are unknown"

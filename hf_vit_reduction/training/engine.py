@@ -22,6 +22,7 @@ from transformers import BaseImageProcessor
 
 from .. import ViTReducedConfig, ViTReducedForImageClassification, summarize
 from ..evaluation.scoring import evaluate_model, evaluate_model_and_ema
+from ..hub.locating import LocatedModel
 from ..hub.model_card import write_model_card
 from ..hub.provenance import recovery_provenance, write_provenance
 from ..hub.pushing import HubPusher, HubPushError
@@ -73,7 +74,7 @@ from .labels import SAME, LabelMatch, match_labels
 from .loop_benchmark import LoopBenchmark
 from .outputs import DiskFullError
 from .preemption import PreemptionWatch, is_lost_process, lost_process
-from .starting_model import STARTING_MODEL, run_preprocessing
+from .starting_model import STARTING_MODEL, locate_starting_model, run_preprocessing
 from .state import TrainState, Update, UpdateMeter, UpdatePlan
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class Run:
     preemption: PreemptionWatch  # SIGTERM/SIGUSR1: a checkpoint at the next update, then exit status 75
     summary: dict
     run_config: dict
+    start: LocatedModel | None  # --model_name_or_path: where it is (its Hub commit), for the provenance
     top1_before: float | None  # --model_name_or_path: the starting model's top-1, for the provenance
     labels: LabelMatch | None  # --model_name_or_path: how its labels were matched to the data's, for the provenance
     progress: tqdm  # one bar for the whole run, on the main process
@@ -315,7 +317,7 @@ def finish(run: Run) -> None:
         )
     if config.model_name_or_path:
         results["provenance"] = recovery_provenance(
-            start=config.model_name_or_path,
+            start=run.start,
             distillation=run.distiller and run.distiller.describe(),
             epochs=results["epochs"],
             top1_before=run.top1_before,
@@ -442,6 +444,7 @@ def build(config: RunConfig, process: PartialState) -> Run:
         preemption=PreemptionWatch(accelerator),
         summary=summarize(accelerator.unwrap_model(model)),
         run_config=run_config,
+        start=locate_starting_model(config) if config.model_name_or_path else None,
         top1_before=None,
         labels=labels,
         progress=None,
@@ -508,7 +511,12 @@ def build_distiller(
     if not config.teacher_model_name_or_path:
         return None
     teacher, teacher_input, labels = load_teacher(
-        config.teacher_model_name_or_path, label_names=label_names, preprocessing=preprocessing, device=device
+        config.teacher_model_name_or_path,
+        label_names=label_names,
+        preprocessing=preprocessing,
+        device=device,
+        revision=config.teacher_revision,
+        token=config.hub_token,
     )
     return Distiller(
         teacher,
@@ -611,13 +619,10 @@ def load_model(
     flag = f"--model_name_or_path={config.model_name_or_path!r}"
     try:
         model = ViTReducedForImageClassification.from_pretrained(
-            config.model_name_or_path, **strategy, drop_path_rate=config.drop_path
+            locate_starting_model(config).folder, **strategy, drop_path_rate=config.drop_path
         )
-    except OSError as error:  # the Hub client's answer for a path that is not there, or not cached offline
-        reason = str(error).splitlines()[0]
-        raise ValueError(
-            f"{flag} is neither a folder holding a saved model nor a model in the local Hub cache: {reason}"
-        ) from None
+    except OSError as error:  # a folder without a model's config or weights
+        raise ValueError(f"{flag} does not hold a saved model: {str(error).splitlines()[0]}") from None
     if config.image_size and config.image_size != model.config.image_size:
         if config.sources.get("image_size") == STARTING_MODEL:
             raise ValueError(

@@ -9,6 +9,7 @@ saved processor and the card then all use them.
 
 import dataclasses
 
+from ..hub.locating import LocatedModel, locate_model
 from ..image_processing_vit_reduced import PREPROCESSING_FIELDS, Preprocessing, preprocessing_of
 from .config import FLAG, RunConfig
 
@@ -16,23 +17,31 @@ STARTING_MODEL = "starting model"
 TIMM_DEFAULT = "timm's evaluation default"
 
 
-def saved_preprocessing(name_or_path: str, flag: str = "--model_name_or_path") -> Preprocessing | None:
-    """The preprocessing of the image processor saved with a model (a folder or the local Hub cache); None where it
-    has none. One it cannot express is a ValueError naming the field."""
+def locate_starting_model(config: RunConfig) -> LocatedModel:
+    """Where --model_name_or_path is: its folder, or the Hub id at --revision downloaded into the cache (read with
+    --hub_token, else HF_TOKEN); a ValueError in one line when it cannot be had."""
+    return locate_model(
+        config.model_name_or_path, revision=config.revision, token=config.hub_token, flag="--model_name_or_path"
+    )
+
+
+def saved_preprocessing(folder: str, *, name: str) -> Preprocessing | None:
+    """The preprocessing of the image processor saved with the model in `folder` (`name`: as the user named it);
+    None where it has none. One it cannot express is a ValueError naming the field."""
     from transformers import AutoImageProcessor
 
     try:
-        processor = AutoImageProcessor.from_pretrained(name_or_path)
+        processor = AutoImageProcessor.from_pretrained(folder)
     except (OSError, ValueError):
         return None
-    return preprocessing_of(processor, where=f"{flag}={name_or_path!r}'s image processor")
+    return preprocessing_of(processor, where=f"--model_name_or_path={name!r}'s image processor")
 
 
 def with_starting_preprocessing(config: RunConfig) -> RunConfig:
     """`config` with the starting model's preprocessing in every field no flag set (source "starting model")."""
     if not config.model_name_or_path:
         return config
-    preprocessing = saved_preprocessing(config.model_name_or_path)
+    preprocessing = saved_preprocessing(locate_starting_model(config).folder, name=config.model_name_or_path)
     if preprocessing is None:
         return config
     taken = {
