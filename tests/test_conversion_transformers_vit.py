@@ -87,7 +87,9 @@ def test_from_transformers_refuses_what_it_cannot_represent(tmp_path, make_model
     make_model().save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="'vit_reduced' model; allowed: 'vit'"):
         from_transformers(tmp_path)
-    with pytest.raises(ValueError, match="missing does not exist"):
+    with pytest.raises(
+        ValueError, match="missing is not a folder; allowed: a folder holding a saved Transformers ViT"
+    ):
         from_transformers(tmp_path / "missing")
 
 

@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conversion_sources import transformers_vit
 from hub_server import HubServer
 from PIL import Image
 from script_runs import HANG_S, import_script
 from sklearn.datasets import load_sample_images
+from transformers import ViTImageProcessor
 
 from hf_vit_reduction.cli import COMMANDS
 
@@ -192,7 +194,10 @@ FAST_PYTHON = {
     "import hf_vit_reduction  # registers the Auto classes",
     "from datasets import load_dataset",
 }
-HUB_PYTHON = {"from transformers import pipeline"}
+HUB_PYTHON = {
+    "from transformers import pipeline",
+    "# An exported folder or its Hub repository: plain Transformers, no remote code, without this package.",
+}
 OUTPUT = {"error: --batch_size=0 is not valid; allowed: an integer >= 1": ["--batch_size", "0"]}
 BASH = {
     'pip install -c .ci/constraints.txt -e ".[train]"',
@@ -203,7 +208,7 @@ BASH = {
     "#!/bin/bash",
 }
 HUB_BASH = {
-    "# the teacher: a baseline trained here (a 🤗 Transformers or timm ViT comes in with --from transformers / --from timm)",
+    "# a Hub id (or a folder); a timm name downloads timm's weights: --from timm --input vit_base_patch16_224.augreg2_in21k_ft_in1k",
     "# during training: the run folder at every save (in the background), the final model and its card at the end",
 }
 SUITE = {'pip install -c .ci/constraints.txt -e ".[test]"'}
@@ -290,9 +295,17 @@ def test_the_suite_block_is_what_ci_runs():
     assert full and " ".join(full[0][full[0].index("pytest") :]) in ci
 
 
+# The pretrained ViT the README's compression flow starts from, served under its Hub id at a tiny size.
+PRETRAINED_ID = "google/vit-base-patch16-224"
+
+
 @pytest.fixture(scope="module")
-def hub(workspace):
+def hub(workspace, tmp_path_factory):
+    pretrained = tmp_path_factory.mktemp("pretrained")
+    transformers_vit().save_pretrained(pretrained)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(pretrained)
     with HubServer({WRITE_TOKEN: {"user": "me", "write": True}}) as server:
+        server.add_repo(PRETRAINED_ID, {p.name: p.read_bytes() for p in pretrained.iterdir() if p.is_file()})
         yield server
 
 
@@ -315,8 +328,16 @@ def test_hub_blocks_push_then_load_without_the_package(hub, workspace, tmp_path)
         done = run_bash(block(first_line).text, cwd, **env)
         assert done.returncode == 0, done.stderr[-3000:]
     assert "model.safetensors" in hub.files("me/vit-shallow-digits")
+    # The flow from the Hub id: the teacher has the photos' classes, the recovery its teacher, the export is a ViT.
+    teacher = json.loads((cwd / "runs" / "teacher" / "provenance.json").read_text())
+    assert teacher["recovered_from"].startswith("runs/vit-base") and teacher["labels"]["labels"] == "new head"
+    assert json.loads((cwd / "runs" / "vit-base" / "provenance.json").read_text())["source"].startswith(
+        f"transformers {PRETRAINED_ID}@"
+    )
     recovered = hub.files("me/vit-shallow-recovered")
-    assert "provenance.json" in recovered and b"## How it was made" in recovered["README.md"]
+    config = json.loads(recovered["config.json"])
+    assert config["model_type"] == "vit" and sorted(config["id2label"].values()) == ["bay", "palace"]
+    assert config["intermediate_size"] == 32  # the cut kept half of the tiny ViT's 64 hidden units
     # The client has the ecosystem but not this package: the repository's code is what runs.
     client = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "PYTHONPATH"))} | env
     hide = "import sys; sys.modules['hf_vit_reduction'] = None\n"
