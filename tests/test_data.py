@@ -147,3 +147,82 @@ def test_a_split_without_one_readable_image_is_refused(tmp_path, broken):
     count = 7 if broken == "train" else 4
     with pytest.raises(ValueError, match=rf"^none of the {count} images of the {broken} split of imagefolder:"):
         check_readable(data)
+
+
+def test_a_folder_is_listed_as_timm_and_imagefolder_list_it(tmp_path):
+    """Labels by the name of the folder holding each image (deeper folders too), hidden entries skipped."""
+    write_folder(tmp_path / "train", classes=("dog", "cat", "fox"), per_class=2)
+    write_folder(tmp_path / "train" / "fox" / "more" / "fox", classes=("deep",), per_class=1)  # labelled 'deep'
+    (tmp_path / "train" / "cat" / "._0.png").write_bytes(b"macOS metadata")
+    (tmp_path / "train" / ".cache" / "cat").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "train" / ".cache" / "cat" / "hidden.png")
+    (tmp_path / "train" / "dog" / "notes.txt").write_text("not an image")
+    data = load_image_classification_data(train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "train"))
+    ours = {(row["image"]["path"], data.label_names[row["label"]]) for row in _undecoded(data.validation)}
+    from timm.data import ImageDataset
+
+    reader = ImageDataset(str(tmp_path / "train")).reader
+    names = {index: name for name, index in reader.class_to_idx.items()}
+    timm_listing = {(path, names[label]) for path, label in reader.samples}
+    hidden = {
+        (str(tmp_path / "train" / "cat" / "._0.png"), "cat"),
+        (str(tmp_path / "train" / ".cache" / "cat" / "hidden.png"), "cat"),
+    }
+    assert ours == timm_listing - hidden  # timm lists hidden files too
+    assert len(ours) == 7 and data.label_names == ["cat", "deep", "dog", "fox"]
+    assert isinstance(data.validation.features["label"], datasets.ClassLabel)
+
+
+def _undecoded(split):
+    return split.cast_column("image", datasets.Image(decode=False))
+
+
+def test_the_table_is_the_one_imagefolder_builds(tmp_path):
+    write_folder(tmp_path / "train", classes=("b", "a", "c"), per_class=3)
+    write_folder(tmp_path / "val", classes=("c", "a"), per_class=2)
+    data = load_image_classification_data(train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val"))
+    reference = datasets.load_dataset(
+        "imagefolder",
+        data_files={"train": str(tmp_path / "train" / "**"), "validation": str(tmp_path / "val" / "**")},
+        cache_dir=str(tmp_path / "cache"),
+    )
+    for ours, theirs in ((data.train, reference["train"]), (data.validation, reference["validation"])):
+        assert ours.features == theirs.features
+        assert [(r["image"]["path"], r["label"]) for r in _undecoded(ours)] == [
+            (r["image"]["path"], r["label"]) for r in _undecoded(theirs)
+        ]
+    assert data.validation.features["label"].names == ["a", "b", "c"]  # the training classes, not the val folder's
+
+
+def test_a_streamed_folder_yields_every_image_once(tmp_path):
+    write_folder(tmp_path / "train", per_class=5)
+    write_folder(tmp_path / "val", per_class=1)
+    data = load_image_classification_data(
+        train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val"), streaming=True
+    )
+    assert isinstance(data.train, datasets.IterableDataset) and len(data.validation) == 2
+    streamed = sorted((row["image"]["path"], row["label"]) for row in _undecoded(data.train))
+    assert streamed == sorted(
+        (str(tmp_path / "train" / n / f"{i}.png"), c) for c, n in enumerate(("cat", "dog")) for i in range(5)
+    )
+
+
+def test_class_folders_without_one_image_name_the_folder(tmp_path):
+    for name in ("cat", "dog"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        (tmp_path / "train" / name / "readme.txt").write_text("no image")
+    with pytest.raises(ValueError) as error:
+        load_image_classification_data(train_dir=str(tmp_path / "train"))
+    assert str(error.value).startswith(f"train_dir={str(tmp_path / 'train')!r} holds no image files (.bmp, .gif, ")
+    assert "\n" not in str(error.value)
+
+
+def test_images_outside_class_folders_are_refused(tmp_path):
+    write_folder(tmp_path / "train")
+    Image.new("RGB", (4, 4)).save(tmp_path / "train" / "stray.png")
+    with pytest.raises(ValueError) as error:
+        load_image_classification_data(train_dir=str(tmp_path / "train"))
+    assert str(error.value) == (
+        f"train_dir={str(tmp_path / 'train')!r} holds images outside class folders (stray.png, ...); allowed: "
+        "<class>/<image> as in ImageNet's layout"
+    )
