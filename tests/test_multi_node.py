@@ -1,6 +1,7 @@
 """Two machines, as two network namespaces joined by a veth pair (as root): the shipped multi-node configuration with
 one CPU process on each, against the same run as two processes on one machine."""
 
+import contextlib
 import json
 import os
 import signal
@@ -52,10 +53,18 @@ class Machines:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            start_new_session=True,  # the machine's whole launch (launcher, agent, worker) is one process group
         )
         self.started.append(process)
         return process
+
+    def power_off(self, rank: int) -> None:
+        """SIGKILL to every process of the machine: torchrun starts its workers in sessions of their own."""
+        pids = subprocess.run(
+            ["ip", "netns", "pids", self.namespaces[rank]], capture_output=True, text=True, check=False
+        ).stdout
+        for pid in pids.split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
 
     def run(self, args, **kwargs) -> list[tuple[int, str]]:
         """The same command on both machines, to the end: each machine's exit status and stderr."""
@@ -77,7 +86,9 @@ def machines():
         ip("netns", "add", namespaces[0])
     except (OSError, subprocess.CalledProcessError) as error:
         pytest.skip(f"network namespaces cannot be created here (`ip netns add` needs root): {error}")
-    hosts = [Path("/etc/netns") / name for name in namespaces]  # `ip netns exec` mounts these over /etc
+    netns_etc = Path("/etc/netns")  # `ip netns exec NAME` mounts the files of /etc/netns/NAME over /etc
+    created_netns_etc = not netns_etc.exists()
+    hosts = [netns_etc / name for name in namespaces]
     running = Machines(namespaces, interfaces)
     try:
         ip("netns", "add", namespaces[1])
@@ -102,15 +113,17 @@ def machines():
             (folder / "hosts").write_text(f"127.0.0.1 localhost\n127.0.0.1 {socket.gethostname()}\n")
         yield running
     finally:
+        for rank in (0, 1):
+            running.power_off(rank)
         for process in running.started:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            process.wait()
         for name, folder in zip(namespaces, hosts):
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
             (folder / "hosts").unlink(missing_ok=True)
             if folder.is_dir():
                 folder.rmdir()
+        if created_netns_etc and netns_etc.is_dir():
+            netns_etc.rmdir()
 
 
 @pytest.fixture(scope="module")
@@ -149,18 +162,21 @@ def test_a_lost_machine_ends_the_other_in_one_line_and_both_resume_exactly(tmp_p
             assert launch.poll() is None, launch.stderr.read()[-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    os.killpg(launches[1].pid, signal.SIGKILL)  # machine 1 and everything on it
+    machines.power_off(1)
     lost = time.monotonic()
     stderr = launches[0].communicate(timeout=SAFETY_NET)[1]
     seconds = time.monotonic() - lost
-    assert launches[0].returncode != 0 and seconds < 30, (seconds, stderr[-3000:])
+    assert launches[0].returncode != 0 and seconds < 60, (seconds, stderr[-3000:])
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in stderr.split(errors[0])[0], stderr[-3000:]
     assert errors[0].startswith("error: another process of the run was lost after update ")
     assert ADDRESSES[1] in errors[0]  # the lost machine, by its address
+    print(errors[0], f"({seconds:.1f} s after the machine was lost)")
     assert not (out / "results.json").exists()
-    for status, stderr in machines.run([*RUN, "--output_dir", str(out), "--resume_from_checkpoint", "latest"]):
-        assert status == 0 and "resumed from" in stderr, stderr[-3000:]
+    resumed = machines.run([*RUN, "--output_dir", str(out), "--resume_from_checkpoint", "latest"])
+    for status, stderr in resumed:
+        assert status == 0, stderr[-3000:]
+    assert "resumed from" in resumed[0][1]  # the main process logs
     assert_same_run(one_machine, out)
 
 
