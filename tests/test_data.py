@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from image_folders import write_folder
 from PIL import Image
+from script_runs import TWO_PROCESSES, run_command
 
 from hf_vit_reduction.training.data import check_readable, load_digits, load_image_classification_data
 
@@ -226,3 +227,38 @@ def test_images_outside_class_folders_are_refused(tmp_path):
         f"train_dir={str(tmp_path / 'train')!r} holds images outside class folders (stray.png, ...); allowed: "
         "<class>/<image> as in ImageNet's layout"
     )
+
+
+# Each process of a run lists the folder through `listed_by_main_process`; on any process but the main one, a walk
+# of the folder fails.
+LIST_ON_TWO_PROCESSES = """
+import sys
+from accelerate import PartialState
+from hf_vit_reduction.training import data
+
+state = PartialState(cpu=True)
+if not state.is_main_process:
+    def walked(*args, **kwargs):
+        raise AssertionError("a process other than the main one walked the folder")
+    data.os.scandir = walked
+try:
+    listing = data.listed_by_main_process(state)(sys.argv[1], "train_dir")
+    print(f"process {state.process_index}: {listing.paths[-1]}, {len(listing.paths)} images of {listing.class_names}")
+except ValueError as error:
+    print(f"process {state.process_index}: error: {error}")
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_walk_the_folder_once(tmp_path):
+    write_folder(tmp_path / "train", per_class=4)
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    driver = tmp_path / "list_folder.py"
+    driver.write_text(LIST_ON_TWO_PROCESSES)
+    last = tmp_path / "train" / "dog" / "3.png"
+    for folder, said in (("train", f"{last}, 8 images of ['cat', 'dog']"), ("empty", "error: train_dir=")):
+        result = run_command([*TWO_PROCESSES, str(driver), str(tmp_path / folder)], timeout=120)
+        assert result.returncode == 0, result.stderr[-3000:]
+        lines = sorted(line for line in result.stdout.splitlines() if line.startswith("process "))
+        assert [line.split(": ", 1)[0] for line in lines] == ["process 0", "process 1"], result.stdout
+        assert lines[0].split(": ", 1)[1] == lines[1].split(": ", 1)[1] and said in lines[0], lines
