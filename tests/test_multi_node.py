@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
-from script_runs import ROOT, SCRIPT, TWO_PROCESSES, environment, run_script
+from script_runs import ROOT, SCRIPT, TWO_PROCESSES, environment, import_script, run_script
 
 from hf_vit_reduction.training.checkpointing import CHECKPOINTS
+from hf_vit_reduction.training.multi_node import check_gloo_address
 
 # Each machine's address: a /30 of the test's own, only inside the namespaces it creates.
 ADDRESSES = ("10.231.31.1", "10.231.31.2")
@@ -194,4 +196,50 @@ def test_without_gloo_socket_ifname_a_loopback_hostname_is_one_line_on_each_mach
             "machines a loopback address for it; allowed: GLOO_SOCKET_IFNAME set to the network interface that "
             "reaches the other machines (this one has lo, "
         )
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "environ, address, refused",
+    [
+        ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1"}, "127.0.1.1", True),  # Debian's hostname line
+        ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1"}, None, True),  # no address: gloo falls back to 127.0.0.1
+        ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1"}, "10.0.0.5", False),
+        ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1", "GLOO_SOCKET_IFNAME": "eth0"}, "127.0.0.1", False),
+        ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}, "127.0.0.1", False),  # one machine: loopback is right
+        ({}, "127.0.0.1", False),
+    ],
+)
+def test_a_loopback_hostname_on_several_machines_is_refused_before_gloo_starts(monkeypatch, environ, address, refused):
+    def resolve(host, port):
+        assert host == "node-7"
+        if address is None:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, 0))]
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "node-7")
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    monkeypatch.setattr(socket, "if_nameindex", lambda: [(1, "lo"), (2, "eth0")])
+    if not refused:
+        check_gloo_address(environ)
+        return
+    with pytest.raises(ValueError) as error:
+        check_gloo_address(environ)
+    assert str(error.value) == (
+        "GLOO_SOCKET_IFNAME is not set on a run of more than one machine (2 processes, 1 here), and this machine's "
+        f"hostname 'node-7' resolves to {address or 'no address'}, so gloo would give the other machines a loopback "
+        "address for it; allowed: GLOO_SOCKET_IFNAME set to the network interface that reaches the other machines "
+        "(this one has lo, eth0)"
+    )
+
+
+def test_the_script_stops_before_the_process_group(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # gloo, as on a machine without a GPU
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port: [(socket.AF_INET, 1, 6, "", ("127.0.0.1", 0))])
+    with pytest.raises(SystemExit) as ended:
+        import_script().main(["--output_dir", str(tmp_path / "run"), "--max_train_steps", "1"])
+    assert str(ended.value).startswith("error: GLOO_SOCKET_IFNAME is not set on a run of more than one machine")
     assert not (tmp_path / "run").exists()
