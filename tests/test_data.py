@@ -5,7 +5,12 @@ from image_folders import write_folder
 from PIL import Image
 from script_runs import TWO_PROCESSES, run_command
 
-from hf_vit_reduction.training.data import check_readable, load_digits, load_image_classification_data
+from hf_vit_reduction.training.data import (
+    check_readable,
+    list_image_folder,
+    load_digits,
+    load_image_classification_data,
+)
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +198,20 @@ def test_the_table_is_the_one_imagefolder_builds(tmp_path):
             (r["image"]["path"], r["label"]) for r in _undecoded(theirs)
         ]
     assert data.validation.features["label"].names == ["a", "b", "c"]  # the training classes, not the val folder's
+
+
+def test_one_folder_as_both_splits_is_walked_once(tmp_path):
+    write_folder(tmp_path / "val", per_class=2)
+    walked = []
+
+    def list_folder(path, flag):
+        walked.append(flag)
+        return list_image_folder(path, flag)
+
+    data = load_image_classification_data(
+        train_dir=str(tmp_path / "val"), validation_dir=str(tmp_path / "val") + "/", list_folder=list_folder
+    )
+    assert walked == ["train_dir"] and len(data.train) == len(data.validation) == 4
 
 
 def test_a_streamed_folder_yields_every_image_once(tmp_path):

@@ -280,7 +280,8 @@ def load_image_classification_data(
             raise _too_few_classes(classes, f"train_dir={train_dir!r} (one sub-folder per class)")
         splits = {train_split: folder_split(train_listing, classes)}
         if validation_dir:
-            validation_listing = list_folder(validation_dir, "validation_dir")
+            same = os.path.realpath(validation_dir) == os.path.realpath(train_dir)  # as `evaluate` passes a lone one
+            validation_listing = train_listing if same else list_folder(validation_dir, "validation_dir")
             # A class only validation has is never trained on, and would count against the model as an error.
             if extra := sorted(set(validation_listing.class_names) - set(classes)):
                 raise ValueError(
