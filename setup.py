@@ -7,6 +7,7 @@ from setuptools import find_packages, setup
 TRAIN = [
     "torchvision>=0.19",
     "datasets>=4",
+    "pyarrow>=15",  # an image folder's table built in Arrow at once (datasets' own storage)
     "accelerate>=1.0",
     "evaluate>=0.4",
     "timm>=1.0.21",  # no-weight-decay names matched as patterns (position embedding, CLS token)

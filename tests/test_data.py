@@ -3,8 +3,14 @@ import numpy as np
 import pytest
 from image_folders import write_folder
 from PIL import Image
+from script_runs import TWO_PROCESSES, run_command
 
-from hf_vit_reduction.training.data import check_readable, load_digits, load_image_classification_data
+from hf_vit_reduction.training.data import (
+    check_readable,
+    list_image_folder,
+    load_digits,
+    load_image_classification_data,
+)
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +153,131 @@ def test_a_split_without_one_readable_image_is_refused(tmp_path, broken):
     count = 7 if broken == "train" else 4
     with pytest.raises(ValueError, match=rf"^none of the {count} images of the {broken} split of imagefolder:"):
         check_readable(data)
+
+
+def test_a_folder_is_listed_as_timm_and_imagefolder_list_it(tmp_path):
+    """Labels by the name of the folder holding each image (deeper folders too), hidden entries skipped."""
+    write_folder(tmp_path / "train", classes=("dog", "cat", "fox"), per_class=2)
+    write_folder(tmp_path / "train" / "fox" / "more" / "fox", classes=("deep",), per_class=1)  # labelled 'deep'
+    (tmp_path / "train" / "cat" / "._0.png").write_bytes(b"macOS metadata")
+    (tmp_path / "train" / ".cache" / "cat").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "train" / ".cache" / "cat" / "hidden.png")
+    (tmp_path / "train" / "dog" / "notes.txt").write_text("not an image")
+    data = load_image_classification_data(train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "train"))
+    ours = {(row["image"]["path"], data.label_names[row["label"]]) for row in _undecoded(data.validation)}
+    from timm.data import ImageDataset
+
+    reader = ImageDataset(str(tmp_path / "train")).reader
+    names = {index: name for name, index in reader.class_to_idx.items()}
+    timm_listing = {(path, names[label]) for path, label in reader.samples}
+    hidden = {
+        (str(tmp_path / "train" / "cat" / "._0.png"), "cat"),
+        (str(tmp_path / "train" / ".cache" / "cat" / "hidden.png"), "cat"),
+    }
+    assert ours == timm_listing - hidden  # timm lists hidden files too
+    assert len(ours) == 7 and data.label_names == ["cat", "deep", "dog", "fox"]
+    assert isinstance(data.validation.features["label"], datasets.ClassLabel)
+
+
+def _undecoded(split):
+    return split.cast_column("image", datasets.Image(decode=False))
+
+
+def test_the_table_is_the_one_imagefolder_builds(tmp_path):
+    write_folder(tmp_path / "train", classes=("b", "a", "c"), per_class=3)
+    write_folder(tmp_path / "val", classes=("c", "a"), per_class=2)
+    data = load_image_classification_data(train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val"))
+    reference = datasets.load_dataset(
+        "imagefolder",
+        data_files={"train": str(tmp_path / "train" / "**"), "validation": str(tmp_path / "val" / "**")},
+        cache_dir=str(tmp_path / "cache"),
+    )
+    for ours, theirs in ((data.train, reference["train"]), (data.validation, reference["validation"])):
+        assert ours.features == theirs.features
+        assert [(r["image"]["path"], r["label"]) for r in _undecoded(ours)] == [
+            (r["image"]["path"], r["label"]) for r in _undecoded(theirs)
+        ]
+    assert data.validation.features["label"].names == ["a", "b", "c"]  # the training classes, not the val folder's
+
+
+def test_one_folder_as_both_splits_is_walked_once(tmp_path):
+    write_folder(tmp_path / "val", per_class=2)
+    walked = []
+
+    def list_folder(path, flag):
+        walked.append(flag)
+        return list_image_folder(path, flag)
+
+    data = load_image_classification_data(
+        train_dir=str(tmp_path / "val"), validation_dir=str(tmp_path / "val") + "/", list_folder=list_folder
+    )
+    assert walked == ["train_dir"] and len(data.train) == len(data.validation) == 4
+
+
+def test_a_streamed_folder_yields_every_image_once(tmp_path):
+    write_folder(tmp_path / "train", per_class=5)
+    write_folder(tmp_path / "val", per_class=1)
+    data = load_image_classification_data(
+        train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val"), streaming=True
+    )
+    assert isinstance(data.train, datasets.IterableDataset) and len(data.validation) == 2
+    streamed = sorted((row["image"]["path"], row["label"]) for row in _undecoded(data.train))
+    assert streamed == sorted(
+        (str(tmp_path / "train" / n / f"{i}.png"), c) for c, n in enumerate(("cat", "dog")) for i in range(5)
+    )
+
+
+def test_class_folders_without_one_image_name_the_folder(tmp_path):
+    for name in ("cat", "dog"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        (tmp_path / "train" / name / "readme.txt").write_text("no image")
+    with pytest.raises(ValueError) as error:
+        load_image_classification_data(train_dir=str(tmp_path / "train"))
+    assert str(error.value).startswith(f"train_dir={str(tmp_path / 'train')!r} holds no image files (.bmp, .gif, ")
+    assert "\n" not in str(error.value)
+
+
+def test_images_outside_class_folders_are_refused(tmp_path):
+    write_folder(tmp_path / "train")
+    Image.new("RGB", (4, 4)).save(tmp_path / "train" / "stray.png")
+    with pytest.raises(ValueError) as error:
+        load_image_classification_data(train_dir=str(tmp_path / "train"))
+    assert str(error.value) == (
+        f"train_dir={str(tmp_path / 'train')!r} holds images outside class folders (stray.png, ...); allowed: "
+        "<class>/<image> as in ImageNet's layout"
+    )
+
+
+# Each process of a run lists the folder through `listed_by_main_process`; on any process but the main one, a walk
+# of the folder fails.
+LIST_ON_TWO_PROCESSES = """
+import sys
+from accelerate import PartialState
+from hf_vit_reduction.training import data
+
+state = PartialState(cpu=True)
+if not state.is_main_process:
+    def walked(*args, **kwargs):
+        raise AssertionError("a process other than the main one walked the folder")
+    data.os.scandir = walked
+try:
+    listing = data.listed_by_main_process(state)(sys.argv[1], "train_dir")
+    print(f"process {state.process_index}: {listing.paths[-1]}, {len(listing.paths)} images of {listing.class_names}")
+except ValueError as error:
+    print(f"process {state.process_index}: error: {error}")
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_walk_the_folder_once(tmp_path):
+    write_folder(tmp_path / "train", per_class=4)
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    driver = tmp_path / "list_folder.py"
+    driver.write_text(LIST_ON_TWO_PROCESSES)
+    last = tmp_path / "train" / "dog" / "3.png"
+    for folder, said in (("train", f"{last}, 8 images of ['cat', 'dog']"), ("empty", "error: train_dir=")):
+        result = run_command([*TWO_PROCESSES, str(driver), str(tmp_path / folder)], timeout=120)
+        assert result.returncode == 0, result.stderr[-3000:]
+        lines = sorted(line for line in result.stdout.splitlines() if line.startswith("process "))
+        assert [line.split(": ", 1)[0] for line in lines] == ["process 0", "process 1"], result.stdout
+        assert lines[0].split(": ", 1)[1] == lines[1].split(": ", 1)[1] and said in lines[0], lines

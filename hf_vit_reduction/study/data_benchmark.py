@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from PIL import Image
 from timm.data import FastCollateMixup, create_dataset, create_loader
 
@@ -90,7 +90,7 @@ class OurPipeline:
         flags = {"--workers": workers, "--batch_size": batch_size, "--grad_accum_steps": 1, "--train_val_split": 0.01}
         recipe = paper_recipe(folder, *(str(part) for flag in flags.items() for part in flag))
         accelerator = Accelerator(cpu=True)
-        data = engine.load_data(recipe)
+        data = engine.load_data(recipe, PartialState())
         self.sampler = train_sampler(data.train, num_processes=1, process_index=0, aug_repeats=0, seed=recipe.seed)
         self.loader, *_ = engine.build_loaders(
             recipe, data, sampler=self.sampler, image_size=image_size, accelerator=accelerator

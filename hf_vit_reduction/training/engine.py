@@ -66,12 +66,14 @@ from .data import (
     LOADING_ARGUMENTS,
     ImageClassificationData,
     check_readable,
+    listed_by_main_process,
     load_image_classification_data,
     take,
 )
 from .distillation import Distiller, load_teacher, student_heads
 from .labels import SAME, LabelMatch, match_labels
 from .loop_benchmark import LoopBenchmark
+from .multi_node import check_gloo_address
 from .outputs import DiskFullError
 from .preemption import PreemptionWatch, is_lost_process, lost_process
 from .starting_model import STARTING_MODEL, locate_starting_model, run_preprocessing
@@ -143,9 +145,11 @@ def running(config: RunConfig) -> Iterator[Run]:
     """The built run; every bad input ends in one `error:` line before any long work, and a full disk or a lost
     process during the run in one line that says how to resume."""
     configure_torch_backends(tf32=config.tf32, cudnn_benchmark=config.cudnn_benchmark)
-    process = PartialState(cpu=not torch.cuda.is_available())  # cpu: also lets a MULTI_GPU config run gloo
-    configure_logging(is_main_process=process.is_main_process)
     try:  # every bad path, source, split, column, size or checkpoint fails here, before any long work
+        if not torch.cuda.is_available():  # gloo: the processes find each other by the addresses it gives them
+            check_gloo_address(os.environ)
+        process = PartialState(cpu=not torch.cuda.is_available())  # cpu: also lets a MULTI_GPU config run gloo
+        configure_logging(is_main_process=process.is_main_process)
         run = build(config, process)
     except (ValueError, FileNotFoundError, NotADirectoryError, HubPushError) as error:
         raise SystemExit(f"error: {error}") from None
@@ -354,7 +358,7 @@ def build(config: RunConfig, process: PartialState) -> Run:
     set_seed(config.seed)
     check_output_dir(config.output_dir, config.resume_from_checkpoint, config.overwrite_output_dir)
     resume = config.resume_from_checkpoint and resolve(config.output_dir, config.resume_from_checkpoint)
-    data = load_data(config)
+    data = load_data(config, process)
     # The sampler only counts and orders the split, so too little data for one update is known before the model.
     sampler = loaders.train_sampler(
         data.train,
@@ -587,8 +591,10 @@ def start_outputs(config: RunConfig, accelerator: Accelerator) -> dict:
     return run_config
 
 
-def load_data(config: RunConfig) -> ImageClassificationData:
-    data = load_image_classification_data(**{key: getattr(config, key) for key in LOADING_ARGUMENTS})
+def load_data(config: RunConfig, process: PartialState) -> ImageClassificationData:
+    data = load_image_classification_data(
+        **{key: getattr(config, key) for key in LOADING_ARGUMENTS}, list_folder=listed_by_main_process(process)
+    )
     if config.max_train_samples:
         data.train = take(data.train, config.max_train_samples)
     if config.max_eval_samples:
