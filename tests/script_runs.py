@@ -1,13 +1,15 @@
 """Running run_image_classification.py in real processes, one or two (accelerate launch, gloo), as a user would."""
 
+import contextlib
 import importlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "run_image_classification.py")
@@ -99,9 +101,24 @@ class PausedRun:
         (self.folder / "go-on").touch()
 
     def kill(self) -> None:
-        """SIGKILL to the whole launch: the launcher and every process it started."""
-        os.killpg(self.process.pid, signal.SIGKILL)
+        """SIGKILL to the whole launch: the launcher and every process it started (torchrun's workers leave the
+        launcher's process group, so the group alone would leave them paused forever)."""
+        with contextlib.suppress(psutil.NoSuchProcess):
+            launch = psutil.Process(self.process.pid)
+            processes = [launch, *launch.children(recursive=True)]
+            for process in processes:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
+            psutil.wait_procs(processes)
         self.process.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception) -> None:
+        """Whatever the test found: nothing of the run is left behind, paused or not."""
+        if self.process.poll() is None:
+            self.kill()
 
     def wait(self) -> tuple[int, str]:
         """The exit status and what the run wrote to stderr."""

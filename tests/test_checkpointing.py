@@ -88,9 +88,9 @@ def assert_same_run(reference, resumed):
 
 def kill_after_checkpoint(cmd, out, step):
     """SIGKILL to the whole launch (launcher and workers) right after checkpoint `step` is complete."""
-    run = PausedRun(cmd, out.with_name(f"{out.name}-pause"), step)
-    run.wait_until_paused()
-    run.kill()
+    with PausedRun(cmd, out.with_name(f"{out.name}-pause"), step) as run:
+        run.wait_until_paused()
+        run.kill()
     assert not (out / "results.json").exists()
 
 
@@ -433,11 +433,11 @@ def two_process_reference(tmp_path_factory):
 @pytest.mark.slow
 def test_a_signal_to_one_of_two_processes_checkpoints_both_and_resumes_exactly(tmp_path, two_process_reference):
     out = tmp_path / "run"
-    launch = PausedRun(command(out, "grouped", 2, 0), tmp_path / "pause", 3)
-    launch.wait_until_paused(ranks=(0, 1))
-    worker(launch.process, rank=1).send_signal(signal.SIGTERM)  # as a scheduler would, to one process only
-    launch.go_on()
-    returncode, stderr = launch.wait()
+    with PausedRun(command(out, "grouped", 2, 0), tmp_path / "pause", 3) as launch:
+        launch.wait_until_paused(ranks=(0, 1))
+        worker(launch.process, rank=1).send_signal(signal.SIGTERM)  # as a scheduler would, to one process only
+        launch.go_on()
+        returncode, stderr = launch.wait()
     # The processes exit 75 once the checkpoint is complete (torchrun may end the second one first, with SIGTERM,
     # as it stops every process when one exits); torchrun (accelerate launch) reports any of that as status 1.
     assert returncode == 1 and "exitcode  : 75" in stderr
@@ -454,12 +454,12 @@ def test_a_signal_to_one_of_two_processes_checkpoints_both_and_resumes_exactly(t
 @pytest.mark.slow
 def test_a_lost_process_ends_the_other_and_the_run_resumes_exactly(tmp_path, two_process_reference):
     out = tmp_path / "run"
-    launch = PausedRun(command(out, "grouped", 2, 0), tmp_path / "pause", 3)
-    launch.wait_until_paused(ranks=(0, 1))
-    survivor = worker(launch.process, rank=0)
-    worker(launch.process, rank=1).kill()  # SIGKILL, as the kernel's OOM killer would
-    launch.go_on()  # the survivor trains on, into an all-reduce with a lost process, until torchrun's agent ends it
-    returncode, stderr = launch.wait()
+    with PausedRun(command(out, "grouped", 2, 0), tmp_path / "pause", 3) as launch:
+        launch.wait_until_paused(ranks=(0, 1))
+        survivor = worker(launch.process, rank=0)
+        worker(launch.process, rank=1).kill()  # SIGKILL, as the kernel's OOM killer would
+        launch.go_on()  # the survivor trains on, into an all-reduce with a lost process, until torchrun ends it
+        returncode, stderr = launch.wait()
     assert not survivor.is_running() and not (out / "results.json").exists()
     assert returncode == 1
     assert "exitcode  : -9" in stderr and "Signal 9 (SIGKILL) received by PID" in stderr  # torchrun's report
@@ -473,24 +473,27 @@ def test_without_a_launcher_the_survivor_of_a_lost_process_ends_on_its_own_with_
     """Ranks started one by one (as SLURM's srun does), no torchrun agent to stop the survivor: gloo notices."""
     out = tmp_path / "run"
     port = str(free_port())
-    ranks = [
-        PausedRun(
-            command(out, "grouped", 1, 0),
-            tmp_path / "pause",
-            3,
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            WORLD_SIZE="2",
-            LOCAL_WORLD_SIZE="2",
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=port,
-        )
-        for rank in (0, 1)
-    ]
-    ranks[0].wait_until_paused(ranks=(0, 1))
-    ranks[1].kill()
-    ranks[0].go_on()  # into the next update's all-reduce, where gloo finds the other process gone
-    returncode, stderr = ranks[0].wait()
+    with contextlib.ExitStack() as stack:
+        ranks = [
+            stack.enter_context(
+                PausedRun(
+                    command(out, "grouped", 1, 0),
+                    tmp_path / "pause",
+                    3,
+                    RANK=str(rank),
+                    LOCAL_RANK=str(rank),
+                    WORLD_SIZE="2",
+                    LOCAL_WORLD_SIZE="2",
+                    MASTER_ADDR="127.0.0.1",
+                    MASTER_PORT=port,
+                )
+            )
+            for rank in (0, 1)
+        ]
+        ranks[0].wait_until_paused(ranks=(0, 1))
+        ranks[1].kill()
+        ranks[0].go_on()  # into the next update's all-reduce, where gloo finds the other process gone
+        returncode, stderr = ranks[0].wait()
     assert returncode == 1 and "Traceback" not in stderr
     line = stderr.strip().splitlines()[-1]
     assert line.startswith("error: another process of the run was lost after update ")
