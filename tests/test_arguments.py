@@ -53,6 +53,7 @@ def test_explicit_flags_override_the_recipe():
     [
         (["--strategy", "pruned"], "invalid choice: 'pruned'"),
         (["--batch_size", "0"], "--batch_size=0 is not valid; allowed: an integer >= 1"),
+        (["--ddp_timeout", "0"], "--ddp_timeout=0 is not valid; allowed: an integer >= 1"),
         (["--batch_size", "33"], "--batch_size=33 is not valid; allowed: an even number"),
         (["--lr", "-1"], "--lr=-1.0 is not valid"),
         (["--smoothing", "1.5"], "--smoothing=1.5 is not valid; allowed: a number in [0, 1)"),

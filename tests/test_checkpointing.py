@@ -524,3 +524,20 @@ def test_auto_resume_tells_this_run_from_another(tmp_path):
     )
     assert resolve(tmp_path, "auto") == tmp_path / CHECKPOINTS / "step_00000004"
     assert resolve(tmp_path / "fresh", "auto") is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_process_whose_peers_never_arrive_ends_after_ddp_timeout_in_one_line(tmp_path, rank):
+    """Rank 0 waits for the others to join its store, rank 1 to reach it: either way, one line naming the address."""
+    out, port = tmp_path / "run", str(free_port())
+    peers = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+    result = run_command(
+        command(out, "grouped", 1, 0, "--ddp_timeout", "3"), RANK=str(rank), LOCAL_RANK=str(rank), **peers
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(
+        f"error: the run's other processes did not arrive at 127.0.0.1:{port} within --ddp_timeout 3 s"
+    )
+    assert line.endswith("or pass a longer --ddp_timeout") and not out.exists()

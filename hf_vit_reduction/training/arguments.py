@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the host reads the loss every N updates (and before every evaluation and checkpoint); a signal or a "
         "non-finite loss takes effect there",
     )
+    run.add_argument(
+        "--ddp_timeout",
+        type=int,
+        default=1800,
+        help="seconds a process waits for the others (🤗 Transformers' name and default): at the start for the "
+        "machines to arrive, then in every collective for a lost one",
+    )
     add_hub_arguments(parser.add_argument_group("Hub (🤗 Transformers' Trainer names)"))
     return parser
 
@@ -225,6 +232,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         "--epochs",
         "--eval_every",
         "--log_interval",
+        "--ddp_timeout",
     ):
         if getattr(args, flag.lstrip("-")) < 1:
             fail(flag, "an integer >= 1")

@@ -72,6 +72,7 @@ RUN_MANAGEMENT = (
     "pin_mem",
     "report_to",
     "log_interval",
+    "ddp_timeout",
     "torch_compile",
     "torch_compile_mode",
 )

@@ -104,6 +104,7 @@ class RunConfig:
     torch_compile: bool
     torch_compile_mode: str | None
     log_interval: int
+    ddp_timeout: int  # seconds
     # Hub
     push_to_hub: bool
     hub_model_id: str | None

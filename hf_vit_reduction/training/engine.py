@@ -3,6 +3,7 @@
 `hf-vit-reduction train` and `run_image_classification.py` both run `main`: parse, build, train, finish.
 """
 
+import datetime
 import logging
 import os
 import sys
@@ -73,7 +74,7 @@ from .data import (
 from .distillation import Distiller, load_teacher, student_heads
 from .labels import SAME, LabelMatch, match_labels
 from .loop_benchmark import LoopBenchmark
-from .multi_node import check_gloo_address
+from .multi_node import check_gloo_address, missed_rendezvous
 from .outputs import DiskFullError
 from .preemption import PreemptionWatch, is_lost_process, lost_process
 from .starting_model import STARTING_MODEL, locate_starting_model, run_preprocessing
@@ -148,11 +149,17 @@ def running(config: RunConfig) -> Iterator[Run]:
     try:  # every bad path, source, split, column, size or checkpoint fails here, before any long work
         if not torch.cuda.is_available():  # gloo: the processes find each other by the addresses it gives them
             check_gloo_address(os.environ)
-        process = PartialState(cpu=not torch.cuda.is_available())  # cpu: also lets a MULTI_GPU config run gloo
+        process = PartialState(  # cpu: also lets a MULTI_GPU config run gloo
+            cpu=not torch.cuda.is_available(), timeout=datetime.timedelta(seconds=config.ddp_timeout)
+        )
         configure_logging(is_main_process=process.is_main_process)
         run = build(config, process)
     except (ValueError, FileNotFoundError, NotADirectoryError, HubPushError) as error:
         raise SystemExit(f"error: {error}") from None
+    except (torch.distributed.DistStoreError, torch.distributed.DistNetworkError) as error:  # a machine never came
+        raise SystemExit(
+            f"error: {missed_rendezvous(error, timeout=config.ddp_timeout, environ=os.environ)}"
+        ) from None
     try:
         yield run
     except DiskFullError as error:  # raised on every process together; the last complete checkpoint stays

@@ -29,3 +29,14 @@ def check_gloo_address(environ) -> None:
         "the other machines a loopback address for it; allowed: GLOO_SOCKET_IFNAME set to the network interface that "
         f"reaches the other machines (this one has {interfaces})"
     )
+
+
+def missed_rendezvous(error: Exception, *, timeout: int, environ) -> str:
+    """The line for a process group whose processes did not all arrive within --ddp_timeout (torch's store timed
+    out): the address and port this process waited on, and what the user does."""
+    address = f"{environ.get('MASTER_ADDR', '?')}:{environ.get('MASTER_PORT', '?')}"
+    return (
+        f"the run's other processes did not arrive at {address} within --ddp_timeout {timeout} s ({error}); start "
+        "the same command on every machine, check that this address and port are reachable from each (the "
+        "configuration's main_process_ip and main_process_port), or pass a longer --ddp_timeout"
+    )
