@@ -21,4 +21,4 @@ def test_export_command(make_model, tmp_path, capsys):
     assert "onnxruntime's logits differ from PyTorch's by at most" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main([str(tmp_path / "missing"), str(tmp_path / "x.onnx")])
-    assert "is not a saved model folder" in capsys.readouterr().err
+    assert "missing does not exist: it is neither a local folder nor a Hub id (org/name)" in capsys.readouterr().err

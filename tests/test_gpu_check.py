@@ -1,7 +1,10 @@
 """.ci/gpu-check --device cpu: the GPU check's smoke run (tiny sizes, eager), so that the script cannot rot."""
 
 import json
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -16,7 +19,8 @@ def test_the_gpu_check_runs_every_step_at_tiny_sizes_and_writes_its_report(tmp_p
     result = subprocess.run(
         [str(ROOT / ".ci" / "gpu-check"), "--device", "cpu", "--out", str(out), "--work", str(work)],
         cwd=ROOT,
-        env=environment(),
+        # The script runs `python3` as a GPU machine has it: here, this environment's (not whatever the PATH has).
+        env=environment(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"),
         capture_output=True,
         text=True,
         timeout=HANG_S,

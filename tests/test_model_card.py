@@ -180,6 +180,7 @@ def test_card_of_a_converted_model(tmp_path, source):
                 "timm",
                 "--input",
                 "vit_tiny_patch16_224",
+                "--random_weights",  # offline: timm's architecture without its weights
                 "--image_size",
                 "32",
                 "--output",

@@ -396,9 +396,10 @@ def test_remote_code_loads_without_the_package_and_keeps_the_architecture_guard(
         text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+    # Another process, another thread count: the same function, within float rounding.
+    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, atol=1e-6, rtol=1e-5)
     for index, logits in enumerate(expected_families):
-        assert torch.equal(torch.load(tmp_path / f"family{index}.pt"), logits)
+        torch.testing.assert_close(torch.load(tmp_path / f"family{index}.pt"), logits, atol=1e-6, rtol=1e-5)
 
 
 def test_pipeline_classifies_an_image(make_model, tmp_path):
