@@ -44,6 +44,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
@@ -53,6 +54,11 @@ import yaml
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".pkl", ".png", ".jpg", ".npy", ".tfevents")
 LFS_THRESHOLD = 10 * 1024 * 1024
 DROP = 0  # an injected "failure" that closes the connection instead of answering
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    """A saved folder as `HubServer.add_repo` takes it: each file's path in the repository, and its bytes."""
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
 
 
 def git_blob_oid(data: bytes) -> str:

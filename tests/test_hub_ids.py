@@ -17,7 +17,7 @@ import pytest
 import timm
 import torch
 from conversion_sources import LABELS, PIXELS, max_difference, timm_vit, transformers_vit
-from hub_server import DROP, HubServer
+from hub_server import DROP, HubServer, folder_files
 from image_folders import sample_photos
 from test_hub import READ_TOKEN, WRITE_TOKEN, client_env
 from timm.models import save_for_hf
@@ -31,10 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 OTHER_TOKEN = "hf_loopbackOtherUser5Zq2"  # a user who is not "me"
 TIMM_NAME = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"  # the default tag of vit_tiny_patch16_224 in timm 1.0
 PHOTO_CLASSES = ("china", "flower")
-
-
-def folder_files(folder: Path) -> dict[str, bytes]:
-    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
 
 
 def photo_dataset_files(root: Path) -> dict[str, bytes]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from conversion_sources import transformers_vit
-from hub_server import HubServer
+from hub_server import HubServer, folder_files
 from PIL import Image
 from script_runs import HANG_S, import_script
 from sklearn.datasets import load_sample_images
@@ -305,7 +305,7 @@ def hub(workspace, tmp_path_factory):
     transformers_vit().save_pretrained(pretrained)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(pretrained)
     with HubServer({WRITE_TOKEN: {"user": "me", "write": True}}) as server:
-        server.add_repo(PRETRAINED_ID, {p.name: p.read_bytes() for p in pretrained.iterdir() if p.is_file()})
+        server.add_repo(PRETRAINED_ID, folder_files(pretrained))
         yield server
 
 

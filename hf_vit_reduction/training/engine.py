@@ -146,12 +146,12 @@ def running(config: RunConfig) -> Iterator[Run]:
     """The built run; every bad input ends in one `error:` line before any long work, and a full disk or a lost
     process during the run in one line that says how to resume."""
     configure_torch_backends(tf32=config.tf32, cudnn_benchmark=config.cudnn_benchmark)
+    cpu = not torch.cuda.is_available()
     try:  # every bad path, source, split, column, size or checkpoint fails here, before any long work
-        if not torch.cuda.is_available():  # gloo: the processes find each other by the addresses it gives them
+        if cpu:  # gloo: the processes find each other by the addresses it gives them
             check_gloo_address(os.environ)
-        process = PartialState(  # cpu: also lets a MULTI_GPU config run gloo
-            cpu=not torch.cuda.is_available(), timeout=datetime.timedelta(seconds=config.ddp_timeout)
-        )
+        # cpu: also lets a MULTI_GPU config run gloo
+        process = PartialState(cpu=cpu, timeout=datetime.timedelta(seconds=config.ddp_timeout))
         configure_logging(is_main_process=process.is_main_process)
         run = build(config, process)
     except (ValueError, FileNotFoundError, NotADirectoryError, HubPushError) as error:
