@@ -1,15 +1,20 @@
 """The GPU check's steps, run by `.ci/gpu-check` (which first installs the carried wheels).
 
-    .ci/gpu-check                      # on the lent GPU machine: ViT-B/16 sizes, bf16, compiled and eager
-    .ci/gpu-check --device cpu         # the smoke run: the same steps at tiny sizes, eager; plus the H100 estimate
+    .ci/gpu-check --skip train                # call 1 on the lent GPU machine: benchmark and loop (ViT-B/16, bf16)
+    .ci/gpu-check --skip benchmark loop       # call 2: the training run and evaluate
+    .ci/gpu-check --device cpu                # the smoke run: every step at tiny sizes, eager; the H100 estimate
 
 Steps, each a command of this project run as a user runs it, timed, its output kept in gpu-check.log:
   environment  the versions in use, and every module the steps import (a missing one is named here)
-  benchmark    `hf-vit-reduction benchmark`: our four strategies, timm's and Transformers' ViT, eager and compiled
-  photos       an ImageNet-layout folder of JPEGs (500 x 375, cut from scikit-learn's sample photos)
-  loop         `train --benchmark_loop`: the engine's loop on in-memory data against the bare step
-  train        a paper-recipe run of shallow on the folder (200 updates on the GPU, 8 workers, --torch_compile)
+  benchmark    `hf-vit-reduction benchmark --bench train`: our baseline and shallow beside timm's ViT, training
+               steps, eager and compiled (the three models the targets compare; one graph each)
+  photos       an ImageNet-layout folder of JPEGs (500 x 375, cut from scikit-learn's sample photos), as many as
+               the steps that run read
+  loop         `train --benchmark_loop`: the engine's loop on in-memory data against the bare step, eager
+  train        a paper-recipe run of shallow on the folder (100 updates on the GPU, 8 workers, --torch_compile)
   evaluate     `hf-vit-reduction evaluate` on that run
+A lent machine gives 15 minutes in all, start included: the two calls above are sized to about 4 minutes each on an
+H100 (the smoke run's estimate, `CALLS`), each under the device's 5-minute budget per call with its start.
 Then gpu-check.json (every figure, the targets met or missed) and gpu-check.md (the tables) under $OUT or --out.
 A step that fails is reported as failed with its last lines and the check exits 1; the other steps still run where
 they do not depend on it.
@@ -35,17 +40,20 @@ PHOTO_SIZE = (500, 375)  # an average ImageNet photo
 # same code paths. Compile is left to the GPU: on 2 CPU cores inductor takes about a minute per graph.
 SIZES = {
     "cuda": {
-        "benchmark": ["--preset", "base", "--compile", "--warmup", "3", "--repeats", "5", "--steps", "10"],
-        "train_images": 25_600,  # 50 paper-recipe updates (512 images) an epoch: 200 updates in 4 epochs
-        "validation_images": 1_000,
+        "benchmark": [
+            *("--preset", "base", "--models", "baseline", "shallow", "timm", "--bench", "train", "--compile"),
+            *("--warmup", "3", "--repeats", "5", "--steps", "10"),
+        ],
+        "train_images": 6_144,  # 12 paper-recipe updates (512 images) an epoch: 100 updates in 9 epochs
+        "validation_images": 512,  # one evaluation batch (2 x 256): no second graph for a smaller last batch
         "model": [],  # the paper recipe's ViT-B/16 at 224 px
-        # 32 updates of 128 in-memory images an epoch (few epoch ends in the timed window), 8 of them warm-up.
+        # 16 updates of 128 in-memory images an epoch, 8 of them warm-up.
         "loop": [
-            *("--max_train_samples", "4096", "--batch_size", "128", "--grad_accum_steps", "1"),
+            *("--max_train_samples", "2048", "--batch_size", "128", "--grad_accum_steps", "1"),
             *("--max_train_steps", "40", "--benchmark_warmup", "8"),
         ],
-        "train": ["--max_train_steps", "200", "--workers", "8", "--checkpointing_steps", "100"],
-        "compile": ["--torch_compile"],
+        "train": ["--max_train_steps", "100", "--workers", "8", "--checkpointing_steps", "50"],
+        "compile": ["--torch_compile"],  # the training run's (the benchmark compiles its own)
         "evaluate": ["--eval_batch_size", "256", "--mixed_precision", "bf16"],
     },
     "cpu": {
@@ -57,7 +65,7 @@ SIZES = {
         "train_images": 32,
         "validation_images": 8,
         "model": ["--model_size", "digits", "--image_size", "32", "--batch_size", "4", "--grad_accum_steps", "1"],
-        "loop": ["--max_train_samples", "32", "--max_train_steps", "6", "--benchmark_warmup", "2"],
+        "loop": ["--max_train_samples", "16", "--max_train_steps", "6", "--benchmark_warmup", "2"],
         "train": ["--max_train_steps", "8", "--workers", "2", "--checkpointing_steps", "4"],
         "compile": [],
         "evaluate": ["--eval_batch_size", "8"],
@@ -67,7 +75,12 @@ TARGETS = {  # name: (what, goal)
     "baseline_compiled_vs_timm_compiled_training": ("our baseline compiled / timm's compiled ViT, training", 1.10),
     "shallow_vs_baseline_training": ("shallow / baseline, training, compiled", 1.42),
     "loop_vs_bare_step": ("the engine's loop / the bare step", 0.90),
-    "compiled_vs_eager_worst": ("compiled / eager, the worst of every model's training and inference", 1.0),
+    "compiled_vs_eager_worst": ("compiled / eager, the worst of the benchmark's models and steps", 1.0),
+}
+# The check's two calls on a lent machine (`--skip` of each) and the steps each runs.
+CALLS = {
+    "call 1": (["train"], ("environment", "benchmark", "photos", "loop")),
+    "call 2": (["benchmark", "loop"], ("environment", "photos", "train", "evaluate")),
 }
 # What the H100 estimate assumes beyond the smoke run's measurements (figures from DESIGN.md, measured on one H100
 # in bf16 by others, and one assumption): the slowest ViT-B/16 anchor's rates, so the work is not underestimated.
@@ -183,6 +196,7 @@ def benchmark_figures(results: dict) -> dict:
         for name, mode in rows
         if mode == "eager" and (name, "compiled") in rows
         for kind in ("inference", "training")
+        if rows[(name, "eager")][f"{kind}_images_per_s"] is not None  # a kind left out by --bench
     ]
     if ratios:
         figures["compiled_vs_eager_worst"] = min(ratios)
@@ -190,42 +204,58 @@ def benchmark_figures(results: dict) -> dict:
 
 
 def h100_estimate(check: Check, report: dict) -> dict:
-    """Seconds the GPU sizes would take on an H100: each step's fixed cost as this smoke run measured it (process
-    start, imports, setup), plus the GPU sizes' work at the `H100` rates, compile and checkpoints included."""
+    """Seconds the GPU sizes would take on an H100, per call of `CALLS` and in all: each step's fixed cost as this
+    smoke run measured it (process start, imports, setup), plus the GPU sizes' work at the `H100` rates, compile and
+    checkpoints included."""
     smoke = {name: step["seconds"] for name, step in check.steps.items()}
     gpu = SIZES["cuda"]
 
     def flag(args, name):
         return float(args[args.index(name) + 1])
 
-    steps_per_model = flag(gpu["benchmark"], "--warmup") + flag(gpu["benchmark"], "--repeats") * flag(
-        gpu["benchmark"], "--steps"
-    )
-    models, per_update = 6, 256 * 2
-    benchmark = (
-        2 * models * steps_per_model * (256 / H100["inference_images_per_s"] + 128 / H100["training_images_per_s"])
-    )
-    benchmark += models * 2 * H100["compile_s_per_graph"]
-    # Photos: written by 16 processes at the rate this run wrote them on one.
+    def values(args, name):  # a list flag's values: those after it up to the next flag
+        rest = args[args.index(name) + 1 :]
+        return rest[: next((i for i, arg in enumerate(rest) if arg.startswith("--")), len(rest))]
+
+    bench = gpu["benchmark"]
+    models, kinds = len(values(bench, "--models")), values(bench, "--bench")[0]
+    seconds_per_step = {
+        "train": 128 / H100["training_images_per_s"],
+        "inference": 256 / H100["inference_images_per_s"],
+    }
+    seconds_per_step["both"] = seconds_per_step["train"] + seconds_per_step["inference"]
+    steps_per_model = flag(bench, "--warmup") + flag(bench, "--repeats") * flag(bench, "--steps")
+    benchmark = 2 * models * steps_per_model * seconds_per_step[kinds]  # eager and compiled
+    benchmark += models * (2 if kinds == "both" else 1) * H100["compile_s_per_graph"]
+    # Photos: written by 16 processes at the rate this run wrote them on one; each call writes what its steps read.
     photo_rate = (SIZES["cpu"]["train_images"] + SIZES["cpu"]["validation_images"]) / max(smoke.get("photos", 0), 1e-3)
-    photos = (gpu["train_images"] + gpu["validation_images"]) / (16 * photo_rate)
     loop_images = flag(gpu["loop"], "--max_train_samples")
-    loop = loop_images * report.get("decode_seconds_per_image", 0.01) + 3 * H100["compile_s_per_graph"]
+    photos = {
+        call: (gpu["train_images"] if "train" in steps else loop_images) + gpu["validation_images"]
+        for call, (_, steps) in CALLS.items()
+    }
+    loop = loop_images * report.get("decode_seconds_per_image", 0.01)  # decoded into memory first, then eager
     loop += (
         3 * flag(gpu["loop"], "--max_train_steps") * flag(gpu["loop"], "--batch_size") / H100["training_images_per_s"]
     )
-    updates = flag(gpu["train"], "--max_train_steps")
-    workers = flag(gpu["train"], "--workers")
-    data_rate = workers * report.get("worker_images_per_s", 100.0)
+    updates, per_update = flag(gpu["train"], "--max_train_steps"), 256 * 2  # the paper's batch: 256 x 2 accumulated
+    data_rate = flag(gpu["train"], "--workers") * report.get("worker_images_per_s", 100.0)
     train = updates * per_update / min(H100["training_images_per_s"], data_rate)
-    train += 4 * H100["compile_s_per_graph"] + (updates / 100 + 4) * H100["checkpoint_s"]
+    # Three graphs (the training step; evaluation of the model and of its EMA), a checkpoint every
+    # --checkpointing_steps and the final one with the saved model's files.
+    checkpoints = updates / flag(gpu["train"], "--checkpointing_steps") + 4
+    train += 3 * H100["compile_s_per_graph"] + checkpoints * H100["checkpoint_s"]
     train += 2 * gpu["validation_images"] / min(H100["inference_images_per_s"], data_rate)
     evaluate = gpu["validation_images"] / min(H100["inference_images_per_s"], data_rate)
-    work = {"benchmark": benchmark, "photos": photos, "loop": loop, "train": train, "evaluate": evaluate}
-    steps = {name: smoke.get(name, 0.0) + work.get(name, 0.0) for name in smoke}
+    work = {"benchmark": benchmark, "loop": loop, "train": train, "evaluate": evaluate}
+    calls = {}
+    for call, (_, steps) in CALLS.items():
+        seconds = {name: smoke.get(name, 0.0) + work.get(name, 0.0) for name in steps}
+        seconds["photos"] = smoke.get("photos", 0.0) + photos[call] / (16 * photo_rate)
+        calls[call] = {"skip": CALLS[call][0], "seconds": sum(seconds.values()), "steps": seconds}
     return {
-        "seconds": sum(steps.values()),
-        "steps": steps,
+        "seconds": sum(call["seconds"] for call in calls.values()),
+        "calls": calls,
         "assumed": H100,
         "measured_here": {
             "step_seconds": smoke,
@@ -283,7 +313,14 @@ def format_markdown(report: dict) -> str:
         ]
     if report.get("h100_estimate"):
         estimate = report["h100_estimate"]
-        lines += ["", f"H100 estimate for the GPU sizes: {estimate['seconds'] / 60:.1f} min ({estimate['note']})."]
+        per_call = ", ".join(
+            f"{call} (--skip {' '.join(c['skip'])}) {c['seconds'] / 60:.1f} min"
+            for call, c in estimate["calls"].items()
+        )
+        lines += [
+            "",
+            f"H100 estimate for the GPU sizes: {estimate['seconds'] / 60:.1f} min: {per_call} ({estimate['note']}).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -333,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     train_dir, validation_dir = work / "photos" / "train", work / "photos" / "validation"
     processes = min(16, len(os.sched_getaffinity(0)))
     try:
-        make_photos(train_dir, sizes["train_images"], processes=processes)
+        # The loop reads its --max_train_samples; the training run, the whole folder.
+        loop_images = int(sizes["loop"][sizes["loop"].index("--max_train_samples") + 1])
+        make_photos(train_dir, loop_images if "train" in args.skip else sizes["train_images"], processes=processes)
         make_photos(validation_dir, sizes["validation_images"], processes=processes)
         check.steps["photos"] = {"status": "passed", "seconds": time.perf_counter() - start}
     except Exception as error:  # noqa: BLE001 — reported as the step's failure, the check goes on
@@ -352,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             check.skip(name, "the photos were not written")
     else:
         loop_dir = work / "loop"
-        command = [*data, *sizes["model"], *sizes["loop"], *sizes["compile"], "--strategy", "baseline"]
+        command = [*data, *sizes["model"], *sizes["loop"], "--strategy", "baseline"]
         command += ["--benchmark_loop", "--workers", "0", "--output_dir", str(loop_dir)]
         if "loop" in args.skip:
             check.skip("loop", "--skip loop")

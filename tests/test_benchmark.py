@@ -191,3 +191,27 @@ def test_compiled_and_eager_are_timed_in_the_same_rounds(monkeypatch, restore_th
     # Inference: one warm-up step each, then two rounds over all four; then the same for training.
     assert calls == (every + every + every) * 2
     assert [(row["model"], row["mode"]) for row in results["rows"]] == every
+
+
+def test_bench_train_times_only_training_steps_and_leaves_inference_empty(monkeypatch, capsys, restore_threads):
+    calls = []
+
+    def planted(kind):
+        def make(name, config, settings, compiled):
+            return lambda: calls.append((kind, name, "compiled" if compiled else "eager"))
+
+        return make
+
+    monkeypatch.setattr(benchmark, "gc", SimpleNamespace(collect=lambda: 0))
+    monkeypatch.setattr(benchmark.torch._dynamo, "reset", lambda: None)
+    monkeypatch.setattr(benchmark, "inference_step", planted("inference"))
+    monkeypatch.setattr(benchmark, "training_step", planted("training"))
+    argv = [*TINY[:8], "--models", "baseline", "timm", "--warmup", "1", "--repeats", "1", "--steps", "1"]
+    results = main([*argv, "--compile", "--bench", "train", "--threads", "1"])
+    assert {kind for kind, _, _ in calls} == {"training"}  # no inference model built, so none compiled
+    assert results["settings"]["bench"] == ["training"]
+    for row in results["rows"]:
+        assert row["training_images_per_s"] > 0 and row["training_vs_timm"] > 0
+        assert [row[f"inference_{field}"] for field in ("images_per_s", "first_step_s", "vs_timm")] == [None] * 3
+    baseline_row = next(line for line in capsys.readouterr().out.splitlines() if "| ViTReduced baseline |" in line)
+    assert baseline_row.split(" | ")[4:8] == ["–"] * 4  # the inference rate and its three ratios

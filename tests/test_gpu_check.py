@@ -47,7 +47,14 @@ def test_the_gpu_check_runs_every_step_at_tiny_sizes_and_writes_its_report(tmp_p
     assert (
         report["benchmark_mode"] == "eager" and "Targets (benchmark rows: eager)" in (out / "gpu-check.md").read_text()
     )
-    assert report["h100_estimate"]["seconds"] > sum(step["seconds"] for step in steps.values())
+    estimate = report["h100_estimate"]
+    assert estimate["seconds"] > sum(step["seconds"] for step in steps.values())
+    # The two calls of a lent machine: together every step, the environment in each.
+    assert {call: (c["skip"], sorted(c["steps"])) for call, c in estimate["calls"].items()} == {
+        "call 1": (["train"], ["benchmark", "environment", "loop", "photos"]),
+        "call 2": (["benchmark", "loop"], ["environment", "evaluate", "photos", "train"]),
+    }
+    assert estimate["seconds"] == sum(c["seconds"] for c in estimate["calls"].values())
     # The folder is ImageNet's layout: a folder per class of 500 x 375 JPEGs, 32 for training and 8 for validation.
     for split, count in (("train", 32), ("validation", 8)):
         images = sorted((work / "photos" / split).glob("*/*.jpg"))
@@ -56,3 +63,25 @@ def test_the_gpu_check_runs_every_step_at_tiny_sizes_and_writes_its_report(tmp_p
     markdown = (out / "gpu-check.md").read_text()
     assert "| step | status | seconds |" in markdown and "| ViTReduced shallow | eager |" in markdown
     assert "H100 estimate for the GPU sizes:" in markdown
+
+
+@pytest.mark.slow
+def test_a_call_that_skips_the_training_run_writes_only_the_photos_the_loop_reads(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = ["--device", "cpu", "--out", str(out), "--work", str(work), "--skip", "benchmark", "loop", "train"]
+    result = subprocess.run(
+        [str(ROOT / ".ci" / "gpu-check"), *argv],
+        cwd=ROOT,
+        env=environment(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"),
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]  # skipped steps are not failures
+    steps = json.loads((out / "gpu-check.json").read_text())["steps"]
+    assert steps["benchmark"]["last_lines"] == ["not run: --skip benchmark"]
+    assert steps["evaluate"]["last_lines"] == ["not run: --skip train"]
+    # The CPU sizes' loop reads 16 training images (--max_train_samples); the run would read 32.
+    assert len(list((work / "photos" / "train").glob("*/*.jpg"))) == 16
+    assert len(list((work / "photos" / "validation").glob("*/*.jpg"))) == 8

@@ -13,6 +13,10 @@ figures move from machine to machine.
     hf-vit-reduction benchmark                                   # ViT-B/16, 224 px, GPU if present
     hf-vit-reduction benchmark --device cpu --batch_size 8 --train_batch_size 8 --no_compile
     hf-vit-reduction benchmark --preset digits --models baseline shallow timm --output_json out.json
+    hf-vit-reduction benchmark --models baseline shallow timm --bench train   # training steps only
+
+`--bench inference|train` measures one kind of step (the other's columns are empty): a compiled model costs one
+graph per kind.
 """
 
 import argparse
@@ -44,6 +48,7 @@ MODEL_NAMES = {
     "timm": "timm vit_base_patch16_224",
 }
 RATIO_TO = (*ANCHORS, "baseline")
+BENCH_KINDS = {"both": ("inference", "training"), "inference": ("inference",), "train": ("training",)}
 RATIO_NAMES = {"transformers": "Transformers", "timm": "timm", "baseline": "baseline"}
 
 
@@ -64,6 +69,7 @@ class BenchmarkSettings:
     repeats: int
     steps: int
     modes: tuple[str, ...]  # ("eager",) or ("eager", "compiled")
+    kinds: tuple[str, ...]  # the steps measured: ("inference", "training") or one of them
     torch_compile_mode: str | None
     keep_freed_memory: bool
     output_json: str | None
@@ -272,8 +278,15 @@ def run(settings: BenchmarkSettings) -> dict:
     rows = []
     if "compiled" in settings.modes:
         torch._dynamo.reset()
-    inference = measure(inference_step, configs, settings.batch_size, settings)
-    training = measure(training_step, configs, settings.train_batch_size, settings)
+    steps = {
+        "inference": (inference_step, settings.batch_size),
+        "training": (training_step, settings.train_batch_size),
+    }
+    # A kind not measured gives None in each of its row's fields (a compile costs about a minute a graph on a GPU).
+    measured = {
+        kind: measure(step, configs, batch_size, settings) if kind in settings.kinds else {}
+        for kind, (step, batch_size) in steps.items()
+    }
     for mode in settings.modes:
         for name, config in configs.items():
             with torch.device("meta"):
@@ -286,12 +299,11 @@ def run(settings: BenchmarkSettings) -> dict:
                     "mode": mode,
                     "parameters": sum(p.numel() for p in model.parameters()),
                     "gmacs": summarize(config)["gmacs"],
-                    "inference_images_per_s": inference[key][0],
-                    "training_images_per_s": training[key][0],
-                    "inference_peak_memory_mib": inference[key][1],
-                    "training_peak_memory_mib": training[key][1],
-                    "inference_first_step_s": inference[key][2],
-                    "training_first_step_s": training[key][2],
+                    **{
+                        f"{kind}_{field}": measured[kind].get(key, (None, None, None))[index]
+                        for kind in steps
+                        for index, field in enumerate(("images_per_s", "peak_memory_mib", "first_step_s"))
+                    },
                 }
             )
     for row in rows:
@@ -299,7 +311,9 @@ def run(settings: BenchmarkSettings) -> dict:
             for reference in RATIO_TO:
                 match = [r for r in rows if r["model"] == reference and r["mode"] == row["mode"]]
                 row[f"{kind}_vs_{reference}"] = (
-                    row[f"{kind}_images_per_s"] / match[0][f"{kind}_images_per_s"] if match else None
+                    row[f"{kind}_images_per_s"] / match[0][f"{kind}_images_per_s"]
+                    if match and row[f"{kind}_images_per_s"] is not None
+                    else None
                 )
     recorded = {
         "preset": settings.preset,
@@ -316,6 +330,7 @@ def run(settings: BenchmarkSettings) -> dict:
         "repeats": settings.repeats,
         "steps_per_repeat": settings.steps,
         "compile": "compiled" in settings.modes,
+        "bench": list(settings.kinds),
         "torch_compile_mode": settings.torch_compile_mode,
         "memory_format": "channels_last",
         "attention": "sdpa",
@@ -342,8 +357,10 @@ def _number(value, digits: int = 1) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
 
-def _rate(value: float) -> str:
+def _rate(value: float | None) -> str:
     # CPU rates are a few images/s: three significant digits there, whole images/s on a GPU.
+    if value is None:
+        return "–"
     return f"{value:,.0f}" if value >= 100 else f"{value:#.3g}"
 
 
@@ -443,6 +460,12 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkSettings:
         help="eager only (default on CPU, where inductor's C++ builds take minutes)",
     )
     parser.add_argument("--torch_compile_mode", choices=COMPILE_MODES, help="torch.compile's mode (default: torch's)")
+    parser.add_argument(
+        "--bench",
+        choices=BENCH_KINDS,
+        default="both",
+        help="the steps to measure, as timm's benchmark.py names them (default: both)",
+    )
     parser.add_argument("--threads", type=_positive(int), help="CPU threads (default: torch's)")
     parser.add_argument(
         "--keep_freed_memory",
@@ -485,6 +508,7 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkSettings:
         repeats=values["repeats"],
         steps=values["steps"],
         modes=("eager", "compiled") if values["compile"] else ("eager",),
+        kinds=BENCH_KINDS[args.bench],
         torch_compile_mode=args.torch_compile_mode,
         keep_freed_memory=args.keep_freed_memory,
         output_json=args.output_json,
