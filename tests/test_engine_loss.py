@@ -9,6 +9,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from engine_recording import recorded_updates
 from test_distillation import save_digits_teacher
 
 from hf_vit_reduction.training import engine
@@ -26,31 +27,10 @@ def one_update(tmp_path, *flags) -> tuple[dict, dict]:
             *("--output_dir", str(tmp_path / "out"), *flags),
         ]
     )
-    seen = {"batches": [], "losses": [], "criterion": []}
     with engine.running(config) as run:
         initial = copy.deepcopy(run.unwrapped_model)
-        augment, criterion, backward = run.augment, run.criterion, run.accelerator.backward
-
-        def recorded_augment(images, labels):
-            batch = {"images": images.clone(), "labels": labels.clone()}  # before timm's Mixup mixes in place
-            mixed, targets = augment(images, labels)
-            seen["batches"].append(batch | {"mixed": mixed.clone(), "targets": targets.clone()})
-            return mixed, targets
-
-        def recorded_criterion(logits, targets):
-            loss = criterion(logits, targets)
-            seen["criterion"].append(loss.detach().clone())
-            seen["batches"][-1]["logits"] = logits.detach().clone()
-            return loss
-
-        def recorded_backward(loss, **kwargs):
-            seen["losses"].append(loss.detach().clone())
-            backward(loss, **kwargs)
-            if run.accelerator.sync_gradients:  # the gradient the optimizer is about to step with
-                seen["grads"] = {n: p.grad.clone() for n, p in run.unwrapped_model.named_parameters()}
-
-        run.augment, run.criterion, run.accelerator.backward = recorded_augment, recorded_criterion, recorded_backward
-        engine.train_one_epoch(run, 0)
+        with recorded_updates(run) as seen:
+            engine.train_one_epoch(run, 0)
         seen["mean"], seen["std"] = run.normalize.mean.clone(), run.normalize.std.clone()
     return seen, initial
 

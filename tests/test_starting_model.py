@@ -7,6 +7,7 @@ import pytest
 import torch
 from card_checks import check_card
 from conversion_sources import same_pixels
+from engine_recording import recorded_updates
 from image_folders import write_photo_folder
 from PIL import Image
 from transformers import AutoImageProcessor
@@ -187,41 +188,26 @@ def test_a_teachers_term_enters_the_loss_on_the_augmented_batch_in_its_own_prepr
     )
     argv = ["--model_name_or_path", str(tmp_path / "start"), "--teacher_model_name_or_path", str(tmp_path / "teacher")]
     config = parse_args(flags(tmp_path / "out", *argv, "--distillation_alpha", "0.3", "--mixup", "0.5", *photos))
-    seen = {}
     with engine.running(config) as run:
-        criterion, backward = run.criterion, run.accelerator.backward
-
-        def recorded_criterion(logits, targets):
-            seen["logits"], seen["targets"] = logits, targets
-            return criterion(logits, targets)
-
-        def recorded_backward(loss, **kwargs):
-            seen["loss"] = loss.detach()
-            return backward(loss, **kwargs)
-
-        run.criterion, run.accelerator.backward = recorded_criterion, recorded_backward
-
-        def record_images(module, args, kwargs):
-            seen.setdefault("images", kwargs["pixel_values"].detach())
-
-        hook = run.model.register_forward_pre_hook(record_images, with_kwargs=True)
-        engine.train_one_epoch(run, 0)
-        hook.remove()
+        criterion = run.criterion
+        with recorded_updates(run) as seen:
+            engine.train_one_epoch(run, 0)
+    batch, loss = seen["batches"][0], seen["losses"][0]
     # Mixup made soft targets: the batch the student saw is the augmented one.
-    assert seen["targets"].dim() == 2 and not torch.equal(seen["targets"].max(-1).values, torch.ones(4))
+    assert batch["targets"].dim() == 2 and not torch.equal(batch["targets"].max(-1).values, torch.ones(4))
     # By hand: the student's pixels back to [0, 1], normalized as the teacher's processor does, resized to 48 px.
-    unit = seen["images"] * 0.5 + 0.5
+    unit = batch["pixel_values"] * 0.5 + 0.5
     mean, std = torch.tensor(IMAGENET["image_mean"])[:, None, None], torch.tensor(IMAGENET["image_std"])[:, None, None]
     teacher_pixels = torch.nn.functional.interpolate(
         (unit - mean) / std, size=(48, 48), mode="bicubic", antialias=True, align_corners=False
     )
     with torch.no_grad():
         teacher_logits = teacher.eval()(teacher_pixels).logits[:, [1, 0]]  # its labels in the data's order
-        expected = 0.7 * criterion(seen["logits"], seen["targets"]) + 0.3 * soft_distillation_loss(
-            seen["logits"], teacher_logits, 1.0
+        expected = 0.7 * criterion(batch["logits"], batch["targets"]) + 0.3 * soft_distillation_loss(
+            batch["logits"], teacher_logits, 1.0
         )
-    torch.testing.assert_close(seen["loss"], expected, atol=1e-5, rtol=0)
-    assert not torch.allclose(seen["loss"], criterion(seen["logits"], seen["targets"]).detach(), atol=1e-3)
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(loss, criterion(batch["logits"], batch["targets"]).detach(), atol=1e-3)
 
 
 def test_a_distilled_student_learns_the_targets_with_its_class_head_and_the_teacher_with_the_other(
@@ -235,34 +221,18 @@ def test_a_distilled_student_learns_the_targets_with_its_class_head_and_the_teac
     config = parse_args(
         flags(tmp_path / "out", *argv, "--distillation", "hard", "--distillation_alpha", "0.3", *photos)
     )
-    seen = {}
     with engine.running(config) as run:
-        criterion, backward = run.criterion, run.accelerator.backward
-
-        def recorded_criterion(logits, targets):
-            seen["logits"], seen["targets"] = logits, targets
-            return criterion(logits, targets)
-
-        def recorded_backward(loss, **kwargs):
-            seen["loss"] = loss.detach()
-            return backward(loss, **kwargs)
-
-        run.criterion, run.accelerator.backward = recorded_criterion, recorded_backward
-
-        def record(module, args, kwargs, output):
-            seen.setdefault("images", kwargs["pixel_values"].detach())
-            seen.setdefault("output", output)
-
-        hook = run.model.register_forward_hook(record, with_kwargs=True)
-        engine.train_one_epoch(run, 0)
-        hook.remove()
-    output = seen["output"]
+        criterion = run.criterion
+        with recorded_updates(run) as seen:
+            engine.train_one_epoch(run, 0)
+    batch, loss = seen["batches"][0], seen["losses"][0]
+    output = batch["output"]
     # The targets train the class head alone; the teacher's top class trains the distillation head.
-    assert seen["logits"] is output.cls_logits and not torch.equal(output.cls_logits, output.logits)
+    assert batch["logits"] is output.cls_logits and not torch.equal(output.cls_logits, output.logits)
     with torch.no_grad():
-        teacher_top = run.distiller.teacher(pixel_values=seen["images"]).logits.argmax(-1)
-        expected = 0.7 * criterion(output.cls_logits, seen["targets"]) + 0.3 * torch.nn.functional.cross_entropy(
+        teacher_top = run.distiller.teacher(pixel_values=batch["pixel_values"]).logits.argmax(-1)
+        expected = 0.7 * criterion(output.cls_logits, batch["targets"]) + 0.3 * torch.nn.functional.cross_entropy(
             output.distillation_logits, teacher_top
         )
-    torch.testing.assert_close(seen["loss"], expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=0)
     assert run.distiller.describe()["distillation_head"] is True
