@@ -5,6 +5,7 @@ a command whose extra is missing ends in one line naming it, before any import o
 """
 
 import argparse
+import difflib
 import importlib
 import importlib.util
 import sys
@@ -51,9 +52,16 @@ COMMANDS = {
 
 
 class CommandParser(argparse.ArgumentParser):
-    """A parser whose bad flags end in one line, `error: ...`, with argparse's usage status (2) and no usage block."""
+    """A parser whose bad flags end in one line, `error: ...`, with argparse's usage status (2) and no usage block;
+    a mistyped flag gets the command's nearest flag as a suggestion."""
 
     def error(self, message):
+        if message.startswith("unrecognized arguments: "):
+            flags = [option for action in self._actions for option in action.option_strings]
+            typed = [word.split("=")[0] for word in message.split(": ", 1)[1].split() if word.startswith("--")]
+            near = [match for word in typed for match in difflib.get_close_matches(word, flags, n=1, cutoff=0.75)]
+            if near:
+                message += f"; did you mean {' / '.join(dict.fromkeys(near))}?"
         self.exit(2, f"error: {message}\n")
 
 

@@ -92,7 +92,10 @@ def test_a_command_s_bad_flag_names_the_command(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["summary", "--jsn"])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err == "error: unrecognized arguments: --jsn\n"
+    assert capsys.readouterr().err == "error: unrecognized arguments: --jsn; did you mean --json?\n"
+    with pytest.raises(SystemExit):
+        cli.main(["summary", "--qqq", "--jsonn"])  # the nearest flag of each that has one
+    assert capsys.readouterr().err == "error: unrecognized arguments: --qqq --jsonn; did you mean --json?\n"
     with pytest.raises(SystemExit):
         cli.main(["summary", "--help"])
     assert capsys.readouterr().out.startswith("usage: hf-vit-reduction summary ")
