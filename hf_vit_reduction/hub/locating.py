@@ -32,28 +32,38 @@ class LocatedModel:
 
 
 def locate_model(
-    name: str, *, revision: str | None = None, token: str | None = None, flag: str = "model"
+    name: str,
+    *,
+    revision: str | None = None,
+    token: str | None = None,
+    flag: str = "model",
+    files: tuple[str, ...] | None = None,
 ) -> LocatedModel:
     """The folder holding the model `name`: the folder itself, or the Hub repository `name` at `revision` in the
-    cache (downloaded when missing: its JSON files and its weights in one format)."""
+    cache (downloaded when missing: the `files` patterns, by default its JSON files and its weights in one format)."""
     if os.path.isdir(name):
         return LocatedModel(name=name, folder=name)
     if os.path.exists(name):
         raise ValueError(f"{flag} {name!r} is a file; allowed: a model folder or a Hub id (org/name)")
-    return download_repository(name, revision=revision, token=token, flag=flag)
+    return download_repository(name, revision=revision, token=token, flag=flag, files=files)
 
 
 def download_repository(
-    repo_id: str, *, revision: str | None = None, token: str | None = None, flag: str = "model"
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    token: str | None = None,
+    flag: str = "model",
+    files: tuple[str, ...] | None = None,
 ) -> LocatedModel:
     """The Hub repository `repo_id` at `revision`, in the cache (see `locate_model`)."""
     from huggingface_hub import HfApi, constants, snapshot_download
     from huggingface_hub.errors import HFValidationError
 
     try:
-        if constants.HF_HUB_OFFLINE:
-            # Offline, the cached snapshot is served as it is: whatever weights were downloaded with it.
-            patterns = list(CONFIG_PATTERNS)
+        if files is not None or constants.HF_HUB_OFFLINE:
+            # The files asked for. Offline, the cached snapshot is served as it is: whatever was downloaded with it.
+            patterns = list(files or CONFIG_PATTERNS)
         else:
             info = HfApi().model_info(repo_id, revision=revision, token=token)
             files = [sibling.rfilename for sibling in info.siblings or []]
