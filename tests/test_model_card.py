@@ -260,7 +260,10 @@ def test_card_command(make_model, tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["{tmp}/missing"], "model {tmp}/missing does not exist: it is neither a local folder nor a Hub id (org/name)"),
+        (
+            ["{tmp}/missing"],
+            "model {tmp}/missing does not exist: it is neither a local folder nor a Hub id (org/name)",
+        ),
         (["{tmp}/empty"], "{tmp}/empty holds no config.json: not a saved model folder"),
         (
             ["me/vit"],
@@ -274,10 +277,10 @@ def test_card_command(make_model, tmp_path, capsys):
 def test_card_command_refuses_in_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))  # empty, offline
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit) as exit:
+    with pytest.raises(SystemExit) as refused:
         main([arg.format(tmp=tmp_path) for arg in argv])
     error = capsys.readouterr().err
-    assert exit.value.code == 2 and error.startswith(f"error: {message.format(tmp=tmp_path)}")
+    assert refused.value.code == 2 and error.startswith(f"error: {message.format(tmp=tmp_path)}")
     assert error.count("\n") == 1
     assert sorted(path.name for path in tmp_path.iterdir()) == ["empty"]
 
