@@ -37,7 +37,9 @@ COMMANDS = {
         "hf_vit_reduction.conversion.export", None, "export a model folder to ONNX, Transformers or timm"
     ),
     "push": Command("hf_vit_reduction.hub.pushing", None, "push a model folder to the Hub"),
-    "card": Command("hf_vit_reduction.hub.model_card", None, "write a model folder's model card (README.md)"),
+    "card": Command(
+        "hf_vit_reduction.hub.model_card", None, "write the model card (README.md) of a model folder or a Hub id"
+    ),
     "summary": Command("hf_vit_reduction.summary", None, "parameters, unique MLPs and GMACs (the paper's Table 2)"),
     "evaluate": Command("hf_vit_reduction.evaluation.evaluate", "train", "score models side by side on a dataset"),
     "predict": Command("hf_vit_reduction.evaluation.predict", "train", "top-k labels of a folder of images"),

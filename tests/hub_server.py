@@ -23,8 +23,10 @@ Repositories other users made are seeded with `add_repo` (a dataset as `datasets
 
 Anything else is 404, e.g. `GET /api/agent-harnesses`, which `huggingface_hub` asks for once, best effort.
 
-It is strict so that a test cannot pass by accident: every route but the signed PUT needs a known token in
-`Authorization: Bearer ...` (401 otherwise; 403 to write with a read token or into another namespace), every
+It is strict so that a test cannot pass by accident: every route but the signed PUT and the three reads needs a known
+token in `Authorization: Bearer ...` (401 otherwise; 403 to write with a read token or into another namespace). The
+reads (info, tree, resolve) serve a public repository without a token, as the Hub does; without one, a private or
+absent repository is 401 RepoNotFound and a gated one 401 GatedRepo, and a token sent must be known. Every
 uploaded object is checked against its sha256 and size, unknown routes, unknown JSON fields and unknown commit
 keys are refused (400/404 with the reason), and an LFS file can only be committed after its object was uploaded.
 Files are kept per commit (`server.files(repo_id)`, `server.commits(repo_id)`) for assertions, and every request is
@@ -228,7 +230,7 @@ class HubServer:
                     self._release.wait()
                 if stall:
                     time.sleep(stall)
-                user = self._authenticate(headers) if needs_auth else None
+                user = self._authenticate(headers, anonymous=needs_auth == READ) if needs_auth else None
                 if injected:
                     raise HubError(injected, f"injected failure of {route}")
                 parts = {key: unquote(value) for key, value in match.groupdict().items() if value is not None}
@@ -240,8 +242,11 @@ class HubServer:
                     self._in_flight[route] -= 1
         raise HubError(404, f"no route for {method} {path}")
 
-    def _authenticate(self, headers) -> dict:
+    def _authenticate(self, headers, anonymous: bool = False) -> dict | None:
+        """The token's user; None for a read without a token (`anonymous`)."""
         authorization = headers.get("Authorization", "")
+        if anonymous and not authorization:
+            return None
         if not authorization.startswith("Bearer "):
             raise HubError(401, "Authorization header is required")
         user = self.tokens.get(authorization.removeprefix("Bearer "))
@@ -251,9 +256,14 @@ class HubServer:
 
     def _repo(self, user: dict, repo_id: str, write: bool = False) -> Repo:
         repo = self.repos.get(repo_id)
-        if repo is None or (repo.private and repo_id.removeprefix("datasets/").split("/")[0] != user["user"]):
+        name = user["user"] if user else None
+        if repo is None or (repo.private and repo_id.removeprefix("datasets/").split("/")[0] != name):
+            if user is None:  # the Hub cannot tell an anonymous reader whether a private repository exists
+                raise HubError(401, f"Repository Not Found: {repo_id}. Invalid username or password.", "RepoNotFound")
             raise HubError(404, f"Repository Not Found: {repo_id}", "RepoNotFound")
-        if repo.gated and user["user"] not in repo.granted:
+        if repo.gated and name not in repo.granted:
+            if user is None:
+                raise HubError(401, f"Access to model {repo_id} is restricted: please log in", "GatedRepo")
             raise HubError(403, f"Access to model {repo_id} is restricted: accept its conditions first", "GatedRepo")
         if write:
             _check_write(user, repo_id)
@@ -499,7 +509,8 @@ class HubServer:
 
 
 REPO = r"(?P<repo>[\w.-]+/[\w.-]+?)"
-ROUTES = {  # name: (methods, path pattern, needs Authorization)
+READ = "read"  # a route that serves a public repository without Authorization
+ROUTES = {  # name: (methods, path pattern, needs Authorization: True, False or READ)
     "create": ("POST", r"/api/repos/create", True),
     "validate-yaml": ("POST", r"/api/validate-yaml", True),
     "branch": ("POST", rf"/api/models/{REPO}/branch/(?P<branch>[^/]+)", True),
@@ -507,9 +518,9 @@ ROUTES = {  # name: (methods, path pattern, needs Authorization)
     "lfs-batch": ("POST", rf"/{REPO}\.git/info/lfs/objects/batch", True),
     "lfs-upload": ("PUT", r"/lfs-objects/(?P<ticket>[\w-]+)", False),  # signed address, as the Hub's S3 URLs
     "commit": ("POST", rf"/api/models/{REPO}/commit/(?P<revision>[^/]+)", True),
-    "tree": ("GET", rf"/api/(?P<kind>models|datasets)/{REPO}/tree/(?P<revision>[^/]+)(?:/(?P<path>.+))?", True),
-    "model-info": ("GET", rf"/api/(?P<kind>models|datasets)/{REPO}(?:/revision/(?P<revision>[^/]+))?", True),
-    "resolve": ("HEAD|GET", rf"/(?P<kind>datasets/)?{REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)", True),
+    "tree": ("GET", rf"/api/(?P<kind>models|datasets)/{REPO}/tree/(?P<revision>[^/]+)(?:/(?P<path>.+))?", READ),
+    "model-info": ("GET", rf"/api/(?P<kind>models|datasets)/{REPO}(?:/revision/(?P<revision>[^/]+))?", READ),
+    "resolve": ("HEAD|GET", rf"/(?P<kind>datasets/)?{REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)", READ),
 }
 
 

@@ -20,8 +20,9 @@ from conversion_sources import LABELS, PIXELS, max_difference, timm_vit, transfo
 from hub_server import DROP, HubServer, folder_files
 from image_folders import sample_photos
 from test_hub import READ_TOKEN, WRITE_TOKEN, client_env
+from test_model_card import run_folder
 from timm.models import save_for_hf
-from transformers import ViTImageProcessor, pipeline
+from transformers import ViTForImageClassification, ViTImageProcessor, pipeline
 
 from hf_vit_reduction import ViTReducedForImageClassification
 
@@ -87,6 +88,7 @@ def hub(tmp_path_factory):
         server.add_repo("org/gated-accepted", vit_files, gated=True, granted={"me"})
         server.add_repo("me/private-vit", vit_files, private=True)
         server.add_repo("datasets/me/photos", photo_dataset_files(root))
+        server.add_repo("datasets/org/gated-photos", photo_dataset_files(root), gated=True)
         yield {"server": server, "commits": commits, "vit": vit, "registry": registry, "users_timm": users_timm}
 
 
@@ -108,10 +110,12 @@ def succeeded(result: subprocess.CompletedProcess) -> subprocess.CompletedProces
     return result
 
 
-def error_line(result: subprocess.CompletedProcess) -> str:
-    """The one line a refused command prints: `error: ...`, with no traceback."""
+def error_line(result: subprocess.CompletedProcess, status: int = 2) -> str:
+    """The one line a refused command prints: `error: ...`, with no traceback. `train` and `evaluate` end a refusal
+    with status 1 (SystemExit with the line)."""
     lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("Fetching ")]
-    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    assert result.returncode == status and len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("error: "), result.stderr[-3000:]
     return lines[0]
 
 
@@ -232,6 +236,13 @@ def test_a_transformers_hub_id_converts_at_a_revision_and_then_offline_from_the_
         ("me/absent", WRITE_TOKEN, (), "'me/absent' is neither a local folder nor a repository on the Hub"),
         ("google/vit-check", "hf_notAToken", (), "refused the token from --hub_token or HF_TOKEN as invalid"),
         ("me/private-vit", None, ("--hub_token", OTHER_TOKEN), "not readable with the token from --hub_token"),
+        (
+            "org/gated",
+            None,
+            (),
+            "'org/gated' is a gated repository and no token was sent: accept its terms on the Hub (http://127.0.0.1:",
+        ),
+        ("me/private-vit", None, (), "or it is private and no valid token was sent (pass one with --hub_token or HF_"),
     ],
 )
 def test_a_hub_id_that_cannot_be_read_is_one_line_naming_it_and_writes_nothing(
@@ -287,6 +298,14 @@ def test_a_gated_repository_whose_terms_were_accepted_and_a_private_one_read_wit
     )
     expected = converted_logits(tmp_path / "gated", PIXELS)
     assert torch.equal(converted_logits(tmp_path / "private", PIXELS), expected)
+
+
+def test_a_public_repository_downloads_without_any_token(hub, tmp_path):
+    argv = ("convert", "--from", "transformers", "--input", "google/vit-check", "--output_dir", tmp_path / "out")
+    succeeded(command(hub, tmp_path / "home", *argv, token=None))
+    with torch.no_grad():
+        expected = hub["vit"](pixel_values=PIXELS).logits
+    assert max_difference(converted_logits(tmp_path / "out", PIXELS), expected) < 1e-5
 
 
 @pytest.mark.parametrize("name", [TIMM_NAME, "vit_tiny_patch16_224"])
@@ -504,3 +523,84 @@ def test_a_users_flow_from_a_hub_id_with_hub_data(hub, tmp_path):
     }
     classify = pipeline("image-classification", model=str(finetuned))  # the same model, from its folder
     assert predicted == {path.name: classify(str(path))[0]["label"] for path in sorted(photos.iterdir())}
+
+
+def test_a_pushed_runs_card_by_hub_id_is_its_folders_card_and_the_cache_is_not_written(hub, tmp_path, make_model):
+    server, home = hub["server"], tmp_path / "home"
+    run = run_folder(tmp_path / "run", make_model("grouped"))
+    commit = push(hub, home, run, "me/run-grouped")
+    pushed = set(server.files("me/run-grouped"))
+    assert "model.safetensors" in pushed
+
+    before = len(server.requests)
+    refused = error_line(command(hub, home, "card", "me/run-grouped"))
+    assert (
+        "model 'me/run-grouped' is not a local folder, so it is a Hub id, and a Hub id's card needs --output_file"
+        in (refused)
+    )
+    assert len(server.requests) == before  # refused before any request
+
+    result = succeeded(command(hub, home, "card", "me/run-grouped", "--output_file", tmp_path / "hub.md"))
+    assert result.stdout == f"wrote {tmp_path / 'hub.md'}\n"
+    local = ("card", run, "--hub_model_id", "me/run-grouped", "--output_file", tmp_path / "local.md")
+    succeeded(command(hub, home, *local))
+    text = (tmp_path / "hub.md").read_text()
+    assert text == (tmp_path / "local.md").read_text()
+    # The run's numbers as run_folder wrote them: results.json, and history.jsonl's last row for the raw weights.
+    assert "| final, EMA | 96.39 | 99.72 |" in text and "| final, raw weights | 95.83 | 100.00 |" in text
+    assert "![Training curves: losses and top-1 per epoch](training_curves.png)" in text
+    assert 'from_pretrained("me/run-grouped", trust_remote_code=True)' in text
+    # What the card reads was downloaded, the weights were not, and nothing was written into the snapshot.
+    snapshot = home / "hub" / "models--me--run-grouped" / "snapshots" / commit
+    read = {name for name in pushed if name.endswith(".json")} | {"history.jsonl", "training_curves.png"}
+    assert {path.name for path in snapshot.iterdir()} == read
+
+
+@pytest.mark.parametrize(
+    "model_id, message",
+    [
+        ("org/gated", "error: model 'org/gated' is a gated repository that this token may not read: accept its terms"),
+        ("me/absent", "error: model 'me/absent' is neither a local folder nor a repository on the Hub"),
+    ],
+)
+def test_a_card_of_a_hub_id_that_cannot_be_read_is_one_line_and_writes_nothing(hub, tmp_path, model_id, message):
+    result = command(hub, tmp_path / "home", "card", model_id, "--output_file", tmp_path / "card.md")
+    assert error_line(result).startswith(message) and not (tmp_path / "card.md").exists()
+
+
+def test_export_by_hub_id_loads_in_transformers_with_the_pushed_models_logits(hub, tmp_path, make_model):
+    model = make_model("shallow")
+    model.save_pretrained(tmp_path / "shallow")
+    push(hub, tmp_path / "home", tmp_path / "shallow", "me/vit-shallow")
+    out = tmp_path / "native"
+    succeeded(command(hub, tmp_path / "home", "export", "me/vit-shallow", out, "--format", "transformers"))
+    native = ViTForImageClassification.from_pretrained(out).eval()
+    assert native.config.intermediate_size == model.config.mlp_hidden_size  # the kept width
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert max_difference(native(pixel_values=pixels).logits, model(pixel_values=pixels).logits) < 1e-5
+
+
+GATED_DATASET = (
+    "is a gated dataset repository that this token may not read: accept its terms on the Hub "
+    "({url}/datasets/org/gated-photos), then pass a token of that account (HF_TOKEN or `hf auth login`)"
+)
+ABSENT_DATASET = (
+    "is neither a local folder nor a dataset repository on the Hub ({url}), or it is private and not readable with "
+    "the token from HF_TOKEN or `hf auth login`"
+)
+
+
+@pytest.mark.parametrize(
+    "argv, dataset, message",
+    [
+        (("evaluate", "google/vit-check"), "org/gated-photos", GATED_DATASET),
+        (("train", "--output_dir", "{tmp}/run"), "org/gated-photos", GATED_DATASET),
+        (("evaluate", "google/vit-check"), "me/absent-photos", ABSENT_DATASET),
+    ],
+)
+def test_a_dataset_id_the_hub_refuses_is_one_line_naming_it_and_which(hub, tmp_path, argv, dataset, message):
+    result = command(hub, tmp_path / "home", *[arg.format(tmp=tmp_path) for arg in argv], "--dataset_name", dataset)
+    line = error_line(result, status=1)
+    assert line == f"error: --dataset_name {dataset!r} {message.format(url=hub['server'].url)}"
+    assert not (tmp_path / "run").exists()

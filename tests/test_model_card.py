@@ -250,10 +250,39 @@ def test_card_command(make_model, tmp_path, capsys):
     main([str(tmp_path), "--hub_model_id", "me/vit"])
     assert capsys.readouterr().out == f"wrote {tmp_path / 'README.md'}\n"
     assert ModelCard.load(tmp_path / "README.md").data.model_name == "vit"
-    with pytest.raises(
-        SystemExit, match=f"^error: {tmp_path / 'missing'} holds no config.json: not a saved model folder$"
-    ):
-        main([str(tmp_path / "missing")])
+    (tmp_path / "README.md").unlink()
+    main([str(tmp_path), "--output_file", str(tmp_path / "card.md")])
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'card.md'}\n"
+    assert ModelCard.load(tmp_path / "card.md").data.model_name == tmp_path.name
+    assert not (tmp_path / "README.md").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["{tmp}/missing"],
+            "model {tmp}/missing does not exist: it is neither a local folder nor a Hub id (org/name)",
+        ),
+        (["{tmp}/empty"], "{tmp}/empty holds no config.json: not a saved model folder"),
+        (
+            ["me/vit"],
+            "model 'me/vit' is not a local folder, so it is a Hub id, and a Hub id's card needs --output_file PATH",
+        ),
+        (["me/vit", "--output_file", "{tmp}/no/card.md"], "--output_file '{tmp}/no/card.md' is not valid; allowed:"),
+        (["me/vit", "--output_file", "{tmp}"], "--output_file '{tmp}' is not valid; allowed: a file in an existing"),
+        (["me/vit", "--output_file", "{tmp}/card.md"], "model 'me/vit' is not in the local Hub cache"),
+    ],
+)
+def test_card_command_refuses_in_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))  # empty, offline
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as refused:
+        main([arg.format(tmp=tmp_path) for arg in argv])
+    error = capsys.readouterr().err
+    assert refused.value.code == 2 and error.startswith(f"error: {message.format(tmp=tmp_path)}")
+    assert error.count("\n") == 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["empty"]
 
 
 def test_best_model_subfolder_reads_the_run_outputs_from_its_parent(make_model, tmp_path):

@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line for every request to the Hub
     transformers.utils.logging.disable_progress_bar()  # one bar per model scored, not one per weights file read
     try:
         files = find_images(args.inputs)

@@ -32,28 +32,38 @@ class LocatedModel:
 
 
 def locate_model(
-    name: str, *, revision: str | None = None, token: str | None = None, flag: str = "model"
+    name: str,
+    *,
+    revision: str | None = None,
+    token: str | None = None,
+    flag: str = "model",
+    files: tuple[str, ...] | None = None,
 ) -> LocatedModel:
     """The folder holding the model `name`: the folder itself, or the Hub repository `name` at `revision` in the
-    cache (downloaded when missing: its JSON files and its weights in one format)."""
+    cache (downloaded when missing: the `files` patterns, by default its JSON files and its weights in one format)."""
     if os.path.isdir(name):
         return LocatedModel(name=name, folder=name)
     if os.path.exists(name):
         raise ValueError(f"{flag} {name!r} is a file; allowed: a model folder or a Hub id (org/name)")
-    return download_repository(name, revision=revision, token=token, flag=flag)
+    return download_repository(name, revision=revision, token=token, flag=flag, files=files)
 
 
 def download_repository(
-    repo_id: str, *, revision: str | None = None, token: str | None = None, flag: str = "model"
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    token: str | None = None,
+    flag: str = "model",
+    files: tuple[str, ...] | None = None,
 ) -> LocatedModel:
     """The Hub repository `repo_id` at `revision`, in the cache (see `locate_model`)."""
     from huggingface_hub import HfApi, constants, snapshot_download
     from huggingface_hub.errors import HFValidationError
 
     try:
-        if constants.HF_HUB_OFFLINE:
-            # Offline, the cached snapshot is served as it is: whatever weights were downloaded with it.
-            patterns = list(CONFIG_PATTERNS)
+        if files is not None or constants.HF_HUB_OFFLINE:
+            # The files asked for. Offline, the cached snapshot is served as it is: whatever was downloaded with it.
+            patterns = list(files or CONFIG_PATTERNS)
         else:
             info = HfApi().model_info(repo_id, revision=revision, token=token)
             files = [sibling.rfilename for sibling in info.siblings or []]
@@ -95,9 +105,12 @@ def fetch_timm_pretrained(name: str, *, flag: str) -> None:
         download_repository(pretrained.hf_hub_id, flag=f"{flag} {name!r}: timm's")
 
 
-def describe_hub_error(error: Exception, *, repo_id: str, revision: str | None, token: str | None) -> str | None:
-    """What went wrong reading `repo_id` from the Hub, as the rest of one line after the flag; None for an error
-    that is not the Hub's (a bug, to be raised as it is)."""
+def describe_hub_error(
+    error: Exception, *, repo_id: str, revision: str | None, token: str | None, repo_type: str = "model"
+) -> str | None:
+    """What went wrong reading `repo_id` (a "model" or "dataset" repository) from the Hub, as the rest of one line
+    after the flag; None for an error that is not the Hub's (a bug, to be raised as it is). A dataset is read as
+    🤗 Datasets reads it, with the token of HF_TOKEN or the login."""
     import httpx2
     from huggingface_hub import constants
     from huggingface_hub.errors import (
@@ -109,23 +122,26 @@ def describe_hub_error(error: Exception, *, repo_id: str, revision: str | None, 
         RevisionNotFoundError,
     )
 
-    url = f"{constants.ENDPOINT}/{repo_id}"
-    given = "--hub_token or HF_TOKEN" if token is None else "--hub_token"
+    dataset = repo_type == "dataset"
+    url = f"{constants.ENDPOINT}/{'datasets/' if dataset else ''}{repo_id}"
+    repository = "dataset repository" if dataset else "repository"
+    given = "HF_TOKEN or `hf auth login`" if dataset else "--hub_token or HF_TOKEN" if token is None else "--hub_token"
+    unauthenticated = getattr(error, "response", None) is not None and error.response.status_code == 401
     if isinstance(error, GatedRepoError):
         return (
-            f"{repo_id!r} is a gated repository that this token may not read: accept its terms on the Hub ({url}), "
-            "then pass a token of that account (--hub_token or HF_TOKEN)"
+            f"{repo_id!r} is a gated {repository} "
+            + ("and no token was sent" if unauthenticated else "that this token may not read")
+            + f": accept its terms on the Hub ({url}), then pass a token of that account "
+            + ("(HF_TOKEN or `hf auth login`)" if dataset else "(--hub_token or HF_TOKEN)")
         )
     if isinstance(error, RepositoryNotFoundError):
-        if error.response is not None and error.response.status_code == 401:
-            return (
-                f"{repo_id!r} is neither a local folder nor a repository on the Hub ({constants.ENDPOINT}), or it is "
-                "private and no valid "
-                f"token was sent (pass one with {given})"
-            )
         return (
-            f"{repo_id!r} is neither a local folder nor a repository on the Hub ({constants.ENDPOINT}), or it is "
-            f"private and not readable with the token from {given}"
+            f"{repo_id!r} is neither a local folder nor a {repository} on the Hub ({constants.ENDPOINT}), or it is "
+            + (
+                f"private and no valid token was sent (pass one with {given})"
+                if unauthenticated
+                else f"private and not readable with the token from {given}"
+            )
         )
     if isinstance(error, RevisionNotFoundError):
         return f"{repo_id!r} has no revision {revision!r} (--revision: a branch, tag or commit of it)"

@@ -1,6 +1,12 @@
 """Model cards (README.md) for ViTReduced model folders, in the Hub's metadata format.
 
-    hf-vit-reduction card FOLDER [--hub_model_id ID] [--run_dir DIR]
+    hf-vit-reduction card FOLDER [--output_file PATH] [--hub_model_id ID] [--run_dir DIR]
+    hf-vit-reduction card ORG/NAME --output_file PATH [--revision REV] [--hub_token TOKEN]
+
+A local folder wins; any other name is a Hub id, whose JSON files, history.jsonl and training_curves.png (no
+weights) are downloaded into the Hub cache at --revision, read with --hub_token or HF_TOKEN (HF_HUB_OFFLINE=1: from
+the cache alone). A folder's card goes to FOLDER/README.md by default; a Hub id's needs --output_file, since the
+cache is never written to and README.md in the current folder may be a file of yours. Its snippets load the id.
 
 `write_model_card(folder)` renders `templates/model_card.md` through `huggingface_hub`'s `ModelCard`,
 `ModelCardData` and `EvalResult` from what the folder holds: the config (strategy and cost), the saved image
@@ -12,6 +18,7 @@ checkpointing, trackers, Hub pushes, benchmarks) stays in `args.json`, which tra
 
 import argparse
 import math
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -24,10 +31,14 @@ from ..cli import command_parser
 from ..configuration_vit_reduced import ViTReducedConfig
 from ..image_processing_vit_reduced import PREPROCESSING_FIELDS
 from ..summary import summarize
+from .locating import locate_model
 from .provenance import read_provenance
 from .run_folder import read_history, read_json
 
 TEMPLATE = "model_card.md"
+# What a card reads from a model's Hub repository: config, processor, args, results and provenance (all JSON), the
+# history and the curves; never the weights.
+CARD_FILES = ("*.json", "history.jsonl", "training_curves.png")
 STRATEGY_DESCRIPTIONS = {
     "baseline": "Every block has its own MLP of the full width: the paper's ViT baseline.",
     "grouped": "Groups of adjacent blocks share one MLP (blocks 2i and 2i+1 for a group size of 2), which removes "
@@ -236,9 +247,10 @@ def how_it_was_made(provenance: dict) -> list[str]:
     return lines
 
 
-def write_model_card(folder: str | Path, **kwargs) -> Path:
-    """Render the card of the model in `folder` (see `render_model_card`) and save it as `folder/README.md`."""
-    path = Path(folder) / "README.md"
+def write_model_card(folder: str | Path, *, output_file: str | Path | None = None, **kwargs) -> Path:
+    """Render the card of the model in `folder` (see `render_model_card`) and save it as `output_file`, by default
+    `folder/README.md`."""
+    path = Path(output_file) if output_file is not None else Path(folder) / "README.md"
     render_model_card(folder, **kwargs).save(path)
     return path
 
@@ -409,12 +421,40 @@ def _dataset(run_args: dict, results: dict | None) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = command_parser("card", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", help="a saved model folder")
-    parser.add_argument("--hub_model_id", default=None, help="the Hub repository the card's snippets load")
-    parser.add_argument("--run_dir", default=None, help="where args.json and results.json are (default: FOLDER)")
+    parser.add_argument("model", help="a saved model folder, or its Hub id")
+    parser.add_argument(
+        "--output_file",
+        default=None,
+        help="where to write the card (default: MODEL/README.md for a folder; required for a Hub id)",
+    )
+    parser.add_argument(
+        "--hub_model_id", default=None, help="the Hub repository the card's snippets load (default: MODEL's Hub id)"
+    )
+    parser.add_argument("--run_dir", default=None, help="where args.json and results.json are (default: MODEL)")
+    parser.add_argument("--revision", help="a Hub id's branch, tag or commit (default: main)")
+    parser.add_argument(
+        "--hub_token", help="a token to read a private or gated Hub id (default: HF_TOKEN or the login)"
+    )
     args = parser.parse_args(argv)
+    if args.output_file is None and not os.path.isdir(args.model) and _is_hub_id(args.model):
+        parser.error(
+            f"model {args.model!r} is not a local folder, so it is a Hub id, and a Hub id's card needs --output_file "
+            "PATH (the downloaded repository in the Hub cache is never written to)"
+        )
+    if args.output_file is not None:
+        folder = os.path.dirname(os.path.abspath(args.output_file))
+        if os.path.isdir(args.output_file) or not os.path.isdir(folder):
+            parser.error(f"--output_file {args.output_file!r} is not valid; allowed: a file in an existing folder")
     try:
-        path = write_model_card(args.folder, repo_id=args.hub_model_id, run_dir=args.run_dir)
-    except (OSError, ValueError) as error:  # a folder without a model, a corrupt run file
-        raise SystemExit(f"error: {error}") from None
+        located = locate_model(
+            args.model, revision=args.revision, token=args.hub_token, flag="model", files=CARD_FILES
+        )
+        path = write_model_card(
+            located.folder,
+            output_file=args.output_file,
+            repo_id=args.hub_model_id or located.repo_id,
+            run_dir=args.run_dir,
+        )
+    except (OSError, ValueError) as error:  # a Hub id that cannot be had, a folder without a model, a corrupt file
+        parser.error(str(error))
     print(f"wrote {path}")

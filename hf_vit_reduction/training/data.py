@@ -9,8 +9,12 @@ import datasets
 import numpy as np
 import pyarrow as pa
 from accelerate.utils import broadcast_object_list
+from datasets.exceptions import DatasetNotFoundError
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
 from PIL import Image
 
+from ..hub.locating import describe_hub_error
 from .loaders import UNREADABLE_IMAGE_ERRORS, decode_image, image_description
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -224,11 +228,29 @@ def _split_names(dataset_name: str, config_name: str | None, cache_dir: str | No
     try:
         return datasets.get_dataset_split_names(dataset_name, config_name, cache_dir=cache_dir)
     except (ConnectionError, FileNotFoundError) as error:
+        problem = _hub_refusal(dataset_name) if isinstance(error, DatasetNotFoundError) else None
+        if problem is not None:
+            raise ValueError(f"--dataset_name {problem}") from None
         where = "a local dataset folder, data files, or a Hub dataset"
         if datasets.config.HF_HUB_OFFLINE:
             where += " in the local 🤗 Datasets cache (offline mode is on)"
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(f"dataset_name={dataset_name!r} is not {where}: {reason}") from None
+
+
+def _hub_refusal(dataset_name: str) -> str | None:
+    """Why the Hub refuses the dataset `dataset_name` (gated, absent, or private), in the words used for a model; None
+    offline, for a name that is no Hub id, or when the Hub serves it. 🤗 Datasets drops the Hub's error and names
+    huggingface.co whatever the endpoint, so the Hub is asked again."""
+    if datasets.config.HF_HUB_OFFLINE:
+        return None
+    try:
+        HfApi().dataset_info(dataset_name)
+    except RepositoryNotFoundError as error:  # a GatedRepoError too
+        return describe_hub_error(error, repo_id=dataset_name, revision=None, token=None, repo_type="dataset")
+    except (HFValidationError, HfHubHTTPError, OSError):
+        pass  # no Hub id, or another answer: 🤗 Datasets' own message stands
+    return None
 
 
 def _detect_column(dataset, wanted: str | None, feature_type, fallbacks: tuple[str, ...], what: str, flag: str):

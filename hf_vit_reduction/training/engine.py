@@ -663,4 +663,5 @@ def configure_logging(*, is_main_process: bool) -> None:
     # A grouped model's shared MLP is listed under each block of its group; saving it once is what we want.
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # "generated new fontManager" on a fresh machine
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line for every request to the Hub
     transformers.utils.logging.disable_progress_bar()
