@@ -264,7 +264,10 @@ if not state.is_main_process:
         raise AssertionError("a process other than the main one walked the folder")
     data.os.scandir = walked
 try:
-    listing = data.listed_by_main_process(state)(sys.argv[1], "train_dir")
+    if sys.argv[2] == "dataset_name":
+        listing = data.listed_by_main_process(state, data.list_dataset_folder)(sys.argv[1])["train"]
+    else:
+        listing = data.listed_by_main_process(state)(sys.argv[1], "train_dir")
     print(f"process {state.process_index}: {listing.paths[-1]}, {len(listing.paths)} images of {listing.class_names}")
 except ValueError as error:
     print(f"process {state.process_index}: error: {error}")
@@ -277,9 +280,15 @@ def test_two_processes_walk_the_folder_once(tmp_path):
     (tmp_path / "empty" / "cat").mkdir(parents=True)
     driver = tmp_path / "list_folder.py"
     driver.write_text(LIST_ON_TWO_PROCESSES)
-    last = tmp_path / "train" / "dog" / "3.png"
-    for folder, said in (("train", f"{last}, 8 images of ['cat', 'dog']"), ("empty", "error: train_dir=")):
-        result = run_command([*TWO_PROCESSES, str(driver), str(tmp_path / folder)], timeout=120)
+    write_folder(tmp_path / "photos" / "train", per_class=4)
+    write_folder(tmp_path / "loose", classes=("val",))  # images in their split's folder
+    for folder, flag, said in (
+        ("train", "train_dir", f"{tmp_path / 'train'}/dog/3.png, 8 images of ['cat', 'dog']"),
+        ("empty", "train_dir", "error: train_dir="),
+        ("photos", "dataset_name", f"{tmp_path / 'photos'}/train/dog/3.png, 8 images of ['cat', 'dog']"),
+        ("loose", "dataset_name", "error: dataset_name="),
+    ):
+        result = run_command([*TWO_PROCESSES, str(driver), str(tmp_path / folder), flag], timeout=120)
         assert result.returncode == 0, result.stderr[-3000:]
         lines = sorted(line for line in result.stdout.splitlines() if line.startswith("process "))
         assert [line.split(": ", 1)[0] for line in lines] == ["process 0", "process 1"], result.stdout
