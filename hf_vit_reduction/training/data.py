@@ -11,8 +11,7 @@ import numpy as np
 import pyarrow as pa
 from accelerate.utils import broadcast_object_list
 from datasets.data_files import FILES_TO_IGNORE, NON_WORDS_CHARS, SPLIT_KEYWORDS, _get_data_files_patterns
-from datasets.load import infer_module_for_data_files_list
-from datasets.packaged_modules import _ALL_ALLOWED_EXTENSIONS
+from datasets.packaged_modules import _EXTENSION_TO_MODULE
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from fsspec.utils import glob_translate
 from PIL import Image
@@ -228,7 +227,8 @@ def list_dataset_folder(path: str) -> dict[str, FolderListing] | None:
         with open(readme, encoding="utf-8", errors="replace") as card:
             if card.readline().strip() == "---":  # a YAML header may configure the data files
                 return None
-    files, folders = [], [""]
+    files: dict[str, list[str]] = {}  # folder -> its files, paths relative to `path`
+    folders = [""]
     while folders:  # hidden and __special__ entries are skipped, as 🤗 Datasets' default patterns skip them
         folder = folders.pop()
         with os.scandir(os.path.join(path, folder)) as entries:
@@ -240,38 +240,57 @@ def list_dataset_folder(path: str) -> dict[str, FolderListing] | None:
                     if not entry.name.startswith("__"):
                         folders.append(relative)
                 elif entry.name not in FILES_TO_IGNORE:
-                    files.append(relative)
+                    files.setdefault(folder, []).append(relative)
+    all_files = "\n".join(file for in_folder in files.values() for file in in_folder)
 
-    def matching(pattern: str) -> list[str]:
-        glob = re.compile(glob_translate(pattern))
-        return [file for file in files if glob.match(file)]
+    def matching(pattern: str, first_only: bool = False) -> list[str]:
+        # A glob's literal parts (slashes next to ** may be elided) are in every path it matches: a cheap filter first.
+        literals = [part.strip("/") for part in re.split(r"\*+|\?|\[[^\]]*\]", pattern) if part.strip("/")]
+        if not all(literal in all_files for literal in literals):
+            return []
+        glob, found = re.compile(glob_translate(pattern)), []
+        for in_folder in files.values():
+            if pattern.endswith("/**"):  # a folder's path alone decides: one of its files tells for all
+                found += in_folder if glob.match(in_folder[0]) else []
+            else:
+                found += [file for file in in_folder if glob.match(file)]
+            if first_only and found:
+                return found[:1]
+        return found
 
     try:
-        split_patterns = _get_data_files_patterns(lambda pattern: matching(pattern)[:1])
+        split_patterns = _get_data_files_patterns(lambda pattern: matching(pattern, first_only=True))
     except FileNotFoundError:
         return None
     split_files = {}
     for split, patterns in split_patterns.items():
         matched = dict.fromkeys(file for pattern in patterns for file in matching(pattern))
-        allowed = [f for f in matched if any(f".{suffix}" in _ALL_ALLOWED_EXTENSIONS for suffix in f.split(".")[1:])]
-        if any(f.endswith(".zip") or os.path.basename(f) in ImageFolder.METADATA_FILENAMES for f in allowed):
+        names = [file.rpartition("/")[2] for file in matched]
+        suffixes = {f".{suffix.lower()}" for name in names for suffix in name.split(".")[1:]}
+        if ".zip" in suffixes or not set(ImageFolder.METADATA_FILENAMES).isdisjoint(names):
             return None  # archives are extracted, metadata's columns replace the folder names: load_dataset's
-        if infer_module_for_data_files_list(allowed)[0] != "imagefolder":
+        # Only images among the data files: load_dataset reads them with imagefolder. Any other data file (a .csv, a
+        # .txt) leaves the choice to load_dataset, which takes the module of the most common extension.
+        data_files = {suffix for suffix in suffixes if suffix in _EXTENSION_TO_MODULE}
+        if not data_files or any(_EXTENSION_TO_MODULE[suffix][0] != "imagefolder" for suffix in data_files):
             return None
-        split_files[split] = [f for f in allowed if os.path.splitext(f)[1].lower() in ImageFolder.EXTENSIONS]
-    listings = {}
+        split_files[split] = [f for f in matched if os.path.splitext(f)[1].lower() in ImageFolder.EXTENSIONS]
+    listings, prefix = {}, os.path.join(path, "")
     for split, images in split_files.items():
+        in_split_folder, checked = _split_folder_name(split), set()
         by_class: dict[str, list[str]] = {}
         for image in images:
-            folder, name = os.path.split(image)
-            class_name = os.path.basename(folder)
-            if not folder or _split_folder_name(split).fullmatch(class_name):
-                where = f"directly in its {split} split's folder {folder}/" if folder else "outside class folders"
-                raise ValueError(
-                    f"dataset_name={path!r} holds images {where} ({name}, ...); allowed: [<split>/]<class>/<image>, "
-                    "each image labelled by the name of the folder holding it"
-                )
-            by_class.setdefault(class_name, []).append(os.path.join(path, image))
+            folder, _, name = image.rpartition("/")
+            class_name = folder.rpartition("/")[2]
+            if folder not in checked:
+                if not folder or in_split_folder.fullmatch(class_name):
+                    where = f"directly in its {split} split's folder {folder}/" if folder else "outside class folders"
+                    raise ValueError(
+                        f"dataset_name={path!r} holds images {where} ({name}, ...); allowed: "
+                        "[<split>/]<class>/<image>, each image labelled by the name of the folder holding it"
+                    )
+                checked.add(folder)
+            by_class.setdefault(class_name, []).append(prefix + image)
         class_names = sorted(by_class)
         paths, labels = [], []
         for index, name in enumerate(class_names):
