@@ -265,14 +265,11 @@ def list_dataset_folder(path: str) -> dict[str, FolderListing] | None:
     split_files = {}
     for split, patterns in split_patterns.items():
         matched = dict.fromkeys(file for pattern in patterns for file in matching(pattern))
-        names = [file.rpartition("/")[2] for file in matched]
-        suffixes = {f".{suffix.lower()}" for name in names for suffix in name.split(".")[1:]}
-        if ".zip" in suffixes or not set(ImageFolder.METADATA_FILENAMES).isdisjoint(names):
-            return None  # archives are extracted, metadata's columns replace the folder names: load_dataset's
-        # Only images among the data files: load_dataset reads them with imagefolder. Any other data file (a .csv, a
-        # .txt) leaves the choice to load_dataset, which takes the module of the most common extension.
-        data_files = {suffix for suffix in suffixes if suffix in _EXTENSION_TO_MODULE}
-        if not data_files or any(_EXTENSION_TO_MODULE[suffix][0] != "imagefolder" for suffix in data_files):
+        suffixes = {f".{suffix.lower()}" for file in matched for suffix in file.rpartition("/")[2].split(".")[1:]}
+        # Images only: load_dataset reads them with imagefolder. Any other data file (a metadata.csv, whose columns
+        # imagefolder takes instead of the folder names; an archive; a .txt) leaves the folder to load_dataset.
+        data_files = {suffix for suffix in suffixes if suffix in _EXTENSION_TO_MODULE or suffix == ".zip"}
+        if not data_files or any(_EXTENSION_TO_MODULE.get(suffix, ("",))[0] != "imagefolder" for suffix in data_files):
             return None
         split_files[split] = [f for f in matched if os.path.splitext(f)[1].lower() in ImageFolder.EXTENSIONS]
     listings, prefix = {}, os.path.join(path, "")
