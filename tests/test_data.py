@@ -268,9 +268,11 @@ try:
         listing = data.listed_by_main_process(state, data.list_dataset_folder)(sys.argv[1])["train"]
     else:
         listing = data.listed_by_main_process(state)(sys.argv[1], "train_dir")
-    print(f"process {state.process_index}: {listing.paths[-1]}, {len(listing.paths)} images of {listing.class_names}")
+    said = f"{listing.paths[-1]}, {len(listing.paths)} images of {listing.class_names}"
 except ValueError as error:
-    print(f"process {state.process_index}: error: {error}")
+    said = f"error: {error}"
+# One write per line: the two processes share the pipe, and a line written in two parts can interleave.
+sys.stdout.write(f"process {state.process_index}: {said}\\n")
 """
 
 
