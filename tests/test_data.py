@@ -1,3 +1,5 @@
+import os
+
 import datasets
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ from script_runs import TWO_PROCESSES, run_command
 
 from hf_vit_reduction.training.data import (
     check_readable,
+    list_dataset_folder,
     list_image_folder,
     load_digits,
     load_image_classification_data,
@@ -261,10 +264,15 @@ if not state.is_main_process:
         raise AssertionError("a process other than the main one walked the folder")
     data.os.scandir = walked
 try:
-    listing = data.listed_by_main_process(state)(sys.argv[1], "train_dir")
-    print(f"process {state.process_index}: {listing.paths[-1]}, {len(listing.paths)} images of {listing.class_names}")
+    if sys.argv[2] == "dataset_name":
+        listing = data.listed_by_main_process(state, data.list_dataset_folder)(sys.argv[1])["train"]
+    else:
+        listing = data.listed_by_main_process(state)(sys.argv[1], "train_dir")
+    said = f"{listing.paths[-1]}, {len(listing.paths)} images of {listing.class_names}"
 except ValueError as error:
-    print(f"process {state.process_index}: error: {error}")
+    said = f"error: {error}"
+# One write per line: the two processes share the pipe, and a line written in two parts can interleave.
+sys.stdout.write(f"process {state.process_index}: {said}\\n")
 """
 
 
@@ -274,10 +282,118 @@ def test_two_processes_walk_the_folder_once(tmp_path):
     (tmp_path / "empty" / "cat").mkdir(parents=True)
     driver = tmp_path / "list_folder.py"
     driver.write_text(LIST_ON_TWO_PROCESSES)
-    last = tmp_path / "train" / "dog" / "3.png"
-    for folder, said in (("train", f"{last}, 8 images of ['cat', 'dog']"), ("empty", "error: train_dir=")):
-        result = run_command([*TWO_PROCESSES, str(driver), str(tmp_path / folder)], timeout=120)
+    write_folder(tmp_path / "photos" / "train", per_class=4)
+    write_folder(tmp_path / "loose", classes=("val",))  # images in their split's folder
+    for folder, flag, said in (
+        ("train", "train_dir", f"{tmp_path / 'train'}/dog/3.png, 8 images of ['cat', 'dog']"),
+        ("empty", "train_dir", "error: train_dir="),
+        ("photos", "dataset_name", f"{tmp_path / 'photos'}/train/dog/3.png, 8 images of ['cat', 'dog']"),
+        ("loose", "dataset_name", "error: dataset_name="),
+    ):
+        result = run_command([*TWO_PROCESSES, str(driver), str(tmp_path / folder), flag], timeout=120)
         assert result.returncode == 0, result.stderr[-3000:]
         lines = sorted(line for line in result.stdout.splitlines() if line.startswith("process "))
         assert [line.split(": ", 1)[0] for line in lines] == ["process 0", "process 1"], result.stdout
         assert lines[0].split(": ", 1)[1] == lines[1].split(": ", 1)[1] and said in lines[0], lines
+
+
+def _rows(split):
+    return [(row["image"]["path"], row["label"]) for row in _undecoded(split)]
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {"train": ("cat", "dog", "fox"), "validation": ("dog", "cat", "fox"), "test": ("cat", "dog", "fox")},
+        {"train": ("cat", "dog"), "val": ("cat", "dog")},  # 🤗 Datasets' keyword for validation
+        {"training-2024": ("cat", "dog"), "dev": ("cat", "dog")},
+        {"": ("cat", "dog", "fox")},  # class folders directly: all of it is train
+    ],
+)
+def test_a_local_image_folder_is_split_and_labelled_as_load_dataset_does(tmp_path, layout):
+    root = tmp_path / "photos"
+    for folder, classes in layout.items():
+        write_folder(root / folder, classes=classes, per_class=3 if folder in ("", "train", "training-2024") else 2)
+    reference = datasets.load_dataset("imagefolder", data_dir=str(root), cache_dir=str(tmp_path / "cache"))
+    listings = list_dataset_folder(str(root))
+    assert list(listings) == list(reference)
+    data = load_image_classification_data(dataset_name=str(root))
+    assert data.source == f"imagefolder:{root}" and data.label_names == reference["train"].features["label"].names
+    if "validation" in reference:
+        assert data.train.features == reference["train"].features
+        assert _rows(data.train) == _rows(reference["train"])
+        assert _rows(data.validation) == _rows(reference["validation"])
+    else:  # held out of train, as for any source without a validation split
+        assert sorted(_rows(data.train) + _rows(data.validation)) == sorted(_rows(reference["train"]))
+
+
+def test_a_local_image_folder_is_refused_as_train_dir_would_be(tmp_path):
+    root = tmp_path / "photos"
+    write_folder(root / "train")
+    write_folder(root / "validation", classes=("cat", "owl"), per_class=1)
+    with pytest.raises(ValueError) as error:
+        load_image_classification_data(dataset_name=str(root))
+    assert str(error.value) == (
+        f"the validation split of dataset_name={str(root)!r} has classes that the train split of "
+        f"dataset_name={str(root)!r} has not: owl; allowed: the training classes"
+    )
+    loose = tmp_path / "loose"  # imagefolder would label these 'train' and 'validation', the names of their splits
+    write_folder(loose, classes=("train", "validation"))
+    with pytest.raises(ValueError) as error:
+        load_image_classification_data(dataset_name=str(loose))
+    assert str(error.value) == (
+        f"dataset_name={str(loose)!r} holds images directly in its train split's folder train/ (0.png, ...); "
+        "allowed: [<split>/]<class>/<image>, each image labelled by the name of the folder holding it"
+    )
+    write_folder(tmp_path / "one", classes=("cat",))
+    with pytest.raises(ValueError, match=r"^a classifier needs at least two classes, but the train split of "):
+        load_image_classification_data(dataset_name=str(tmp_path / "one"))
+
+
+def test_a_streamed_local_image_folder_and_its_unreadable_images(tmp_path):
+    root = tmp_path / "photos"
+    write_folder(root / "train", per_class=4)
+    write_folder(root / "val", per_class=1)
+    data = load_image_classification_data(dataset_name=str(root), streaming=True)
+    assert isinstance(data.train, datasets.IterableDataset)
+    assert sorted(_rows(data.train)) == sorted(
+        (str(root / "train" / n / f"{i}.png"), c) for c, n in enumerate(("cat", "dog")) for i in range(4)
+    )
+    for path in (root / "train").rglob("*.png"):
+        path.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=rf"^none of the 8 images of the train split of imagefolder:{root}"):
+        check_readable(load_image_classification_data(dataset_name=str(root)))
+
+
+def test_a_folder_of_data_files_or_with_metadata_goes_to_load_dataset(tmp_path):
+    tables = tmp_path / "tables"  # Parquet files of images and labels
+    tables.mkdir()
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    images = [Image.new("RGB", (4, 4), (i, 0, 0)) for i in range(4)]
+    for split in ("train", "validation"):
+        rows = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 1, 1]}, features=features)
+        rows.to_parquet(str(tables / f"{split}.parquet"))
+    assert list_dataset_folder(str(tables)) is None
+    data = load_image_classification_data(dataset_name=str(tables), cache_dir=str(tmp_path / "cache"))
+    assert data.source == str(tables) and data.validation["label"] == [0, 1, 1, 1]
+    # A metadata.csv's columns replace the folder names in 🤗 Datasets' imagefolder: its labels are the ones used.
+    root = tmp_path / "photos"
+    write_folder(root / "train", per_class=2)
+    write_folder(root / "validation", per_class=2)
+    for split in ("train", "validation"):
+        (root / split / "metadata.csv").write_text(
+            "file_name,label\n" + "".join(f"{c}/{i}.png,{i}\n" for c in ("cat", "dog") for i in range(2))
+        )
+    assert list_dataset_folder(str(root)) is None
+    data = load_image_classification_data(dataset_name=str(root), cache_dir=str(tmp_path / "cache"))
+    labels = {
+        (os.path.basename(os.path.dirname(path)), os.path.basename(path)): label
+        for path, label in _rows(data.validation)
+    }
+    assert data.source == str(root)
+    assert labels == {
+        ("cat", "0.png"): 0,
+        ("cat", "1.png"): 1,
+        ("dog", "0.png"): 0,
+        ("dog", "1.png"): 1,
+    }  # not by folder

@@ -2,6 +2,7 @@
 digits, with their image and label columns. Decoding and batching are in `loaders.py`."""
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -9,7 +10,11 @@ import datasets
 import numpy as np
 import pyarrow as pa
 from accelerate.utils import broadcast_object_list
+from datasets.data_files import FILES_TO_IGNORE, NON_WORDS_CHARS, SPLIT_KEYWORDS, _get_data_files_patterns
 from datasets.exceptions import DatasetNotFoundError
+from datasets.packaged_modules import _EXTENSION_TO_MODULE
+from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+from fsspec.utils import glob_translate
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
 from PIL import Image
@@ -182,17 +187,17 @@ def list_image_folder(path: str, flag: str) -> FolderListing:
     return FolderListing(paths, labels, class_names)
 
 
-def listed_by_main_process(state) -> Callable[[str, str], FolderListing]:
-    """`list_image_folder` run on the main process only; the others (on every machine) receive its listing or its
-    error, so a run walks each folder once whatever its number of processes."""
+def listed_by_main_process(state, list_folder: Callable = list_image_folder) -> Callable:
+    """`list_folder` (`list_image_folder` or `list_dataset_folder`) run on the main process only; the others (on every
+    machine) receive its listing or its error, so a run walks each folder once whatever its number of processes."""
     if state.num_processes == 1:
-        return list_image_folder
+        return list_folder
 
-    def list_folder(path: str, flag: str) -> FolderListing:
+    def list_on_main_process(*args):
         result = [None]
         if state.is_main_process:
             try:
-                result = [list_image_folder(path, flag)]
+                result = [list_folder(*args)]
             except (ValueError, FileNotFoundError, NotADirectoryError) as error:
                 result = [error]
         broadcast_object_list(result, from_process=0)
@@ -200,7 +205,100 @@ def listed_by_main_process(state) -> Callable[[str, str], FolderListing]:
             raise result[0]
         return result[0]
 
-    return list_folder
+    return list_on_main_process
+
+
+def _split_folder_name(split: str) -> re.Pattern:
+    """A folder name that puts its files into `split` under 🤗 Datasets' default patterns (`train`, `val_2024`, ...)."""
+    keywords = "|".join(map(re.escape, SPLIT_KEYWORDS.get(split, [split])))
+    return re.compile(rf"(?:.*[{NON_WORDS_CHARS}])?(?:{keywords})(?:[{NON_WORDS_CHARS}].*)?")
+
+
+def list_dataset_folder(path: str) -> dict[str, FolderListing] | None:
+    """A local folder given as dataset_name, split and labelled as `load_dataset(path)` does for a folder of images
+    (🤗 Datasets' own split patterns, `train/`, `validation/`, `val/`, `test/`, ..., everything in train when none
+    matches; the class is the folder holding the image), from one `os.scandir` walk instead of a glob, stat and
+    fingerprint per file.
+
+    None when `load_dataset` would read the folder otherwise: data files that are not images (Parquet, Arrow, CSV,
+    ...), archives, a dataset card or `.huggingface.yaml` that may configure its files, or a `metadata.csv`/`.jsonl`/
+    `.parquet`, whose columns 🤗 Datasets' imagefolder uses instead of the folder names.
+    """
+    readme = os.path.join(path, "README.md")
+    if os.path.exists(os.path.join(path, ".huggingface.yaml")):
+        return None
+    if os.path.isfile(readme):
+        with open(readme, encoding="utf-8", errors="replace") as card:
+            if card.readline().strip() == "---":  # a YAML header may configure the data files
+                return None
+    files: dict[str, list[str]] = {}  # folder -> its files, paths relative to `path`
+    folders = [""]
+    while folders:  # hidden and __special__ entries are skipped, as 🤗 Datasets' default patterns skip them
+        folder = folders.pop()
+        with os.scandir(os.path.join(path, folder)) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                relative = f"{folder}/{entry.name}" if folder else entry.name
+                if entry.is_dir():
+                    if not entry.name.startswith("__"):
+                        folders.append(relative)
+                elif entry.name not in FILES_TO_IGNORE:
+                    files.setdefault(folder, []).append(relative)
+    all_files = "\n".join(file for in_folder in files.values() for file in in_folder)
+
+    def matching(pattern: str, first_only: bool = False) -> list[str]:
+        # A glob's literal parts (slashes next to ** may be elided) are in every path it matches: a cheap filter first.
+        literals = [part.strip("/") for part in re.split(r"\*+|\?|\[[^\]]*\]", pattern) if part.strip("/")]
+        if not all(literal in all_files for literal in literals):
+            return []
+        glob, found = re.compile(glob_translate(pattern)), []
+        for in_folder in files.values():
+            if pattern.endswith("/**"):  # a folder's path alone decides: one of its files tells for all
+                found += in_folder if glob.match(in_folder[0]) else []
+            else:
+                found += [file for file in in_folder if glob.match(file)]
+            if first_only and found:
+                return found[:1]
+        return found
+
+    try:
+        split_patterns = _get_data_files_patterns(lambda pattern: matching(pattern, first_only=True))
+    except FileNotFoundError:
+        return None
+    split_files = {}
+    for split, patterns in split_patterns.items():
+        matched = dict.fromkeys(file for pattern in patterns for file in matching(pattern))
+        suffixes = {f".{suffix.lower()}" for file in matched for suffix in file.rpartition("/")[2].split(".")[1:]}
+        # Images only: load_dataset reads them with imagefolder. Any other data file (a metadata.csv, whose columns
+        # imagefolder takes instead of the folder names; an archive; a .txt) leaves the folder to load_dataset.
+        data_files = {suffix for suffix in suffixes if suffix in _EXTENSION_TO_MODULE or suffix == ".zip"}
+        if not data_files or any(_EXTENSION_TO_MODULE.get(suffix, ("",))[0] != "imagefolder" for suffix in data_files):
+            return None
+        split_files[split] = [f for f in matched if os.path.splitext(f)[1].lower() in ImageFolder.EXTENSIONS]
+    listings, prefix = {}, os.path.join(path, "")
+    for split, images in split_files.items():
+        in_split_folder, checked = _split_folder_name(split), set()
+        by_class: dict[str, list[str]] = {}
+        for image in images:
+            folder, _, name = image.rpartition("/")
+            class_name = folder.rpartition("/")[2]
+            if folder not in checked:
+                if not folder or in_split_folder.fullmatch(class_name):
+                    where = f"directly in its {split} split's folder {folder}/" if folder else "outside class folders"
+                    raise ValueError(
+                        f"dataset_name={path!r} holds images {where} ({name}, ...); allowed: "
+                        "[<split>/]<class>/<image>, each image labelled by the name of the folder holding it"
+                    )
+                checked.add(folder)
+            by_class.setdefault(class_name, []).append(prefix + image)
+        class_names = sorted(by_class)
+        paths, labels = [], []
+        for index, name in enumerate(class_names):
+            paths += sorted(by_class[name])
+            labels += [index] * len(by_class[name])
+        listings[split] = FolderListing(paths, labels, class_names)
+    return listings
 
 
 def folder_split(listing: FolderListing, class_names: list[str]) -> datasets.Dataset:
@@ -214,6 +312,30 @@ def folder_split(listing: FolderListing, class_names: list[str]) -> datasets.Dat
     )
     table = pa.Table.from_arrays([images, pa.array(labels)], schema=features.arrow_schema)
     return datasets.Dataset(datasets.table.InMemoryTable(table), info=datasets.DatasetInfo(features=features))
+
+
+def _folder_splits(
+    listings: dict[str, FolderListing],
+    train_split: str,
+    validation_split: str,
+    *,
+    train_where: str,
+    validation_where: str,
+) -> dict[str, datasets.Dataset]:
+    """The train split's table and, when listed, the validation split's, both labelled by the training classes."""
+    classes = listings[train_split].class_names
+    if len(classes) < 2:
+        raise _too_few_classes(classes, f"{train_where} (one sub-folder per class)")
+    splits = {train_split: folder_split(listings[train_split], classes)}
+    if validation_split in listings:
+        # A class only validation has is never trained on, and would count against the model as an error.
+        if extra := sorted(set(listings[validation_split].class_names) - set(classes)):
+            raise ValueError(
+                f"{validation_where} has classes that {train_where} has not: "
+                f"{', '.join(extra[:10])}{' ...' if len(extra) > 10 else ''}; allowed: the training classes"
+            )
+        splits[validation_split] = folder_split(listings[validation_split], classes)
+    return splits
 
 
 def _too_few_classes(names: list[str], where: str) -> ValueError:
@@ -284,10 +406,12 @@ def load_image_classification_data(
     train_val_split: float = 0.15,
     seed: int = 0,
     list_folder: Callable[[str, str], FolderListing] = list_image_folder,
+    list_dataset_folder: Callable[[str], dict[str, FolderListing] | None] = list_dataset_folder,
 ) -> ImageClassificationData:
     """Load the splits of a Hub/local dataset, of image folders, or (with no source) the embedded digits.
 
-    An image folder is listed by `list_folder(path, flag)` (`listed_by_main_process` in a run of several processes).
+    An image folder is listed by `list_folder(path, flag)`, a local folder of images given as dataset_name by
+    `list_dataset_folder(path)` (each through `listed_by_main_process` in a run of several processes).
     Every problem a run could only discover later (missing path, empty folder, unknown split, no label column)
     is raised here, before any model is built.
     """
@@ -297,21 +421,36 @@ def load_image_classification_data(
         raise ValueError(f"validation_dir={validation_dir!r} needs train_dir as well")
     if train_dir:
         train_listing = list_folder(train_dir, "train_dir")
-        classes = train_listing.class_names
-        if len(classes) < 2:
-            raise _too_few_classes(classes, f"train_dir={train_dir!r} (one sub-folder per class)")
-        splits = {train_split: folder_split(train_listing, classes)}
+        validation_listing = None
         if validation_dir:
             same = os.path.realpath(validation_dir) == os.path.realpath(train_dir)  # as `evaluate` passes a lone one
             validation_listing = train_listing if same else list_folder(validation_dir, "validation_dir")
-            # A class only validation has is never trained on, and would count against the model as an error.
-            if extra := sorted(set(validation_listing.class_names) - set(classes)):
-                raise ValueError(
-                    f"validation_dir={validation_dir!r} has classes that train_dir={train_dir!r} has not: "
-                    f"{', '.join(extra[:10])}{' ...' if len(extra) > 10 else ''}; allowed: the training classes"
-                )
-            splits[validation_split] = folder_split(validation_listing, classes)
+        splits = _folder_splits(
+            {train_split: train_listing} | ({validation_split: validation_listing} if validation_listing else {}),
+            train_split,
+            validation_split,
+            train_where=f"train_dir={train_dir!r}",
+            validation_where=f"validation_dir={validation_dir!r}",
+        )
         builder, source, available = None, f"imagefolder:{train_dir}", list(splits)
+    elif (
+        dataset_name
+        and not dataset_config_name
+        and os.path.isdir(dataset_name)
+        and not os.path.isfile(os.path.join(dataset_name, "dataset_dict.json"))
+        and (listings := list_dataset_folder(dataset_name)) is not None
+    ):
+        builder, source, available = None, f"imagefolder:{dataset_name}", list(listings)
+        splits = {}
+        if train_split in listings:
+            where = f"dataset_name={dataset_name!r}"
+            splits = _folder_splits(
+                listings,
+                train_split,
+                validation_split,
+                train_where=f"the {train_split} split of {where}",
+                validation_where=f"the {validation_split} split of {where}",
+            )
     elif dataset_name and os.path.isfile(os.path.join(dataset_name, "dataset_dict.json")):
         builder, source = None, dataset_name
         splits = datasets.load_from_disk(dataset_name)
@@ -339,7 +478,7 @@ def load_image_classification_data(
         train = load(train_split, streaming)
         validation = load(validation_split) if has_validation else None
     else:
-        if streaming and not train_dir:
+        if streaming and not source.startswith("imagefolder:"):
             raise ValueError(f"streaming=True needs a Hub dataset, files or an image folder, not {source}")
         train = splits[train_split]
         if streaming:  # read in order by shards, shuffled through a buffer (`loaders.shard_stream`)

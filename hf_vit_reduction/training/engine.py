@@ -67,6 +67,7 @@ from .data import (
     LOADING_ARGUMENTS,
     ImageClassificationData,
     check_readable,
+    list_dataset_folder,
     listed_by_main_process,
     load_image_classification_data,
     take,
@@ -600,7 +601,9 @@ def start_outputs(config: RunConfig, accelerator: Accelerator) -> dict:
 
 def load_data(config: RunConfig, process: PartialState) -> ImageClassificationData:
     data = load_image_classification_data(
-        **{key: getattr(config, key) for key in LOADING_ARGUMENTS}, list_folder=listed_by_main_process(process)
+        **{key: getattr(config, key) for key in LOADING_ARGUMENTS},
+        list_folder=listed_by_main_process(process),
+        list_dataset_folder=listed_by_main_process(process, list_dataset_folder),
     )
     if config.max_train_samples:
         data.train = take(data.train, config.max_train_samples)
