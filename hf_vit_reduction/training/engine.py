@@ -75,7 +75,7 @@ from .data import (
 from .distillation import Distiller, load_teacher, student_heads
 from .labels import SAME, LabelMatch, match_labels
 from .loop_benchmark import LoopBenchmark
-from .multi_node import check_gloo_address, missed_rendezvous
+from .multi_node import check_gloo_address, check_launched_backend, missed_rendezvous
 from .outputs import DiskFullError
 from .preemption import PreemptionWatch, is_lost_process, lost_process
 from .starting_model import STARTING_MODEL, locate_starting_model, run_preprocessing
@@ -151,9 +151,12 @@ def running(config: RunConfig) -> Iterator[Run]:
     try:  # every bad path, source, split, column, size or checkpoint fails here, before any long work
         if cpu:  # gloo: the processes find each other by the addresses it gives them
             check_gloo_address(os.environ)
+        backend_not_run = check_launched_backend(os.environ, cpu=cpu)
         # cpu: also lets a MULTI_GPU config run gloo
         process = PartialState(cpu=cpu, timeout=datetime.timedelta(seconds=config.ddp_timeout))
         configure_logging(is_main_process=process.is_main_process)
+        if backend_not_run:
+            logger.warning(backend_not_run)
         run = build(config, process)
     except (ValueError, FileNotFoundError, NotADirectoryError, HubPushError) as error:
         raise SystemExit(f"error: {error}") from None

@@ -1,7 +1,32 @@
-"""What a run on more than one machine needs of the network, checked before the process group is created."""
+"""What a run on more than one process or machine needs (the network, the backend its launch asks for), checked
+before the process group is created."""
 
+import importlib.util
 import ipaddress
 import socket
+
+from accelerate.utils import str_to_bool
+
+# The backends `accelerate launch` turns on by environment variable from a config's distributed_type.
+LAUNCHED_BACKENDS = {"ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE_FSDP": "FSDP"}
+
+
+def check_launched_backend(environ, *, cpu: bool) -> str | None:
+    """Raise when the launch asks for DeepSpeed and it is not installed (Accelerate would fail with a traceback);
+    return a warning when it asks for DeepSpeed or FSDP on a machine without a GPU, where Accelerate runs neither
+    and the run is DDP across its processes (gloo) instead; None otherwise."""
+    asked = [name for variable, name in LAUNCHED_BACKENDS.items() if str_to_bool(environ.get(variable, "false"))]
+    if "DeepSpeed" in asked and importlib.util.find_spec("deepspeed") is None:
+        raise ValueError(
+            "the launch configuration asks for DeepSpeed (distributed_type: DEEPSPEED), which is not installed; "
+            "allowed: pip install deepspeed, or a configuration without it (e.g. accelerate_configs/ddp_2gpu.yaml)"
+        )
+    if asked and cpu:
+        return (
+            f"the launch configuration asks for {asked[0]}, which Accelerate does not run without a GPU: this run "
+            "is DDP across its processes (gloo), and its checkpoints are Accelerate's own format"
+        )
+    return None
 
 
 def check_gloo_address(environ) -> None:
