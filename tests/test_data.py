@@ -397,3 +397,32 @@ def test_a_folder_of_data_files_or_with_metadata_goes_to_load_dataset(tmp_path):
         ("dog", "0.png"): 0,
         ("dog", "1.png"): 1,
     }  # not by folder
+
+
+def test_class_names_in_a_metadata_csv_are_encoded_as_datasets_encodes_them(tmp_path):
+    root = tmp_path / "photos"  # metadata.csv labels the images by name, across the class folders
+    write_folder(root / "train", per_class=3)
+    write_folder(root / "validation", per_class=2)
+    names = {("cat", 0): "tabby", ("cat", 1): "lynx", ("cat", 2): "tabby", ("dog", 0): "lynx", ("dog", 1): "puma"}
+    names |= {("dog", 2): "puma"}
+    for split, count in (("train", 3), ("validation", 2)):
+        (root / split / "metadata.csv").write_text(
+            "file_name,label\n" + "".join(f"{c}/{i}.png,{names[c, i]}\n" for c in ("cat", "dog") for i in range(count))
+        )
+    data = load_image_classification_data(dataset_name=str(root), cache_dir=str(tmp_path / "cache"))
+    # 🤗 Datasets' own reading: the training split's names, sorted, by class_encode_column.
+    reference = datasets.load_dataset("imagefolder", data_dir=str(root), cache_dir=str(tmp_path / "reference"))
+    assert data.label_names == reference["train"].class_encode_column("label").features["label"].names
+    assert data.label_names == ["lynx", "puma", "tabby"]  # by hand
+    by_file = {
+        (os.path.basename(os.path.dirname(path)), os.path.basename(path)): data.label_names[label]
+        for path, label in _rows(data.validation)
+    }
+    assert by_file == {(c, f"{i}.png"): names[c, i] for c in ("cat", "dog") for i in range(2)}
+    assert sorted(data.train["label"]) == [0, 0, 1, 1, 2, 2]
+
+    (root / "validation" / "metadata.csv").write_text("file_name,label\ncat/0.png,ocelot\ncat/1.png,tabby\n")
+    with pytest.raises(ValueError, match=r"the validation split of .* has classes the training split has not: ocelot"):
+        load_image_classification_data(dataset_name=str(root), cache_dir=str(tmp_path / "cache2"))
+    with pytest.raises(ValueError, match=r"^label_column='label' of .* holds class names as strings"):
+        load_image_classification_data(dataset_name=str(root), cache_dir=str(tmp_path / "cache3"), streaming=True)

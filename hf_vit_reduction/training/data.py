@@ -391,6 +391,25 @@ def _detect_column(dataset, wanted: str | None, feature_type, fallbacks: tuple[s
     raise ValueError(f"the dataset has no {what} column (columns: {names}); name it with {flag}")
 
 
+def _class_encoded(train, validation, label_column: str, source: str):
+    """Labels given as class names (e.g. a metadata.csv's `label` column) encoded as 🤗 Datasets encodes them: the
+    training split's names, sorted (`class_encode_column`), and the validation split cast to the same ClassLabel."""
+    if isinstance(train, datasets.IterableDataset):
+        raise ValueError(
+            f"label_column={label_column!r} of {source} holds class names as strings, whose full list a stream "
+            "cannot give before training; allowed: a dataset without --streaming, or integer or ClassLabel labels"
+        )
+    train = train.class_encode_column(label_column)
+    names = train.features[label_column].names
+    unknown = sorted(set(validation[label_column]) - set(names))
+    if unknown:
+        raise ValueError(
+            f"the validation split of {source} has classes the training split has not: {', '.join(unknown[:10])}; "
+            "allowed: the training classes"
+        )
+    return train, validation.cast_column(label_column, train.features[label_column])
+
+
 def load_image_classification_data(
     *,
     dataset_name: str | None = None,
@@ -496,6 +515,9 @@ def load_image_classification_data(
         validation, label_column, datasets.ClassLabel, ("label", "labels", "target"), "label", "label_column"
     )
     label_feature = validation.features[label_column]
+    if isinstance(label_feature, datasets.Value) and label_feature.dtype in ("string", "large_string"):
+        train, validation = _class_encoded(train, validation, label_column, source)
+        label_feature = validation.features[label_column]
     if isinstance(label_feature, datasets.ClassLabel):
         label_names = list(label_feature.names)
     else:
