@@ -37,9 +37,12 @@ def test_a_corrupt_file_is_named_with_what_is_wrong(tmp_path, name, text, messag
     assert str(error.value).startswith(message)
 
 
-def test_the_card_command_names_a_corrupt_run_file_in_one_line(tmp_path, make_model):
+def test_the_card_command_names_a_corrupt_run_file_in_one_line(tmp_path, make_model, capsys):
     make_model("shallow").save_pretrained(tmp_path)
     (tmp_path / "results.json").write_text("{")
+    capsys.readouterr()  # the save's progress bar
     with pytest.raises(SystemExit) as exit_info:
         model_card_main([str(tmp_path)])
-    assert str(exit_info.value).startswith("error: corrupt results.json (") and not (tmp_path / "README.md").exists()
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.startswith("error: corrupt results.json (") and error.count("\n") == 1
+    assert not (tmp_path / "README.md").exists()
