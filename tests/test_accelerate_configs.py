@@ -76,6 +76,7 @@ def test_fsdp_or_deepspeed_without_a_gpu_is_said_to_run_as_ddp(monkeypatch):
     assert check_launched_backend({}, cpu=True) is None
 
 
+@pytest.mark.slow  # over a second on 2 cores: the fast tier stays under a minute
 def test_a_run_launched_for_fsdp_on_a_cpu_says_so_and_trains(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     caplog.set_level(logging.WARNING)

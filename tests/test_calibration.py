@@ -43,6 +43,7 @@ def test_activation_importance_is_the_mean_absolute_hidden_activation(make_model
 
 
 @pytest.mark.parametrize("options", [{}, *MODEL_OPTIONS.values()], ids=["vit", *MODEL_OPTIONS])
+@pytest.mark.slow  # over a second on 2 cores: the fast tier stays under a minute
 def test_taylor_importance_is_the_first_order_loss_change_per_image(make_model, options):
     # Through the model's own head: its pooling (class token, average, MAP) and, distilled, its two heads' mean.
     model = make_model(**options)
@@ -88,6 +89,7 @@ def test_a_permuted_copy_of_an_mlp_aligns_back_exactly(make_model):
     assert all(torch.equal(restored[name], original[name]) for name in original)
 
 
+@pytest.mark.slow  # over a second on 2 cores: the fast tier stays under a minute
 def test_calibration_images_are_a_seeded_sample_of_the_training_split():
     first = load_calibration(samples=12, seed=3, preprocessing=DIGITS)
     again = load_calibration(samples=12, seed=3, preprocessing=DIGITS)

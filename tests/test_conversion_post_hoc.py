@@ -82,6 +82,7 @@ def planted_calibration(count=16):
     )
 
 
+@pytest.mark.slow  # over a second on 2 cores: the fast tier stays under a minute
 def test_activation_and_taylor_rank_planted_units_first(make_model):
     baseline = make_model()
     permutation = torch.randperm(256, generator=torch.Generator().manual_seed(0))
@@ -213,6 +214,7 @@ CUTS = [
 
 @pytest.mark.parametrize("options", MODEL_OPTIONS.values(), ids=list(MODEL_OPTIONS))
 @pytest.mark.parametrize("cut", CUTS, ids=lambda cut: cut.get("prune_method") or cut["share_method"])
+@pytest.mark.slow  # over a second on 2 cores: the fast tier stays under a minute
 def test_every_cut_works_on_every_option_and_keeps_what_is_not_an_mlp(make_model, options, cut):
     baseline = make_model(**options)
     calibration = Calibration(

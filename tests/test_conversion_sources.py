@@ -96,6 +96,7 @@ def test_a_timm_folder_converts_with_its_pretrained_cfg_and_label_names(tmp_path
 
 
 @pytest.mark.parametrize("family", TIMM_FAMILY)
+@pytest.mark.slow  # over a second on 2 cores: the fast tier stays under a minute
 def test_every_timm_family_saved_for_the_hub_converts_with_equal_logits(tmp_path, family):
     source = timm_family(family)
     save_for_hf(source, tmp_path / "download", safe_serialization=True)

@@ -234,6 +234,7 @@ def test_command_writes_nothing_on_error_and_keeps_existing_output(tmp_path, cap
     assert ViTReducedConfig.from_pretrained(existing).layer_norm_eps == 1e-12
 
 
+@pytest.mark.slow  # over a second on 2 cores: the fast tier stays under a minute
 def test_command_cuts_a_saved_baseline_with_calibration(tmp_path, make_model):
     baseline = make_model(seed=1)
     baseline.save_pretrained(tmp_path / "teacher")

@@ -111,6 +111,7 @@ def mean_loss(model, transform, images, labels) -> float:
     return torch.nn.functional.cross_entropy(logits_of(model, transform, images), torch.tensor(labels)).item()
 
 
+@pytest.mark.slow  # over a second on 2 cores: the fast tier stays under a minute
 def test_a_run_folder_scores_what_its_own_final_evaluation_did(run_dir, digits):
     images, labels = digits
     model = AutoModelForImageClassification.from_pretrained(run_dir).eval()
@@ -159,6 +160,7 @@ def test_a_timm_model_scores_as_timms_own_transform_and_model(timm_dir, digits):
     assert row["gmacs"] * 1e9 == pytest.approx(64 * 48 * width + 4 * block + width * 10)
 
 
+@pytest.mark.slow  # over a second on 2 cores: the fast tier stays under a minute
 def test_four_kinds_side_by_side_with_their_agreement(run_dir, vit_dir, timm_dir, digits, tmp_path, monkeypatch):
     images, labels = digits
     # A Hub id in the local cache, laid out as a download leaves it.
@@ -339,6 +341,7 @@ def test_a_paper_recipe_run_with_its_0_9_crop_scores_as_its_run_pipeline_and_tim
     assert [DIGITS[p] for p in row["predictions"]] == predicted
 
 
+@pytest.mark.slow  # over a second on 2 cores: the fast tier stays under a minute
 def test_a_timm_name_with_its_weights_in_the_local_cache(tmp_path, monkeypatch, digits, capsys):
     images, labels = digits
     # timm's pretrained weights of a registry name, laid out in the Hub cache as a download leaves them.

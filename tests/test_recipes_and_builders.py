@@ -175,6 +175,7 @@ def _learning_rates(scheduler, optimizer, epochs: int, updates_per_epoch: int, t
 
 
 @pytest.mark.parametrize("variant", ["paper", "paper-modern"])
+@pytest.mark.slow  # over a second on 2 cores: the fast tier stays under a minute
 def test_every_update_of_the_300_epoch_schedule_has_timm_train_py_learning_rate(variant):
     config = parse_args(["--dataset_name", "imagenet-1k", "--recipe", variant])
     timm_args = SimpleNamespace(**{**vars(TIMM_SEED_ARGS), "sched_on_updates": config.sched_on_updates})

@@ -44,6 +44,7 @@ def planted_source(train, seed: int, epochs: int):
     return model.eval()
 
 
+@pytest.mark.slow  # over a second on 2 cores: the fast tier stays under a minute
 def test_reductions_that_keep_every_unit_that_computes_equal_the_source(tmp_path, monkeypatch):
     digits = reduction_quality.digits
 

@@ -203,6 +203,7 @@ def test_runs_that_cannot_be_compared_are_named_with_their_reason(runs_dir, tmp_
     assert "Left out:" in markdown and f"- `{odd / 'short'}`: 2 epochs; the other runs 4" in markdown
 
 
+@pytest.mark.slow  # over a second on 2 cores: the fast tier stays under a minute
 def test_benchmark_throughput_replaces_the_runs_own(runs_dir, tmp_path):
     rows = [
         {"model": model, "mode": mode, "inference_images_per_s": speed, "training_images_per_s": speed / 3}
@@ -353,6 +354,7 @@ EVALUATED = [
 ]
 
 
+@pytest.mark.slow  # over a second on 2 cores: the fast tier stays under a minute
 def test_evaluations_are_tabled_beside_the_runs(runs_dir, tmp_path):
     from hf_vit_reduction.evaluation.evaluate import write_results
 

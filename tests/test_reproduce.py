@@ -35,6 +35,7 @@ def test_training_command_resumes_a_stopped_run(tmp_path):
     assert resumed == fresh[:-2] + ["--resume_from_checkpoint", "latest", "--epochs", "3"]
 
 
+@pytest.mark.slow  # over a second on 2 cores: the fast tier stays under a minute
 def test_finished_runs_are_kept_and_reported(tmp_path, monkeypatch):
     output = tmp_path / "reproduction"
     for (strategy, seed), curve in CURVES.items():

@@ -259,6 +259,7 @@ def test_loop_benchmark_mode(tmp_path):
 
 
 # In-process runs: main(argv) in this test's process, on tiny inputs.
+@pytest.mark.slow  # over a second on 2 cores: the fast tier stays under a minute
 def test_a_dozen_images_train_with_the_recipe_batch_fitted_to_them(tmp_path, caplog):
     write_folder(tmp_path / "train", per_class=6)
     out = tmp_path / "out"
@@ -325,6 +326,7 @@ def test_data_that_cannot_train_a_classifier_is_one_error_line_before_training(t
     assert out.is_file() if case == "output_dir a file" else not out.exists()
 
 
+@pytest.mark.slow  # over a second on 2 cores: the fast tier stays under a minute
 def test_a_tiny_folder_trains_with_the_flags_lowered_and_counts_each_bad_file_once(tmp_path):
     write_folder(tmp_path / "train", per_class=7)
     write_folder(tmp_path / "val", per_class=2)
@@ -352,6 +354,7 @@ TINY_FOLDER_RUN = (
 )
 
 
+@pytest.mark.slow  # over a second on 2 cores: the fast tier stays under a minute
 def test_an_image_over_pillow_s_pixel_limit_is_skipped_and_counted(tmp_path):
     assert Image.MAX_IMAGE_PIXELS < 200_000_000  # Pillow's decompression-bomb limit, which the file exceeds
     write_folder(tmp_path / "train", per_class=7)

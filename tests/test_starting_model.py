@@ -65,6 +65,7 @@ def test_a_processor_for_another_size_than_the_models_is_one_line(tmp_path, make
         engine.load_model(config, list(CLASSES))
 
 
+@pytest.mark.slow  # over a second on 2 cores: the fast tier stays under a minute
 def test_a_run_from_a_model_with_imagenet_normalization_evaluates_trains_and_saves_with_it(
     tmp_path, make_model, photos
 ):
@@ -114,6 +115,7 @@ def test_a_student_with_the_labels_in_another_order_keeps_its_predictions(tmp_pa
     assert model.config.id2label == dict(enumerate(CLASSES))
 
 
+@pytest.mark.slow  # over a second on 2 cores: the fast tier stays under a minute
 def test_other_labels_need_ignore_mismatched_sizes_which_makes_a_recorded_new_head(tmp_path, make_model, photos):
     save_start(make_model, tmp_path / "start", labels=("cat", "dog", "owl"))
     out = tmp_path / "out"
@@ -135,6 +137,7 @@ def test_other_labels_need_ignore_mismatched_sizes_which_makes_a_recorded_new_he
     assert "predicted cat, dog, owl." in card
 
 
+@pytest.mark.slow  # over a second on 2 cores: the fast tier stays under a minute
 def test_a_model_saved_without_label_names_is_matched_by_index_and_says_so(tmp_path, make_model, photos, caplog):
     start = make_model(num_labels=2)  # no id2label given: Transformers names the classes LABEL_0, LABEL_1
     start.save_pretrained(tmp_path / "start")

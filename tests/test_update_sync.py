@@ -3,6 +3,7 @@
 import os
 import sys
 
+import pytest
 import torch
 from accelerate import Accelerator
 
@@ -79,6 +80,7 @@ def count_waits(monkeypatch, argv) -> list[tuple[str, int]]:
     return events
 
 
+@pytest.mark.slow  # over a second on 2 cores: the fast tier stays under a minute
 def test_an_update_makes_one_all_reduce_and_the_host_reads_every_log_interval(tmp_path, monkeypatch):
     events = count_waits(monkeypatch, [*ARGS, "--log_interval", "4", "--output_dir", str(tmp_path / "run")])
     # One reduce per update (none per batch), no gather; the host reads at update 4 and at the epoch's end (6).
