@@ -391,10 +391,10 @@ def _detect_column(dataset, wanted: str | None, feature_type, fallbacks: tuple[s
     raise ValueError(f"the dataset has no {what} column (columns: {names}); name it with {flag}")
 
 
-def _class_encoded(train, validation, label_column: str, source: str):
+def _class_encoded(train, validation, label_column: str, source: str, *, streaming: bool):
     """Labels given as class names (e.g. a metadata.csv's `label` column) encoded as 🤗 Datasets encodes them: the
     training split's names, sorted (`class_encode_column`), and the validation split cast to the same ClassLabel."""
-    if isinstance(train, datasets.IterableDataset):
+    if streaming:
         raise ValueError(
             f"label_column={label_column!r} of {source} holds class names as strings, whose full list a stream "
             "cannot give before training; allowed: a dataset without --streaming, or integer or ClassLabel labels"
@@ -516,7 +516,7 @@ def load_image_classification_data(
     )
     label_feature = validation.features[label_column]
     if isinstance(label_feature, datasets.Value) and label_feature.dtype in ("string", "large_string"):
-        train, validation = _class_encoded(train, validation, label_column, source)
+        train, validation = _class_encoded(train, validation, label_column, source, streaming=streaming)
         label_feature = validation.features[label_column]
     if isinstance(label_feature, datasets.ClassLabel):
         label_names = list(label_feature.names)
