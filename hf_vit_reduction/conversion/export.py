@@ -79,17 +79,14 @@ def max_onnx_logit_difference(model: ViTReducedForImageClassification, path, bat
     """Largest absolute difference between onnxruntime's and PyTorch's logits on `batch_size` random images."""
     import onnxruntime
 
-    config = model.config
-    pixels = torch.randn(
-        batch_size,
-        config.num_channels,
-        config.image_size,
-        config.image_size,
-        generator=torch.Generator().manual_seed(0),
-    )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (onnx_logits,) = session.run(["logits"], {"pixel_values": pixels.numpy()})
-    return (torch.from_numpy(onnx_logits) - model.eval()(pixels).logits).abs().max().item()
+
+    def onnx_logits(pixels):
+        (logits,) = session.run(["logits"], {"pixel_values": pixels.numpy()})
+        return torch.from_numpy(logits)
+
+    model.eval()
+    return max_logit_difference(lambda pixels: model(pixels).logits, onnx_logits, model, batch_size=batch_size)
 
 
 FORMATS = ("onnx", *NATIVE_FORMATS)
