@@ -66,8 +66,8 @@ def download_repository(
             patterns = list(files or CONFIG_PATTERNS)
         else:
             info = HfApi().model_info(repo_id, revision=revision, token=token)
-            files = [sibling.rfilename for sibling in info.siblings or []]
-            weights = next((p for p in WEIGHT_PATTERNS if any(f.endswith(p[1:]) for f in files)), None)
+            listed = [sibling.rfilename for sibling in info.siblings or []]
+            weights = next((p for p in WEIGHT_PATTERNS if any(f.endswith(p[1:]) for f in listed)), None)
             patterns = [*CONFIG_PATTERNS, *([weights] if weights else [])]
         folder = snapshot_download(repo_id, revision=revision, token=token, allow_patterns=patterns)
     except HFValidationError:
