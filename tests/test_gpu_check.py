@@ -13,11 +13,10 @@ from script_runs import HANG_S, ROOT, environment
 from hf_vit_reduction.cli import COMMANDS
 
 
-@pytest.mark.slow  # about a minute and a half on 2 cores
-def test_the_gpu_check_runs_every_step_at_tiny_sizes_and_writes_its_report(tmp_path):
-    out, work = tmp_path / "out", tmp_path / "work"
-    result = subprocess.run(
-        [str(ROOT / ".ci" / "gpu-check"), "--device", "cpu", "--out", str(out), "--work", str(work)],
+def gpu_check(out: Path, work: Path, *argv: str) -> subprocess.CompletedProcess:
+    """`.ci/gpu-check --device cpu` (the smoke run) writing to `out`, its scratch in `work`."""
+    return subprocess.run(
+        [str(ROOT / ".ci" / "gpu-check"), "--device", "cpu", "--out", str(out), "--work", str(work), *argv],
         cwd=ROOT,
         # The script runs `python3` as a GPU machine has it: here, this environment's (not whatever the PATH has).
         env=environment(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"),
@@ -26,6 +25,12 @@ def test_the_gpu_check_runs_every_step_at_tiny_sizes_and_writes_its_report(tmp_p
         timeout=HANG_S,
         check=False,
     )
+
+
+@pytest.mark.slow  # about a minute and a half on 2 cores
+def test_the_gpu_check_runs_every_step_at_tiny_sizes_and_writes_its_report(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    result = gpu_check(out, work)
     report = json.loads((out / "gpu-check.json").read_text())
     steps = report["steps"]
     for name in ("environment", "benchmark", "photos", "loop", "train"):
@@ -68,16 +73,7 @@ def test_the_gpu_check_runs_every_step_at_tiny_sizes_and_writes_its_report(tmp_p
 @pytest.mark.slow
 def test_a_call_that_skips_the_training_run_writes_only_the_photos_the_loop_reads(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
-    argv = ["--device", "cpu", "--out", str(out), "--work", str(work), "--skip", "benchmark", "loop", "train"]
-    result = subprocess.run(
-        [str(ROOT / ".ci" / "gpu-check"), *argv],
-        cwd=ROOT,
-        env=environment(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"),
-        capture_output=True,
-        text=True,
-        timeout=HANG_S,
-        check=False,
-    )
+    result = gpu_check(out, work, "--skip", "benchmark", "loop", "train")
     assert result.returncode == 0, result.stderr[-2000:]  # skipped steps are not failures
     steps = json.loads((out / "gpu-check.json").read_text())["steps"]
     assert steps["benchmark"]["last_lines"] == ["not run: --skip benchmark"]
